@@ -1,0 +1,98 @@
+"""The fast path <-> slow path channel: versioned msgpack messages on a unix stream socket.
+
+Every message is a map with "v" (channel version) and "t" (type). Flow keys travel
+as attribute/value maps: unknown attributes are ignored, missing ones are wildcards.
+"""
+import struct
+
+import msgpack
+
+from pipeline._native import ffi
+
+VERSION = 1
+MAX_MESSAGE = 16 << 20          # a batch of 1024 jumbo-less packets fits with room to spare
+TYPES = {"hello", "upcall", "upcall_reply", "error"}
+
+
+class ChannelError(Exception):
+    """A message that does not follow the protocol; the text says what is wrong."""
+
+
+def encode(msg):
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def unpacker():
+    return msgpack.Unpacker(raw=False, max_buffer_size=MAX_MESSAGE, strict_map_key=True,
+                            max_str_len=1 << 16, max_bin_len=1 << 16,
+                            max_array_len=1 << 16, max_map_len=1 << 12)
+
+
+def check(msg):
+    """Validate the envelope of a received message; returns its type."""
+    if not isinstance(msg, dict):
+        raise ChannelError(f"message is a {type(msg).__name__}, not a map")
+    v, t = msg.get("v"), msg.get("t")
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ChannelError("message has no integer version 'v'")
+    if v != VERSION:
+        raise ChannelError(f"channel version {v} not supported (this side speaks {VERSION})")
+    if t not in TYPES:
+        raise ChannelError(f"unknown message type {t!r}")
+    return t
+
+
+def actions_ok(actions):
+    """Datapath actions as the channel carries them: [["output", port], ...] or [["drop"]]."""
+    if not isinstance(actions, list) or len(actions) > 64:
+        return False
+    for a in actions:
+        if not isinstance(a, list) or not a or not isinstance(a[0], str):
+            return False
+        if a[0] == "output":
+            if len(a) != 2 or not isinstance(a[1], int) or not 0 <= a[1] < 1 << 16:
+                return False
+        elif a[0] != "drop" or len(a) != 1:
+            return False
+    return True
+
+
+# --- flow keys as attribute/value pairs -------------------------------------------------
+
+_KEY = struct.Struct("<IHH6s6s2sH2s2s2s2s4s4s16s16s4sBBBB6s6s16s2s2s2sHI")
+assert _KEY.size == ffi.sizeof("struct vp_flow_key"), "flow key layout changed: update _KEY"
+L2, VLAN, L3, L4 = 1, 2, 4, 8
+
+
+def _be(b):
+    return int.from_bytes(b, "big")
+
+
+def key_attrs(key_bytes, ofport_of):
+    """The attributes of a packed struct vp_flow_key that its parsed layers define."""
+    (in_port, layers, _p0, dst, src, dl_type, _p1, t0, c0, t1, c1, nw_src, nw_dst, v6s, v6d, label,
+     proto, tos, ttl, frag, sha, tha, nd, tps, tpd, tflags, _p2, _p3) = _KEY.unpack(key_bytes)
+    a = {"in_port": ofport_of(in_port), "layers": layers}
+    if not layers & L2:
+        return a
+    dl = _be(dl_type)
+    a.update(eth_dst=dst, eth_src=src, eth_type=dl)
+    if layers & VLAN:
+        a["vlan"] = [[_be(t), _be(c)] for t, c in ((t0, c0), (t1, c1)) if _be(t)]
+    if not layers & L3:
+        return a
+    if dl == 0x0800:
+        a.update(ipv4_src=_be(nw_src), ipv4_dst=_be(nw_dst), ip_proto=proto, ip_tos=tos, ip_ttl=ttl, ip_frag=frag)
+    elif dl == 0x86DD:
+        a.update(ipv6_src=v6s, ipv6_dst=v6d, ipv6_label=_be(label), ip_proto=proto, ip_tos=tos,
+                 ip_ttl=ttl, ip_frag=frag)
+    elif dl in (0x0806, 0x8035):
+        a.update(arp_op=proto, arp_spa=_be(nw_src), arp_tpa=_be(nw_dst), arp_sha=sha, arp_tha=tha)
+        return a
+    if layers & L4:
+        a.update(tp_src=_be(tps), tp_dst=_be(tpd))
+        if proto == 6:
+            a["tcp_flags"] = _be(tflags)
+        if proto == 58 and _be(tps) in (135, 136):
+            a.update(nd_target=nd, nd_sll=sha, nd_tll=tha)
+    return a

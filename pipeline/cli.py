@@ -1,0 +1,204 @@
+"""`valepipe`: run and inspect pipelines, generate and count traffic (typer)."""
+import json
+import os
+import signal
+import sys
+import time
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="valepipe: a packet pipeline and virtual switch on netmap rings.\n\n"
+                       "Ports are URIs: shm:NAME (netmap rings in shared memory; a generator, sink "
+                       "or test attaches as the other end).")
+
+
+def _fail(msg, code=2):
+    typer.echo(f"valepipe: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _pin(cpu):
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError as e:
+            _fail(f"cannot pin to CPU {cpu}: {e.strerror}")
+
+
+def _render(st):
+    lines = [f"up {st['uptime_s']:.1f}s  packets {st['packets']}  hits {st['hits']}  misses {st['misses']}  "
+             f"flows {st['flows']}/{st['flow_limit']}  upcalls {st['upcall']['upcalls']} "
+             f"(flows {st['upcall']['upcall_flows']}, channel {'up' if st['upcall']['channel_up'] else 'DOWN'})"]
+    ns = st["stage_ns_per_packet"]
+    lines.append("ns/packet  " + "  ".join(f"{k} {v if v is not None else '-'}" for k, v in ns.items()))
+    for p in st["ports"]:
+        d = {k: v for k, v in p["drops"].items() if v}
+        lines.append(f"  {p['ofport']:>3} {p['uri']:<24} rx {p['rx_packets']:>12} tx {p['tx_packets']:>12}"
+                     f"{'  FAULTY' if p['faulty'] else ''}{'  drops ' + str(d) if d else ''}")
+    drops = {k: v for k, v in st["drops"].items() if v}
+    perr = {k: v for k, v in st["parse_errors"].items() if v}
+    if drops:
+        lines.append(f"  drops: {drops}")
+    if perr:
+        lines.append(f"  parse errors: {perr}")
+    return "\n".join(lines)
+
+
+@app.command()
+def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipeline], [[port]], [slowpath]"),
+        duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
+        interval: float = typer.Option(1.0, help="seconds between live counter updates"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no live counters"),
+        stats_json: Optional[str] = typer.Option(None, help="write the final counters to this file as JSON"),
+        cpu: Optional[int] = typer.Option(None, help="pin the worker to this CPU")):
+    """Start the slow path and one worker, forward until SIGINT/SIGTERM, print counters."""
+    from pipeline import config as cfgmod
+    from pipeline.ports import PortError
+    from pipeline.worker import Worker
+    try:
+        cfg = cfgmod.load(config)
+    except cfgmod.ConfigError as e:
+        _fail(str(e))
+    _pin(cpu)
+    try:
+        w = Worker(cfg)
+    except (PortError, RuntimeError, OSError) as e:
+        _fail(str(e))
+    signal.signal(signal.SIGTERM, lambda *_: w.stop())
+    signal.signal(signal.SIGINT, lambda *_: w.stop())
+    live = None
+    if not quiet:
+        if sys.stdout.isatty():
+            from rich.live import Live
+            live = Live(auto_refresh=False)
+            live.start()
+            tick = lambda w: live.update(_render(w.stats()), refresh=True)  # noqa: E731
+        else:
+            tick = lambda w: print(_render(w.stats()), flush=True)  # noqa: E731
+    else:
+        tick = None
+    try:
+        w.run(duration=duration, on_tick=tick, tick_s=interval)
+    finally:
+        if live:
+            live.stop()
+        final = w.stats()
+        w.close()
+    if stats_json:
+        with open(stats_json, "w") as f:
+            json.dump(final, f, indent=1)
+    if not quiet:
+        print(_render(final))
+
+
+@app.command()
+def gen(port: str = typer.Argument(..., help="shm:NAME port to send on (its pipeline must be running)"),
+        size: int = typer.Option(60, help="frame length without FCS (60 = 64-byte frames)"),
+        flows: int = typer.Option(1, help="distinct UDP flows, sent round-robin"),
+        rate: float = typer.Option(0, help="packets per second (0 = as fast as the ring takes them)"),
+        count: int = typer.Option(0, help="stop after this many packets (0 = no limit)"),
+        duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
+        batch: int = typer.Option(256, help="slots filled per ring publish"),
+        cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
+        as_json: bool = typer.Option(False, "--json", help="print the result as JSON")):
+    """pkt-gen-style generator on a shm: port: prebuilt UDP/IPv4 frames, C batch loop."""
+    from ring.region import RegionError
+    from tools.traffic import Generator
+    _pin(cpu)
+    if count == 0 and duration is None:
+        duration = 10.0
+    try:
+        g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch)
+    except (RegionError, ValueError) as e:
+        _fail(str(e))
+    try:
+        res = g.run(duration=duration)
+    finally:
+        g.close()
+    print(json.dumps(res) if as_json else
+          f"sent {res['sent']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps")
+
+
+@app.command()
+def sink(port: str = typer.Argument(..., help="shm:NAME port to receive on"),
+         count: int = typer.Option(0, help="stop after this many packets"),
+         duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
+         idle_stop: Optional[float] = typer.Option(None, help="stop once nothing arrived for this many seconds"),
+         cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
+         as_json: bool = typer.Option(False, "--json", help="print the result as JSON")):
+    """Count packets arriving on a shm: port (C batch loop) and report the rate."""
+    from ring.region import RegionError
+    from tools.traffic import Sink
+    _pin(cpu)
+    try:
+        s = Sink(port, count=count)
+    except RegionError as e:
+        _fail(str(e))
+    try:
+        res = s.run(duration=duration, idle_stop_s=idle_stop)
+    finally:
+        s.close()
+    print(json.dumps(res) if as_json else
+          f"received {res['received']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps")
+
+
+def _ctl(run_dir, name):
+    from pipeline.config import default_run_dir
+    return os.path.join(run_dir or default_run_dir(name), "worker.ctl")
+
+
+@app.command()
+def stats(name: str = typer.Option("valepipe", help="pipeline name ([pipeline].name)"),
+          run_dir: Optional[str] = typer.Option(None, help="the pipeline's run directory"),
+          as_json: bool = typer.Option(False, "--json")):
+    """Counters of a running pipeline: per port, per stage, hits/misses/upcalls, drops by reason."""
+    from pipeline import control
+    try:
+        st = control.request(_ctl(run_dir, name), "stats")
+    except (OSError, RuntimeError) as e:
+        _fail(f"cannot reach pipeline {name!r}: {e}")
+    print(json.dumps(st, indent=1) if as_json else _render(st))
+
+
+@app.command()
+def ports(name: str = typer.Option("valepipe", help="pipeline name"),
+          run_dir: Optional[str] = typer.Option(None, help="the pipeline's run directory")):
+    """Ports of a running pipeline with their counters and fault state."""
+    from pipeline import control
+    try:
+        ps = control.request(_ctl(run_dir, name), "ports")
+    except (OSError, RuntimeError) as e:
+        _fail(f"cannot reach pipeline {name!r}: {e}")
+    for p in ps:
+        print(f"{p['ofport']:>3} {p['uri']:<28} {'FAULTY' if p['faulty'] else 'ok':<7} rx {p['rx_packets']} "
+              f"tx {p['tx_packets']} drops {json.dumps({k: v for k, v in p['drops'].items() if v})}")
+
+
+@app.command()
+def demo(flows: int = typer.Option(1, help="distinct flows"),
+         size: int = typer.Option(60, help="frame length without FCS"),
+         seconds: float = typer.Option(5.0, help="generator run time"),
+         batch: int = typer.Option(256, help="pipeline batch size")):
+    """Run generator -> pipeline -> sink on shm: ports and print the throughput."""
+    from tools.shmbench import measure
+    print(f"valepipe demo: gen -> pipeline (shm:a -> shm:b, in_port=1,actions=output:2) -> sink, "
+          f"{size + 4}-byte frames, {flows} flow(s), batch {batch}, {seconds:g} s")
+    t0 = time.monotonic()
+    r = measure(flows=flows, size=size, batch=batch, seconds=seconds)
+    st = r["stats"]
+    print(f"generator sent   {r['gen']['sent']:>12} packets ({r['gen']['mpps']:.2f} Mpps offered)")
+    print(f"sink received    {r['sink']['received']:>12} packets")
+    print(f"pipeline         hits {st['hits']}, misses {st['misses']}, upcalls {st['upcall']['upcalls']}, "
+          f"drops {sum(st['drops'].values())} {json.dumps({k: v for k, v in st['drops'].items() if v})}")
+    print("ns/packet        " + ", ".join(f"{k} {v}" for k, v in st["stage_ns_per_packet"].items()))
+    print(f"THROUGHPUT       {r['mpps']:.2f} Mpps delivered ({time.monotonic() - t0:.1f} s wall)")
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The worker's control socket: msgpack request -> msgpack reply, one per connection.
+
+Owner-only (0600) in an owner-only directory; polled from the worker loop without
+blocking; oversized or malformed requests get an error reply.
+"""
+import os
+import socket
+
+import msgpack
+
+MAX_REQUEST = 64 << 10
+
+
+def make_run_dir(path):
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+class ControlServer:
+    def __init__(self, path, handlers):
+        self.path, self.handlers = path, handlers
+        if os.path.exists(path):
+            os.unlink(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old)
+        self.sock.listen(8)
+        self.sock.setblocking(False)
+
+    def poll(self):
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(1.0)
+            try:
+                reply = self._answer(self._read(conn))
+            except (OSError, ValueError) as e:
+                reply = {"ok": False, "error": str(e)}
+            try:
+                conn.sendall(msgpack.packb(reply, use_bin_type=True))
+            except OSError:
+                pass
+
+    def _read(self, conn):
+        up = msgpack.Unpacker(raw=False, max_buffer_size=MAX_REQUEST)
+        while True:
+            data = conn.recv(MAX_REQUEST)
+            if not data:
+                raise ValueError("connection closed before a whole request")
+            up.feed(data)
+            for req in up:
+                return req
+
+    def _answer(self, req):
+        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+            return {"ok": False, "error": "a request is a map with a 'cmd' string"}
+        h = self.handlers.get(req["cmd"])
+        if h is None:
+            return {"ok": False, "error": f"unknown command {req['cmd']!r} (known: {', '.join(sorted(self.handlers))})"}
+        return {"ok": True, "result": h(req)}
+
+    def close(self):
+        self.sock.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def request(path, cmd, timeout=5.0, **args):
+    """Client side: send one request and return its result (raises on an error reply)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        s.sendall(msgpack.packb(dict(args, cmd=cmd), use_bin_type=True))
+        up = msgpack.Unpacker(raw=False, max_buffer_size=64 << 20)
+        while True:
+            data = s.recv(1 << 20)
+            if not data:
+                raise ConnectionError("control socket closed without a reply")
+            up.feed(data)
+            for rep in up:
+                if not rep.get("ok"):
+                    raise RuntimeError(rep.get("error"))
+                return rep["result"]
+    finally:
+        s.close()

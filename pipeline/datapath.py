@@ -1,0 +1,78 @@
+"""The datapath the stages share: ports, the exact-match flow table, action sets, counters.
+
+One `struct vp_dp` in C; this class owns its memory and translates between the
+slow path's names (OpenFlow port numbers, action lists) and the datapath's indexes.
+"""
+from pipeline._native import ffi, lib
+
+MAX_ACTIONS = 65536
+PARSE_ERRORS = ("eth_short", "vlan_trunc", "vlan_depth", "arp_trunc", "ipv4_trunc", "ipv4_bad",
+                "ipv6_trunc", "ipv6_ext", "l4_trunc", "nd_bad", "ipv6_bad")
+DROPS = ("action_drop", "no_port", "tx_ring_full", "too_big", "upcall_lost", "upcall_queue", "flow_limit")
+STAGES = ("receive", "extract", "lookup", "execute", "transmit")
+
+
+class DatapathError(Exception):
+    pass
+
+
+class Datapath:
+    def __init__(self, ports, flow_limit=200_000, batch=256):
+        if not 1 <= len(ports) <= lib.VP_MAX_PORTS:
+            raise DatapathError(f"a datapath has 1..{lib.VP_MAX_PORTS} ports, not {len(ports)}")
+        if not 1 <= batch <= lib.VP_BATCH_MAX:
+            raise DatapathError(f"batch must be 1..{lib.VP_BATCH_MAX}, not {batch}")
+        self.ports = ports                       # list of pipeline.ports.Port, index = dp port
+        self.c = ffi.new("struct vp_dp *")
+        self.c.nports = len(ports)
+        for i, p in enumerate(ports):
+            p.ring_port.c.index = i
+            p.ring_port.c.ofport = p.ofport
+            self.c.ports[i] = p.ring_port.c
+        self._actions = ffi.new("struct vp_actions[]", MAX_ACTIONS)
+        self.c.actions = self._actions
+        self.c.max_actions = MAX_ACTIONS
+        self._outq = ffi.new("struct vp_outq[]", len(ports))
+        self.c.outq = self._outq
+        if lib.vp_flows_init(self.c, flow_limit) != 0:
+            raise DatapathError(f"cannot allocate a flow table for {flow_limit} flows")
+        self.batch = ffi.new("struct vp_batch *")
+        self.batch.cap = batch
+        self.batch_size = batch
+        self.ofport_to_index = {p.ofport: i for i, p in enumerate(ports)}
+        self._action_ids = {}                    # tuple of dp port indexes -> action set id
+
+    def action_id(self, actions):
+        """Intern a slow-path action list ([["output", ofport], ...] or [["drop"]])."""
+        outs = []
+        for a in actions:
+            if a[0] == "output":
+                outs.append(self.ofport_to_index.get(a[1], lib.VP_MAX_PORTS))  # unknown -> counted drop
+        outs = tuple(outs[: lib.VP_MAX_OUTPUTS])
+        aid = self._action_ids.get(outs)
+        if aid is None:
+            aid = len(self._action_ids)
+            if aid >= MAX_ACTIONS:
+                raise DatapathError("too many distinct action sets")
+            lib.vp_actions_set(self.c, aid, ffi.new("uint16_t[]", outs or [0]), len(outs))
+            self._action_ids[outs] = aid
+        return aid
+
+    def install(self, key_bytes, actions):
+        key = ffi.from_buffer("struct vp_flow_key *", key_bytes)
+        return lib.vp_flow_install(self.c, key, self.action_id(actions))
+
+    def stats(self):
+        s = self.c.st
+        stage = {}
+        for i, name in enumerate(STAGES):
+            n = s.stage_pkts[i]
+            stage[name] = round(s.stage_ns[i] / n, 2) if n else None
+        return {
+            "batches": s.batches, "packets": s.packets, "hits": s.hits, "misses": s.misses,
+            "flows": self.c.flows.count, "flow_limit": self.c.flows.limit,
+            "parse_errors": {k: s.parse_err[i] for i, k in enumerate(PARSE_ERRORS)},
+            "drops": {k: s.drops[i] for i, k in enumerate(DROPS)},
+            "stage_ns_per_packet": stage,
+            "tx_swapped": s.tx_swapped, "tx_copied": s.tx_copied,
+        }

@@ -1,0 +1,173 @@
+/* batch.h — what the five stages share: the flow key, a batch of packet descriptors,
+ * and the datapath (ports, flow table, action sets, counters) they operate on. */
+#ifndef VP_BATCH_H
+#define VP_BATCH_H
+#include "../../ring/region.h"
+
+/* cdef-begin */
+#define VP_BATCH_MAX 1024
+#define VP_MAX_PORTS 64
+#define VP_MAX_OUTPUTS 8
+#define VP_ACT_MISS -1
+#define VP_ACT_PENDING -2
+#define VP_ACT_EMPTY -3
+
+/* layers that parsed completely (part of the key: a flow truncated at L3 is another flow) */
+#define VP_L2 1
+#define VP_VLAN 2
+#define VP_L3 4
+#define VP_L4 8
+#define VP_FRAG_ANY 1
+#define VP_FRAG_LATER 2
+
+/* parse error reasons, each with its own counter */
+#define VP_PERR_ETH_SHORT 0
+#define VP_PERR_VLAN_TRUNC 1
+#define VP_PERR_VLAN_DEPTH 2
+#define VP_PERR_ARP_TRUNC 3
+#define VP_PERR_IPV4_TRUNC 4
+#define VP_PERR_IPV4_BAD 5
+#define VP_PERR_IPV6_TRUNC 6
+#define VP_PERR_IPV6_EXT 7
+#define VP_PERR_L4_TRUNC 8
+#define VP_PERR_ND_BAD 9
+#define VP_PERR_IPV6_BAD 10
+#define VP_PERR_N 11
+
+/* drop reasons of the fast path (per datapath; ring errors are per ring) */
+#define VP_DROP_ACTION 0
+#define VP_DROP_NO_PORT 1
+#define VP_DROP_TX_FULL 2
+#define VP_DROP_TOO_BIG 3
+#define VP_DROP_UPCALL_LOST 4
+#define VP_DROP_UPCALL_QUEUE 5
+#define VP_DROP_FLOW_LIMIT 6
+#define VP_DROP_N 7
+
+#define VP_ST_RECEIVE 0
+#define VP_ST_EXTRACT 1
+#define VP_ST_LOOKUP 2
+#define VP_ST_EXECUTE 3
+#define VP_ST_TRANSMIT 4
+#define VP_ST_N 5
+
+struct vp_vlan { uint16_t tpid; uint16_t tci; };
+
+/* Fixed-layout flow key after Open vSwitch's struct flow. Multi-byte fields are in
+ * network byte order, as on the wire; tci carries 0x1000 (CFI) when the tag exists. */
+struct vp_flow_key {
+    uint32_t in_port;
+    uint16_t layers;
+    uint16_t pad0;
+    uint8_t dl_dst[6];
+    uint8_t dl_src[6];
+    uint16_t dl_type;
+    uint16_t pad1;
+    struct vp_vlan vlans[2];
+    uint32_t nw_src;
+    uint32_t nw_dst;
+    uint8_t ipv6_src[16];
+    uint8_t ipv6_dst[16];
+    uint32_t ipv6_label;
+    uint8_t nw_proto;
+    uint8_t nw_tos;
+    uint8_t nw_ttl;
+    uint8_t nw_frag;
+    uint8_t arp_sha[6];
+    uint8_t arp_tha[6];
+    uint8_t nd_target[16];
+    uint16_t tp_src;
+    uint16_t tp_dst;
+    uint16_t tcp_flags;
+    uint16_t pad2;
+    uint32_t pad3;
+};
+
+struct vp_pkt {
+    char *data;
+    uint16_t len;
+    uint16_t port;            /* datapath port index it came in on */
+    uint16_t ring;
+    uint16_t nout;            /* outputs queued by execute */
+    uint32_t slot;
+    int32_t action;           /* action set id, or VP_ACT_MISS / VP_ACT_PENDING */
+    uint32_t hash;
+    uint32_t flow;            /* flow table entry, for stats */
+};
+
+struct vp_batch {
+    uint32_t n;
+    uint32_t cap;
+    uint32_t nmiss;
+    uint32_t pad;
+    struct vp_pkt pkt[1024];
+    struct vp_flow_key key[1024];
+};
+
+struct vp_actions {
+    uint16_t nout;            /* 0 = drop */
+    uint16_t out[8];          /* datapath port indexes */
+};
+
+/* exact-match flow table: open addressing, linear probing, backward-shift delete */
+struct vp_flow {
+    struct vp_flow_key key;
+    uint32_t hash;
+    int32_t action;           /* -1 = empty slot */
+    uint64_t packets;
+    uint64_t bytes;
+    uint64_t used_ns;
+    uint64_t created_ns;
+    uint32_t upcall_id;       /* while pending: the upcall that carried this flow */
+    uint16_t tcp_flags;
+    uint16_t pad;
+};
+
+struct vp_flow_table {
+    struct vp_flow *slots;
+    uint32_t mask;            /* capacity - 1 (capacity a power of two) */
+    uint32_t count;
+    uint32_t limit;
+    uint32_t pad;
+};
+
+struct vp_outq {
+    uint32_t n;
+    uint32_t pad;
+    uint32_t pkt[1024];       /* batch indexes */
+};
+
+struct vp_dp_stats {
+    uint64_t batches;
+    uint64_t packets;
+    uint64_t hits;
+    uint64_t misses;
+    uint64_t parse_err[11];
+    uint64_t drops[7];
+    uint64_t stage_ns[5];
+    uint64_t stage_pkts[5];
+    uint64_t tx_swapped;
+    uint64_t tx_copied;
+};
+
+struct vp_dp {
+    uint32_t nports;
+    uint32_t rr;              /* next port receive starts from */
+    struct vp_port *ports[64];
+    struct vp_flow_table flows;
+    struct vp_actions *actions;
+    uint32_t nactions;
+    uint32_t max_actions;
+    struct vp_outq *outq;     /* one per port */
+    struct vp_dp_stats st;
+    uint64_t now_ns;
+};
+
+uint64_t vp_now_ns(void);
+uint32_t vp_key_hash(const struct vp_flow_key *k);
+/* cdef-end */
+
+#define VP_TIME_BEGIN(dp) uint64_t _t0 = vp_now_ns()
+#define VP_TIME_END(dp, stage, npk) do { uint64_t _t1 = vp_now_ns(); \
+    (dp)->st.stage_ns[stage] += _t1 - _t0; (dp)->st.stage_pkts[stage] += (npk); (dp)->now_ns = _t1; } while (0)
+#endif

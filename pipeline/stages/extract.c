@@ -1,0 +1,218 @@
+/* extract.c — Ethernet, 802.1Q/802.1ad, ARP, IPv4, IPv6 (bounded extension headers),
+ * TCP/UDP/SCTP, ICMP/ICMPv6 (ND) into struct vp_flow_key. Never reads past len;
+ * a truncated or malformed header ends parsing at the last layer that was whole. */
+#include <string.h>
+#include <arpa/inet.h>
+#include "extract.h"
+
+#define ETH_IPV4 0x0800
+#define ETH_ARP 0x0806
+#define ETH_RARP 0x8035
+#define ETH_IPV6 0x86dd
+#define ETH_VLAN 0x8100
+#define ETH_QINQ 0x88a8
+#define DL_TYPE_NONE 0x05ff   /* OVS's dl_type for 802.2 frames without SNAP */
+#define IPV6_MAX_EXT 8        /* bound on the extension-header walk */
+
+static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+static void parse_l4(const uint8_t *p, uint32_t n, struct vp_flow_key *k, int v6, uint64_t *perr) {
+    switch (k->nw_proto) {
+    case 6: {
+        uint32_t doff;
+        if (n < 20) goto trunc;
+        doff = (uint32_t)(p[12] >> 4) * 4;
+        if (doff < 20 || doff > n) goto trunc;
+        k->tp_src = rd16(p);
+        k->tp_dst = rd16(p + 2);
+        k->tcp_flags = htons(ntohs(rd16(p + 12)) & 0x0fff);
+        break;
+    }
+    case 17:
+        if (n < 8) goto trunc;
+        k->tp_src = rd16(p);
+        k->tp_dst = rd16(p + 2);
+        break;
+    case 132:
+        if (n < 12) goto trunc;
+        k->tp_src = rd16(p);
+        k->tp_dst = rd16(p + 2);
+        break;
+    case 1:
+        if (v6) return;
+        if (n < 8) goto trunc;
+        k->tp_src = htons(p[0]);
+        k->tp_dst = htons(p[1]);
+        break;
+    case 58: {
+        if (!v6) return;
+        if (n < 4) goto trunc;
+        k->tp_src = htons(p[0]);
+        k->tp_dst = htons(p[1]);
+        if ((p[0] == 135 || p[0] == 136) && p[1] == 0) {
+            uint32_t off = 24;
+            if (n < 24) goto trunc;
+            memcpy(k->nd_target, p + 8, 16);
+            while (off + 8 <= n) {          /* options are multiples of 8 bytes */
+                uint32_t olen = (uint32_t)p[off + 1] * 8;
+                if (olen == 0 || off + olen > n) goto nd_bad;
+                if (p[off] == 1 && olen == 8 && p[0] == 135) memcpy(k->arp_sha, p + off + 2, 6);
+                else if (p[off] == 2 && olen == 8 && p[0] == 136) memcpy(k->arp_tha, p + off + 2, 6);
+                off += olen;
+            }
+        }
+        break;
+    nd_bad:
+        memset(k->nd_target, 0, 16);
+        memset(k->arp_sha, 0, 6);
+        memset(k->arp_tha, 0, 6);
+        perr[VP_PERR_ND_BAD]++;
+        break;
+    }
+    default:
+        return;
+    }
+    k->layers |= VP_L4;
+    return;
+trunc:
+    perr[VP_PERR_L4_TRUNC]++;
+}
+
+static void parse_ipv4(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint64_t *perr) {
+    uint32_t ihl, tot;
+    uint16_t frag;
+    if (n < 20) { perr[VP_PERR_IPV4_TRUNC]++; return; }
+    ihl = (uint32_t)(p[0] & 15) * 4;
+    if ((p[0] >> 4) != 4 || ihl < 20) { perr[VP_PERR_IPV4_BAD]++; return; }
+    tot = ntohs(rd16(p + 2));
+    if (tot < ihl) { perr[VP_PERR_IPV4_BAD]++; return; }
+    if (ihl > n || tot > n) { perr[VP_PERR_IPV4_TRUNC]++; return; }
+    k->nw_tos = p[1];
+    k->nw_ttl = p[8];
+    k->nw_proto = p[9];
+    k->nw_src = rd32(p + 12);
+    k->nw_dst = rd32(p + 16);
+    frag = ntohs(rd16(p + 6));
+    if (frag & 0x3fff) {                    /* MF or a fragment offset */
+        k->nw_frag = VP_FRAG_ANY;
+        if (frag & 0x1fff) k->nw_frag |= VP_FRAG_LATER;
+    }
+    k->layers |= VP_L3;
+    if (!(k->nw_frag & VP_FRAG_LATER)) parse_l4(p + ihl, tot - ihl, k, 0, perr);
+}
+
+static void parse_ipv6(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint64_t *perr) {
+    uint32_t w0, plen, off = 40;
+    uint8_t nh;
+    if (n < 40) { perr[VP_PERR_IPV6_TRUNC]++; return; }
+    w0 = ntohl(rd32(p));
+    if ((w0 >> 28) != 6) { perr[VP_PERR_IPV6_BAD]++; return; }
+    plen = ntohs(rd16(p + 4));
+    if (plen > n - 40) { perr[VP_PERR_IPV6_TRUNC]++; return; }
+    n = 40 + plen;                         /* ignore link-layer padding */
+    k->nw_tos = (uint8_t)(w0 >> 20);
+    k->ipv6_label = htonl(w0 & 0xfffff);
+    k->nw_ttl = p[7];
+    memcpy(k->ipv6_src, p + 8, 16);
+    memcpy(k->ipv6_dst, p + 24, 16);
+    nh = p[6];
+    for (int i = 0;; i++) {
+        uint32_t hlen;
+        k->nw_proto = nh;
+        if (nh != 0 && nh != 43 && nh != 60 && nh != 51 && nh != 44) break;
+        if (i == IPV6_MAX_EXT || n - off < 8) { perr[VP_PERR_IPV6_EXT]++; return; }
+        if (nh == 44) {
+            uint16_t fo = ntohs(rd16(p + off + 2));
+            hlen = 8;
+            if (fo & 0xfff8) k->nw_frag = VP_FRAG_ANY | VP_FRAG_LATER;
+            else if (fo & 1) k->nw_frag = VP_FRAG_ANY;
+        } else {
+            hlen = nh == 51 ? ((uint32_t)p[off + 1] + 2) * 4 : ((uint32_t)p[off + 1] + 1) * 8;
+        }
+        if (hlen > n - off) { perr[VP_PERR_IPV6_EXT]++; return; }
+        nh = p[off];
+        off += hlen;
+        if (k->nw_frag & VP_FRAG_LATER) { k->nw_proto = nh; break; }
+    }
+    k->layers |= VP_L3;
+    if (!(k->nw_frag & VP_FRAG_LATER)) parse_l4(p + off, n - off, k, 1, perr);
+}
+
+static void parse_arp(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint64_t *perr) {
+    uint16_t op;
+    if (n < 28) { perr[VP_PERR_ARP_TRUNC]++; return; }
+    if (ntohs(rd16(p)) != 1 || ntohs(rd16(p + 2)) != ETH_IPV4 || p[4] != 6 || p[5] != 4) return;
+    op = ntohs(rd16(p + 6));
+    if (op <= 0xff) k->nw_proto = (uint8_t)op;
+    memcpy(k->arp_sha, p + 8, 6);
+    k->nw_src = rd32(p + 14);
+    memcpy(k->arp_tha, p + 18, 6);
+    k->nw_dst = rd32(p + 24);
+    k->layers |= VP_L3;
+}
+
+void vp_extract_one(const uint8_t *p, uint32_t len, uint32_t in_port, struct vp_flow_key *k, uint64_t *perr) {
+    uint32_t off = 12;
+    uint16_t et;
+    int nv = 0;
+    memset(k, 0, sizeof(*k));
+    k->in_port = in_port;
+    if (len < 14) { perr[VP_PERR_ETH_SHORT]++; return; }
+    memcpy(k->dl_dst, p, 6);
+    memcpy(k->dl_src, p + 6, 6);
+    et = ntohs(rd16(p + 12));
+    while (et == ETH_VLAN || et == ETH_QINQ) {
+        if (nv == 2) { perr[VP_PERR_VLAN_DEPTH]++; break; }
+        if (len - off < 6) { perr[VP_PERR_VLAN_TRUNC]++; break; }
+        k->vlans[nv].tpid = htons(et);
+        k->vlans[nv].tci = rd16(p + off + 2) | htons(0x1000);
+        off += 4;
+        et = ntohs(rd16(p + off));
+        nv++;
+    }
+    k->dl_type = htons(et);
+    k->layers = VP_L2 | (nv ? VP_VLAN : 0);
+    if (et == ETH_VLAN || et == ETH_QINQ) return;   /* a tag we could not take */
+    off += 2;
+    if (et < 0x600) {
+        /* 802.3 length field: SNAP carries an ethertype, plain LLC does not */
+        const uint8_t *l = p + off;
+        if (len - off >= 8 && l[0] == 0xaa && l[1] == 0xaa && l[2] == 0x03 && !l[3] && !l[4] && !l[5]) {
+            et = ntohs(rd16(l + 6));
+            off += 8;
+            if (et < 0x600) et = DL_TYPE_NONE;
+        } else {
+            et = DL_TYPE_NONE;
+        }
+        k->dl_type = htons(et);
+    }
+    switch (et) {
+    case ETH_IPV4: parse_ipv4(p + off, len - off, k, perr); break;
+    case ETH_IPV6: parse_ipv6(p + off, len - off, k, perr); break;
+    case ETH_ARP: case ETH_RARP: parse_arp(p + off, len - off, k, perr); break;
+    default: break;
+    }
+}
+
+uint32_t vp_key_hash(const struct vp_flow_key *k) {
+    const uint64_t *w = (const uint64_t *)k;
+    uint64_t h = 0x243f6a8885a308d3ull;
+    for (size_t i = 0; i < sizeof(*k) / 8; i++) {
+        h ^= w[i];
+        h *= 0x9e3779b97f4a7c15ull;
+        h ^= h >> 29;
+    }
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+void vp_extract(struct vp_dp *dp, struct vp_batch *b) {
+    VP_TIME_BEGIN(dp);
+    for (uint32_t i = 0; i < b->n; i++) {
+        struct vp_pkt *pk = &b->pkt[i];
+        if (i + 1 < b->n) __builtin_prefetch(b->pkt[i + 1].data);
+        vp_extract_one((const uint8_t *)pk->data, pk->len, pk->port, &b->key[i], dp->st.parse_err);
+        pk->hash = vp_key_hash(&b->key[i]);
+    }
+    VP_TIME_END(dp, VP_ST_EXTRACT, b->n);
+}

@@ -1,0 +1,38 @@
+/* upcall.c — choose what a batch sends to the slow path. A miss on a new flow inserts
+ * a pending entry (bounded by the flow limit) and sends its key; a miss on a pending
+ * flow sends only the packet (bounded per flow). Everything refused is counted. */
+#include "upcall.h"
+#include "stages/lookup.h"
+
+uint32_t vp_upcall_collect(struct vp_dp *dp, struct vp_batch *b, struct vp_upcall_batch *u, int chan) {
+    u->nflows = u->npkts = 0;
+    for (uint32_t i = 0; i < b->n; i++) {
+        struct vp_pkt *pk = &b->pkt[i];
+        struct vp_flow *f;
+        int32_t e;
+        if (pk->action >= 0) continue;
+        if (chan != VP_CHAN_UP) { dp->st.drops[chan == VP_CHAN_FULL ? VP_DROP_UPCALL_QUEUE : VP_DROP_UPCALL_LOST]++; continue; }
+        /* an earlier packet of this batch may have made the flow pending already */
+        e = pk->action == VP_ACT_PENDING ? (int32_t)pk->flow : vp_flow_find(dp, &b->key[i]);
+        if (e < 0) {
+            uint32_t id = ++u->next_id;
+            if (vp_flow_insert_pending(dp, &b->key[i], pk->hash, id) < 0) {
+                dp->st.drops[VP_DROP_FLOW_LIMIT]++;
+                continue;
+            }
+            u->flow_pkt[u->nflows] = i;
+            u->flow_id[u->nflows++] = id;
+            e = vp_flow_find(dp, &b->key[i]);
+        }
+        f = &dp->flows.slots[e];
+        if (f->action >= 0) {           /* installed meanwhile: not a miss any more */
+            pk->action = f->action;
+            continue;
+        }
+        if (f->packets >= VP_PENDING_MAX_PKTS) { dp->st.drops[VP_DROP_UPCALL_QUEUE]++; continue; }
+        f->packets++;
+        u->pkt_idx[u->npkts] = i;
+        u->pkt_upcall[u->npkts++] = f->upcall_id;
+    }
+    return u->npkts;
+}

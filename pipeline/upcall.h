@@ -1,0 +1,20 @@
+/* upcall.h — pick the missed packets of a batch that go to the slow path, marking
+ * their flows pending so a flow is sent up once while its answer is outstanding. */
+#include "stages/batch.h"
+/* cdef-begin */
+#define VP_PENDING_MAX_PKTS 64
+#define VP_CHAN_DOWN 0
+#define VP_CHAN_UP 1
+#define VP_CHAN_FULL 2
+struct vp_upcall_batch {
+    uint32_t nflows;
+    uint32_t npkts;
+    uint32_t next_id;
+    uint32_t pad;
+    uint32_t flow_pkt[1024];      /* batch index whose key describes each new flow */
+    uint32_t flow_id[1024];       /* upcall id given to it */
+    uint32_t pkt_idx[1024];       /* batch index of each packet going up */
+    uint32_t pkt_upcall[1024];    /* upcall id of the flow each packet belongs to */
+};
+uint32_t vp_upcall_collect(struct vp_dp *dp, struct vp_batch *b, struct vp_upcall_batch *u, int chan);
+/* cdef-end */

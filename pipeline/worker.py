@@ -1,0 +1,118 @@
+"""The worker: one fast path over the ports it owns, driven once per batch.
+
+receive -> extract -> lookup (misses -> upcall) -> execute -> transmit, then, every few
+batches, the channel, timers and the control socket. Python never touches a packet here.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from pipeline import control
+from pipeline.datapath import Datapath
+from pipeline.ports import close_ports, open_ports
+from pipeline.stages import Execute, Extract, Lookup, Receive, Transmit
+from pipeline.upcall import Upcalls
+
+HOUSEKEEP_EVERY = 32          # batches between channel/timer/control polls
+IDLE_SLEEP_S = 50e-6
+
+
+class Worker:
+    def __init__(self, cfg, start_slowpath=True):
+        self.cfg = cfg
+        self.run_dir = control.make_run_dir(cfg.run_dir)
+        self.slow_sock = os.path.join(self.run_dir, "slowpath.sock")
+        self.ctl_path = os.path.join(self.run_dir, "worker.ctl")
+        self.slow = None
+        self.stopping = False
+        self.ports = open_ports(cfg.ports)
+        try:
+            self.dp = Datapath(self.ports, flow_limit=cfg.flow_limit, batch=cfg.batch)
+            self.dp.idle_ns = int(cfg.idle_timeout * 1e9)
+            self.dp.ofport_of = lambda i: self.ports[i].ofport
+            self.upcalls = Upcalls(self.dp, self.slow_sock)
+            self.stages = [Receive(self.dp), Extract(self.dp), Lookup(self.dp, self.upcalls),
+                           Execute(self.dp), Transmit(self.dp)]
+            self.control = control.ControlServer(self.ctl_path, {
+                "stats": lambda r: self.stats(), "ports": lambda r: [p.stats() for p in self.ports],
+                "stop": lambda r: self.stop()})
+        except Exception:
+            close_ports(self.ports)
+            raise
+        self.started = time.monotonic()
+        if start_slowpath:
+            self.start_slowpath()
+
+    def start_slowpath(self):
+        cmd = [sys.executable, "-m", "pipeline.slowpath", "--socket", self.slow_sock]
+        if self.cfg.path and os.path.exists(self.cfg.path):
+            cmd += ["--config", self.cfg.path]
+        self.slow = subprocess.Popen(cmd)
+        self.slow_restarts = getattr(self, "slow_restarts", -1) + 1
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not self.upcalls.connect():
+            if self.slow.poll() is not None:
+                raise RuntimeError(f"slow path exited with status {self.slow.returncode}")
+            self.upcalls.next_try = 0
+            time.sleep(0.02)
+
+    def stop(self):
+        self.stopping = True
+        return True
+
+    def run(self, duration=None, on_tick=None, tick_s=1.0):
+        """Forward until stopped (signal, control 'stop', or duration seconds)."""
+        recv, ext, look, exe, tx = self.stages
+        b = self.dp.batch
+        up = self.upcalls
+        end = time.monotonic() + duration if duration else None
+        next_tick = time.monotonic() + tick_s
+        it = 0
+        while not self.stopping:
+            if recv.process_batch(b):
+                ext.process_batch(b)
+                look.process_batch(b)
+                exe.process_batch(b)
+                tx.process_batch(b)
+                it += 1
+                if it % HOUSEKEEP_EVERY:
+                    continue
+            else:
+                time.sleep(IDLE_SLEEP_S)
+            up.poll()
+            self.control.poll()
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + tick_s
+                up.expire()
+                self._supervise()
+                if on_tick:
+                    on_tick(self)
+            if end and now >= end:
+                break
+
+    def _supervise(self):
+        if self.slow is not None and self.slow.poll() is not None and not self.stopping:
+            self.start_slowpath()
+
+    def stats(self):
+        st = self.dp.stats()
+        st["uptime_s"] = round(time.monotonic() - self.started, 3)
+        st["upcall"] = dict(self.upcalls.st, channel_up=self.upcalls.up,
+                            pending=len(self.upcalls.keys), slowpath_restarts=getattr(self, "slow_restarts", 0))
+        st["ports"] = [p.stats() for p in self.ports]
+        return st
+
+    def close(self):
+        self.upcalls.close()
+        if self.slow is not None and self.slow.poll() is None:
+            self.slow.send_signal(signal.SIGTERM)
+            try:
+                self.slow.wait(5)
+            except subprocess.TimeoutExpired:
+                self.slow.kill()
+                self.slow.wait()
+        self.control.close()
+        close_ports(self.ports)

@@ -1,0 +1,120 @@
+/* region.h — netmap memory regions in POSIX shared memory, and a private, validated
+ * view of each ring ("vp_ring") that both the pipeline and peer tools use. */
+#ifndef VP_REGION_H
+#define VP_REGION_H
+#include "netmap.h"
+#include <sys/mman.h>
+#include <fcntl.h>
+
+/* cdef-begin */
+#define VP_REGION_MAGIC 0x314745524d4e5056
+#define VP_REGION_VERSION 1
+#define VP_REGION_HDR_SIZE 4096
+#define VP_REGION_MAXPORTS 32
+#define VP_MAX_RINGS 4
+#define VP_IF_OBJSIZE 1024
+
+#define VP_ROLE_KERNEL 1
+#define VP_ROLE_USER 2
+#define VP_KIND_TX 1
+#define VP_KIND_RX 0
+
+/* The descriptor page in front of the netmap region: what NIOCCTRL/REGISTER and
+ * POOLS_INFO_GET would tell a netmap user, written once by the creator. */
+struct vp_region_port {
+    char name[64];
+    uint64_t nr_offset;       /* netmap_if of this port, from the netmap region start */
+    uint32_t peer_pid;        /* last process that attached as the user side */
+    uint32_t pad;
+};
+struct vp_region_hdr {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t hdr_size;
+    uint64_t total_size;      /* whole shm object */
+    uint64_t nm_offset;       /* where the netmap region starts (= hdr_size) */
+    struct nmreq_pools_info pools;   /* offsets relative to the netmap region */
+    uint32_t nports;
+    uint32_t owner_pid;
+    uint64_t generation;
+    uint32_t state;           /* 1 ready, 2 closing */
+    uint32_t slots;
+    struct vp_region_port port[32];
+};
+
+struct vp_geom {
+    uint32_t nports;
+    uint32_t tx_rings;
+    uint32_t rx_rings;
+    uint32_t slots;
+    uint32_t buf_size;
+    uint32_t extra_bufs;
+};
+
+struct vp_ring_stats {
+    uint64_t packets;
+    uint64_t bytes;
+    uint64_t bad_index;       /* head/cur/tail outside what netmap allows (ring repaired) */
+    uint64_t bad_buf;         /* slot buffer index 0, 1 or past the pool */
+    uint64_t bad_len;         /* slot length 0 or larger than a buffer */
+    uint64_t bad_flags;       /* NS_MOREFRAG / NS_INDIRECT, unsupported on this ring */
+    uint64_t full;            /* producer found no room: packet dropped */
+};
+
+/* Private state of one ring. Nothing in here is read back from shared memory:
+ * geometry is copied once after validation, cursors are our own. */
+struct vp_ring {
+    struct netmap_ring *ring;
+    char *bufs;               /* buffer pool start (buffer 0) */
+    uint32_t nslots;
+    uint32_t buf_size;
+    uint32_t nbufs;
+    uint32_t role;
+    uint32_t kind;
+    uint32_t hwcur;           /* kernel role: netmap's hwcur;  user role: our head */
+    uint32_t hwtail;          /* kernel role: netmap's hwtail; user role: last valid tail */
+    uint32_t cons;            /* consumer: first slot not yet taken */
+    uint32_t mem_id;
+    uint32_t faulty;
+    struct vp_ring_stats st;
+};
+
+struct vp_port {
+    char name[64];
+    uint32_t index;
+    uint32_t ofport;
+    uint32_t mem_id;
+    uint32_t ntx;
+    uint32_t nrx;
+    int fd;                   /* /dev/netmap fd for sync ioctls; -1 for shm */
+    uint32_t faulty;
+    struct vp_ring tx[4];
+    struct vp_ring rx[4];
+};
+
+int shm_open(const char *name, int oflag, unsigned int mode);
+int shm_unlink(const char *name);
+uint64_t vp_region_size(const struct vp_geom *g);
+int vp_region_format(char *base, uint64_t size, const struct vp_geom *g,
+                     char **names, uint32_t mem_id, uint64_t generation, uint32_t pid);
+int vp_region_check(const char *base, uint64_t size, char *err, size_t errlen);
+int vp_port_bind(struct vp_port *p, char *nm_base, uint64_t nm_size, uint64_t if_off,
+                 uint32_t role, uint32_t mem_id, char *err, size_t errlen);
+
+uint32_t vp_ring_avail(struct vp_ring *r);
+uint32_t vp_ring_space(struct vp_ring *r);
+void vp_ring_release(struct vp_ring *r);
+void vp_ring_publish(struct vp_ring *r);
+
+/* user-side helpers for tools and tests (copying, one call per batch) */
+uint32_t vp_ring_send(struct vp_ring *r, const uint8_t *blob, const uint16_t *lens, uint32_t n);
+uint32_t vp_ring_recv(struct vp_ring *r, uint8_t *blob, uint32_t blob_cap, uint16_t *lens, uint32_t max);
+/* cdef-end */
+
+/* inline slot accessors for the C kernels */
+static inline struct netmap_slot *vp_slot(struct vp_ring *r, uint32_t i) { return &r->ring->slot[i]; }
+static inline char *vp_buf(struct vp_ring *r, uint32_t idx) { return r->bufs + (size_t)idx * r->buf_size; }
+static inline int vp_buf_ok(const struct vp_ring *r, uint32_t idx) { return idx >= 2 && idx < r->nbufs; }
+uint32_t vp_ring_produce(struct vp_ring *r);           /* index of next producer slot */
+void vp_ring_produced(struct vp_ring *r);              /* advance after filling it */
+#endif

@@ -1,0 +1,230 @@
+"""Regions: POSIX shared memory laid out exactly as netmap lays out its memory.
+
+The creator (the pipeline, like VALE for its ports) formats the region; a peer
+attaches by name and validates everything before touching a ring.
+"""
+import errno
+import mmap
+import os
+import re
+import zlib
+
+from pipeline._native import ffi, lib
+
+ROLE_KERNEL = lib.VP_ROLE_KERNEL
+ROLE_USER = lib.VP_ROLE_USER
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,48}$")
+RING_STATS = ("packets", "bytes", "bad_index", "bad_buf", "bad_len", "bad_flags", "full")
+
+
+class RegionError(Exception):
+    """A region could not be created, attached or trusted; the message says why."""
+
+
+def parse_shm_uri(uri):
+    """`shm:NAME` or `shm:NAME@share=OTHER` -> (port name, region name)."""
+    if not uri.startswith("shm:"):
+        raise RegionError(f"{uri!r} is not a shm: port")
+    body = uri[4:]
+    region = None
+    if "@" in body:
+        body, opt = body.split("@", 1)
+        if not opt.startswith("share="):
+            raise RegionError(f"{uri!r}: unknown option {opt!r} (only @share=PORT)")
+        region = opt[len("share="):]
+    region = region or body
+    for part in (body, region):
+        if not NAME_RE.match(part):
+            raise RegionError(f"{uri!r}: name {part!r} must be 1-48 of [A-Za-z0-9_.-]")
+    return body, region
+
+
+def _shm_path(region):
+    return ("/valepipe." + region).encode()
+
+
+def _mem_id(region):
+    return (zlib.crc32(region.encode()) % 65533) + 2
+
+
+class Region:
+    """A mapped region. `create` formats a new one; `attach` opens a peer's."""
+
+    def __init__(self, name, fd, mm, size, owner):
+        self.name, self._fd, self._mm, self.size, self.owner = name, fd, mm, size, owner
+        self.base = ffi.from_buffer(mm)
+        self.hdr = ffi.cast("struct vp_region_hdr *", self.base)
+        self.nm_base = self.base + lib.VP_REGION_HDR_SIZE
+        self.nm_size = size - lib.VP_REGION_HDR_SIZE
+        self.mem_id = _mem_id(name)
+        self._ports = []
+
+    @classmethod
+    def create(cls, name, ports, slots=1024, buf_size=2048, extra_bufs=0, rings=1):
+        geom = ffi.new("struct vp_geom *", dict(nports=len(ports), tx_rings=rings, rx_rings=rings,
+                                                 slots=slots, buf_size=buf_size, extra_bufs=extra_bufs))
+        size = lib.vp_region_size(geom)
+        if size == 0:
+            raise RegionError(f"region {name}: bad geometry (ports={len(ports)} rings={rings} "
+                              f"slots={slots} buf_size={buf_size}); slots 2..65536, buf_size 64..65536 multiple of 64")
+        path = _shm_path(name)
+        fd = lib.shm_open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        if fd < 0 and ffi.errno == errno.EEXIST and _stale(path):
+            lib.shm_unlink(path)
+            fd = lib.shm_open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        if fd < 0:
+            e = ffi.errno
+            raise RegionError(f"region {name}: cannot create /dev/shm{path.decode()}: {os.strerror(e)}"
+                              + (" (another pipeline owns it)" if e == errno.EEXIST else ""))
+        try:
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            os.close(fd)
+            lib.shm_unlink(path)
+            raise RegionError(f"region {name}: cannot size/map {size} bytes: {e.strerror}") from None
+        self = cls(name, fd, mm, size, owner=True)
+        names = [ffi.new("char[]", p.encode()) for p in ports]
+        rc = lib.vp_region_format(self.base, size, geom, ffi.new("char *[]", names), self.mem_id,
+                                  int.from_bytes(os.urandom(8), "little"), os.getpid())
+        if rc != 0:
+            self.close()
+            raise RegionError(f"region {name}: format failed")
+        return self
+
+    @classmethod
+    def attach(cls, name):
+        path = _shm_path(name)
+        fd = lib.shm_open(path, os.O_RDWR, 0)
+        if fd < 0:
+            raise RegionError(f"region {name}: no such shm region ({os.strerror(ffi.errno)}); "
+                              "is the pipeline that owns it running?")
+        size = os.fstat(fd).st_size
+        if size < lib.VP_REGION_HDR_SIZE:
+            os.close(fd)
+            raise RegionError(f"region {name}: not ready ({size} bytes)")
+        mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self = cls(name, fd, mm, size, owner=False)
+        err = ffi.new("char[256]")
+        if lib.vp_region_check(self.base, size, err, 256) != 0:
+            self.close()
+            raise RegionError(f"region {name}: {ffi.string(err).decode()}")
+        return self
+
+    def port_names(self):
+        return [ffi.string(self.hdr.port[i].name).decode(errors="replace") for i in range(self.hdr.nports)]
+
+    def port(self, name, role):
+        """Bind port `name` of this region; role is ROLE_KERNEL (switch) or ROLE_USER (peer)."""
+        names = self.port_names()
+        if name not in names:
+            raise RegionError(f"region {self.name} has no port {name!r} (has {', '.join(names)})")
+        i = names.index(name)
+        p = RingPort(name, self)
+        err = ffi.new("char[256]")
+        if lib.vp_port_bind(p.c, self.nm_base, self.nm_size, self.hdr.port[i].nr_offset,
+                            role, self.mem_id, err, 256) != 0:
+            raise RegionError(f"port {name}: {ffi.string(err).decode()}")
+        if role == ROLE_USER:
+            self.hdr.port[i].peer_pid = os.getpid()
+        self._ports.append(p)
+        return p
+
+    def owner_alive(self):
+        return _pid_alive(self.hdr.owner_pid)
+
+    def close(self):
+        if self._mm is None:
+            return
+        if self.owner:
+            self.hdr.state = 2
+            lib.shm_unlink(_shm_path(self.name))
+        for p in self._ports:
+            p.region = None
+        self.base = self.hdr = self.nm_base = None
+        self._ports = []
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # a cdata view is still alive; the mapping goes with the process
+        os.close(self._fd)
+        self._mm = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RingPort:
+    """One port of a region, bound in one role: a `struct vp_port` plus copy helpers."""
+
+    def __init__(self, name, region):
+        self.name, self.region = name, region
+        self.c = ffi.new("struct vp_port *")
+        self.c.name = name.encode()[:63]
+        self.c.fd = -1
+
+    def tx_ring(self, i=0):
+        return ffi.addressof(self.c.tx[i])
+
+    def rx_ring(self, i=0):
+        return ffi.addressof(self.c.rx[i])
+
+    def send(self, frames):
+        """User side: copy frames into the TX ring; returns how many went in."""
+        if not frames:
+            return 0
+        lens = ffi.new("uint16_t[]", [len(f) for f in frames])
+        blob = b"".join(frames)
+        return lib.vp_ring_send(self.tx_ring(), blob, lens, len(frames))
+
+    def recv(self, max_frames=1024):
+        """User side: copy out and release what the RX ring holds (up to max_frames)."""
+        blob = ffi.new("uint8_t[]", max_frames * 2048)
+        lens = ffi.new("uint16_t[]", max_frames)
+        n = lib.vp_ring_recv(self.rx_ring(), blob, max_frames * 2048, lens, max_frames)
+        out, off, raw = [], 0, ffi.buffer(blob)
+        for i in range(n):
+            out.append(bytes(raw[off:off + lens[i]]))
+            off += lens[i]
+        return out
+
+    def ring_stats(self):
+        """Per-ring counters summed by direction, as netmap users see them."""
+        def total(rings, n):
+            return {k: sum(getattr(rings[i].st, k) for i in range(n)) for k in RING_STATS}
+        return {"tx": total(self.c.tx, self.c.ntx), "rx": total(self.c.rx, self.c.nrx),
+                "faulty": any(self.c.tx[i].faulty for i in range(self.c.ntx))
+                or any(self.c.rx[i].faulty for i in range(self.c.nrx))}
+
+
+def _pid_alive(pid):
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(path):
+    """A region left by a process that no longer runs may be replaced."""
+    fd = lib.shm_open(path, os.O_RDONLY, 0)
+    if fd < 0:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if size < lib.VP_REGION_HDR_SIZE:
+            return True
+        with mmap.mmap(fd, lib.VP_REGION_HDR_SIZE, mmap.MAP_SHARED, mmap.PROT_READ) as mm:
+            hdr = ffi.cast("struct vp_region_hdr *", ffi.from_buffer(mm))
+            owner = hdr.owner_pid
+            del hdr
+        return not _pid_alive(owner)
+    finally:
+        os.close(fd)

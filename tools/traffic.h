@@ -1,0 +1,33 @@
+/* traffic.h — pkt-gen-style generator and sink kernels for a shm: port's user side. */
+#include "../pipeline/stages/batch.h"
+/* cdef-begin */
+struct vp_gen {
+    struct vp_ring *ring;
+    uint8_t *frames;          /* nframes prebuilt frames, `stride` bytes apart */
+    uint32_t nframes;
+    uint32_t stride;
+    uint32_t frame_len;
+    uint32_t next;
+    uint32_t batch;
+    uint64_t rate_pps;        /* 0 = as fast as the ring drains */
+    uint64_t count;           /* 0 = no limit */
+    uint64_t sent;
+    uint64_t bytes;
+    uint64_t start_ns;
+    uint64_t ring_full;       /* polls that found no room */
+};
+struct vp_sink {
+    struct vp_ring *ring;
+    uint32_t batch;
+    uint32_t pad;
+    uint64_t count;           /* stop after this many; 0 = no limit */
+    uint64_t packets;
+    uint64_t bytes;
+    uint64_t first_ns;
+    uint64_t last_ns;
+    uint64_t empty_polls;
+};
+int vp_gen_build(uint8_t *frames, uint32_t stride, uint32_t nflows, uint32_t len, const uint8_t *dst_mac, const uint8_t *src_mac);
+uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns);
+uint64_t vp_sink_run(struct vp_sink *s, uint64_t max_ns);
+/* cdef-end */

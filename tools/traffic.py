@@ -1,0 +1,101 @@
+"""pkt-gen-style traffic on a shm: port's user side: `Generator` sends prebuilt frames,
+`Sink` counts what arrives. The per-packet loops are C (traffic.c); Python only paces."""
+import os
+import time
+
+from pipeline._native import ffi, lib
+from ring.region import ROLE_USER, Region, RegionError, parse_shm_uri
+
+DEFAULT_DST = bytes.fromhex("020000000002")
+DEFAULT_SRC = bytes.fromhex("020000000001")
+
+
+def attach(uri, wait_s=10.0):
+    """Attach as the user side of a shm: port, waiting for its pipeline to create it."""
+    name, region = parse_shm_uri(uri)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            reg = Region.attach(region)
+            return reg, reg.port(name, ROLE_USER)
+        except RegionError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+def pin(cpu):
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
+class Generator:
+    def __init__(self, uri, size=60, flows=1, rate=0, count=0, batch=256,
+                 dst_mac=DEFAULT_DST, src_mac=DEFAULT_SRC, wait_s=10.0):
+        if not 42 <= size <= 2048:
+            raise ValueError(f"frame size {size} must be 42..2048 (60 = 64-byte frames with FCS)")
+        if not 1 <= flows <= 4_000_000:
+            raise ValueError("flows must be 1..4000000")
+        self.region, self.port = attach(uri, wait_s)
+        self.stride = (size + 63) & ~63
+        self._frames = ffi.new("uint8_t[]", flows * self.stride)
+        if lib.vp_gen_build(self._frames, self.stride, flows, size, dst_mac, src_mac) != 0:
+            raise ValueError("cannot build frames")
+        self.g = ffi.new("struct vp_gen *", dict(
+            ring=self.port.tx_ring(), frames=self._frames, nframes=flows, stride=self.stride,
+            frame_len=size, batch=batch, rate_pps=int(rate), count=int(count)))
+        if size > self.port.c.tx[0].buf_size:
+            raise ValueError(f"frame size {size} exceeds the port's buffer size {self.port.c.tx[0].buf_size}")
+
+    def frame(self, i):
+        return bytes(ffi.buffer(self._frames + i * self.stride, self.g.frame_len))
+
+    def run(self, duration=None, slice_s=0.1, on_slice=None):
+        end = time.monotonic() + duration if duration else None
+        while not (self.g.count and self.g.sent >= self.g.count):
+            lib.vp_gen_run(self.g, int(slice_s * 1e9))
+            if on_slice:
+                on_slice(self)
+            if end and time.monotonic() >= end:
+                break
+        return self.result()
+
+    def result(self):
+        el = (lib.vp_now_ns() - self.g.start_ns) / 1e9 if self.g.start_ns else 0.0
+        return {"sent": self.g.sent, "bytes": self.g.sent * self.g.frame_len, "seconds": round(el, 6),
+                "mpps": round(self.g.sent / el / 1e6, 4) if el else 0.0, "ring_full_polls": self.g.ring_full}
+
+    def close(self):
+        self.region.close()
+
+
+class Sink:
+    def __init__(self, uri, count=0, batch=1024, wait_s=10.0):
+        self.region, self.port = attach(uri, wait_s)
+        self.s = ffi.new("struct vp_sink *", dict(ring=self.port.rx_ring(), batch=batch, count=int(count)))
+
+    def run(self, duration=None, slice_s=0.1, idle_stop_s=None, on_slice=None):
+        """Count until count/duration is reached or, with idle_stop_s, traffic has stopped."""
+        end = time.monotonic() + duration if duration else None
+        last_n, last_change = 0, time.monotonic()
+        while not (self.s.count and self.s.packets >= self.s.count):
+            lib.vp_sink_run(self.s, int(slice_s * 1e9))
+            now = time.monotonic()
+            if on_slice:
+                on_slice(self)
+            if self.s.packets != last_n:
+                last_n, last_change = self.s.packets, now
+            elif idle_stop_s and self.s.packets and now - last_change >= idle_stop_s:
+                break
+            if end and now >= end:
+                break
+        return self.result()
+
+    def result(self):
+        el = (self.s.last_ns - self.s.first_ns) / 1e9 if self.s.first_ns else 0.0
+        return {"received": self.s.packets, "bytes": self.s.bytes, "seconds": round(el, 6),
+                "mpps": round(self.s.packets / el / 1e6, 4) if el > 0 else 0.0,
+                "errors": self.port.ring_stats()["rx"]}
+
+    def close(self):
+        self.region.close()
