@@ -64,6 +64,7 @@ ffibuilder.set_source(
     extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function"]
     + os.environ.get("VP_CFLAGS", "").split(),
     extra_link_args=os.environ.get("VP_LDFLAGS", "").split(),
+    py_limited_api=False,  # one file name for both the pip build and the in-place rebuild
 )
 
 if __name__ == "__main__":

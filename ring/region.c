@@ -10,6 +10,25 @@
 /* the ring's const fields are written once, by whoever formats the region */
 #define SETC(field, v) do { __typeof__(field) _v = (v); memcpy((void *)&(field), &_v, sizeof(_v)); } while (0)
 
+#define GUARD 4096
+
+/* Map a region (fd >= 0) or anonymous memory (fd < 0) between two PROT_NONE pages, so
+ * an access past either end faults at once instead of touching a neighbour mapping. */
+char *vp_map_guarded(int fd, uint64_t size) {
+    uint64_t len = ALIGN_UP(size, GUARD);
+    char *base = mmap(NULL, len + 2 * GUARD, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *p;
+    if (base == MAP_FAILED) return NULL;
+    p = fd >= 0 ? mmap(base + GUARD, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0)
+                : mmap(base + GUARD, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (p == MAP_FAILED) { munmap(base, len + 2 * GUARD); return NULL; }
+    return base + GUARD;
+}
+
+int vp_unmap_guarded(char *p, uint64_t size) {
+    return munmap(p - GUARD, ALIGN_UP(size, GUARD) + 2 * GUARD);
+}
+
 static uint64_t ring_objsize(uint32_t slots) {
     return ALIGN_UP(sizeof(struct netmap_ring) + (uint64_t)slots * sizeof(struct netmap_slot), NM_CACHE_ALIGN);
 }

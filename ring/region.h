@@ -95,6 +95,8 @@ struct vp_port {
 int shm_open(const char *name, int oflag, unsigned int mode);
 int shm_unlink(const char *name);
 uint64_t vp_region_size(const struct vp_geom *g);
+char *vp_map_guarded(int fd, uint64_t size);
+int vp_unmap_guarded(char *p, uint64_t size);
 int vp_region_format(char *base, uint64_t size, const struct vp_geom *g,
                      char **names, uint32_t mem_id, uint64_t generation, uint32_t pid);
 int vp_region_check(const char *base, uint64_t size, char *err, size_t errlen);

@@ -50,9 +50,12 @@ def _mem_id(region):
 class Region:
     """A mapped region. `create` formats a new one; `attach` opens a peer's."""
 
-    def __init__(self, name, fd, mm, size, owner):
-        self.name, self._fd, self._mm, self.size, self.owner = name, fd, mm, size, owner
-        self.base = ffi.from_buffer(mm)
+    def __init__(self, name, fd, size, owner):
+        self.name, self._fd, self.size, self.owner = name, fd, size, owner
+        self.base = lib.vp_map_guarded(fd, size)
+        if self.base == ffi.NULL:
+            os.close(fd)
+            raise RegionError(f"region {name}: cannot map {size} bytes: {os.strerror(ffi.errno)}")
         self.hdr = ffi.cast("struct vp_region_hdr *", self.base)
         self.nm_base = self.base + lib.VP_REGION_HDR_SIZE
         self.nm_size = size - lib.VP_REGION_HDR_SIZE
@@ -78,12 +81,11 @@ class Region:
                               + (" (another pipeline owns it)" if e == errno.EEXIST else ""))
         try:
             os.ftruncate(fd, size)
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as e:
             os.close(fd)
             lib.shm_unlink(path)
-            raise RegionError(f"region {name}: cannot size/map {size} bytes: {e.strerror}") from None
-        self = cls(name, fd, mm, size, owner=True)
+            raise RegionError(f"region {name}: cannot size {size} bytes: {e.strerror}") from None
+        self = cls(name, fd, size, owner=True)
         names = [ffi.new("char[]", p.encode()) for p in ports]
         rc = lib.vp_region_format(self.base, size, geom, ffi.new("char *[]", names), self.mem_id,
                                   int.from_bytes(os.urandom(8), "little"), os.getpid())
@@ -103,8 +105,7 @@ class Region:
         if size < lib.VP_REGION_HDR_SIZE:
             os.close(fd)
             raise RegionError(f"region {name}: not ready ({size} bytes)")
-        mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self = cls(name, fd, mm, size, owner=False)
+        self = cls(name, fd, size, owner=False)
         err = ffi.new("char[256]")
         if lib.vp_region_check(self.base, size, err, 256) != 0:
             self.close()
@@ -134,21 +135,17 @@ class Region:
         return _pid_alive(self.hdr.owner_pid)
 
     def close(self):
-        if self._mm is None:
+        if self.base is None:
             return
         if self.owner:
             self.hdr.state = 2
             lib.shm_unlink(_shm_path(self.name))
         for p in self._ports:
             p.region = None
+        lib.vp_unmap_guarded(self.base, self.size)
         self.base = self.hdr = self.nm_base = None
         self._ports = []
-        try:
-            self._mm.close()
-        except BufferError:
-            pass  # a cdata view is still alive; the mapping goes with the process
         os.close(self._fd)
-        self._mm = None
 
     def __enter__(self):
         return self

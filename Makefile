@@ -1,0 +1,35 @@
+# valepipe — `make demo`, `make test`, `make bench` each set up what they need first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h tools/*.c tools/*.h) pipeline/native_build.py
+
+.PHONY: demo test bench native clean help
+help:
+	@echo "make demo   - set up, then run gen -> pipeline -> sink on shm: ports and print Mpps"
+	@echo "make test   - set up, then run the test suite"
+	@echo "make bench  - set up, then run perf/bench_shm.py (Mpps by flows and batch, ns/packet by stage)"
+
+$(VENV)/.installed: pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# the extension is rebuilt in place whenever a C kernel or header changes
+pipeline/.native-stamp: $(VENV)/.installed $(NATIVE_SRC)
+	$(PY) pipeline/native_build.py >/dev/null
+	touch $@
+
+native: pipeline/.native-stamp
+
+demo: native
+	$(PY) -m pipeline.cli demo
+
+test: native
+	$(PY) -m pytest tests
+
+bench: native
+	$(PY) perf/bench_shm.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info pipeline/_native* pipeline/*.o pipeline/.native-stamp

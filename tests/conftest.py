@@ -1,0 +1,88 @@
+"""Shared fixtures: unique names for shm regions, a running pipeline in its own process,
+and cleanup of exactly what a test created."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+
+from pipeline import control
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def uniq():
+    """A prefix for shm names unique to this test; leftover regions are removed after."""
+    tag = "t" + uuid.uuid4().hex[:10]
+    yield tag
+    for f in os.listdir("/dev/shm"):
+        if f.startswith("valepipe." + tag):
+            os.unlink(os.path.join("/dev/shm", f))
+
+
+class Pipeline:
+    def __init__(self, cfg_text, tmp):
+        self.dir = tmp
+        self.cfg = os.path.join(tmp, "p.toml")
+        with open(self.cfg, "w") as f:
+            f.write(cfg_text)
+        self.ctl = os.path.join(tmp, "run", "worker.ctl")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", self.cfg, "--quiet",
+                                      "--stats-json", os.path.join(tmp, "final.json")],
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pipeline exited {self.proc.returncode}: {self.proc.stderr.read()}")
+            try:
+                if self.stats()["upcall"]["channel_up"]:
+                    return
+            except (OSError, RuntimeError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("pipeline did not come up")
+
+    def stats(self):
+        return control.request(self.ctl, "stats")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        path = os.path.join(self.dir, "final.json")
+        return json.load(open(path)) if os.path.exists(path) else None
+
+
+@pytest.fixture
+def pipeline_factory():
+    made = []
+
+    def make(cfg_text):
+        tmp = tempfile.mkdtemp(prefix="valepipe-test-")
+        cfg_text = cfg_text.replace("@RUN@", os.path.join(tmp, "run"))
+        p = Pipeline(cfg_text, tmp)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()
+
+
+def wait_for(pred, timeout=10.0, step=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return pred()
