@@ -101,7 +101,8 @@ class Worker:
         st = self.dp.stats()
         st["uptime_s"] = round(time.monotonic() - self.started, 3)
         st["upcall"] = dict(self.upcalls.st, channel_up=self.upcalls.up,
-                            pending=len(self.upcalls.keys), slowpath_restarts=getattr(self, "slow_restarts", 0))
+                            pending=len(self.upcalls.keys), slowpath_restarts=getattr(self, "slow_restarts", 0),
+                            slowpath_pid=self.slow.pid if self.slow else None)
         st["ports"] = [p.stats() for p in self.ports]
         return st
 

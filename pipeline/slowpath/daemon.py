@@ -97,8 +97,9 @@ def serve(path, slow, stop=lambda: False):
                             s.sendall(channel.encode(reply))
                 except (channel.ChannelError, ValueError, TypeError) as e:
                     slow.st["bad_messages"] += 1
+                    why = str(e) if isinstance(e, channel.ChannelError) else f"malformed msgpack ({type(e).__name__}: {e})"
                     try:
-                        s.sendall(channel.encode({"v": channel.VERSION, "t": "error", "error": str(e)}))
+                        s.sendall(channel.encode({"v": channel.VERSION, "t": "error", "error": why}))
                     except OSError:
                         pass
                     del clients[s]

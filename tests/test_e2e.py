@@ -1,0 +1,210 @@
+"""End to end across processes: a pipeline (worker + slow path) in its own process, the
+test as the user side of its shm: ports. N packets of M flows in, exactly N out on the
+right ports with identical bytes, counters equal, first packet of each flow upcalled."""
+import os
+import random
+import signal
+import socket
+import time
+
+import msgpack
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from tests.conftest import wait_for
+from tools.traffic import attach
+
+
+def cfg(tag, flows, ports=("a", "b", "c"), share=False):
+    out = [f'[pipeline]\nname = "{tag}"\nrun_dir = "@RUN@"\n']
+    for i, p in enumerate(ports):
+        uri = f"shm:{tag}{p}" + (f"@share={tag}{ports[0]}" if share and i else "")
+        out.append(f'[[port]]\nuri = "{uri}"\nslots = 256\n')
+    out.append("[slowpath]\nflows = [" + ", ".join(f'"{f}"' for f in flows) + "]\n")
+    return "\n".join(out)
+
+
+def frame(flow, seq, size=80):
+    pay = seq.to_bytes(4, "big") + bytes(max(0, size - 46))
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") /
+                 IP(src=f"10.1.{flow // 250}.{flow % 250 + 1}", dst="10.2.0.1") / UDP(sport=1000 + flow, dport=53) / pay)
+
+
+class Peer:
+    """The user side of one shm: port."""
+
+    def __init__(self, uri):
+        self.region, self.port = attach(uri)
+        self.got = []
+
+    def send_all(self, frames, others=(), window=192):
+        """Send everything, keeping at most `window` packets beyond what the receivers
+        (others) have read: the switch drops (and counts) when an output ring is full."""
+        i, base = 0, sum(len(o.got) for o in others)
+        deadline = time.monotonic() + 30
+        while i < len(frames):
+            for o in others:
+                o.drain()
+            room = window - (i - (sum(len(o.got) for o in others) - base)) if others else 128
+            if room > 0:
+                i += self.port.send(frames[i:i + min(room, 64)])
+            assert time.monotonic() < deadline, "ring never drained"
+        return i
+
+    def drain(self):
+        self.got += self.port.recv(1024)
+        return len(self.got)
+
+    def close(self):
+        self.region.close()
+
+
+def peers(tag, names="abc", share=False):
+    return {n: Peer(f"shm:{tag}{n}" + (f"@share={tag}a" if share and n != "a" else "")) for n in names}
+
+
+def run_flows(pipe, ps, nflows, npkts):
+    a, b, c = ps["a"], ps["b"], ps["c"]
+    first = [frame(f, f) for f in range(nflows)]
+    a.send_all(first, others=(b, c))
+    assert wait_for(lambda: b.drain() >= nflows, 10)
+    rng = random.Random(7)
+    rest = [frame(rng.randrange(nflows), nflows + i) for i in range(npkts - nflows)]
+    a.send_all(rest, others=(b, c))
+    assert wait_for(lambda: b.drain() >= npkts, 10)
+    time.sleep(0.2)
+    b.drain(), c.drain(), a.drain()
+    return first, rest
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["copy", "zero-copy"])
+def test_n_packets_m_flows(uniq, pipeline_factory, share):
+    nflows, npkts = 60, 3000
+    pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2", "in_port=2,actions=output:1,output:3",
+                                       "in_port=3,actions=drop"], share=share))
+    ps = peers(uniq, share=share)
+    try:
+        first, rest = run_flows(pipe, ps, nflows, npkts)
+        b = ps["b"].got
+        assert len(b) == npkts
+        assert sorted(b[:nflows]) == sorted(first)      # slow-path executes may reorder firsts
+        assert b[nflows:] == rest                       # hits keep their order
+        assert ps["c"].got == [] and ps["a"].got == []
+        st = pipe.stats()
+        assert st["misses"] == nflows
+        assert st["upcall"]["upcall_flows"] == nflows
+        assert st["upcall"]["upcall_packets"] == nflows
+        assert st["upcall"]["installed"] == nflows
+        assert st["hits"] == npkts - nflows
+        assert st["flows"] == nflows
+        assert sum(st["drops"].values()) == 0
+        pa, pb, pc = st["ports"]
+        assert pa["rx_packets"] == npkts and pb["tx_packets"] == npkts
+        assert pc["tx_packets"] == 0 and pc["rx_packets"] == 0
+        assert not any(p["faulty"] for p in st["ports"])
+        if share:
+            assert st["tx_swapped"] == npkts - nflows and st["tx_copied"] == 0
+        else:
+            assert st["tx_copied"] == npkts - nflows and st["tx_swapped"] == 0
+    finally:
+        for p in ps.values():
+            p.close()
+
+
+def test_multi_output_and_drop(uniq, pipeline_factory):
+    pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2", "in_port=2,actions=output:1,output:3",
+                                       "in_port=3,actions=drop"]))
+    ps = peers(uniq)
+    try:
+        a, b, c = ps["a"], ps["b"], ps["c"]
+        frames = [frame(3, i) for i in range(200)]
+        b.send_all(frames[:1], others=(a, c))
+        assert wait_for(lambda: a.drain() >= 1 and c.drain() >= 1)
+        b.send_all(frames[1:], others=(a, c))
+        assert wait_for(lambda: a.drain() >= 200 and c.drain() >= 200)
+        assert a.got == frames and c.got == frames
+        c.send_all([frame(9, i) for i in range(50)], others=(a, b))
+        st = wait_for(lambda: (lambda s: s if s["drops"]["action_drop"] == 50 else None)(pipe.stats()))
+        assert st, pipe.stats()["drops"]
+        time.sleep(0.1)
+        assert a.drain() == 200 and b.drain() == 0
+    finally:
+        for p in ps.values():
+            p.close()
+
+
+def test_packets_of_a_pending_flow_are_not_lost(uniq, pipeline_factory):
+    pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")))
+    ps = peers(uniq, "ab")
+    try:
+        burst = [frame(1, i) for i in range(40)]        # all sent before any answer can come back
+        ps["a"].send_all(burst)
+        assert wait_for(lambda: ps["b"].drain() >= 40)
+        assert sorted(ps["b"].got) == sorted(burst)
+        st = pipe.stats()
+        assert st["upcall"]["upcall_flows"] == 1        # the flow went up once
+        assert st["upcall"]["upcall_packets"] + st["hits"] == 40
+    finally:
+        for p in ps.values():
+            p.close()
+
+
+def test_slow_path_killed_hits_keep_flowing(uniq, pipeline_factory):
+    pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")))
+    ps = peers(uniq, "ab")
+    try:
+        a, b = ps["a"], ps["b"]
+        a.send_all([frame(1, 0)])
+        assert wait_for(lambda: b.drain() >= 1)
+        pid = pipe.stats()["upcall"]["slowpath_pid"]
+        os.kill(pid, signal.SIGKILL)
+        cached = [frame(1, i) for i in range(1, 501)]
+        a.send_all(cached, others=(b,))
+        assert wait_for(lambda: b.drain() >= 501)
+        assert b.got[1:] == cached
+        # the supervisor restarts it; a new flow is then set up again
+        assert wait_for(lambda: (lambda s: s["upcall"]["channel_up"] and s["upcall"]["slowpath_pid"] != pid)(
+            pipe.stats()), 15)
+        a.send_all([frame(2, 999)])
+        assert wait_for(lambda: b.drain() >= 502, 10)
+        assert pipe.stats()["upcall"]["slowpath_restarts"] >= 1
+    finally:
+        for p in ps.values():
+            p.close()
+
+
+def test_slow_path_answers_garbage_with_errors(uniq, pipeline_factory):
+    pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")))
+    ps = peers(uniq, "ab")
+    path = os.path.join(pipe.dir, "run", "slowpath.sock")
+    try:
+        for bad in (b"\xc1garbage", msgpack.packb([1, 2, 3]), msgpack.packb({"v": 99, "t": "upcall"}),
+                    msgpack.packb({"v": 1, "t": "upcall", "flows": [{"id": "x"}], "packets": []}),
+                    msgpack.packb({"v": 1, "t": "upcall", "flows": [], "packets": [[1, 2]]})):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            s.connect(path)
+            s.sendall(bad)
+            reply = msgpack.unpackb(s.recv(65536), raw=False)
+            s.close()
+            assert reply["t"] == "error" and reply["error"], bad
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+        ps["a"].send_all([frame(5, 1)])               # the worker's channel was never disturbed
+        assert wait_for(lambda: ps["b"].drain() >= 1)
+    finally:
+        for p in ps.values():
+            p.close()
+
+
+def test_no_rule_drops_are_counted(uniq, pipeline_factory):
+    pipe = pipeline_factory(cfg(uniq, [], ports=("a", "b")))
+    ps = peers(uniq, "ab")
+    try:
+        ps["a"].send_all([frame(1, i) for i in range(30)])
+        st = wait_for(lambda: (lambda s: s if s["drops"]["action_drop"] == 30 else None)(pipe.stats()))
+        assert st, pipe.stats()
+        assert ps["b"].drain() == 0
+    finally:
+        for p in ps.values():
+            p.close()
