@@ -101,24 +101,37 @@ def gen(port: str = typer.Argument(..., help="shm:NAME port to send on (its pipe
         count: int = typer.Option(0, help="stop after this many packets (0 = no limit)"),
         duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
         batch: int = typer.Option(256, help="slots filled per ring publish"),
+        rx: Optional[str] = typer.Option(None, help="also count what arrives on this shm: port, in the same "
+                                          "loop (pkt-gen txrx: one core, no scheduler in between)"),
+        idle_stop: float = typer.Option(1.0, help="with --rx: stop once nothing arrived for this long"),
         cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON")):
     """pkt-gen-style generator on a shm: port: prebuilt UDP/IPv4 frames, C batch loop."""
     from ring.region import RegionError
-    from tools.traffic import Generator
+    from tools.traffic import Generator, Sink
     _pin(cpu)
     if count == 0 and duration is None:
         duration = 10.0
     try:
         g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch)
+        s = Sink(rx, count=count) if rx else None
     except (RegionError, ValueError) as e:
         _fail(str(e))
     try:
-        res = g.run(duration=duration)
+        res = g.run(duration=duration, sink=s, idle_stop_s=idle_stop)
+        if s:
+            res["rx"] = s.result()
     finally:
         g.close()
-    print(json.dumps(res) if as_json else
-          f"sent {res['sent']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps")
+        if s:
+            s.close()
+    if as_json:
+        print(json.dumps(res))
+    else:
+        print(f"sent {res['sent']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps")
+        if s:
+            print(f"received {res['rx']['received']} packets in {res['rx']['seconds']:.3f} s: "
+                  f"{res['rx']['mpps']:.3f} Mpps")
 
 
 @app.command()

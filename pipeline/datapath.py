@@ -74,5 +74,7 @@ class Datapath:
             "parse_errors": {k: s.parse_err[i] for i, k in enumerate(PARSE_ERRORS)},
             "drops": {k: s.drops[i] for i, k in enumerate(DROPS)},
             "stage_ns_per_packet": stage,
+            "stage_ns_total": {k: s.stage_ns[i] for i, k in enumerate(STAGES)},
+            "stage_packets": {k: s.stage_pkts[i] for i, k in enumerate(STAGES)},
             "tx_swapped": s.tx_swapped, "tx_copied": s.tx_copied,
         }

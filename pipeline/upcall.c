@@ -24,7 +24,7 @@ uint32_t vp_upcall_collect(struct vp_dp *dp, struct vp_batch *b, struct vp_upcal
             u->flow_id[u->nflows++] = id;
             e = vp_flow_find(dp, &b->key[i]);
         }
-        f = &dp->flows.slots[e];
+        f = &dp->flows.entries[e];
         if (f->action >= 0) {           /* installed meanwhile: not a miss any more */
             pk->action = f->action;
             continue;

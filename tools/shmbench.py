@@ -1,8 +1,10 @@
 """One measured run on shm: ports: a pipeline (its own process, pinned to one core) between
-a generator and a sink (their own processes, sharing the other core). Used by
-`valepipe demo` and perf/bench_shm.py."""
+a generator and a sink (their own processes, sharing the other core). A paced warm-up
+sends every flow once so the measured phase sees installed flows, as in steady state.
+Used by `valepipe demo` and perf/bench_shm.py."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -10,14 +12,37 @@ import time
 
 from pipeline import control
 
+WARMUP_PPS = 20_000          # well under the slow path's flow setup rate
+
 
 def _cpus():
     cpus = sorted(os.sched_getaffinity(0))
     return (cpus[0], cpus[-1]) if len(cpus) > 1 else (cpus[0], cpus[0])
 
 
+def _delta(after, before):
+    if isinstance(after, dict):
+        return {k: _delta(v, before.get(k)) if isinstance(before, dict) else v for k, v in after.items()}
+    if isinstance(after, (int, float)) and not isinstance(after, bool) and isinstance(before, (int, float)):
+        return after - before
+    return after
+
+
+def _traffic(cmd, cpu):
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *cmd, "--json", "--cpu", str(cpu)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def _finish(p, timeout):
+    out, _ = p.communicate(timeout=timeout)
+    if p.returncode:
+        raise RuntimeError(f"{' '.join(p.args[3:5])} exited with status {p.returncode}")
+    return json.loads(out)
+
+
 def measure(flows=1, size=60, batch=256, seconds=5.0, slots=1024, tag=None, share_region=False):
-    """Returns {"mpps": delivered Mpps, "gen": ..., "sink": ..., "stats": pipeline stats}."""
+    """Returns {"mpps": delivered Mpps, "gen", "sink", "stats": pipeline counters of the
+    measured phase only, "warmup_s"}."""
     tag = tag or f"b{os.getpid()}x{int(time.time() * 1000) % 100000}"
     pipe_cpu, traffic_cpu = _cpus()
     tmp = tempfile.mkdtemp(prefix="valepipe-bench-")
@@ -25,44 +50,37 @@ def measure(flows=1, size=60, batch=256, seconds=5.0, slots=1024, tag=None, shar
     uri_a, uri_b = f"shm:{a}", (f"shm:{b}@share={a}" if share_region else f"shm:{b}")
     cfg = os.path.join(tmp, "bench.toml")
     with open(cfg, "w") as f:
-        f.write(f"""[pipeline]
-name = "{tag}"
-batch = {batch}
-flow_limit = {max(2 * flows, 1024)}
-run_dir = "{tmp}/run"
-
-[[port]]
-uri = "{uri_a}"
-slots = {slots}
-
-[[port]]
-uri = "{uri_b}"
-slots = {slots}
-
-[slowpath]
-flows = ["in_port=1,actions=output:2", "in_port=2,actions=output:1"]
-""")
-    py = sys.executable
-    pipe = subprocess.Popen([py, "-m", "pipeline.cli", "run", cfg, "--quiet", "--cpu", str(pipe_cpu)])
-    sink = gen = None
+        f.write(f'[pipeline]\nname = "{tag}"\nbatch = {batch}\nflow_limit = {max(2 * flows, 1024)}\n'
+                f'idle_timeout = 0\nrun_dir = "{tmp}/run"\n\n'
+                f'[[port]]\nuri = "{uri_a}"\nslots = {slots}\n\n[[port]]\nuri = "{uri_b}"\nslots = {slots}\n\n'
+                '[slowpath]\nflows = ["in_port=1,actions=output:2", "in_port=2,actions=output:1"]\n')
+    ctl = os.path.join(tmp, "run", "worker.ctl")
+    pipe = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", cfg, "--quiet", "--cpu", str(pipe_cpu)])
+    procs = []
     try:
-        sink = subprocess.Popen([py, "-m", "pipeline.cli", "sink", uri_b, "--duration", str(seconds + 30),
-                                 "--idle-stop", "1.0", "--json", "--cpu", str(traffic_cpu)],
-                                stdout=subprocess.PIPE, text=True)
-        gen = subprocess.Popen([py, "-m", "pipeline.cli", "gen", uri_a, "--flows", str(flows), "--size", str(size),
-                                "--duration", str(seconds), "--batch", str(batch), "--json",
-                                "--cpu", str(traffic_cpu)], stdout=subprocess.PIPE, text=True)
-        gen_out, _ = gen.communicate(timeout=seconds + 60)
-        sink_out, _ = sink.communicate(timeout=60)
-        if gen.returncode or sink.returncode:
-            raise RuntimeError(f"generator exited {gen.returncode}, sink exited {sink.returncode}")
-        stats = control.request(os.path.join(tmp, "run", "worker.ctl"), "stats")
-        g, s = json.loads(gen_out), json.loads(sink_out)
+        t0 = time.monotonic()
+        warm = _traffic(["gen", uri_a, "--rx", uri_b, "--flows", str(flows), "--size", str(size),
+                         "--count", str(flows), "--rate", str(WARMUP_PPS)], traffic_cpu)
+        procs.append(warm)
+        _finish(warm, 180)
+        warmup_s = time.monotonic() - t0
+        before = control.request(ctl, "stats")
+        if before["flows"] < flows:
+            raise RuntimeError(f"warm-up installed {before['flows']} of {flows} flows")
+        gen = _traffic(["gen", uri_a, "--rx", uri_b, "--flows", str(flows), "--size", str(size),
+                        "--duration", str(seconds), "--batch", str(batch)], traffic_cpu)
+        procs.append(gen)
+        g = _finish(gen, seconds + 60)
+        s = g.pop("rx")
+        after = control.request(ctl, "stats")
+        st = _delta(after, before)
+        st["stage_ns_per_packet"] = {k: round(v / st["stage_packets"][k], 2) if st["stage_packets"][k] else None
+                                     for k, v in st["stage_ns_total"].items()}
         return {"flows": flows, "size": size, "batch": batch, "mpps": s["mpps"], "gen": g, "sink": s,
-                "stats": stats}
+                "stats": st, "warmup_s": round(warmup_s, 2)}
     finally:
-        for p in (gen, sink):
-            if p and p.poll() is None:
+        for p in procs:
+            if p.poll() is None:
                 p.kill()
                 p.wait()
         pipe.terminate()
@@ -71,3 +89,4 @@ flows = ["in_port=1,actions=output:2", "in_port=2,actions=output:1"]
         except subprocess.TimeoutExpired:
             pipe.kill()
             pipe.wait()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -40,76 +40,100 @@ int vp_gen_build(uint8_t *frames, uint32_t stride, uint32_t nflows, uint32_t len
     return 0;
 }
 
-uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns) {
+/* one generator step: fill up to a batch of slots; returns how many were sent */
+static uint32_t gen_step(struct vp_gen *g, uint64_t now) {
     struct vp_ring *r = g->ring;
+    uint32_t n = vp_ring_space(r), sent = 0;
+    if (n > g->batch) n = g->batch;
+    if (g->count && g->sent + n > g->count) n = (uint32_t)(g->count - g->sent);
+    if (g->rate_pps) {
+        uint64_t allowed = (now - g->start_ns) * g->rate_pps / 1000000000ull;
+        n = allowed > g->sent ? (uint32_t)(allowed - g->sent < n ? allowed - g->sent : n) : 0;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        struct netmap_slot *s = vp_slot(r, vp_ring_produce(r));
+        uint32_t idx = s->buf_idx;
+        if (!vp_buf_ok(r, idx)) { r->st.bad_buf++; r->faulty = 1; break; }
+        memcpy(vp_buf(r, idx), g->frames + (size_t)g->next * g->stride, g->frame_len);
+        s->len = (uint16_t)g->frame_len;
+        s->flags = 0;
+        vp_ring_produced(r);
+        if (++g->next == g->nframes) g->next = 0;
+        sent++;
+    }
+    if (sent) vp_ring_publish(r);
+    g->sent += sent;
+    if (!sent) g->ring_full++;
+    return sent;
+}
+
+/* one sink step: count and release what the ring holds (up to a batch) */
+static uint32_t sink_step(struct vp_sink *s, uint64_t now) {
+    struct vp_ring *r = s->ring;
+    uint32_t n = vp_ring_avail(r), got = 0;
+    if (n > s->batch) n = s->batch;
+    for (uint32_t i = 0; i < n; i++) {
+        struct netmap_slot *sl = vp_slot(r, r->cons);
+        uint16_t len = sl->len;
+        r->cons = nm_ring_next(r->nslots, r->cons);
+        if (!vp_buf_ok(r, sl->buf_idx)) { r->st.bad_buf++; r->faulty = 1; continue; }
+        if (len == 0 || len > r->buf_size) { r->st.bad_len++; continue; }
+        s->bytes += len;
+        got++;
+    }
+    if (n) {
+        vp_ring_release(r);
+        s->packets += got;
+        if (!s->first_ns) s->first_ns = now;
+        s->last_ns = now;
+    } else {
+        s->empty_polls++;
+    }
+    return n;
+}
+
+static void idle(uint32_t *spins) {
+    if (++*spins > 64) { sched_yield(); *spins = 0; }
+}
+
+static int gen_done(const struct vp_gen *g) { return g->count && g->sent >= g->count; }
+static int sink_done(const struct vp_sink *s) { return s->count && s->packets >= s->count; }
+
+uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns) {
     uint64_t t0 = vp_now_ns(), now = t0, before = g->sent;
-    uint32_t idle = 0;
+    uint32_t spins = 0;
     if (!g->start_ns) g->start_ns = t0;
-    if (g->frame_len > r->buf_size) return 0;
-    while (now - t0 < max_ns && (!g->count || g->sent < g->count)) {
-        uint32_t n = vp_ring_space(r);
-        if (n > g->batch) n = g->batch;
-        if (g->count && g->sent + n > g->count) n = (uint32_t)(g->count - g->sent);
-        if (g->rate_pps) {
-            uint64_t allowed = (now - g->start_ns) * g->rate_pps / 1000000000ull;
-            n = allowed > g->sent ? (uint32_t)(allowed - g->sent < n ? allowed - g->sent : n) : 0;
-        }
-        if (n == 0) {
-            g->ring_full++;
-            if (++idle > 64) { sched_yield(); idle = 0; }
-            now = vp_now_ns();
-            continue;
-        }
-        idle = 0;
-        for (uint32_t i = 0; i < n; i++) {
-            struct netmap_slot *s = vp_slot(r, vp_ring_produce(r));
-            uint32_t idx = s->buf_idx;
-            if (!vp_buf_ok(r, idx)) { r->st.bad_buf++; r->faulty = 1; break; }
-            memcpy(vp_buf(r, idx), g->frames + (size_t)g->next * g->stride, g->frame_len);
-            s->len = (uint16_t)g->frame_len;
-            s->flags = 0;
-            vp_ring_produced(r);
-            if (++g->next == g->nframes) g->next = 0;
-            g->sent++;
-        }
-        vp_ring_publish(r);
+    if (g->frame_len > g->ring->buf_size) return 0;
+    while (now - t0 < max_ns && !gen_done(g)) {
+        if (!gen_step(g, now)) idle(&spins); else spins = 0;
         now = vp_now_ns();
     }
     g->bytes = g->sent * g->frame_len;
-    r->st.packets = g->sent;
-    r->st.bytes = g->bytes;
     return g->sent - before;
 }
 
 uint64_t vp_sink_run(struct vp_sink *s, uint64_t max_ns) {
-    struct vp_ring *r = s->ring;
     uint64_t t0 = vp_now_ns(), now = t0, before = s->packets;
-    uint32_t idle = 0;
-    while (now - t0 < max_ns && (!s->count || s->packets < s->count)) {
-        uint32_t n = vp_ring_avail(r);
-        if (n > s->batch) n = s->batch;
-        if (n == 0) {
-            s->empty_polls++;
-            if (++idle > 64) { sched_yield(); idle = 0; }
-            now = vp_now_ns();
-            continue;
-        }
-        idle = 0;
-        for (uint32_t i = 0; i < n; i++) {
-            struct netmap_slot *sl = vp_slot(r, r->cons);
-            uint16_t len = sl->len;
-            r->cons = nm_ring_next(r->nslots, r->cons);
-            if (!vp_buf_ok(r, sl->buf_idx)) { r->st.bad_buf++; r->faulty = 1; continue; }
-            if (len == 0 || len > r->buf_size) { r->st.bad_len++; continue; }
-            s->packets++;
-            s->bytes += len;
-        }
-        vp_ring_release(r);
+    uint32_t spins = 0;
+    while (now - t0 < max_ns && !sink_done(s)) {
+        if (!sink_step(s, now)) idle(&spins); else spins = 0;
         now = vp_now_ns();
-        if (!s->first_ns) s->first_ns = now;
-        s->last_ns = now;
     }
-    r->st.packets = s->packets;
-    r->st.bytes = s->bytes;
+    return s->packets - before;
+}
+
+/* pkt-gen's txrx on two ports in one loop: no scheduler between sending and draining */
+uint64_t vp_gen_sink_run(struct vp_gen *g, struct vp_sink *s, uint64_t max_ns) {
+    uint64_t t0 = vp_now_ns(), now = t0, before = s->packets;
+    uint32_t spins = 0;
+    if (!g->start_ns) g->start_ns = t0;
+    if (g->frame_len > g->ring->buf_size) return 0;
+    while (now - t0 < max_ns && !(gen_done(g) && sink_done(s))) {
+        uint32_t work = gen_done(g) ? 0 : gen_step(g, now);
+        work += sink_step(s, now);
+        if (!work) idle(&spins); else spins = 0;
+        now = vp_now_ns();
+    }
+    g->bytes = g->sent * g->frame_len;
     return s->packets - before;
 }

@@ -30,4 +30,5 @@ struct vp_sink {
 int vp_gen_build(uint8_t *frames, uint32_t stride, uint32_t nflows, uint32_t len, const uint8_t *dst_mac, const uint8_t *src_mac);
 uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns);
 uint64_t vp_sink_run(struct vp_sink *s, uint64_t max_ns);
+uint64_t vp_gen_sink_run(struct vp_gen *g, struct vp_sink *s, uint64_t max_ns);
 /* cdef-end */

@@ -50,14 +50,31 @@ class Generator:
     def frame(self, i):
         return bytes(ffi.buffer(self._frames + i * self.stride, self.g.frame_len))
 
-    def run(self, duration=None, slice_s=0.1, on_slice=None):
+    def run(self, duration=None, slice_s=0.1, on_slice=None, sink=None, idle_stop_s=1.0):
+        """Send until count/duration. With `sink`, also drain that port in the same C loop
+        (pkt-gen's txrx) and stop once sending is over and nothing arrived for idle_stop_s."""
         end = time.monotonic() + duration if duration else None
-        while not (self.g.count and self.g.sent >= self.g.count):
-            lib.vp_gen_run(self.g, int(slice_s * 1e9))
+        sent_done_at = None
+        last = (-1, time.monotonic())
+        while True:
+            if sink is None:
+                lib.vp_gen_run(self.g, int(slice_s * 1e9))
+            else:
+                lib.vp_gen_sink_run(self.g, sink.s, int(slice_s * 1e9))
+            now = time.monotonic()
             if on_slice:
                 on_slice(self)
-            if end and time.monotonic() >= end:
+            done = (self.g.count and self.g.sent >= self.g.count) or (end and now >= end)
+            if done and sink is None:
                 break
+            if done:
+                if sent_done_at is None:
+                    sent_done_at = now
+                    self.g.count = max(self.g.sent, 1)          # stop sending, keep draining
+                if sink.s.packets != last[0]:
+                    last = (sink.s.packets, now)
+                if (sink.s.count and sink.s.packets >= sink.s.count) or now - last[1] >= idle_stop_s:
+                    break
         return self.result()
 
     def result(self):

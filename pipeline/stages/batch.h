@@ -109,26 +109,30 @@ struct vp_actions {
     uint16_t out[8];          /* datapath port indexes */
 };
 
-/* exact-match flow table: open addressing, linear probing, backward-shift delete */
+/* exact-match flow table: a compact open-addressing index (hash << 32 | entry + 1,
+ * linear probing, backward-shift delete) over a pool of entries that never move */
 struct vp_flow {
-    struct vp_flow_key key;
+    int32_t action;           /* >= 0 action set, VP_ACT_PENDING, or VP_ACT_EMPTY when free */
     uint32_t hash;
-    int32_t action;           /* -1 = empty slot */
+    uint32_t upcall_id;       /* while pending: the upcall that carried this flow */
+    uint16_t tcp_flags;
+    uint16_t pad;
     uint64_t packets;
     uint64_t bytes;
     uint64_t used_ns;
     uint64_t created_ns;
-    uint32_t upcall_id;       /* while pending: the upcall that carried this flow */
-    uint16_t tcp_flags;
-    uint16_t pad;
+    struct vp_flow_key key;
+    uint64_t pad2[1];
 };
 
 struct vp_flow_table {
-    struct vp_flow *slots;
-    uint32_t mask;            /* capacity - 1 (capacity a power of two) */
+    uint64_t *index;
+    struct vp_flow *entries;
+    uint32_t *free;           /* stack of free entry numbers */
+    uint32_t nfree;
+    uint32_t mask;            /* index capacity - 1 (a power of two, >= 2 x limit) */
     uint32_t count;
     uint32_t limit;
-    uint32_t pad;
 };
 
 struct vp_outq {

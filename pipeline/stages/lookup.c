@@ -1,19 +1,31 @@
-/* lookup.c — the exact-match flow table: full-key hash lookup with the whole batch's
- * buckets prefetched first, per-flow stats on hits, pending entries for upcalled flows. */
+/* lookup.c — the exact-match flow table. A batch is looked up in three passes so the
+ * memory latency of many flows overlaps: prefetch every index bucket, pick each
+ * candidate by hash and prefetch its entry, then compare full keys. */
 #include <stdlib.h>
 #include <string.h>
 #include "lookup.h"
 
+#define IDX(h, e) (((uint64_t)(h) << 32) | ((uint64_t)(e) + 1))
+#define IDX_HASH(w) ((uint32_t)((w) >> 32))
+#define IDX_ENTRY(w) ((uint32_t)(w) - 1)
+
 int vp_flows_init(struct vp_dp *dp, uint32_t limit) {
+    struct vp_flow_table *t = &dp->flows;
     uint32_t cap = 1024;
     if (limit == 0 || limit > (1u << 26)) return -1;
-    while (cap < limit * 2u) cap <<= 1;          /* load factor stays under 1/2 */
-    dp->flows.slots = aligned_alloc(64, (size_t)cap * sizeof(struct vp_flow));
-    if (!dp->flows.slots) return -1;
-    for (uint32_t i = 0; i < cap; i++) dp->flows.slots[i].action = VP_ACT_EMPTY;
-    dp->flows.mask = cap - 1;
-    dp->flows.count = 0;
-    dp->flows.limit = limit;
+    while (cap < limit * 2u) cap <<= 1;          /* index load factor stays under 1/2 */
+    t->index = calloc(cap, sizeof(uint64_t));
+    t->entries = aligned_alloc(64, (size_t)limit * sizeof(struct vp_flow));
+    t->free = malloc((size_t)limit * sizeof(uint32_t));
+    if (!t->index || !t->entries || !t->free) return -1;
+    for (uint32_t i = 0; i < limit; i++) {
+        t->entries[i].action = VP_ACT_EMPTY;
+        t->free[i] = limit - 1 - i;
+    }
+    t->nfree = limit;
+    t->mask = cap - 1;
+    t->count = 0;
+    t->limit = limit;
     return 0;
 }
 
@@ -24,12 +36,18 @@ static inline int key_eq(const struct vp_flow_key *a, const struct vp_flow_key *
     return d == 0;
 }
 
-static int32_t find(struct vp_flow_table *t, const struct vp_flow_key *k, uint32_t h) {
+/* index position holding key k, or -1 */
+static int64_t find_pos(const struct vp_flow_table *t, const struct vp_flow_key *k, uint32_t h) {
     for (uint32_t i = h & t->mask;; i = (i + 1) & t->mask) {
-        struct vp_flow *f = &t->slots[i];
-        if (f->action == VP_ACT_EMPTY) return -1;
-        if (f->hash == h && key_eq(&f->key, k)) return (int32_t)i;
+        uint64_t w = t->index[i];
+        if (!w) return -1;
+        if (IDX_HASH(w) == h && key_eq(&t->entries[IDX_ENTRY(w)].key, k)) return i;
     }
+}
+
+static int32_t find(const struct vp_flow_table *t, const struct vp_flow_key *k, uint32_t h) {
+    int64_t pos = find_pos(t, k, h);
+    return pos < 0 ? -1 : (int32_t)IDX_ENTRY(t->index[pos]);
 }
 
 int32_t vp_flow_find(struct vp_dp *dp, const struct vp_flow_key *k) {
@@ -39,14 +57,31 @@ int32_t vp_flow_find(struct vp_dp *dp, const struct vp_flow_key *k) {
 uint32_t vp_lookup(struct vp_dp *dp, struct vp_batch *b) {
     VP_TIME_BEGIN(dp);
     struct vp_flow_table *t = &dp->flows;
-    uint32_t nmiss = 0;
+    uint32_t nmiss = 0, n = b->n;
     uint64_t now = dp->now_ns;
-    for (uint32_t i = 0; i < b->n; i++) __builtin_prefetch(&t->slots[b->pkt[i].hash & t->mask]);
-    for (uint32_t i = 0; i < b->n; i++) {
+    for (uint32_t i = 0; i < n; i++) __builtin_prefetch(&t->index[b->pkt[i].hash & t->mask]);
+    for (uint32_t i = 0; i < n; i++) {          /* first index word with the same hash */
+        uint32_t h = b->pkt[i].hash, e = UINT32_MAX;
+        for (uint32_t j = h & t->mask;; j = (j + 1) & t->mask) {
+            uint64_t w = t->index[j];
+            if (!w) break;
+            if (IDX_HASH(w) == h) { e = IDX_ENTRY(w); break; }
+        }
+        b->pkt[i].flow = e;
+        if (e != UINT32_MAX) {
+            const char *p = (const char *)&t->entries[e];
+            __builtin_prefetch(p);
+            __builtin_prefetch(p + 64);
+            __builtin_prefetch(p + 128);
+        }
+    }
+    for (uint32_t i = 0; i < n; i++) {
         struct vp_pkt *pk = &b->pkt[i];
-        int32_t e = find(t, &b->key[i], pk->hash);
-        if (e >= 0 && t->slots[e].action >= 0) {
-            struct vp_flow *f = &t->slots[e];
+        int32_t e = (int32_t)pk->flow;
+        if (pk->flow == UINT32_MAX) e = -1;
+        else if (!key_eq(&t->entries[e].key, &b->key[i])) e = find(t, &b->key[i], pk->hash);
+        if (e >= 0 && t->entries[e].action >= 0) {
+            struct vp_flow *f = &t->entries[e];
             pk->action = f->action;
             pk->flow = (uint32_t)e;
             f->packets++;
@@ -60,23 +95,25 @@ uint32_t vp_lookup(struct vp_dp *dp, struct vp_batch *b) {
         }
     }
     b->nmiss = nmiss;
-    dp->st.hits += b->n - nmiss;
+    dp->st.hits += n - nmiss;
     dp->st.misses += nmiss;
-    VP_TIME_END(dp, VP_ST_LOOKUP, b->n);
+    VP_TIME_END(dp, VP_ST_LOOKUP, n);
     return nmiss;
 }
 
 static struct vp_flow *insert(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t h) {
     struct vp_flow_table *t = &dp->flows;
-    uint32_t i;
-    if (t->count >= t->limit) return NULL;
-    for (i = h & t->mask; t->slots[i].action != VP_ACT_EMPTY; i = (i + 1) & t->mask) {}
+    uint32_t i, e;
+    if (t->count >= t->limit || t->nfree == 0) return NULL;
+    e = t->free[--t->nfree];
+    for (i = h & t->mask; t->index[i]; i = (i + 1) & t->mask) {}
+    t->index[i] = IDX(h, e);
     t->count++;
-    memset(&t->slots[i], 0, sizeof(t->slots[i]));
-    t->slots[i].key = *k;
-    t->slots[i].hash = h;
-    t->slots[i].created_ns = t->slots[i].used_ns = dp->now_ns;
-    return &t->slots[i];
+    memset(&t->entries[e], 0, sizeof(t->entries[e]));
+    t->entries[e].key = *k;
+    t->entries[e].hash = h;
+    t->entries[e].created_ns = t->entries[e].used_ns = dp->now_ns;
+    return &t->entries[e];
 }
 
 int vp_flow_insert_pending(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t hash, uint32_t upcall_id) {
@@ -93,7 +130,7 @@ int vp_flow_install(struct vp_dp *dp, const struct vp_flow_key *k, int32_t actio
     int32_t e = find(&dp->flows, k, h);
     struct vp_flow *f;
     if (e >= 0) {
-        f = &dp->flows.slots[e];
+        f = &dp->flows.entries[e];
         if (f->action == VP_ACT_PENDING) f->packets = 0;   /* it counted queued upcall packets */
         f->action = action;
         f->used_ns = dp->now_ns;
@@ -107,24 +144,27 @@ int vp_flow_install(struct vp_dp *dp, const struct vp_flow_key *k, int32_t actio
 
 /* backward-shift deletion keeps every probe sequence unbroken without tombstones */
 static void delete_at(struct vp_flow_table *t, uint32_t i) {
-    uint32_t j = i;
+    uint32_t e = IDX_ENTRY(t->index[i]), j = i;
+    t->entries[e].action = VP_ACT_EMPTY;
+    t->free[t->nfree++] = e;
     for (;;) {
         j = (j + 1) & t->mask;
-        if (t->slots[j].action == VP_ACT_EMPTY) break;
-        uint32_t home = t->slots[j].hash & t->mask;
+        uint64_t w = t->index[j];
+        if (!w) break;
+        uint32_t home = IDX_HASH(w) & t->mask;
         if (((j - home) & t->mask) >= ((j - i) & t->mask)) {
-            t->slots[i] = t->slots[j];
+            t->index[i] = w;
             i = j;
         }
     }
-    t->slots[i].action = VP_ACT_EMPTY;
+    t->index[i] = 0;
     t->count--;
 }
 
 int vp_flow_remove(struct vp_dp *dp, const struct vp_flow_key *k) {
-    int32_t e = find(&dp->flows, k, vp_key_hash(k));
-    if (e < 0) return -1;
-    delete_at(&dp->flows, (uint32_t)e);
+    int64_t pos = find_pos(&dp->flows, k, vp_key_hash(k));
+    if (pos < 0) return -1;
+    delete_at(&dp->flows, (uint32_t)pos);
     return 0;
 }
 
@@ -133,14 +173,15 @@ uint32_t vp_flow_sweep(struct vp_dp *dp, uint64_t idle_ns, uint64_t pending_ns, 
     uint64_t now = dp->now_ns;
     uint32_t removed = 0, pend = 0;
     for (uint32_t i = 0; i <= t->mask; i++) {
-        struct vp_flow *f = &t->slots[i];
-        if (f->action == VP_ACT_EMPTY) continue;
+        uint64_t w = t->index[i];
+        if (!w) continue;
+        struct vp_flow *f = &t->entries[IDX_ENTRY(w)];
         uint64_t age = now > f->used_ns ? now - f->used_ns : 0;
-        if ((f->action == VP_ACT_PENDING && age > pending_ns) || (f->action >= 0 && idle_ns && age > idle_ns)) {
+        if ((f->action == VP_ACT_PENDING && age >= pending_ns) || (f->action >= 0 && idle_ns && age > idle_ns)) {
             if (f->action == VP_ACT_PENDING) pend++;
             delete_at(t, i);
             removed++;
-            i--;                    /* a shifted entry may now sit at i */
+            i--;                    /* a shifted word may now sit at i (wraps to 0 safely) */
         }
     }
     if (expired_pending) *expired_pending = pend;
