@@ -196,6 +196,21 @@ void vp_extract_one(const uint8_t *p, uint32_t len, uint32_t in_port, struct vp_
     }
 }
 
+#if defined(__SSE4_2__)
+#include <nmmintrin.h>
+/* CRC32C over the key's words, one instruction per word (as Open vSwitch does on x86) */
+uint32_t vp_key_hash(const struct vp_flow_key *k) {
+    const uint64_t *w = (const uint64_t *)k;
+    uint64_t a = 0x243f6a88, b = 0x85a308d3;
+    size_t i;
+    for (i = 0; i + 1 < sizeof(*k) / 8; i += 2) {   /* two chains overlap their latency */
+        a = _mm_crc32_u64(a, w[i]);
+        b = _mm_crc32_u64(b, w[i + 1]);
+    }
+    if (i < sizeof(*k) / 8) a = _mm_crc32_u64(a, w[i]);
+    return (uint32_t)(a ^ (b << 15 | b >> 17)) * 0x9e3779b1u;
+}
+#else
 /* Pairs of key words are multiplied independently and summed, so the CPU overlaps
  * them; a serial multiply chain over 15 words cost ~30 ns per packet. */
 static inline uint64_t mum(uint64_t a, uint64_t b) {
@@ -214,13 +229,14 @@ uint32_t vp_key_hash(const struct vp_flow_key *k) {
     acc = mum(acc, 0x1d8e4e27c47d124full);
     return (uint32_t)(acc ^ (acc >> 32));
 }
+#endif
 
 void vp_extract(struct vp_dp *dp, struct vp_batch *b) {
     VP_TIME_BEGIN(dp);
-    for (uint32_t i = 0; i < b->n && i < 8; i++) __builtin_prefetch(b->pkt[i].data);
+    for (uint32_t i = 0; i < b->n && i < 16; i++) __builtin_prefetch(b->pkt[i].data);
     for (uint32_t i = 0; i < b->n; i++) {
         struct vp_pkt *pk = &b->pkt[i];
-        if (i + 8 < b->n) __builtin_prefetch(b->pkt[i + 8].data);
+        if (i + 16 < b->n) __builtin_prefetch(b->pkt[i + 16].data);
         vp_extract_one((const uint8_t *)pk->data, pk->len, pk->port, &b->key[i], dp->st.parse_err);
         pk->hash = vp_key_hash(&b->key[i]);
     }

@@ -49,6 +49,8 @@ uint32_t vp_receive(struct vp_dp *dp, struct vp_batch *b, uint32_t budget) {
                 if (flags & (NS_MOREFRAG | NS_INDIRECT)) { r->st.bad_flags++; continue; }
                 struct vp_pkt *pk = &b->pkt[n++];
                 pk->data = vp_buf(r, idx);
+                /* the peer just wrote this buffer from another core: start the transfer now */
+                __builtin_prefetch(pk->data);
                 pk->len = len;
                 pk->port = (uint16_t)pi;
                 pk->ring = (uint16_t)ri;
