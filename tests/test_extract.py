@@ -188,9 +188,9 @@ def test_matches_scapy(frame):
 
 
 @pytest.mark.parametrize("frame", [
-    bytes(Ether(type=100) / LLC(dsap=0xAA, ssap=0xAA, ctrl=3) / SNAP(OUI=0, code=0x0800) / Raw(b"x" * 20)),
-    bytes(Ether(type=60) / LLC(dsap=0x42, ssap=0x42, ctrl=3) / Raw(b"x" * 40)),
-    bytes(Ether() / Dot1Q(vlan=5) / Dot1Q(vlan=6) / Dot1Q(vlan=7) / IP() / UDP()),
+    bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01", type=100) / LLC(dsap=0xAA, ssap=0xAA, ctrl=3) / SNAP(OUI=0, code=0x0800) / Raw(b"x" * 20)),
+    bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01", type=60) / LLC(dsap=0x42, ssap=0x42, ctrl=3) / Raw(b"x" * 40)),
+    bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01") / Dot1Q(vlan=5) / Dot1Q(vlan=6) / Dot1Q(vlan=7) / IP() / UDP()),
 ])
 def test_llc_snap_and_tag_depth(frame):
     got, _ = extract(frame)
@@ -198,23 +198,23 @@ def test_llc_snap_and_tag_depth(frame):
 
 
 def test_counted_errors():
-    ip = bytes(Ether() / IP(src="1.2.3.4") / UDP() / b"payload!")
+    ip = bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01") / IP(src="1.2.3.4") / UDP() / b"payload!")
     assert extract(ip[:13])[1] == {"eth_short": 1}
     assert extract(ip[:30])[1] == {"ipv4_trunc": 1}
     bad_ihl = bytearray(ip)
     bad_ihl[14] = 0x43
     assert extract(bytes(bad_ihl))[1] == {"ipv4_bad": 1}
     assert extract(ip[:14 + 20 + 4])[1] == {"ipv4_trunc": 1}      # total length says more
-    tcp = bytes(Ether() / IP() / TCP())
+    tcp = bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01") / IP() / TCP())
     short_tcp = bytearray(tcp)
     short_tcp[17] = 20 + 10                                     # IP total length: 10 bytes of TCP
     attrs, errs = extract(bytes(short_tcp[:14 + 30]))
     assert errs == {"l4_trunc": 1} and attrs["layers"] == 1 | 4 and "tp_src" not in attrs
-    v6 = bytes(Ether() / IPv6() / IPv6ExtHdrHopByHop() / UDP())
+    v6 = bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01") / IPv6() / IPv6ExtHdrHopByHop() / UDP())
     loop = bytearray(v6)
     loop[14 + 40] = 0                                           # hop-by-hop pointing at another one, again
     assert extract(bytes(loop))[1].get("ipv6_ext") == 1
-    assert extract(bytes(Ether() / Dot1Q())[:16])[1] == {"vlan_trunc": 1}
+    assert extract(bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01") / Dot1Q())[:16])[1] == {"vlan_trunc": 1}
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

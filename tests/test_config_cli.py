@@ -1,0 +1,121 @@
+"""Config validation, CLI behaviour (clear messages, no tracebacks), and the fast path
+with no slow path: misses counted as upcall_lost, never a hang."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import channel, config
+from pipeline.worker import Worker
+from tests.conftest import ROOT
+from tools.traffic import attach
+
+
+def cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("[pipeline]\nbatch = 0\n[[port]]\nuri='shm:a'", "batch must be 1..1024"),
+    ("[pipeline]\nbogus = 1\n[[port]]\nuri='shm:a'", "unknown key 'bogus'"),
+    ("[pipeline]\nbatch = 'x'\n[[port]]\nuri='shm:a'", "expected int"),
+    ("[pipeline]\n", "at least one [[port]]"),
+    ("[[port]]\nslots = 8\n", "missing uri"),
+    ("[[port]]\nuri='shm:a'\n[[port]]\nuri='shm:a'", "used twice"),
+    ("[[port]]\nuri='shm:a'\nofport=70000", "ofport must be"),
+    ("[[port]]\nuri='shm:a'\n[slowpath]\nflows=[1]", "must be a string"),
+    ("[[port]\n", "not valid TOML"),
+    ("[extra]\n", "unknown section"),
+])
+def test_config_errors_name_the_problem(text, msg):
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(text, "x.toml")
+    assert msg in str(e.value) and "x.toml" in str(e.value)
+
+
+def test_cli_help_explains():
+    r = cli("--help")
+    assert r.returncode == 0
+    for cmd in ("run", "gen", "sink", "stats", "ports", "demo"):
+        assert cmd in r.stdout
+    r = cli("gen", "--help")
+    assert "--flows" in r.stdout and "--rate" in r.stdout and "--rx" in r.stdout
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pipeline]\nbatch = 5000\n[[port]]\nuri = 'shm:x'\n")
+    r = cli("run", str(bad))
+    assert r.returncode == 2 and "batch must be" in r.stderr and "Traceback" not in r.stderr
+    r = cli("run", str(tmp_path / "missing.toml"))
+    assert r.returncode == 2 and "No such file" in r.stderr and "Traceback" not in r.stderr
+    r = cli("gen", "shm:doesnotexist" + os.urandom(4).hex(), "--count", "1")
+    assert r.returncode == 2 and "no such shm region" in r.stderr and "Traceback" not in r.stderr
+    r = cli("run", str(bad).replace("bad", "x"))
+    assert "Traceback" not in r.stderr
+    kind = tmp_path / "kind.toml"
+    kind.write_text("[[port]]\nuri = 'warp:eth0'\n")
+    r = cli("run", str(kind))
+    assert r.returncode == 2 and "unknown kind 'warp'" in r.stderr
+
+
+def test_region_taken_by_a_live_pipeline_is_refused(uniq, tmp_path):
+    cfg = config.parse(f"[pipeline]\nname='{uniq}'\nrun_dir='{tmp_path}/r1'\n[[port]]\nuri='shm:{uniq}'\n")
+    w = Worker(cfg, start_slowpath=False)
+    try:
+        cfg2 = config.parse(f"[pipeline]\nname='{uniq}2'\nrun_dir='{tmp_path}/r2'\n[[port]]\nuri='shm:{uniq}'\n")
+        with pytest.raises(Exception) as e:
+            Worker(cfg2, start_slowpath=False)
+        assert "another pipeline owns it" in str(e.value)
+    finally:
+        w.close()
+    assert not os.path.exists(f"/dev/shm/valepipe.{uniq}")
+
+
+def test_no_slow_path_counts_upcall_lost(uniq, tmp_path):
+    cfg = config.parse(f"[pipeline]\nname='{uniq}'\nrun_dir='{tmp_path}/run'\n"
+                       f"[[port]]\nuri='shm:{uniq}a'\n[[port]]\nuri='shm:{uniq}b'\n")
+    w = Worker(cfg, start_slowpath=False)
+    reg, peer = attach(f"shm:{uniq}a")
+    try:
+        frame = bytes.fromhex("020000000002020000000001080045000014000100004011f9d40a0000010a000002")
+        assert peer.send([frame] * 20) == 20
+        w.run(duration=0.3)
+        st = w.stats()
+        assert st["drops"]["upcall_lost"] == 20
+        assert st["misses"] == 20 and st["upcall"]["channel_up"] is False
+        assert st["ports"][0]["rx_packets"] == 20
+    finally:
+        reg.close()
+        w.close()
+    assert os.stat(tmp_path / "run").st_mode & 0o777 == 0o700
+
+
+def test_key_attrs_cover_parsed_layers_only():
+    from tests.test_extract import extract
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    attrs, _ = extract(bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01") / IP(src="1.2.3.4") / TCP(sport=1, dport=2, flags="S")))
+    assert attrs["tcp_flags"] == 2 and attrs["tp_dst"] == 2 and "ipv6_src" not in attrs
+    attrs, _ = extract(bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01", type=0x88B5)) + b"x" * 50)
+    assert set(attrs) == {"in_port", "layers", "eth_dst", "eth_src", "eth_type"}
+
+
+@pytest.mark.parametrize("msg,ok", [
+    ({"v": 1, "t": "upcall"}, True), ({"v": 2, "t": "upcall"}, False), ({"t": "upcall"}, False),
+    ({"v": 1, "t": "bogus"}, False), ([1], False), ({"v": True, "t": "hello"}, False)])
+def test_channel_envelope(msg, ok):
+    if ok:
+        assert channel.check(msg) == "upcall"
+    else:
+        with pytest.raises(channel.ChannelError):
+            channel.check(msg)
+
+
+def test_unknown_key_attributes_are_ignored():
+    from pipeline.slowpath.rules import RuleSet
+    rs = RuleSet(["in_port=1,actions=output:2"])
+    assert rs.translate({"in_port": 1, "from_the_future": [1, 2]}) == [["output", 2]]
+    assert rs.translate({"eth_type": 0x800}) == [["drop"]]       # missing in_port: a wildcard, no rule hit
