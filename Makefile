@@ -12,6 +12,7 @@ help:
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade "setuptools>=64" wheel "cffi>=1.15"
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
