@@ -12,11 +12,27 @@ MAX_REQUEST = 64 << 10
 
 
 def make_run_dir(path):
+    """Create the run directory owner-only; returns the directories this call created,
+    outermost first, so the caller can remove exactly those."""
+    created, p = [], os.path.abspath(path)
+    while not os.path.exists(p):
+        created.append(p)
+        p = os.path.dirname(p)
     os.makedirs(path, mode=0o700, exist_ok=True)
     st = os.stat(path)
-    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+    if st.st_uid != os.geteuid():
+        raise PermissionError(f"run directory {path} belongs to uid {st.st_uid}, not to us")
+    if st.st_mode & 0o077:
         os.chmod(path, 0o700)
-    return path
+    return created[::-1]
+
+
+def remove_run_dirs(created):
+    for d in reversed(created):
+        try:
+            os.rmdir(d)
+        except OSError:
+            break   # not empty: something else lives there now
 
 
 class ControlServer:

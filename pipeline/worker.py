@@ -22,12 +22,17 @@ IDLE_SLEEP_S = 50e-6
 class Worker:
     def __init__(self, cfg, start_slowpath=True):
         self.cfg = cfg
-        self.run_dir = control.make_run_dir(cfg.run_dir)
+        self.run_dir = cfg.run_dir
         self.slow_sock = os.path.join(self.run_dir, "slowpath.sock")
         self.ctl_path = os.path.join(self.run_dir, "worker.ctl")
         self.slow = None
         self.stopping = False
         self.ports = open_ports(cfg.ports)
+        try:
+            self.created_dirs = control.make_run_dir(self.run_dir)
+        except OSError:
+            close_ports(self.ports)
+            raise
         try:
             self.dp = Datapath(self.ports, flow_limit=cfg.flow_limit, batch=cfg.batch)
             self.dp.idle_ns = int(cfg.idle_timeout * 1e9)
@@ -40,6 +45,7 @@ class Worker:
                 "stop": lambda r: self.stop()})
         except Exception:
             close_ports(self.ports)
+            control.remove_run_dirs(self.created_dirs)
             raise
         self.started = time.monotonic()
         if start_slowpath:
@@ -117,3 +123,4 @@ class Worker:
                 self.slow.wait()
         self.control.close()
         close_ports(self.ports)
+        control.remove_run_dirs(self.created_dirs)

@@ -2,6 +2,7 @@
 and cleanup of exactly what a test created."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,7 @@ def pipeline_factory():
     yield make
     for p in made:
         p.stop()
+        shutil.rmtree(p.dir, ignore_errors=True)
 
 
 def wait_for(pred, timeout=10.0, step=0.01):

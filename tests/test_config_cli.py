@@ -56,7 +56,7 @@ def test_cli_errors_are_one_line(tmp_path):
     r = cli("run", str(bad).replace("bad", "x"))
     assert "Traceback" not in r.stderr
     kind = tmp_path / "kind.toml"
-    kind.write_text("[[port]]\nuri = 'warp:eth0'\n")
+    kind.write_text(f"[pipeline]\nrun_dir = '{tmp_path}/run'\n[[port]]\nuri = 'warp:eth0'\n")
     r = cli("run", str(kind))
     assert r.returncode == 2 and "unknown kind 'warp'" in r.stderr
 
@@ -78,6 +78,7 @@ def test_no_slow_path_counts_upcall_lost(uniq, tmp_path):
     cfg = config.parse(f"[pipeline]\nname='{uniq}'\nrun_dir='{tmp_path}/run'\n"
                        f"[[port]]\nuri='shm:{uniq}a'\n[[port]]\nuri='shm:{uniq}b'\n")
     w = Worker(cfg, start_slowpath=False)
+    assert os.stat(tmp_path / "run").st_mode & 0o777 == 0o700
     reg, peer = attach(f"shm:{uniq}a")
     try:
         frame = bytes.fromhex("020000000002020000000001080045000014000100004011f9d40a0000010a000002")
@@ -90,7 +91,7 @@ def test_no_slow_path_counts_upcall_lost(uniq, tmp_path):
     finally:
         reg.close()
         w.close()
-    assert os.stat(tmp_path / "run").st_mode & 0o777 == 0o700
+    assert not os.path.exists(tmp_path / "run")          # removed: the worker made it
 
 
 def test_key_attrs_cover_parsed_layers_only():
