@@ -1,0 +1,150 @@
+"""The slow path's flow fields (after Open vSwitch's struct flow) and the names that
+ovs-ofctl syntax uses for them, with their widths, masks and prerequisites."""
+import ipaddress
+from dataclasses import dataclass
+
+
+class FieldError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    width: int
+    kind: str = "int"          # int | mac | ipv4 | ipv6
+    maskable: bool = True
+    stage: int = 0             # classifier stage: 0 metadata, 1 L2, 2 L3, 3 L4
+
+    @property
+    def full(self):
+        return (1 << self.width) - 1
+
+
+# the flow as the slow path sees it: every field an int, 0 when absent
+FIELDS = {f.name: f for f in [
+    Field("in_port", 16, maskable=False, stage=0),
+    Field("metadata", 64, stage=0),
+    Field("dl_src", 48, "mac", stage=1),
+    Field("dl_dst", 48, "mac", stage=1),
+    Field("dl_type", 16, maskable=False, stage=1),
+    Field("vlan_tci", 16, stage=1),
+    Field("nw_src", 32, "ipv4", stage=2),
+    Field("nw_dst", 32, "ipv4", stage=2),
+    Field("ipv6_src", 128, "ipv6", stage=2),
+    Field("ipv6_dst", 128, "ipv6", stage=2),
+    Field("ipv6_label", 20, stage=2),
+    Field("nw_proto", 8, maskable=False, stage=2),
+    Field("nw_tos", 8, stage=2),
+    Field("nw_ttl", 8, maskable=False, stage=2),
+    Field("nw_frag", 2, stage=2),
+    Field("arp_sha", 48, "mac", stage=2),
+    Field("arp_tha", 48, "mac", stage=2),
+    Field("tp_src", 16, stage=3),
+    Field("tp_dst", 16, stage=3),
+    Field("tcp_flags", 12, stage=3),
+    Field("nd_target", 128, "ipv6", stage=3),
+]}
+ORDER = list(FIELDS)
+ETH_IP, ETH_IPV6, ETH_ARP, ETH_RARP = 0x0800, 0x86DD, 0x0806, 0x8035
+VLAN_CFI = 0x1000
+
+
+def parse_value(field, text):
+    """Value of `field` written as ovs-ofctl writes it: decimal/hex int, MAC, IPv4, IPv6."""
+    t = text.strip()
+    try:
+        if field.kind == "mac":
+            parts = t.split(":")
+            if len(parts) != 6 or not all(1 <= len(p) <= 2 for p in parts):
+                raise ValueError
+            return int("".join(p.zfill(2) for p in parts), 16)
+        if field.kind == "ipv4":
+            return int(ipaddress.IPv4Address(t))
+        if field.kind == "ipv6":
+            return int(ipaddress.IPv6Address(t))
+        v = int(t, 0)
+    except ValueError:
+        raise FieldError(f"{t!r} is not a valid {field.kind} value for {field.name}") from None
+    if not 0 <= v <= field.full:
+        raise FieldError(f"{field.name}={t}: value out of range (at most {field.width} bits)")
+    return v
+
+
+def parse_value_mask(field, text):
+    """`V` or `V/M`; IP fields also take a prefix length `V/N`. Returns (value & mask, mask)."""
+    if "/" not in text:
+        return parse_value(field, text), field.full
+    if not field.maskable:
+        raise FieldError(f"{field.name} cannot be masked ({text!r})")
+    v, m = text.split("/", 1)
+    value = parse_value(field, v)
+    if field.kind in ("ipv4", "ipv6") and m.isdigit():
+        n = int(m)
+        if not 0 <= n <= field.width:
+            raise FieldError(f"{text}: {'IPv4' if field.kind == 'ipv4' else 'IPv6'} network prefix bits "
+                             f"not between 0 and {field.width}, inclusive")
+        mask = (field.full << (field.width - n)) & field.full
+    else:
+        mask = parse_value(field, m)
+    return value & mask, mask
+
+
+def format_value(field, v):
+    if field.kind == "mac":
+        return ":".join(f"{(v >> (40 - 8 * i)) & 0xFF:02x}" for i in range(6))
+    if field.kind == "ipv4":
+        return str(ipaddress.IPv4Address(v))
+    if field.kind == "ipv6":
+        return str(ipaddress.IPv6Address(v))
+    if field.name in ("metadata", "vlan_tci", "tcp_flags", "dl_type", "ipv6_label"):
+        return hex(v)
+    return str(v)
+
+
+def format_value_mask(field, v, m):
+    if m == field.full:
+        return format_value(field, v)
+    if field.kind in ("ipv4", "ipv6"):
+        n = bin(m).count("1")
+        if m == (field.full << (field.width - n)) & field.full:
+            return f"{format_value(field, v)}/{n}"
+    if field.kind in ("ipv4", "ipv6", "mac"):
+        return f"{format_value(field, v)}/{format_value(field, m)}"
+    return f"{hex(v)}/{hex(m)}"
+
+
+def flow_from_attrs(a):
+    """A fast-path key (attribute map from the channel) as slow-path field ints.
+    Unknown attributes are ignored; missing ones read as 0."""
+    def mac(b):
+        return int.from_bytes(b, "big") if isinstance(b, (bytes, bytearray)) and len(b) == 6 else 0
+
+    def i(v, bits):
+        return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (1 << bits) else 0
+
+    f = dict.fromkeys(ORDER, 0)
+    f["in_port"] = i(a.get("in_port"), 16)
+    f["dl_src"], f["dl_dst"] = mac(a.get("eth_src")), mac(a.get("eth_dst"))
+    f["dl_type"] = i(a.get("eth_type"), 16)
+    vl = a.get("vlan")
+    if isinstance(vl, list) and vl and isinstance(vl[0], list) and len(vl[0]) == 2:
+        f["vlan_tci"] = i(vl[0][1], 16)
+    if f["dl_type"] == ETH_IP:
+        f["nw_src"], f["nw_dst"] = i(a.get("ipv4_src"), 32), i(a.get("ipv4_dst"), 32)
+    elif f["dl_type"] == ETH_IPV6:
+        for k in ("ipv6_src", "ipv6_dst", "nd_target"):
+            b = a.get(k)
+            f[k] = int.from_bytes(b, "big") if isinstance(b, (bytes, bytearray)) and len(b) == 16 else 0
+        f["ipv6_label"] = i(a.get("ipv6_label"), 20)
+        f["arp_sha"], f["arp_tha"] = mac(a.get("nd_sll")), mac(a.get("nd_tll"))
+    elif f["dl_type"] in (ETH_ARP, ETH_RARP):
+        f["nw_src"], f["nw_dst"] = i(a.get("arp_spa"), 32), i(a.get("arp_tpa"), 32)
+        f["nw_proto"] = i(a.get("arp_op"), 8)
+        f["arp_sha"], f["arp_tha"] = mac(a.get("arp_sha")), mac(a.get("arp_tha"))
+    if f["dl_type"] in (ETH_IP, ETH_IPV6):
+        f["nw_proto"] = i(a.get("ip_proto"), 8)
+        f["nw_tos"], f["nw_ttl"], f["nw_frag"] = i(a.get("ip_tos"), 8), i(a.get("ip_ttl"), 8), i(a.get("ip_frag"), 2)
+        f["tp_src"], f["tp_dst"] = i(a.get("tp_src"), 16), i(a.get("tp_dst"), 16)
+        f["tcp_flags"] = i(a.get("tcp_flags"), 12)
+    return f
