@@ -25,10 +25,10 @@ class Field:
 FIELDS = {f.name: f for f in [
     Field("in_port", 16, maskable=False, stage=0),
     Field("metadata", 64, stage=0),
+    Field("vlan_tci", 16, stage=1),          # before the MACs: ovs-ofctl's print order
     Field("dl_src", 48, "mac", stage=1),
     Field("dl_dst", 48, "mac", stage=1),
     Field("dl_type", 16, maskable=False, stage=1),
-    Field("vlan_tci", 16, stage=1),
     Field("nw_src", 32, "ipv4", stage=2),
     Field("nw_dst", 32, "ipv4", stage=2),
     Field("ipv6_src", 128, "ipv6", stage=2),

@@ -208,6 +208,10 @@ def _check_prereqs(text, m, used):
                                         else {6: "tcp", 17: "udp", 132: "sctp"}[protos[0]])
         elif fname == "nd_target" and not (dl == ETH_IPV6 and proto == 58):
             need = "icmp6 with icmp_type=135 or 136"
+        if fname in ("tp_src", "tp_dst", "tcp_flags") and not name.startswith("icmp") \
+                and m.get("nw_frag", (0, 0))[0] & 2:
+            raise FlowError(f"{text!r}: {name} cannot be matched on later fragments (nw_frag=later has no "
+                            "L4 header; OFPBMC_BAD_PREREQ)")
         if need:
             raise FlowError(f"{text!r}: {name} requires {need} in the match (e.g. {need.split()[0].rstrip(',')},"
                             f"{name}=...); "
