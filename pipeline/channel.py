@@ -42,19 +42,42 @@ def check(msg):
     return t
 
 
+FIELDS_SETTABLE = {"dl_src": 48, "dl_dst": 48, "nw_src": 32, "nw_dst": 32, "ipv6_src": 128, "ipv6_dst": 128,
+                   "nw_tos": 8, "nw_ttl": 8, "tp_src": 16, "tp_dst": 16}
+
+
 def actions_ok(actions):
-    """Datapath actions as the channel carries them: [["output", port], ...] or [["drop"]]."""
+    """Datapath actions as the channel carries them: ["output", port], ["drop"],
+    ["set", field, value, mask], ["push_vlan", tpid, tci], ["pop_vlan"]."""
     if not isinstance(actions, list) or len(actions) > 64:
         return False
     for a in actions:
         if not isinstance(a, list) or not a or not isinstance(a[0], str):
             return False
-        if a[0] == "output":
-            if len(a) != 2 or not isinstance(a[1], int) or not 0 <= a[1] < 1 << 16:
-                return False
-        elif a[0] != "drop" or len(a) != 1:
+        k = a[0]
+        if k == "output":
+            ok = len(a) == 2 and _uint(a[1], 16)
+        elif k in ("drop", "pop_vlan"):
+            ok = len(a) == 1
+        elif k == "set":
+            w = FIELDS_SETTABLE.get(a[1]) if len(a) == 4 else None
+            ok = w is not None and _uint(a[2], w) and _uint(a[3], w)
+        elif k == "push_vlan":
+            ok = len(a) == 3 and a[1] in (0x8100, 0x88A8) and _uint(a[2], 16)
+        else:
+            ok = False
+        if not ok:
             return False
     return True
+
+
+def fast_path_runs(actions):
+    """Whether the C execute stage runs these actions (the rest is executed by the slow path)."""
+    return all(a[0] in ("output", "drop") for a in actions)
+
+
+def _uint(v, bits):
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (1 << bits)
 
 
 # --- flow keys as attribute/value pairs -------------------------------------------------

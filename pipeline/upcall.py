@@ -30,7 +30,7 @@ class Upcalls:
         self.next_try = 0.0
         self.st = dict(upcalls=0, upcall_flows=0, upcall_packets=0, replies=0, installed=0,
                        executed=0, execute_dropped=0, stale_replies=0, bad_messages=0,
-                       pending_expired=0, connects=0, disconnects=0, flow_limit_hit=0)
+                       pending_expired=0, connects=0, disconnects=0, flow_limit_hit=0, slow_path_flows=0)
         self._key_size = ffi.sizeof("struct vp_flow_key")
 
     # -- connection -----------------------------------------------------------------------
@@ -145,6 +145,11 @@ class Upcalls:
             if kb is None or not channel.actions_ok(f.get("actions")):
                 self.st["stale_replies"] += 1
                 continue
+            if not channel.fast_path_runs(f["actions"]):
+                # not cacheable here yet: the slow path executes every packet of this flow
+                lib.vp_flow_remove(self.dp.c, ffi.from_buffer("struct vp_flow_key *", kb))
+                self.st["slow_path_flows"] += 1
+                continue
             if self.dp.install(kb, f["actions"]) < 0:
                 self.st["flow_limit_hit"] += 1
             else:
@@ -156,7 +161,7 @@ class Upcalls:
         per_port = {}
         for it in items:
             if not (isinstance(it, list) and len(it) == 2 and isinstance(it[1], bytes)
-                    and channel.actions_ok(it[0]) and 14 <= len(it[1]) <= 65535):
+                    and channel.actions_ok(it[0]) and channel.fast_path_runs(it[0]) and 14 <= len(it[1]) <= 65535):
                 self.st["bad_messages"] += 1
                 continue
             for a in it[0]:

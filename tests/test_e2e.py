@@ -208,3 +208,44 @@ def test_no_rule_drops_are_counted(uniq, pipeline_factory):
     finally:
         for p in ps.values():
             p.close()
+
+
+def test_openflow_tables_through_the_pipeline(uniq, pipeline_factory):
+    """Multi-table OVS-syntax rules: goto_table/resubmit for cached flows, and a flow that
+    rewrites packets (executed by the slow path, which the fast path then does not cache)."""
+    from scapy.layers.l2 import Dot1Q
+    pipe = pipeline_factory(cfg(uniq, [
+        "table=0,priority=10,udp,tp_dst=53,actions=write_metadata:0x1,goto_table:1",
+        "table=0,priority=5,ip,actions=resubmit(,2)",
+        "table=1,metadata=0x1,actions=output:2",
+        "table=2,in_port=1,ip,nw_dst=10.2.0.0/16,actions=mod_nw_dst:10.9.9.9,mod_vlan_vid:7,output:3",
+    ]))
+    ps = peers(uniq)
+    try:
+        a, b, c = ps["a"], ps["b"], ps["c"]
+        dns = [frame(1, i) for i in range(20)]                   # UDP to port 53 -> table 1 -> port 2
+        a.send_all(dns[:1], others=(b,))
+        assert wait_for(lambda: b.drain() >= 1)
+        a.send_all(dns[1:], others=(b,))
+        assert wait_for(lambda: b.drain() >= 20)
+        assert b.got == dns
+        other = [bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.1.0.1", dst="10.2.3.4")
+                       / UDP(sport=7, dport=9) / (b"z" * 30)) for _ in range(5)]
+        for f in other:
+            a.send_all([f], others=(c,))
+            time.sleep(0.05)
+        assert wait_for(lambda: c.drain() >= 5)
+        for out in c.got:
+            p = Ether(out)
+            assert p[Dot1Q].vlan == 7 and p[IP].dst == "10.9.9.9"
+            q = p.copy()
+            del q[IP].chksum, q[UDP].chksum
+            q = Ether(bytes(q))
+            assert (q[IP].chksum, q[UDP].chksum) == (p[IP].chksum, p[UDP].chksum)
+        st = pipe.stats()
+        assert st["upcall"]["installed"] == 1                     # the DNS flow, cached
+        assert st["upcall"]["slow_path_flows"] == 5               # the rewriting flow, every packet
+        assert st["hits"] == 19
+    finally:
+        for p in ps.values():
+            p.close()

@@ -10,7 +10,9 @@ import sys
 from collections import OrderedDict
 
 from pipeline import channel, config
-from pipeline.slowpath.rules import RuleError, RuleSet
+from pipeline.slowpath import execute
+from pipeline.slowpath.flowtext import FlowError
+from pipeline.slowpath.ofproto import OFProto
 
 RECENT_FLOWS = 65536
 
@@ -24,14 +26,18 @@ class Client:
 
 
 class SlowPath:
-    def __init__(self, rules):
-        self.rules = rules
-        self.st = dict(upcalls=0, flows=0, packets=0, bad_messages=0, unknown_flow_packets=0)
+    def __init__(self, ofproto):
+        self.ofproto = ofproto
+        self.st = dict(upcalls=0, flows=0, packets=0, bad_messages=0, unknown_flow_packets=0, slow_flows=0)
 
     def handle(self, client, msg):
         t = channel.check(msg)
         if t == "hello":
             client.worker = msg.get("worker")
+            ports = msg.get("ports")
+            if isinstance(ports, list):
+                self.ofproto.set_ports([p["ofport"] for p in ports if isinstance(p, dict)
+                                        and isinstance(p.get("ofport"), int)])
             return None
         if t != "upcall":
             raise channel.ChannelError(f"a worker does not send {t!r}")
@@ -43,11 +49,13 @@ class SlowPath:
         for f in flows:
             if not (isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("key"), dict)):
                 raise channel.ChannelError("upcall: a flow needs an integer id and a key map")
-            actions = self.rules.translate(f["key"])
-            client.recent[f["id"]] = actions
+            res = self.ofproto.translate(f["key"])
+            client.recent[f["id"]] = res.actions
             if len(client.recent) > RECENT_FLOWS:
                 client.recent.popitem(last=False)
-            out_flows.append({"id": f["id"], "actions": actions})
+            if not channel.fast_path_runs(res.actions):
+                self.st["slow_flows"] += 1
+            out_flows.append({"id": f["id"], "actions": res.actions, "mask": res.wc})
         self.st["flows"] += len(flows)
         for p in pkts:
             if not (isinstance(p, list) and len(p) == 3 and isinstance(p[0], int) and isinstance(p[2], bytes)):
@@ -56,9 +64,16 @@ class SlowPath:
             if actions is None:
                 self.st["unknown_flow_packets"] += 1
                 continue
-            execute.append([actions, p[2]])
+            if channel.fast_path_runs(actions):
+                execute.append([actions, p[2]])
+            else:                                   # modified here, sent back ready to output
+                execute.extend([[["output", port]], frame] for port, frame in execute_apply(actions, p[2]))
         self.st["packets"] += len(execute)
         return {"v": channel.VERSION, "t": "upcall_reply", "flows": out_flows, "execute": execute}
+
+
+def execute_apply(actions, frame):
+    return execute.apply(frame, actions)
 
 
 def serve(path, slow, stop=lambda: False):
@@ -121,11 +136,11 @@ def main(argv=None):
     ap.add_argument("--config", help="pipeline config whose [slowpath] flows to load")
     a = ap.parse_args(argv)
     try:
-        rules = RuleSet(config.load(a.config).flows if a.config else [])
-    except (config.ConfigError, RuleError) as e:
+        ofproto = OFProto(config.load(a.config).flows if a.config else [])
+    except (config.ConfigError, FlowError) as e:
         print(f"valepipe-slowpath: {e}", file=sys.stderr)
         sys.exit(2)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
-    serve(a.socket, SlowPath(rules), stop=lambda: bool(stopping))
+    serve(a.socket, SlowPath(ofproto), stop=lambda: bool(stopping))

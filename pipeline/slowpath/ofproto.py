@@ -1,0 +1,44 @@
+"""The switch as the slow path holds it: OpenFlow tables of rules in ovs-ofctl syntax,
+and translation of a fast-path flow key into datapath actions plus megaflow mask."""
+import time
+
+from pipeline.slowpath.classifier import Table
+from pipeline.slowpath.fields import flow_from_attrs
+from pipeline.slowpath.flowtext import parse_flow
+from pipeline.slowpath.xlate import Xlate
+
+
+class OFProto:
+    def __init__(self, flows=(), ports=()):
+        self.tables = {}
+        self.ports = list(ports)
+        self.created = {}                           # id(rule) -> time added, for duration
+        self.st = dict(translations=0, table_misses=0, controller=0, errors=0)
+        for text in flows:
+            self.add_flow(parse_flow(text))
+
+    def add_flow(self, rule):
+        t = self.tables.setdefault(rule.table, Table(rule.table))
+        for old in list(t.rules()):                 # same table, priority and match: replace
+            if old.key() == rule.key():
+                t.remove(old)
+                self.created.pop(id(old), None)
+        t.insert(rule)
+        self.created[id(rule)] = time.monotonic()
+
+    def rules(self):
+        for tid in sorted(self.tables):
+            yield from sorted(self.tables[tid].rules(), key=lambda r: -r.priority)
+
+    def set_ports(self, ports):
+        self.ports = list(ports)
+
+    def translate(self, key_attrs):
+        res = Xlate(self.tables, self.ports).translate(flow_from_attrs(key_attrs))
+        self.st["translations"] += 1
+        self.st["controller"] += res.controller
+        if not res.rules:
+            self.st["table_misses"] += 1
+        if res.error:
+            self.st["errors"] += 1
+        return res
