@@ -11,7 +11,7 @@ from pipeline._native import ffi
 
 VERSION = 1
 MAX_MESSAGE = 16 << 20          # a batch of 1024 jumbo-less packets fits with room to spare
-TYPES = {"hello", "upcall", "upcall_reply", "error"}
+TYPES = {"hello", "upcall", "upcall_reply", "revalidate", "revalidate_reply", "revalidate_request", "error"}
 
 
 class ChannelError(Exception):

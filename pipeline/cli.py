@@ -157,9 +157,73 @@ def sink(port: str = typer.Argument(..., help="shm:NAME port to receive on"),
           f"received {res['received']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps")
 
 
-def _ctl(run_dir, name):
+def _ctl(run_dir, name, which="worker.ctl"):
     from pipeline.config import default_run_dir
-    return os.path.join(run_dir or default_run_dir(name), "worker.ctl")
+    return os.path.join(run_dir or default_run_dir(name), which)
+
+
+def _slowpath(name, run_dir, cmd, **args):
+    from pipeline import control
+    try:
+        return control.request(_ctl(run_dir, name, "slowpath.ctl"), cmd, **args)
+    except RuntimeError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"cannot reach the slow path of pipeline {name!r}: {e}")
+
+
+NAME = typer.Option("valepipe", "--name", help="pipeline name ([pipeline].name)")
+RUN_DIR = typer.Option(None, "--run-dir", help="the pipeline's run directory (default /run/valepipe/NAME)")
+
+
+@app.command("add-flow")
+def add_flow(flow: str = typer.Argument(..., help="a rule in ovs-ofctl syntax, e.g. "
+                                                  "'table=0,priority=10,tcp,tp_dst=80,actions=output:2'"),
+             name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """Add (or replace) a rule; cached flows are revalidated against it."""
+    _slowpath(name, run_dir, "add-flows", flows=[flow])
+
+
+@app.command("add-flows")
+def add_flows(file: str = typer.Argument(..., help="file with one rule per line ('#' comments)"),
+              name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """Add every rule of a file; nothing is added if any rule is invalid."""
+    try:
+        lines = [ln.strip() for ln in open(file, encoding="utf-8")]
+    except OSError as e:
+        _fail(f"{file}: {e.strerror}")
+    n = _slowpath(name, run_dir, "add-flows", flows=[ln for ln in lines if ln and not ln.startswith("#")])
+    print(f"added {n} rule(s)")
+
+
+@app.command("del-flows")
+def del_flows(match: str = typer.Argument("", help="delete the rules this match covers (all when empty)"),
+              name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """Delete rules (non-strict, as ovs-ofctl del-flows)."""
+    print(f"deleted {_slowpath(name, run_dir, 'del-flows', match=match)} rule(s)")
+
+
+@app.command("mod-flows")
+def mod_flows(flow: str = typer.Argument(..., help="match plus new actions, e.g. 'in_port=1,actions=output:3'"),
+              name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """Change the actions of the rules the match covers (non-strict)."""
+    print(f"modified {_slowpath(name, run_dir, 'mod-flows', flow=flow)} rule(s)")
+
+
+@app.command("dump-flows")
+def dump_flows(name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """Print every rule with its counters, as ovs-ofctl dump-flows does."""
+    from pipeline import control
+    wctl = _ctl(run_dir, name)
+    try:    # the worker pushes its flows' counters to the slow path first
+        want = control.request(wctl, "revalidate")
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and control.request(wctl, "stats")["upcall"]["revalidations_done"] < want:
+            time.sleep(0.02)
+    except (OSError, RuntimeError):
+        pass    # no worker: the slow path's counters are all there is
+    for line in _slowpath(name, run_dir, "dump-flows"):
+        print(" " + line)
 
 
 @app.command()

@@ -15,13 +15,15 @@ class Config:
     batch: int = 256
     flow_limit: int = 200_000
     idle_timeout: float = 10.0
+    revalidate_interval: float = 5.0
     run_dir: str = ""
     ports: list = field(default_factory=list)       # [{"uri", "ofport", "slots"}]
     flows: list = field(default_factory=list)       # rule text, one rule per entry
     path: str = ""
 
 
-PIPELINE_KEYS = {"name": str, "batch": int, "flow_limit": int, "idle_timeout": (int, float), "run_dir": str}
+PIPELINE_KEYS = {"name": str, "batch": int, "flow_limit": int, "idle_timeout": (int, float), "run_dir": str,
+                 "revalidate_interval": (int, float)}
 PORT_KEYS = {"uri": str, "ofport": int, "slots": int}
 SLOWPATH_KEYS = {"flows": list}
 
@@ -62,6 +64,8 @@ def parse(text, path="<config>"):
         raise ConfigError(f"{path}: [pipeline].batch must be 1..1024, not {cfg.batch}")
     if not 1 <= cfg.flow_limit <= 10_000_000:
         raise ConfigError(f"{path}: [pipeline].flow_limit must be 1..10000000")
+    if cfg.revalidate_interval < 0:
+        raise ConfigError(f"{path}: [pipeline].revalidate_interval must be >= 0 (0 = only when rules change)")
     if cfg.idle_timeout < 0:
         raise ConfigError(f"{path}: [pipeline].idle_timeout must be >= 0 (0 = never)")
     cfg.run_dir = cfg.run_dir or default_run_dir(cfg.name)

@@ -14,6 +14,7 @@ from pipeline._native import ffi, lib
 MAX_OUTQ = 8 << 20          # bytes of upcalls waiting for the socket
 PENDING_TIMEOUT_NS = 2_000_000_000
 RECONNECT_S = 0.5
+REVALIDATE_CHUNK = 512        # flows per revalidate message
 
 
 class Upcalls:
@@ -28,9 +29,15 @@ class Upcalls:
         self.c = ffi.new("struct vp_upcall_batch *")
         self.keys = {}                          # upcall id -> packed flow key, while pending
         self.next_try = 0.0
+        self.reval_cursor = None                # pool position of the next revalidation chunk
+        self.reval = {}                         # entry -> key bytes sent for revalidation
+        self.reported = {}                      # entry -> (packets, bytes) already reported
+        self.reval_outstanding = 0              # revalidate messages not answered yet
         self.st = dict(upcalls=0, upcall_flows=0, upcall_packets=0, replies=0, installed=0,
                        executed=0, execute_dropped=0, stale_replies=0, bad_messages=0,
-                       pending_expired=0, connects=0, disconnects=0, flow_limit_hit=0, slow_path_flows=0)
+                       pending_expired=0, connects=0, disconnects=0, flow_limit_hit=0, slow_path_flows=0,
+                       revalidations=0, revalidations_done=0, revalidated=0, revalidated_changed=0,
+                       revalidated_removed=0)
         self._key_size = ffi.sizeof("struct vp_flow_key")
 
     # -- connection -----------------------------------------------------------------------
@@ -60,6 +67,9 @@ class Upcalls:
         self.outq.clear()
         self.unpacker = channel.unpacker()
         self.st["disconnects"] += 1
+        self.reval_outstanding = 0
+        self.reval_cursor = None
+        self._round_done()
         # flows waiting for an answer that will never come: let them miss again later
         expired = ffi.new("uint32_t *")
         lib.vp_flow_sweep(self.dp.c, 0, 0, expired)
@@ -135,6 +145,12 @@ class Upcalls:
 
     def _apply(self, msg):
         t = channel.check(msg)
+        if t == "revalidate_request":
+            self.start_revalidation()
+            return
+        if t == "revalidate_reply":
+            self._revalidated(msg.get("flows", ()))
+            return
         if t != "upcall_reply":
             if t == "error":
                 self.last_error = str(msg.get("error"))
@@ -178,6 +194,64 @@ class Upcalls:
             sent = lib.vp_inject(self.dp.c, idx, b"".join(frames), lens, len(frames))
             self.st["executed"] += sent
             self.st["execute_dropped"] += len(frames) - sent
+
+    # -- revalidation: re-translate installed flows after rules change ------------------------
+    def start_revalidation(self):
+        if self.reval_cursor is None:
+            self.st["revalidations"] += 1
+        self.reval_cursor = 0                   # (re)start from the beginning
+
+    def revalidate_step(self):
+        """Send the next chunk of installed flows (keys + stats since last time)."""
+        if self.reval_cursor is None or not self.up or len(self.outq) > MAX_OUTQ // 2:
+            return
+        buf, nxt = ffi.new("uint32_t[]", REVALIDATE_CHUNK), ffi.new("uint32_t *")
+        n = lib.vp_flow_dump(self.dp.c, self.reval_cursor, buf, REVALIDATE_CHUNK, nxt)
+        self.reval_cursor = nxt[0] if nxt[0] < self.dp.c.flows.limit else None
+        flows, ofport = [], self.dp.ofport_of
+        for j in range(n):
+            e = buf[j]
+            ent = self.dp.c.flows.entries[e]
+            kb = bytes(ffi.buffer(ffi.addressof(ent, "key"), self._key_size))
+            last = self.reported.get(e, (0, 0)) if self.reval.get(e, kb) == kb else (0, 0)
+            self.reported[e] = (ent.packets, ent.bytes)
+            self.reval[e] = kb
+            flows.append({"id": e, "key": channel.key_attrs(kb, ofport),
+                          "packets": ent.packets - last[0], "bytes": ent.bytes - last[1]})
+        if flows:
+            self.outq += channel.encode({"v": channel.VERSION, "t": "revalidate", "flows": flows})
+            self.reval_outstanding += 1
+            self.flush()
+        self._round_done()
+
+    def _round_done(self):
+        if self.reval_cursor is None and self.reval_outstanding == 0:
+            self.st["revalidations_done"] = self.st["revalidations"]
+
+    def _revalidated(self, flows):
+        self.reval_outstanding = max(0, self.reval_outstanding - 1)
+        self._round_done()
+        for f in flows:
+            if not isinstance(f, dict) or not channel.actions_ok(f.get("actions")):
+                self.st["bad_messages"] += 1
+                continue
+            e, kb = f.get("id"), self.reval.get(f.get("id"))
+            if kb is None:
+                continue
+            key = ffi.from_buffer("struct vp_flow_key *", kb)
+            if lib.vp_flow_find(self.dp.c, key) != e:
+                continue                        # gone or replaced since it was sent
+            self.st["revalidated"] += 1
+            if channel.fast_path_runs(f["actions"]):
+                aid = self.dp.action_id(f["actions"])
+                if self.dp.c.flows.entries[e].action != aid:
+                    self.dp.c.flows.entries[e].action = aid
+                    self.st["revalidated_changed"] += 1
+            else:
+                lib.vp_flow_remove(self.dp.c, key)
+                self.reval.pop(e, None)
+                self.reported.pop(e, None)
+                self.st["revalidated_removed"] += 1
 
     def expire(self):
         """Idle flows leave the table; pending flows whose answer is overdue may miss again."""

@@ -42,12 +42,13 @@ class Worker:
                            Execute(self.dp), Transmit(self.dp)]
             self.control = control.ControlServer(self.ctl_path, {
                 "stats": lambda r: self.stats(), "ports": lambda r: [p.stats() for p in self.ports],
-                "stop": lambda r: self.stop()})
+                "stop": lambda r: self.stop(), "revalidate": lambda r: self.revalidate_now()})
         except Exception:
             close_ports(self.ports)
             control.remove_run_dirs(self.created_dirs)
             raise
         self.started = time.monotonic()
+        self.next_revalidation = self.started + cfg.revalidate_interval
         if start_slowpath:
             self.start_slowpath()
 
@@ -63,6 +64,11 @@ class Worker:
                 raise RuntimeError(f"slow path exited with status {self.slow.returncode}")
             self.upcalls.next_try = 0
             time.sleep(0.02)
+
+    def revalidate_now(self):
+        """Start a revalidation round (pushes flow stats to the slow path); returns its number."""
+        self.upcalls.start_revalidation()
+        return self.upcalls.st["revalidations"]
 
     def stop(self):
         self.stopping = True
@@ -88,11 +94,15 @@ class Worker:
             else:
                 time.sleep(IDLE_SLEEP_S)
             up.poll()
+            up.revalidate_step()
             self.control.poll()
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + tick_s
                 up.expire()
+                if self.cfg.revalidate_interval and now >= self.next_revalidation:
+                    self.next_revalidation = now + self.cfg.revalidate_interval
+                    up.start_revalidation()
                 self._supervise()
                 if on_tick:
                     on_tick(self)

@@ -249,3 +249,48 @@ def test_openflow_tables_through_the_pipeline(uniq, pipeline_factory):
     finally:
         for p in ps.values():
             p.close()
+
+
+def test_rule_changes_take_effect_on_cached_traffic(uniq, pipeline_factory):
+    """mod-flows/del-flows/add-flow through the CLI while traffic is cached: the cached flows
+    are revalidated (not flushed) and the next packets follow the new rules."""
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"]).replace(
+        '[pipeline]\n', '[pipeline]\nrevalidate_interval = 0\n'))
+    run_dir = os.path.join(pipe.dir, "run")
+
+    def vp(*args):
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--name", uniq, "--run-dir", run_dir],
+                           cwd=ROOT, capture_output=True, text=True, timeout=30)
+        return r
+    ps = peers(uniq)
+    try:
+        a, b, c = ps["a"], ps["b"], ps["c"]
+        a.send_all([frame(1, 0)], others=(b,))
+        assert wait_for(lambda: b.drain() >= 1)
+        a.send_all([frame(1, i) for i in range(1, 50)], others=(b,))
+        assert wait_for(lambda: b.drain() >= 50)
+        assert pipe.stats()["hits"] == 49
+        r = vp("mod-flows", "in_port=1,actions=output:3")
+        assert r.returncode == 0 and "modified 1" in r.stdout, r.stderr
+        assert wait_for(lambda: pipe.stats()["upcall"]["revalidated_changed"] == 1)
+        a.send_all([frame(1, i) for i in range(50, 80)], others=(c,))
+        assert wait_for(lambda: c.drain() >= 30)
+        assert b.drain() == 50 and pipe.stats()["hits"] == 79        # still cached: no new upcall
+        dump = vp("dump-flows").stdout
+        assert "n_packets=80" in dump and "in_port=1 actions=output:3" in dump, dump
+        r = vp("add-flow", "priority=40000,in_port=1,udp,actions=mod_nw_dst:10.0.0.99,output:2")
+        assert r.returncode == 0, r.stderr
+        assert wait_for(lambda: pipe.stats()["upcall"]["revalidated_removed"] == 1)   # now a slow-path flow
+        a.send_all([frame(1, 100)], others=(b,))
+        assert wait_for(lambda: b.drain() >= 51)
+        assert Ether(b.got[-1])[IP].dst == "10.0.0.99"
+        r = vp("del-flows", "")
+        assert r.returncode == 0 and "deleted 2" in r.stdout
+        r = vp("add-flow", "in_port=1,tp_dst=80,actions=drop")
+        assert r.returncode == 2 and "tp_dst requires tcp, udp or sctp" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        for p in ps.values():
+            p.close()

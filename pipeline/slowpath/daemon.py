@@ -9,9 +9,9 @@ import socket
 import sys
 from collections import OrderedDict
 
-from pipeline import channel, config
+from pipeline import channel, config, control
 from pipeline.slowpath import execute
-from pipeline.slowpath.flowtext import FlowError
+from pipeline.slowpath.flowtext import FlowError, parse_actions, parse_flow
 from pipeline.slowpath.ofproto import OFProto
 
 RECENT_FLOWS = 65536
@@ -28,7 +28,43 @@ class Client:
 class SlowPath:
     def __init__(self, ofproto):
         self.ofproto = ofproto
-        self.st = dict(upcalls=0, flows=0, packets=0, bad_messages=0, unknown_flow_packets=0, slow_flows=0)
+        self.st = dict(upcalls=0, flows=0, packets=0, bad_messages=0, unknown_flow_packets=0, slow_flows=0,
+                       revalidated=0, rule_changes=0)
+        self.clients = {}
+
+    # -- control requests (valepipe add-flow / del-flows / mod-flows / dump-flows) -------------
+    def control_handlers(self):
+        def changed(n):
+            self.st["rule_changes"] += 1
+            for cl in self.clients.values():          # workers re-translate what they cached
+                try:
+                    cl.sock.sendall(channel.encode({"v": channel.VERSION, "t": "revalidate_request"}))
+                except OSError:
+                    pass
+            return n
+
+        def add_flows(req):
+            texts = req.get("flows")
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                raise ValueError("add-flows takes a list of flow strings")
+            rules = [parse_flow(t) for t in texts]     # all or nothing
+            for r in rules:
+                self.ofproto.add_flow(r)
+            return changed(len(rules))
+
+        def del_flows(req):
+            return changed(self.ofproto.del_flows(parse_flow(_text(req, "match"), mode="match")))
+
+        def mod_flows(req):
+            text = _text(req, "flow")
+            m = parse_flow(text, mode="match")
+            if "actions=" not in text:
+                raise ValueError("mod-flows needs actions=")
+            return changed(self.ofproto.mod_flows(m, parse_actions(text.split("actions=", 1)[1], m.table, text)))
+
+        return {"add-flows": _errors(add_flows), "del-flows": _errors(del_flows), "mod-flows": _errors(mod_flows),
+                "dump-flows": lambda req: self.ofproto.dump(),
+                "stats": lambda req: dict(self.st, **self.ofproto.st)}
 
     def handle(self, client, msg):
         t = channel.check(msg)
@@ -39,6 +75,8 @@ class SlowPath:
                 self.ofproto.set_ports([p["ofport"] for p in ports if isinstance(p, dict)
                                         and isinstance(p.get("ofport"), int)])
             return None
+        if t == "revalidate":
+            return self.revalidate(msg)
         if t != "upcall":
             raise channel.ChannelError(f"a worker does not send {t!r}")
         flows, pkts = msg.get("flows", []), msg.get("packets", [])
@@ -50,7 +88,7 @@ class SlowPath:
             if not (isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("key"), dict)):
                 raise channel.ChannelError("upcall: a flow needs an integer id and a key map")
             res = self.ofproto.translate(f["key"])
-            client.recent[f["id"]] = res.actions
+            client.recent[f["id"]] = (res.actions, res.rules)
             if len(client.recent) > RECENT_FLOWS:
                 client.recent.popitem(last=False)
             if not channel.fast_path_runs(res.actions):
@@ -60,10 +98,13 @@ class SlowPath:
         for p in pkts:
             if not (isinstance(p, list) and len(p) == 3 and isinstance(p[0], int) and isinstance(p[2], bytes)):
                 raise channel.ChannelError("upcall: a packet is [flow id, in_port, bytes]")
-            actions = client.recent.get(p[0])
+            actions, rules = client.recent.get(p[0], (None, ()))
             if actions is None:
                 self.st["unknown_flow_packets"] += 1
                 continue
+            for r in rules:
+                r.n_packets += 1
+                r.n_bytes += len(p[2])
             if channel.fast_path_runs(actions):
                 execute.append([actions, p[2]])
             else:                                   # modified here, sent back ready to output
@@ -72,13 +113,52 @@ class SlowPath:
         return {"v": channel.VERSION, "t": "upcall_reply", "flows": out_flows, "execute": execute}
 
 
+    def revalidate(self, msg):
+        flows = msg.get("flows", [])
+        if not isinstance(flows, list):
+            raise channel.ChannelError("revalidate: flows must be an array")
+        out = []
+        for f in flows:
+            if not (isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("key"), dict)):
+                raise channel.ChannelError("revalidate: a flow needs an integer id and a key map")
+            res = self.ofproto.translate(f["key"])
+            for r in res.rules:                      # stats go to the rules that produced the flow
+                r.n_packets += _count(f.get("packets"))
+                r.n_bytes += _count(f.get("bytes"))
+            out.append({"id": f["id"], "actions": res.actions, "mask": res.wc})
+        self.st["revalidated"] += len(out)
+        return {"v": channel.VERSION, "t": "revalidate_reply", "flows": out}
+
+
+def _count(v):
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 63 else 0
+
+
+def _text(req, key):
+    v = req.get(key, "")
+    if not isinstance(v, str) or len(v) > 65536:
+        raise ValueError(f"{key} must be a flow string")
+    return v
+
+
+def _errors(fn):
+    """Turn a bad rule into an error reply that says why."""
+    def run(req):
+        try:
+            return fn(req)
+        except FlowError as e:
+            raise ValueError(str(e)) from None
+    return run
+
+
 def execute_apply(actions, frame):
     return execute.apply(frame, actions)
 
 
-def serve(path, slow, stop=lambda: False):
+def serve(path, slow, stop=lambda: False, control_path=None):
     if os.path.exists(path):
         os.unlink(path)
+    ctl = control.ControlServer(control_path, slow.control_handlers()) if control_path else None
     ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
@@ -86,11 +166,14 @@ def serve(path, slow, stop=lambda: False):
     finally:
         os.umask(old)
     ls.listen(16)
-    clients = {}
+    clients = slow.clients
     try:
         while not stop():
-            r, _, _ = select.select([ls] + list(clients), [], [], 0.2)
+            r, _, _ = select.select([ls] + list(clients) + ([ctl.sock] if ctl else []), [], [], 0.2)
             for s in r:
+                if ctl and s is ctl.sock:
+                    ctl.poll()
+                    continue
                 if s is ls:
                     c, _ = ls.accept()
                     clients[c] = Client(c)
@@ -126,6 +209,8 @@ def serve(path, slow, stop=lambda: False):
         for s in clients:
             s.close()
         ls.close()
+        if ctl:
+            ctl.close()
         if os.path.exists(path):
             os.unlink(path)
 
@@ -134,6 +219,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="valepipe-slowpath", description="valepipe slow-path daemon")
     ap.add_argument("--socket", required=True, help="unix socket path to listen on")
     ap.add_argument("--config", help="pipeline config whose [slowpath] flows to load")
+    ap.add_argument("--control", help="control socket for add-flow/del-flows/mod-flows/dump-flows "
+                                      "(default: slowpath.ctl beside --socket)")
     a = ap.parse_args(argv)
     try:
         ofproto = OFProto(config.load(a.config).flows if a.config else [])
@@ -143,4 +230,5 @@ def main(argv=None):
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
-    serve(a.socket, SlowPath(ofproto), stop=lambda: bool(stopping))
+    ctl = a.control or os.path.join(os.path.dirname(os.path.abspath(a.socket)), "slowpath.ctl")
+    serve(a.socket, SlowPath(ofproto), stop=lambda: bool(stopping), control_path=ctl)

@@ -48,6 +48,20 @@ class Rule:
     hard_timeout: int = 0
     n_packets: int = 0
     n_bytes: int = 0
+    table_given: bool = False
+
+    def covers(self, other):
+        """Non-strict match (del-flows/mod-flows): `other` is at least as specific as this
+        match, in the given table (any table if none was given), with a matching cookie."""
+        if self.table_given and other.table != self.table:
+            return False
+        if (other.cookie ^ self.cookie) & self.cookie_mask:
+            return False
+        for f, (v, m) in self.match.items():
+            ov, om = other.match.get(f, (0, 0))
+            if om & m != m or ov & m != v:
+                return False
+        return True
 
     def key(self):
         return (self.table, self.priority, tuple(sorted(self.match.items())))
@@ -119,6 +133,7 @@ def parse_flow(text, mode="add"):
                     put(name, "nw_proto", proto, 0xFF)
             elif name == "table":
                 rule.table = _int(val, 0, MAX_TABLE, "table")
+                rule.table_given = True
             elif name == "priority":
                 rule.priority = _int(val, 0, 65535, "priority")
             elif name == "cookie":

@@ -26,6 +26,24 @@ class OFProto:
         t.insert(rule)
         self.created[id(rule)] = time.monotonic()
 
+    def del_flows(self, match):
+        gone = [r for r in self.rules() if match.covers(r)]
+        for r in gone:
+            self.tables[r.table].remove(r)
+            self.created.pop(id(r), None)
+        return len(gone)
+
+    def mod_flows(self, match, actions):
+        hit = [r for r in self.rules() if match.covers(r)]
+        for r in hit:
+            r.actions = list(actions)
+        return len(hit)
+
+    def dump(self):
+        from pipeline.slowpath.flowtext import format_rule
+        now = time.monotonic()
+        return [format_rule(r, {"duration": now - self.created.get(id(r), now)}) for r in self.rules()]
+
     def rules(self):
         for tid in sorted(self.tables):
             yield from sorted(self.tables[tid].rules(), key=lambda r: -r.priority)

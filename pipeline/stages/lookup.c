@@ -187,3 +187,13 @@ uint32_t vp_flow_sweep(struct vp_dp *dp, uint64_t idle_ns, uint64_t pending_ns, 
     if (expired_pending) *expired_pending = pend;
     return removed;
 }
+
+/* installed (non-pending) entries from pool position `start` on, for revalidation */
+uint32_t vp_flow_dump(struct vp_dp *dp, uint32_t start, uint32_t *entries, uint32_t max, uint32_t *next) {
+    struct vp_flow_table *t = &dp->flows;
+    uint32_t n = 0, i;
+    for (i = start; i < t->limit && n < max; i++)
+        if (t->entries[i].action >= 0) entries[n++] = i;
+    *next = i;
+    return n;
+}

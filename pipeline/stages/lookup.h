@@ -8,4 +8,5 @@ int vp_flow_insert_pending(struct vp_dp *dp, const struct vp_flow_key *k, uint32
 int vp_flow_remove(struct vp_dp *dp, const struct vp_flow_key *k);
 uint32_t vp_flow_sweep(struct vp_dp *dp, uint64_t idle_ns, uint64_t pending_ns, uint32_t *expired_pending);
 int32_t vp_flow_find(struct vp_dp *dp, const struct vp_flow_key *k);
+uint32_t vp_flow_dump(struct vp_dp *dp, uint32_t start, uint32_t *entries, uint32_t max, uint32_t *next);
 /* cdef-end */
