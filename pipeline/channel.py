@@ -72,8 +72,9 @@ def actions_ok(actions):
 
 
 def fast_path_runs(actions):
-    """Whether the C execute stage runs these actions (the rest is executed by the slow path)."""
-    return all(a[0] in ("output", "drop") for a in actions)
+    """Whether the C execute stage runs these actions; a newer slow path may send kinds an
+    older fast path lacks, and then the flow is not cached."""
+    return all(a[0] in ("output", "drop", "set", "push_vlan", "pop_vlan") for a in actions)
 
 
 def _uint(v, bits):

@@ -8,7 +8,11 @@ from pipeline._native import ffi, lib
 MAX_ACTIONS = 65536
 PARSE_ERRORS = ("eth_short", "vlan_trunc", "vlan_depth", "arp_trunc", "ipv4_trunc", "ipv4_bad",
                 "ipv6_trunc", "ipv6_ext", "l4_trunc", "nd_bad", "ipv6_bad")
-DROPS = ("action_drop", "no_port", "tx_ring_full", "too_big", "upcall_lost", "upcall_queue", "flow_limit")
+DROPS = ("action_drop", "no_port", "tx_ring_full", "too_big", "upcall_lost", "upcall_queue", "flow_limit", "no_room")
+SET_FIELDS = {"dl_src": (lib.VP_F_DL_SRC, 6), "dl_dst": (lib.VP_F_DL_DST, 6), "nw_src": (lib.VP_F_NW_SRC, 4),
+              "nw_dst": (lib.VP_F_NW_DST, 4), "ipv6_src": (lib.VP_F_IPV6_SRC, 16), "ipv6_dst": (lib.VP_F_IPV6_DST, 16),
+              "nw_tos": (lib.VP_F_NW_TOS, 1), "nw_ttl": (lib.VP_F_NW_TTL, 1), "tp_src": (lib.VP_F_TP_SRC, 2),
+              "tp_dst": (lib.VP_F_TP_DST, 2)}
 STAGES = ("receive", "extract", "lookup", "execute", "transmit")
 
 
@@ -43,20 +47,45 @@ class Datapath:
         self._action_ids = {}                    # tuple of dp port indexes -> action set id
 
     def action_id(self, actions):
-        """Intern a slow-path action list ([["output", ofport], ...] or [["drop"]])."""
-        outs = []
-        for a in actions:
-            if a[0] == "output":
-                outs.append(self.ofport_to_index.get(a[1], lib.VP_MAX_PORTS))  # unknown -> counted drop
-        outs = tuple(outs[: lib.VP_MAX_OUTPUTS])
-        aid = self._action_ids.get(outs)
-        if aid is None:
-            aid = len(self._action_ids)
-            if aid >= MAX_ACTIONS:
-                raise DatapathError("too many distinct action sets")
-            lib.vp_actions_set(self.c, aid, ffi.new("uint16_t[]", outs or [0]), len(outs))
-            self._action_ids[outs] = aid
+        """Intern a datapath action list (["output", ofport], ["drop"], ["set", f, v, m],
+        ["push_vlan", tpid, tci], ["pop_vlan"]) as a C action set; returns its id."""
+        if all(a[0] in ("output", "drop") for a in actions):
+            key = tuple(self.ofport_to_index.get(a[1], lib.VP_MAX_PORTS) for a in actions if a[0] == "output")
+            key = key[: lib.VP_MAX_OUTPUTS]
+        else:
+            key = ("ops",) + tuple(tuple(a) for a in actions)
+        aid = self._action_ids.get(key)
+        if aid is not None:
+            return aid
+        aid = len(self._action_ids)
+        if aid >= MAX_ACTIONS:
+            raise DatapathError("too many distinct action sets")
+        if key[:1] == ("ops",):
+            ops = self._ops(actions)
+            rc = lib.vp_actions_set_ops(self.c, aid, ops, len(ops))
+        else:
+            rc = lib.vp_actions_set(self.c, aid, ffi.new("uint16_t[]", key or [0]), len(key))
+        if rc != 0:
+            raise DatapathError(f"actions not accepted by the datapath: {actions}")
+        self._action_ids[key] = aid
         return aid
+
+    def _ops(self, actions):
+        prog = [a for a in actions if a[0] != "drop"][: lib.VP_MAX_OPS]
+        ops = ffi.new("struct vp_op[]", max(len(prog), 1))
+        for op, a in zip(ops, prog):
+            if a[0] == "output":
+                op.kind, op.port = lib.VP_OP_OUTPUT, self.ofport_to_index.get(a[1], lib.VP_MAX_PORTS)
+            elif a[0] == "set":
+                fid, width = SET_FIELDS[a[1]]
+                op.kind, op.field = lib.VP_OP_SET, fid
+                op.value = a[2].to_bytes(16, "big")
+                op.mask = a[3].to_bytes(16, "big")
+            elif a[0] == "push_vlan":
+                op.kind, op.tpid, op.tci = lib.VP_OP_PUSH_VLAN, a[1], a[2]
+            elif a[0] == "pop_vlan":
+                op.kind = lib.VP_OP_POP_VLAN
+        return ops
 
     def install(self, key_bytes, actions):
         key = ffi.from_buffer("struct vp_flow_key *", key_bytes)

@@ -173,27 +173,18 @@ class Upcalls:
         self._execute(msg.get("execute", ()))
 
     def _execute(self, items):
-        """Send the packets the slow path returned, one C call per output port."""
-        per_port = {}
+        """Run the packets the slow path returned through the C execute stage, one by one
+        (only first packets of flows get here)."""
         for it in items:
             if not (isinstance(it, list) and len(it) == 2 and isinstance(it[1], bytes)
                     and channel.actions_ok(it[0]) and channel.fast_path_runs(it[0]) and 14 <= len(it[1]) <= 65535):
                 self.st["bad_messages"] += 1
                 continue
-            for a in it[0]:
-                if a[0] == "output":
-                    idx = self.dp.ofport_to_index.get(a[1])
-                    if idx is None:
-                        self.dp.c.st.drops[lib.VP_DROP_NO_PORT] += 1
-                        continue
-                    per_port.setdefault(idx, []).append(it[1])
-                else:
-                    self.dp.c.st.drops[lib.VP_DROP_ACTION] += 1
-        for idx, frames in per_port.items():
-            lens = ffi.new("uint16_t[]", [len(f) for f in frames])
-            sent = lib.vp_inject(self.dp.c, idx, b"".join(frames), lens, len(frames))
+            aid = self.dp.action_id(it[0])
+            drops0 = sum(self.dp.c.st.drops)
+            sent = lib.vp_execute_packet(self.dp.c, aid, it[1], len(it[1]))
             self.st["executed"] += sent
-            self.st["execute_dropped"] += len(frames) - sent
+            self.st["execute_dropped"] += sum(self.dp.c.st.drops) - drops0
 
     # -- revalidation: re-translate installed flows after rules change ------------------------
     def start_revalidation(self):

@@ -1,11 +1,11 @@
-"""The slow path's packet executor: set actions leave valid IPv4, TCP and UDP checksums
-(checked by scapy recomputing them), VLAN push/pop produce the expected frames."""
+"""The reference executor: set actions leave valid IPv4, TCP and UDP checksums (checked
+by scapy recomputing them), VLAN push/pop produce the expected frames."""
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from pipeline.slowpath.execute import apply
+from tests.reference_execute import apply
 
 E = dict(dst="02:00:00:00:00:02", src="02:00:00:00:00:01")
 

@@ -10,7 +10,6 @@ import sys
 from collections import OrderedDict
 
 from pipeline import channel, config, control
-from pipeline.slowpath import execute
 from pipeline.slowpath.flowtext import FlowError, parse_actions, parse_flow
 from pipeline.slowpath.ofproto import OFProto
 
@@ -105,10 +104,7 @@ class SlowPath:
             for r in rules:
                 r.n_packets += 1
                 r.n_bytes += len(p[2])
-            if channel.fast_path_runs(actions):
-                execute.append([actions, p[2]])
-            else:                                   # modified here, sent back ready to output
-                execute.extend([[["output", port]], frame] for port, frame in execute_apply(actions, p[2]))
+            execute.append([actions, p[2]])
         self.st["packets"] += len(execute)
         return {"v": channel.VERSION, "t": "upcall_reply", "flows": out_flows, "execute": execute}
 
@@ -149,10 +145,6 @@ def _errors(fn):
         except FlowError as e:
             raise ValueError(str(e)) from None
     return run
-
-
-def execute_apply(actions, frame):
-    return execute.apply(frame, actions)
 
 
 def serve(path, slow, stop=lambda: False, control_path=None):

@@ -42,7 +42,8 @@
 #define VP_DROP_UPCALL_LOST 4
 #define VP_DROP_UPCALL_QUEUE 5
 #define VP_DROP_FLOW_LIMIT 6
-#define VP_DROP_N 7
+#define VP_DROP_NO_ROOM 7
+#define VP_DROP_N 8
 
 #define VP_ST_RECEIVE 0
 #define VP_ST_EXTRACT 1
@@ -104,9 +105,37 @@ struct vp_batch {
     struct vp_flow_key key[1024];
 };
 
+/* one datapath action: output, masked set of a header field, VLAN push/pop */
+#define VP_OP_OUTPUT 1
+#define VP_OP_SET 2
+#define VP_OP_PUSH_VLAN 3
+#define VP_OP_POP_VLAN 4
+#define VP_F_DL_SRC 1
+#define VP_F_DL_DST 2
+#define VP_F_NW_SRC 3
+#define VP_F_NW_DST 4
+#define VP_F_IPV6_SRC 5
+#define VP_F_IPV6_DST 6
+#define VP_F_NW_TOS 7
+#define VP_F_NW_TTL 8
+#define VP_F_TP_SRC 9
+#define VP_F_TP_DST 10
+#define VP_MAX_OPS 16
+struct vp_op {
+    uint8_t kind;
+    uint8_t field;
+    uint16_t port;            /* OUTPUT: datapath port index */
+    uint16_t tpid;            /* PUSH_VLAN */
+    uint16_t tci;
+    uint8_t value[16];        /* SET: big-endian, right-aligned in the field's width */
+    uint8_t mask[16];
+};
+
 struct vp_actions {
     uint16_t nout;            /* 0 = drop */
-    uint16_t out[8];          /* datapath port indexes */
+    uint16_t out[8];          /* datapath port indexes, when the list is outputs only */
+    uint16_t nops;            /* > 0: the full program below (it modifies packets) */
+    struct vp_op ops[16];
 };
 
 /* exact-match flow table: a compact open-addressing index (hash << 32 | entry + 1,
@@ -147,7 +176,7 @@ struct vp_dp_stats {
     uint64_t hits;
     uint64_t misses;
     uint64_t parse_err[11];
-    uint64_t drops[7];
+    uint64_t drops[8];
     uint64_t stage_ns[5];
     uint64_t stage_pkts[5];
     uint64_t tx_swapped;

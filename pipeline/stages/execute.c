@@ -1,13 +1,195 @@
-/* execute.c — datapath actions "output:PORT" (any number) and "drop". Packets are
- * grouped per output port so transmit handles each ring once per batch. */
+/* execute.c — datapath actions: outputs are grouped per port for transmit; a flow whose
+ * actions modify packets (masked set with checksum updates, push/pop VLAN) runs its
+ * action program in order, sending a copy at each output that later actions would change. */
+#include <string.h>
+#include <arpa/inet.h>
 #include "execute.h"
+#include "transmit.h"
 
 int vp_actions_set(struct vp_dp *dp, uint32_t id, const uint16_t *out, uint32_t nout) {
     if (id >= dp->max_actions || nout > VP_MAX_OUTPUTS) return -1;
     dp->actions[id].nout = (uint16_t)nout;
+    dp->actions[id].nops = 0;
     for (uint32_t i = 0; i < nout; i++) dp->actions[id].out[i] = out[i];
     if (id >= dp->nactions) dp->nactions = id + 1;
     return 0;
+}
+
+int vp_actions_set_ops(struct vp_dp *dp, uint32_t id, const struct vp_op *ops, uint32_t nops) {
+    uint32_t nout = 0;
+    if (id >= dp->max_actions || nops == 0 || nops > VP_MAX_OPS) return -1;
+    for (uint32_t i = 0; i < nops; i++) {
+        if (ops[i].kind < VP_OP_OUTPUT || ops[i].kind > VP_OP_POP_VLAN) return -1;
+        if (ops[i].kind == VP_OP_SET && (ops[i].field < VP_F_DL_SRC || ops[i].field > VP_F_TP_DST)) return -1;
+        if (ops[i].kind == VP_OP_OUTPUT) nout++;
+    }
+    memcpy(dp->actions[id].ops, ops, nops * sizeof(*ops));
+    dp->actions[id].nops = (uint16_t)nops;
+    dp->actions[id].nout = (uint16_t)(nout ? nout : 0);
+    if (id >= dp->nactions) dp->nactions = id + 1;
+    return 0;
+}
+
+/* --- header editing ----------------------------------------------------------------- */
+
+static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return ntohs(v); }
+static inline void wr16(uint8_t *p, uint16_t v) { v = htons(v); memcpy(p, &v, 2); }
+
+/* RFC 1624: HC' = ~(~HC + ~m + m') over the 16-bit words that changed */
+static void csum_update(uint8_t *csum, const uint8_t *old, const uint8_t *new, uint32_t n) {
+    uint32_t s = (uint16_t)~rd16(csum);
+    for (uint32_t i = 0; i < n; i += 2) {
+        s += (uint16_t)~rd16(old + i);
+        s += rd16(new + i);
+    }
+    while (s >> 16) s = (s & 0xffff) + (s >> 16);
+    wr16(csum, (uint16_t)~s);
+}
+
+struct layers { uint32_t l3, l4; uint16_t et; uint8_t proto; uint8_t l4ok; };
+
+static struct layers find_layers(const uint8_t *p, uint32_t len) {
+    struct layers L = {0, 0, 0, 0, 0};
+    uint32_t off = 12;
+    if (len < 14) return L;
+    L.et = rd16(p + 12);
+    while ((L.et == 0x8100 || L.et == 0x88a8) && len >= off + 6) {
+        off += 4;
+        L.et = rd16(p + off);
+    }
+    L.l3 = off + 2;
+    if (L.et == 0x0800 && len >= L.l3 + 20) {
+        uint32_t ihl = (p[L.l3] & 15) * 4u;
+        L.proto = p[L.l3 + 9];
+        L.l4 = L.l3 + ihl;
+        L.l4ok = ihl >= 20 && !(rd16(p + L.l3 + 6) & 0x1fff) && len >= L.l4 + 8;
+    } else if (L.et == 0x86dd && len >= L.l3 + 40) {
+        L.proto = p[L.l3 + 6];
+        L.l4 = L.l3 + 40;
+        L.l4ok = (L.proto == 6 || L.proto == 17) && len >= L.l4 + 8;
+    } else {
+        L.et = L.et == 0x0800 || L.et == 0x86dd ? 0 : L.et;   /* too short to be that */
+    }
+    return L;
+}
+
+/* the L4 checksum that covers the pseudo-header and ports, if the packet has one */
+static uint8_t *l4_csum(uint8_t *p, uint32_t len, const struct layers *L) {
+    if (!L->l4ok) return NULL;
+    if (L->proto == 6 && len >= L->l4 + 18) return p + L->l4 + 16;
+    if (L->proto == 17 && rd16(p + L->l4 + 6)) return p + L->l4 + 6;   /* 0: no checksum */
+    return NULL;
+}
+
+/* write value under mask at p[0..w), updating up to two checksums over the even-aligned span */
+static void write_field(uint8_t *pkt, uint32_t at, uint32_t w, const uint8_t *value, const uint8_t *mask,
+                        uint8_t *c1, uint8_t *c2) {
+    uint8_t before[20], after[20];
+    uint32_t s = at & ~1u, e = (at + w + 1) & ~1u;
+    memcpy(before, pkt + s, e - s);
+    for (uint32_t i = 0; i < w; i++)
+        pkt[at + i] = (uint8_t)((pkt[at + i] & ~mask[16 - w + i]) | (value[16 - w + i] & mask[16 - w + i]));
+    memcpy(after, pkt + s, e - s);
+    if (c1) csum_update(c1, before, after, e - s);
+    if (c2) csum_update(c2, before, after, e - s);
+}
+
+/* apply one modifying op to a packet of `len` bytes in a buffer of `cap`; returns the new
+ * length (unchanged when the packet has no such header), 0 when it does not fit */
+uint32_t vp_op_apply(const struct vp_op *op, uint8_t *p, uint32_t len, uint32_t cap) {
+    if (op->kind == VP_OP_PUSH_VLAN) {
+        if (len < 14) return len;
+        if (len + 4 > cap) return 0;
+        memmove(p + 16, p + 12, len - 12);
+        wr16(p + 12, op->tpid);
+        wr16(p + 14, op->tci);
+        return len + 4;
+    }
+    if (op->kind == VP_OP_POP_VLAN) {
+        uint16_t et = len >= 18 ? rd16(p + 12) : 0;
+        if (et != 0x8100 && et != 0x88a8) return len;
+        memmove(p + 12, p + 16, len - 16);
+        return len - 4;
+    }
+    if (op->kind != VP_OP_SET) return len;
+    struct layers L = find_layers(p, len);
+    uint8_t *ipc = L.et == 0x0800 ? p + L.l3 + 10 : NULL;
+    switch (op->field) {
+    case VP_F_DL_DST: if (len >= 14) write_field(p, 0, 6, op->value, op->mask, NULL, NULL); break;
+    case VP_F_DL_SRC: if (len >= 14) write_field(p, 6, 6, op->value, op->mask, NULL, NULL); break;
+    case VP_F_NW_SRC: case VP_F_NW_DST:
+        if (L.et == 0x0800)
+            write_field(p, L.l3 + (op->field == VP_F_NW_SRC ? 12 : 16), 4, op->value, op->mask, ipc, l4_csum(p, len, &L));
+        break;
+    case VP_F_IPV6_SRC: case VP_F_IPV6_DST:
+        if (L.et == 0x86dd)
+            write_field(p, L.l3 + (op->field == VP_F_IPV6_SRC ? 8 : 24), 16, op->value, op->mask, l4_csum(p, len, &L), NULL);
+        break;
+    case VP_F_NW_TOS:
+        if (L.et == 0x0800) {
+            write_field(p, L.l3 + 1, 1, op->value, op->mask, ipc, NULL);
+        } else if (L.et == 0x86dd) {          /* traffic class straddles the first two bytes */
+            uint8_t tc = (uint8_t)(((p[L.l3] & 0x0f) << 4) | (p[L.l3 + 1] >> 4));
+            tc = (uint8_t)((tc & ~op->mask[15]) | (op->value[15] & op->mask[15]));
+            p[L.l3] = (uint8_t)((p[L.l3] & 0xf0) | (tc >> 4));
+            p[L.l3 + 1] = (uint8_t)((p[L.l3 + 1] & 0x0f) | (tc << 4));
+        }
+        break;
+    case VP_F_NW_TTL:
+        if (L.et == 0x0800) write_field(p, L.l3 + 8, 1, op->value, op->mask, ipc, NULL);
+        else if (L.et == 0x86dd) write_field(p, L.l3 + 7, 1, op->value, op->mask, NULL, NULL);
+        break;
+    case VP_F_TP_SRC: case VP_F_TP_DST:
+        if (L.l4ok && (L.proto == 6 || L.proto == 17))
+            write_field(p, L.l4 + (op->field == VP_F_TP_SRC ? 0 : 2), 2, op->value, op->mask, l4_csum(p, len, &L), NULL);
+        break;
+    }
+    return len;
+}
+
+static int modifies_after(const struct vp_actions *a, uint32_t i) {
+    for (uint32_t j = i + 1; j < a->nops; j++)
+        if (a->ops[j].kind != VP_OP_OUTPUT) return 1;
+    return 0;
+}
+
+/* run a modifying program on one packet held in `buf` (capacity cap), in order */
+static void run_ops(struct vp_dp *dp, const struct vp_actions *a, uint8_t *buf, uint32_t len, uint32_t cap,
+                    struct vp_batch *b, uint32_t bi) {
+    for (uint32_t i = 0; i < a->nops; i++) {
+        const struct vp_op *op = &a->ops[i];
+        if (op->kind == VP_OP_OUTPUT) {
+            if (op->port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT]++; continue; }
+            if (b && !modifies_after(a, i)) {   /* final form: let transmit take it */
+                struct vp_outq *q = &dp->outq[op->port];
+                if (q->n == VP_BATCH_MAX) { dp->st.drops[VP_DROP_TX_FULL]++; continue; }
+                q->pkt[q->n++] = bi;
+                b->pkt[bi].nout = 2;            /* never swapped: more than one user, or moved */
+                b->pkt[bi].len = (uint16_t)len;
+            } else {
+                vp_inject(dp, op->port, buf, (const uint16_t *)&(uint16_t){(uint16_t)len}, 1);
+            }
+            continue;
+        }
+        uint32_t n = vp_op_apply(op, buf, len, cap);
+        if (n == 0) { dp->st.drops[VP_DROP_NO_ROOM]++; return; }
+        len = n;
+    }
+}
+
+uint32_t vp_execute_packet(struct vp_dp *dp, uint32_t id, const uint8_t *data, uint32_t len) {
+    uint8_t buf[65536];
+    const struct vp_actions *a;
+    if (id >= dp->nactions || len > sizeof(buf) - 8) return 0;
+    a = &dp->actions[id];
+    if (a->nout == 0) { dp->st.drops[VP_DROP_ACTION]++; return 0; }
+    memcpy(buf, data, len);
+    if (!a->nops) {
+        for (uint32_t o = 0; o < a->nout; o++) vp_inject(dp, a->out[o], buf, (const uint16_t *)&(uint16_t){(uint16_t)len}, 1);
+        return a->nout;
+    }
+    run_ops(dp, a, buf, len, sizeof(buf), NULL, 0);
+    return a->nout;
 }
 
 void vp_execute(struct vp_dp *dp, struct vp_batch *b) {
@@ -19,11 +201,21 @@ void vp_execute(struct vp_dp *dp, struct vp_batch *b) {
         if (pk->action < 0) continue;              /* miss: the upcall owns it */
         if ((uint32_t)pk->action >= dp->nactions) { dp->st.drops[VP_DROP_ACTION]++; continue; }
         a = &dp->actions[pk->action];
+        if (a->nops) {
+            /* modified in place: the buffer is ours until the next receive releases it */
+            struct vp_port *p = dp->ports[pk->port];
+            struct vp_ring *r = p->tx[0].role == VP_ROLE_KERNEL ? &p->tx[pk->ring] : &p->rx[pk->ring];
+            run_ops(dp, a, (uint8_t *)pk->data, pk->len, r->buf_size, b, i);
+            if (a->nout == 0) dp->st.drops[VP_DROP_ACTION]++;
+            continue;
+        }
         if (a->nout == 0) { dp->st.drops[VP_DROP_ACTION]++; continue; }
         for (uint32_t o = 0; o < a->nout; o++) {
             uint16_t port = a->out[o];
             if (port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT]++; continue; }
             struct vp_outq *q = &dp->outq[port];
+            /* one batch fits a queue; repeated outputs to one port could overrun it */
+            if (q->n == VP_BATCH_MAX) { dp->st.drops[VP_DROP_TX_FULL]++; continue; }
             q->pkt[q->n++] = i;
             pk->nout++;
         }

@@ -1,6 +1,6 @@
-"""Datapath actions applied to one packet's bytes in the slow path: set (with IPv4 header
-and TCP/UDP checksum updates), push_vlan, pop_vlan, output. Used for flows whose actions
-the C execute stage does not run yet; per packet, so only ever off the fast path."""
+"""Reference executor for datapath actions, written independently of the C execute stage:
+set (with IPv4 header and TCP/UDP checksum updates), push_vlan, pop_vlan, output. Tests
+compare the C stage against it on generated packets and action lists."""
 import struct
 
 ETH_VLANS = (0x8100, 0x88A8)
