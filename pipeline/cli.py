@@ -210,6 +210,15 @@ def mod_flows(flow: str = typer.Argument(..., help="match plus new actions, e.g.
     print(f"modified {_slowpath(name, run_dir, 'mod-flows', flow=flow)} rule(s)")
 
 
+@app.command()
+def trace(flow: str = typer.Argument(..., help="'in_port=1,tcp,nw_dst=10.0.0.1,tp_dst=80' or "
+                                               "'in_port=1 <packet in hex>'"),
+          name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """Show how the tables handle a flow or packet: each table visited, the rule hit, the
+    Megaflow: and Datapath actions: lines, in the shape of ovs-appctl ofproto/trace."""
+    print(_slowpath(name, run_dir, "trace", flow=flow))
+
+
 @app.command("dump-flows")
 def dump_flows(name: str = NAME, run_dir: Optional[str] = RUN_DIR):
     """Print every rule with its counters, as ovs-ofctl dump-flows does."""

@@ -61,7 +61,19 @@ class SlowPath:
                 raise ValueError("mod-flows needs actions=")
             return changed(self.ofproto.mod_flows(m, parse_actions(text.split("actions=", 1)[1], m.table, text)))
 
-        return {"add-flows": _errors(add_flows), "del-flows": _errors(del_flows), "mod-flows": _errors(mod_flows),
+        def trace(req):
+            from pipeline.slowpath.fields import flow_from_attrs
+            from pipeline.slowpath.trace import attrs_of_packet, flow_of_text, render
+            text = _text(req, "flow").strip()
+            head, _, tail = text.rpartition(" ")
+            if head and all(c in "0123456789abcdefABCDEF" for c in tail) and len(tail) >= 28:
+                port = parse_flow(head, mode="match").match.get("in_port", (0, 0))[0]
+                flow = flow_from_attrs(attrs_of_packet(tail, port))
+            else:
+                flow = flow_of_text(text)
+            return render(self.ofproto, flow)[0]
+
+        return {"add-flows": _errors(add_flows), "trace": _errors(trace), "del-flows": _errors(del_flows), "mod-flows": _errors(mod_flows),
                 "dump-flows": lambda req: self.ofproto.dump(),
                 "stats": lambda req: dict(self.st, **self.ofproto.st)}
 

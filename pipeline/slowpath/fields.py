@@ -130,6 +130,7 @@ def flow_from_attrs(a):
     vl = a.get("vlan")
     if isinstance(vl, list) and vl and isinstance(vl[0], list) and len(vl[0]) == 2:
         f["vlan_tci"] = i(vl[0][1], 16)
+        f["_tpid"] = i(vl[0][0], 16)       # not matchable; kept so a rewritten tag keeps its TPID
     if f["dl_type"] == ETH_IP:
         f["nw_src"], f["nw_dst"] = i(a.get("ipv4_src"), 32), i(a.get("ipv4_dst"), 32)
     elif f["dl_type"] == ETH_IPV6:

@@ -315,7 +315,10 @@ def _parse_action(tok, table):
         if target is None:
             raise FlowError(f"set_field: unknown field {fname!r}")
         if target == "vlan_vid":
-            return ("mod_vlan_vid", _int(v.split("/")[0], 0, 0x1FFF, "vlan_vid") & 0xFFF)
+            vid = _int(v.split("/")[0], 0, 0x1FFF, "vlan_vid")
+            if not vid & VLAN_CFI:      # OXM vlan_vid carries OFPVID_PRESENT (0x1000)
+                raise FlowError(f"Invalid value for set field vlan_vid: {v} (needs 0x1000, e.g. {vid | VLAN_CFI})")
+            return ("mod_vlan_vid", vid & 0xFFF)
         if target == "vlan_pcp":
             return ("mod_vlan_pcp", _int(v, 0, 7, "vlan_pcp"))
         if target == "ip_dscp":

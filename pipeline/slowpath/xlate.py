@@ -10,6 +10,7 @@ from pipeline.slowpath.classifier import unwildcard
 from pipeline.slowpath.fields import ETH_IP, ETH_IPV6, FIELDS, VLAN_CFI
 
 MAX_DEPTH = 64
+L3_FIELDS = ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_tos", "nw_ttl")
 
 
 @dataclass
@@ -52,9 +53,14 @@ class _Ctx:
         self.stop = False
         self.touched = {}                          # field -> bits written by set actions
 
-    def table(self, tid, depth):
+    def table(self, tid, depth, lookup_in_port=None):
         t = self.x.tables.get(tid)
+        saved = self.flow["in_port"]
+        if lookup_in_port is not None:
+            self.flow["in_port"] = lookup_in_port
         rule = t.lookup(self.flow, self.wc) if t is not None else None
+        # as Open vSwitch: resubmit's in_port is for the lookup only, not for the actions
+        self.flow["in_port"] = saved
         self.trace.append((depth, tid, rule, None))
         if rule is None:
             return                                  # table miss: drop
@@ -92,10 +98,11 @@ class _Ctx:
                 unwildcard(self.wc, "vlan_tci", 0xFFFF)
                 self.flow["vlan_tci"] = 0
             elif k == "push_vlan":
-                # one tag is modelled; pushing over an existing tag keeps its TCI, as OVS does
+                # a new outer tag, VID 0 and PCP 0 until set (as Open vSwitch does); the tag it
+                # covers is not modelled further
                 unwildcard(self.wc, "vlan_tci", 0xFFFF)
-                self.flow["vlan_tci"] = self.flow["vlan_tci"] | VLAN_CFI
-                self.flow["_tpid"] = a[1]
+                self.flow["vlan_tci"] = VLAN_CFI
+                self.flow["_push"] = a[1]
             elif k == "dec_ttl":
                 if self.flow["dl_type"] not in (ETH_IP, ETH_IPV6):
                     continue
@@ -118,18 +125,14 @@ class _Ctx:
             self.error = f"over max translation depth {MAX_DEPTH}"
             self.stop = True
             return
-        saved = self.flow["in_port"]
-        if port is not None:
-            self.flow["in_port"] = port
-        self.table(tid, depth + 1)
-        self.flow["in_port"] = saved
+        self.table(tid, depth + 1, port)
 
     def vlan_bits(self, mask, value):
         unwildcard(self.wc, "vlan_tci", 0xFFFF)     # the new tag keeps the old tag's other bits
         tci = self.flow["vlan_tci"]
         if not tci & VLAN_CFI:
             tci = VLAN_CFI
-            self.flow["_tpid"] = 0x8100
+            self.flow["_push"] = 0x8100            # OpenFlow 1.0 mod_vlan_vid tags an untagged packet
         self.flow["vlan_tci"] = (tci & ~mask) | value | VLAN_CFI
 
     def normal(self):
@@ -143,21 +146,41 @@ class _Ctx:
     def commit(self):
         """Datapath actions that turn `base` into `flow`."""
         f, b = self.flow, self.base
-        if f["vlan_tci"] != b["vlan_tci"] or f.get("_tpid") != b.get("_tpid"):
-            if b["vlan_tci"] & VLAN_CFI and (not f["vlan_tci"] & VLAN_CFI or f.get("_tpid")):
-                self.out.append(["pop_vlan"])
+        push = f.pop("_push", None)
+        if f["vlan_tci"] != b["vlan_tci"] or push:
+            if b["vlan_tci"] & VLAN_CFI and not push:
+                self.out.append(["pop_vlan"])       # the outer tag changed or went: replace it
             if f["vlan_tci"] & VLAN_CFI:
-                self.out.append(["push_vlan", f.get("_tpid") or 0x8100, f["vlan_tci"] & ~VLAN_CFI])
-            f.pop("_tpid", None)
+                self.out.append(["push_vlan", push or f.get("_tpid") or 0x8100, f["vlan_tci"] & ~VLAN_CFI])
         for name, m in self.touched.items():
+            if not self._committable(name):
+                continue
             # whether a set is needed depends on the packet's own bits there: consult them
             unwildcard(self.wc, name, m)
             if (f[name] ^ b[name]) & m:
                 self.out.append(["set", name, f[name] & m, m])
         self.base = dict(f)
 
+    def _committable(self, name):
+        """Open vSwitch's commit rules: no L3 sets when nw_proto is 0 (taken as no L3
+        header), no port sets unless IP with a non-zero port. The decision reads those
+        fields, so they join the megaflow."""
+        b = self.base
+        if name in L3_FIELDS:
+            unwildcard(self.wc, "dl_type", 0xFFFF)
+            unwildcard(self.wc, "nw_proto", 0xFF)
+            return b["dl_type"] in (ETH_IP, ETH_IPV6) and b["nw_proto"] != 0
+        if name in ("tp_src", "tp_dst"):
+            for fl, m in (("dl_type", 0xFFFF), ("nw_proto", 0xFF), ("tp_src", 0xFFFF), ("tp_dst", 0xFFFF)):
+                unwildcard(self.wc, fl, m)
+            return (b["dl_type"] in (ETH_IP, ETH_IPV6) and b["nw_proto"] in (6, 17, 132)
+                    and (b["tp_src"] or b["tp_dst"]))
+        return True
+
     def output(self, port, allow_in_port=False):
         if port == self.flow["in_port"] and not allow_in_port:
             return                                  # OpenFlow: not back out the ingress port
+        if self.x.ports and port not in self.x.ports:
+            return                                  # no such port: nothing to send (as OVS)
         self.commit()
         self.out.append(["output", port])
