@@ -132,10 +132,13 @@ def test_set_actions_are_committed_before_output():
     t0 = Table(0)
     t0.insert(parse_flow("ip,actions=mod_nw_dst:10.0.0.9,dec_ttl,output:2,mod_vlan_vid:5,output:3"))
     f = {k: 0 for k in ORDER}
-    f.update(in_port=1, dl_type=0x0800, nw_dst=0x0A000001, nw_ttl=64)
+    f.update(in_port=1, dl_type=0x0800, nw_proto=17, nw_dst=0x0A000001, nw_ttl=64)
     res = Xlate({0: t0}, PORTS).translate(f)
     assert res.actions == [["set", "nw_dst", 0x0A000009, 0xFFFFFFFF], ["set", "nw_ttl", 63, 0xFF],
                            ["output", 2], ["push_vlan", 0x8100, 5], ["output", 3]]
+    # Open vSwitch takes nw_proto 0 as "no L3 header": no L3 set actions at all
+    assert Xlate({0: t0}, PORTS).translate(dict(f, nw_proto=0)).actions == [
+        ["output", 2], ["push_vlan", 0x8100, 5], ["output", 3]]
     f["nw_ttl"] = 1
     assert Xlate({0: t0}, PORTS).translate(f).actions == [["drop"]]       # invalid_ttl: to the controller
 
