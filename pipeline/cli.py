@@ -219,6 +219,15 @@ def trace(flow: str = typer.Argument(..., help="'in_port=1,tcp,nw_dst=10.0.0.1,t
     print(_slowpath(name, run_dir, "trace", flow=flow))
 
 
+@app.command("fdb-show")
+def fdb_show(name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """The NORMAL action's MAC learning table: port, VLAN, MAC, age (as ovs-appctl fdb/show)."""
+    print(" port  VLAN  MAC                Age")
+    for port, vlan, mac, age in _slowpath(name, run_dir, "fdb-show"):
+        m = ":".join(f"{(mac >> (40 - 8 * i)) & 0xFF:02x}" for i in range(6))
+        print(f"{port:>5}  {vlan:>4}  {m}  {age:>3}")
+
+
 @app.command("dump-flows")
 def dump_flows(name: str = NAME, run_dir: Optional[str] = RUN_DIR):
     """Print every rule with its counters, as ovs-ofctl dump-flows does."""

@@ -3,6 +3,7 @@ packets to execute. It trusts no message: every field is checked, bad ones are c
 and answered with an error, and one bad worker never stops the others."""
 import argparse
 import os
+import time
 import select
 import signal
 import socket
@@ -35,11 +36,7 @@ class SlowPath:
     def control_handlers(self):
         def changed(n):
             self.st["rule_changes"] += 1
-            for cl in self.clients.values():          # workers re-translate what they cached
-                try:
-                    cl.sock.sendall(channel.encode({"v": channel.VERSION, "t": "revalidate_request"}))
-                except OSError:
-                    pass
+            self.request_revalidation()
             return n
 
         def add_flows(req):
@@ -75,6 +72,7 @@ class SlowPath:
 
         return {"add-flows": _errors(add_flows), "trace": _errors(trace), "del-flows": _errors(del_flows), "mod-flows": _errors(mod_flows),
                 "dump-flows": lambda req: self.ofproto.dump(),
+                "fdb-show": lambda req: self.ofproto.macs.show(),
                 "stats": lambda req: dict(self.st, **self.ofproto.st)}
 
     def handle(self, client, msg):
@@ -98,7 +96,7 @@ class SlowPath:
         for f in flows:
             if not (isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("key"), dict)):
                 raise channel.ChannelError("upcall: a flow needs an integer id and a key map")
-            res = self.ofproto.translate(f["key"])
+            res = self.ofproto.translate(f["key"], may_learn=True)
             client.recent[f["id"]] = (res.actions, res.rules)
             if len(client.recent) > RECENT_FLOWS:
                 client.recent.popitem(last=False)
@@ -120,6 +118,25 @@ class SlowPath:
         self.st["packets"] += len(execute)
         return {"v": channel.VERSION, "t": "upcall_reply", "flows": out_flows, "execute": execute}
 
+
+    def request_revalidation(self):
+        """Workers re-translate what they cached (after rules or MAC entries changed)."""
+        self.macs_seen = self.ofproto.macs.changes
+        self.last_reval = time.monotonic()
+        for cl in self.clients.values():
+            try:
+                cl.sock.sendall(channel.encode({"v": channel.VERSION, "t": "revalidate_request"}))
+            except OSError:
+                pass
+
+    def housekeep(self):
+        """MAC aging, and one revalidation per 100 ms at most for MAC table changes."""
+        now = time.monotonic()
+        if now - getattr(self, "last_expire", 0) >= 1.0:
+            self.last_expire = now
+            self.ofproto.macs.expire()
+        if self.ofproto.macs.changes != getattr(self, "macs_seen", 0) and now - getattr(self, "last_reval", 0) >= 0.1:
+            self.request_revalidation()
 
     def revalidate(self, msg):
         flows = msg.get("flows", [])
@@ -173,7 +190,8 @@ def serve(path, slow, stop=lambda: False, control_path=None):
     clients = slow.clients
     try:
         while not stop():
-            r, _, _ = select.select([ls] + list(clients) + ([ctl.sock] if ctl else []), [], [], 0.2)
+            r, _, _ = select.select([ls] + list(clients) + ([ctl.sock] if ctl else []), [], [], 0.05)
+            slow.housekeep()
             for s in r:
                 if ctl and s is ctl.sock:
                     ctl.poll()

@@ -5,13 +5,15 @@ import time
 from pipeline.slowpath.classifier import Table
 from pipeline.slowpath.fields import flow_from_attrs
 from pipeline.slowpath.flowtext import parse_flow
+from pipeline.slowpath.normal import MacTable
 from pipeline.slowpath.xlate import Xlate
 
 
 class OFProto:
-    def __init__(self, flows=(), ports=()):
+    def __init__(self, flows=(), ports=(), mac_age=300.0):
         self.tables = {}
         self.ports = list(ports)
+        self.macs = MacTable(max_age=mac_age)
         self.created = {}                           # id(rule) -> time added, for duration
         self.st = dict(translations=0, table_misses=0, controller=0, errors=0)
         for text in flows:
@@ -51,8 +53,9 @@ class OFProto:
     def set_ports(self, ports):
         self.ports = list(ports)
 
-    def translate(self, key_attrs):
-        res = Xlate(self.tables, self.ports).translate(flow_from_attrs(key_attrs))
+    def translate(self, key_attrs, may_learn=False):
+        """may_learn: NORMAL learns source MACs (upcalls do; revalidation and trace do not)."""
+        res = Xlate(self.tables, self.ports, self.macs, may_learn).translate(flow_from_attrs(key_attrs))
         self.st["translations"] += 1
         self.st["controller"] += res.controller
         if not res.rules:

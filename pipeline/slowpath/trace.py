@@ -36,7 +36,7 @@ def describe_flow(f):
 
 def render(ofproto, flow, bridge="valepipe"):
     from pipeline.slowpath.xlate import Xlate
-    res = Xlate(ofproto.tables, ofproto.ports).translate(flow)
+    res = Xlate(ofproto.tables, ofproto.ports, ofproto.macs).translate(flow)
     out = [f"Flow: {describe_flow(flow)}", "", f'bridge("{bridge}")', "-" * (len(bridge) + 10)]
     for depth, tid, rule, _ in res.trace:
         pad = "    " * depth

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from pipeline.slowpath.classifier import unwildcard
 from pipeline.slowpath.fields import ETH_IP, ETH_IPV6, FIELDS, VLAN_CFI
+from pipeline.slowpath.normal import MULTICAST
 
 MAX_DEPTH = 64
 L3_FIELDS = ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_tos", "nw_ttl")
@@ -24,11 +25,14 @@ class Result:
 
 
 class Xlate:
-    """Translates against a set of tables; `ports` are the switch's OpenFlow port numbers."""
+    """Translates against a set of tables; `ports` are the switch's OpenFlow port numbers.
+    With a MAC table, NORMAL learns (when `may_learn`, i.e. for real upcalls) and switches."""
 
-    def __init__(self, tables, ports=()):
+    def __init__(self, tables, ports=(), macs=None, may_learn=False):
         self.tables = tables                       # table id -> classifier.Table
         self.ports = list(ports)
+        self.macs = macs
+        self.may_learn = may_learn
 
     def translate(self, flow):
         ctx = _Ctx(self, flow)
@@ -136,12 +140,24 @@ class _Ctx:
         self.flow["vlan_tci"] = (tci & ~mask) | value | VLAN_CFI
 
     def normal(self):
-        # NORMAL comes with MAC learning (issue 3, part 4); until then it floods
-        for f in ("dl_src", "dl_dst", "vlan_tci"):
-            unwildcard(self.wc, f, FIELDS[f].full)
-        for p in self.x.ports:
-            if p != self.flow["in_port"]:
-                self.output(p)
+        """A VLAN-aware learning switch, as VALE's and OVS's default: learn the source per
+        VLAN and port, send to the learned port, flood unknown, multicast and broadcast."""
+        f = self.flow
+        for fl, m in (("dl_src", FIELDS["dl_src"].full), ("dl_dst", FIELDS["dl_dst"].full), ("vlan_tci", 0x1FFF)):
+            unwildcard(self.wc, fl, m)
+        vlan = f["vlan_tci"] & 0xFFF if f["vlan_tci"] & VLAN_CFI else 0
+        macs = self.x.macs
+        if macs is not None and self.x.may_learn:
+            macs.learn(vlan, f["dl_src"], f["in_port"])
+        port = macs.lookup(vlan, f["dl_dst"]) if macs is not None and not f["dl_dst"] & MULTICAST else None
+        if f["dl_dst"] == f["dl_src"] and not f["dl_src"] & MULTICAST:
+            port = f["in_port"]                     # learned before the lookup (OVS): to itself
+        if port is None:
+            for p in self.x.ports:
+                if p != f["in_port"]:
+                    self.output(p)
+        elif port != f["in_port"]:
+            self.output(port)
 
     def commit(self):
         """Datapath actions that turn `base` into `flow`."""
