@@ -56,7 +56,9 @@ class Worker:
         cmd = [sys.executable, "-m", "pipeline.slowpath", "--socket", self.slow_sock]
         if self.cfg.path and os.path.exists(self.cfg.path):
             cmd += ["--config", self.cfg.path]
-        self.slow = subprocess.Popen(cmd)
+        cpus = set(range(os.cpu_count() or 1))
+        # not pinned with the worker: on a busy worker core it would starve
+        self.slow = subprocess.Popen(cmd, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
         self.slow_restarts = getattr(self, "slow_restarts", -1) + 1
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not self.upcalls.connect():
@@ -94,6 +96,8 @@ class Worker:
             else:
                 time.sleep(IDLE_SLEEP_S)
             up.poll()
+            if up.outq:
+                os.sched_yield()        # the slow path is behind: give it the CPU we share
             up.revalidate_step()
             self.control.poll()
             now = time.monotonic()

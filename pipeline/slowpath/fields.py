@@ -114,38 +114,45 @@ def format_value_mask(field, v, m):
     return f"{hex(v)}/{hex(m)}"
 
 
+ZERO_FLOW = dict.fromkeys(ORDER, 0)
+# (attribute, field, bits) copied when present for the flow's ethertype
+_IP_COMMON = (("ip_proto", "nw_proto", 8), ("ip_tos", "nw_tos", 8), ("ip_ttl", "nw_ttl", 8), ("ip_frag", "nw_frag", 2),
+              ("tp_src", "tp_src", 16), ("tp_dst", "tp_dst", 16), ("tcp_flags", "tcp_flags", 12))
+_BY_TYPE = {
+    ETH_IP: (("ipv4_src", "nw_src", 32), ("ipv4_dst", "nw_dst", 32)) + _IP_COMMON,
+    ETH_IPV6: (("ipv6_src", "ipv6_src", 128), ("ipv6_dst", "ipv6_dst", 128), ("nd_target", "nd_target", 128),
+               ("ipv6_label", "ipv6_label", 20), ("nd_sll", "arp_sha", 48), ("nd_tll", "arp_tha", 48)) + _IP_COMMON,
+    ETH_ARP: (("arp_spa", "nw_src", 32), ("arp_tpa", "nw_dst", 32), ("arp_op", "nw_proto", 8),
+              ("arp_sha", "arp_sha", 48), ("arp_tha", "arp_tha", 48)),
+}
+_BY_TYPE[ETH_RARP] = _BY_TYPE[ETH_ARP]
+
+
+def _uint(v, bits):
+    """An attribute value as an unsigned int of `bits` (bytes are big-endian); anything
+    malformed reads as 0, as a missing attribute would."""
+    t = type(v)
+    if t is int:
+        return v if 0 <= v and not v >> bits else 0
+    if t is bytes and len(v) * 8 == bits:
+        return int.from_bytes(v, "big")
+    return 0
+
+
 def flow_from_attrs(a):
     """A fast-path key (attribute map from the channel) as slow-path field ints.
-    Unknown attributes are ignored; missing ones read as 0."""
-    def mac(b):
-        return int.from_bytes(b, "big") if isinstance(b, (bytes, bytearray)) and len(b) == 6 else 0
-
-    def i(v, bits):
-        return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (1 << bits) else 0
-
-    f = dict.fromkeys(ORDER, 0)
-    f["in_port"] = i(a.get("in_port"), 16)
-    f["dl_src"], f["dl_dst"] = mac(a.get("eth_src")), mac(a.get("eth_dst"))
-    f["dl_type"] = i(a.get("eth_type"), 16)
+    Unknown attributes are ignored; missing or malformed ones read as 0."""
+    f = dict(ZERO_FLOW)
+    f["in_port"] = _uint(a.get("in_port"), 16)
+    f["dl_src"] = _uint(a.get("eth_src"), 48)
+    f["dl_dst"] = _uint(a.get("eth_dst"), 48)
+    dl = f["dl_type"] = _uint(a.get("eth_type"), 16)
     vl = a.get("vlan")
-    if isinstance(vl, list) and vl and isinstance(vl[0], list) and len(vl[0]) == 2:
-        f["vlan_tci"] = i(vl[0][1], 16)
-        f["_tpid"] = i(vl[0][0], 16)       # not matchable; kept so a rewritten tag keeps its TPID
-    if f["dl_type"] == ETH_IP:
-        f["nw_src"], f["nw_dst"] = i(a.get("ipv4_src"), 32), i(a.get("ipv4_dst"), 32)
-    elif f["dl_type"] == ETH_IPV6:
-        for k in ("ipv6_src", "ipv6_dst", "nd_target"):
-            b = a.get(k)
-            f[k] = int.from_bytes(b, "big") if isinstance(b, (bytes, bytearray)) and len(b) == 16 else 0
-        f["ipv6_label"] = i(a.get("ipv6_label"), 20)
-        f["arp_sha"], f["arp_tha"] = mac(a.get("nd_sll")), mac(a.get("nd_tll"))
-    elif f["dl_type"] in (ETH_ARP, ETH_RARP):
-        f["nw_src"], f["nw_dst"] = i(a.get("arp_spa"), 32), i(a.get("arp_tpa"), 32)
-        f["nw_proto"] = i(a.get("arp_op"), 8)
-        f["arp_sha"], f["arp_tha"] = mac(a.get("arp_sha")), mac(a.get("arp_tha"))
-    if f["dl_type"] in (ETH_IP, ETH_IPV6):
-        f["nw_proto"] = i(a.get("ip_proto"), 8)
-        f["nw_tos"], f["nw_ttl"], f["nw_frag"] = i(a.get("ip_tos"), 8), i(a.get("ip_ttl"), 8), i(a.get("ip_frag"), 2)
-        f["tp_src"], f["tp_dst"] = i(a.get("tp_src"), 16), i(a.get("tp_dst"), 16)
-        f["tcp_flags"] = i(a.get("tcp_flags"), 12)
+    if type(vl) is list and vl and type(vl[0]) is list and len(vl[0]) == 2:
+        f["vlan_tci"] = _uint(vl[0][1], 16)
+        f["_tpid"] = _uint(vl[0][0], 16)   # not matchable; kept so a rewritten tag keeps its TPID
+    for attr, field, bits in _BY_TYPE.get(dl, ()):
+        v = a.get(attr)
+        if v is not None:
+            f[field] = _uint(v, bits)
     return f
