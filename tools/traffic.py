@@ -44,6 +44,7 @@ class Generator:
         self.g = ffi.new("struct vp_gen *", dict(
             ring=self.port.tx_ring(), frames=self._frames, nframes=flows, stride=self.stride,
             frame_len=size, batch=batch, rate_pps=int(rate), count=int(count)))
+        self.sent_end = None                    # when sending stopped (a sink may drain on)
         if size > self.port.c.tx[0].buf_size:
             raise ValueError(f"frame size {size} exceeds the port's buffer size {self.port.c.tx[0].buf_size}")
 
@@ -65,6 +66,8 @@ class Generator:
             if on_slice:
                 on_slice(self)
             done = (self.g.count and self.g.sent >= self.g.count) or (end and now >= end)
+            if done and self.sent_end is None:
+                self.sent_end = lib.vp_now_ns()
             if done and sink is None:
                 break
             if done:
@@ -78,7 +81,8 @@ class Generator:
         return self.result()
 
     def result(self):
-        el = (lib.vp_now_ns() - self.g.start_ns) / 1e9 if self.g.start_ns else 0.0
+        end = self.sent_end or lib.vp_now_ns()
+        el = (end - self.g.start_ns) / 1e9 if self.g.start_ns else 0.0
         return {"sent": self.g.sent, "bytes": self.g.sent * self.g.frame_len, "seconds": round(el, 6),
                 "mpps": round(self.g.sent / el / 1e6, 4) if el else 0.0, "ring_full_polls": self.g.ring_full}
 
