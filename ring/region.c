@@ -230,6 +230,16 @@ static inline uint32_t prev(uint32_t n, uint32_t i) { return i == 0 ? n - 1 : i 
 
 static void fault(struct vp_ring *r) { r->st.bad_index++; r->faulty = 1; }
 
+/* User side, either direction: the kernel side may only move tail forward, up to the slot
+ * before our head. Anything else is counted and ignored (we keep the last valid tail). */
+static void user_refresh_tail(struct vp_ring *r) {
+    uint32_t n = r->nslots, t = LOAD(&r->ring->tail);
+    if (t >= n || nm_dist(n, r->hwtail, t) > nm_dist(n, r->hwtail, prev(n, r->hwcur)))
+        fault(r);
+    else
+        r->hwtail = t;
+}
+
 uint32_t vp_ring_avail(struct vp_ring *r) {
     uint32_t n = r->nslots;
     if (r->role == VP_ROLE_KERNEL) {     /* a user's TX ring: new packets in [cons, head) */
@@ -244,11 +254,7 @@ uint32_t vp_ring_avail(struct vp_ring *r) {
         }
         return nm_dist(n, r->cons, h);
     } else {                              /* our RX ring: packets in [cons, tail) */
-        uint32_t t = LOAD(&r->ring->tail);
-        if (t >= n || nm_dist(n, r->hwtail, t) > nm_dist(n, r->hwtail, prev(n, r->hwcur)))
-            fault(r);
-        else
-            r->hwtail = t;
+        user_refresh_tail(r);
         return nm_dist(n, r->cons, r->hwtail);
     }
 }
@@ -280,11 +286,7 @@ uint32_t vp_ring_space(struct vp_ring *r) {
         }
         return n - 1 - nm_dist(n, r->hwcur, r->hwtail);
     } else {                              /* our TX ring: free slots [head, tail) */
-        uint32_t t = LOAD(&r->ring->tail);
-        if (t >= n || nm_dist(n, r->hwtail, t) > nm_dist(n, r->hwtail, prev(n, r->hwcur)))
-            fault(r);
-        else
-            r->hwtail = t;
+        user_refresh_tail(r);
         return nm_dist(n, r->hwcur, r->hwtail);
     }
 }
