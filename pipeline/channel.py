@@ -92,15 +92,21 @@ def _be(b):
     return int.from_bytes(b, "big")
 
 
-def key_attrs(key_bytes, ofport_of):
-    """The attributes of a packed struct vp_flow_key that its parsed layers define."""
+def key_attrs(key_bytes, ofport_of, like=None):
+    """The attributes of a packed struct vp_flow_key that its parsed layers define. With
+    `like` (another packed key), which attributes exist is decided by that key: used to
+    read a megaflow's mask the way its key is read."""
     (in_port, layers, _p0, dst, src, dl_type, _p1, t0, c0, t1, c1, nw_src, nw_dst, v6s, v6d, label,
      proto, tos, ttl, frag, sha, tha, nd, tps, tpd, tflags, _p2, _p3) = _KEY.unpack(key_bytes)
-    a = {"in_port": ofport_of(in_port), "layers": layers}
+    own_layers, own_dl = layers, _be(dl_type)
+    dl, proto_like, tps_like = own_dl, proto, tps
+    if like is not None:
+        lk = _KEY.unpack(like)
+        layers, dl, proto_like, tps_like = lk[1], _be(lk[5]), lk[16], lk[23]
+    a = {"in_port": ofport_of(in_port), "layers": own_layers}
     if not layers & L2:
         return a
-    dl = _be(dl_type)
-    a.update(eth_dst=dst, eth_src=src, eth_type=dl)
+    a.update(eth_dst=dst, eth_src=src, eth_type=own_dl)
     if layers & VLAN:
         a["vlan"] = [[_be(t), _be(c)] for t, c in ((t0, c0), (t1, c1)) if _be(t)]
     if not layers & L3:
@@ -115,8 +121,8 @@ def key_attrs(key_bytes, ofport_of):
         return a
     if layers & L4:
         a.update(tp_src=_be(tps), tp_dst=_be(tpd))
-        if proto == 6:
+        if proto_like == 6:
             a["tcp_flags"] = _be(tflags)
-        if proto == 58 and _be(tps) in (135, 136):
+        if proto_like == 58 and _be(tps_like) in (135, 136):
             a.update(nd_target=nd, nd_sll=sha, nd_tll=tha)
     return a

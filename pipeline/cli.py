@@ -219,6 +219,43 @@ def trace(flow: str = typer.Argument(..., help="'in_port=1,tcp,nw_dst=10.0.0.1,t
     print(_slowpath(name, run_dir, "trace", flow=flow))
 
 
+@app.command("dump-megaflows")
+def dump_megaflows(name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """The fast path's megaflows: masked key, counters, actions (as ovs-appctl dpctl/dump-flows)."""
+    from pipeline import control
+    try:
+        flows = control.request(_ctl(run_dir, name), "megaflows")
+    except (OSError, RuntimeError) as e:
+        _fail(f"cannot reach pipeline {name!r}: {e}")
+    for f in flows:
+        parts = []
+        for k, m in f["mask"].items():
+            if k in ("layers", "in_port"):
+                continue
+            v = f["key"].get(k, 0)
+            full = m == (("f" * len(m)) if isinstance(m, str) else {"eth_type": 0xFFFF}.get(k, _ones(m)))
+            parts.append(f"{k}={_show(k, v)}" if full else f"{k}={_show(k, v)}/{_show(k, m)}")
+        used = "never" if f["used_s"] is None else f"{f['used_s']}s"
+        print(f"in_port={f['key']['in_port']}{''.join(',' + p for p in parts)}, packets:{f['packets']}, "
+              f"bytes:{f['bytes']}, used:{used}, actions:{f['actions']}")
+
+
+def _ones(v):
+    """v if it is all ones in its width (an exact match), else -1."""
+    return v if isinstance(v, int) and v and (v + 1) & v == 0 and v.bit_length() % 8 == 0 else -1
+
+
+def _show(k, v):
+    import ipaddress
+    if k in ("ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa") and isinstance(v, int):
+        return str(ipaddress.IPv4Address(v))
+    if isinstance(v, str) and len(v) == 12:
+        return ":".join(v[i:i + 2] for i in range(0, 12, 2))
+    if isinstance(v, str) and len(v) == 32:
+        return str(ipaddress.IPv6Address(bytes.fromhex(v)))
+    return hex(v) if k in ("eth_type", "tcp_flags") and isinstance(v, int) else str(v)
+
+
 @app.command("fdb-show")
 def fdb_show(name: str = NAME, run_dir: Optional[str] = RUN_DIR):
     """The NORMAL action's MAC learning table: port, VLAN, MAC, age (as ovs-appctl fdb/show)."""

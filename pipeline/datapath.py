@@ -38,8 +38,8 @@ class Datapath:
         self.c.max_actions = MAX_ACTIONS
         self._outq = ffi.new("struct vp_outq[]", len(ports))
         self.c.outq = self._outq
-        if lib.vp_flows_init(self.c, flow_limit) != 0:
-            raise DatapathError(f"cannot allocate a flow table for {flow_limit} flows")
+        if lib.vp_flows_init(self.c, flow_limit) != 0 or lib.vp_megaflows_init(self.c, flow_limit) != 0:
+            raise DatapathError(f"cannot allocate flow tables for {flow_limit} flows")
         self.batch = ffi.new("struct vp_batch *")
         self.batch.cap = batch
         self.batch_size = batch
@@ -91,6 +91,26 @@ class Datapath:
         key = ffi.from_buffer("struct vp_flow_key *", key_bytes)
         return lib.vp_flow_install(self.c, key, self.action_id(actions))
 
+    def install_megaflow(self, key_bytes, wc, actions):
+        """Cache a translation for every packet that agrees with this one on `wc`'s bits."""
+        key = ffi.from_buffer("struct vp_flow_key *", key_bytes)
+        return lib.vp_megaflow_install(self.c, key, key_mask(wc), self.action_id(actions))
+
+    def megaflows(self):
+        """Installed megaflows as (entry, masked key bytes, mask bytes, action id, stats)."""
+        out, start, buf, nxt = [], 0, ffi.new("uint32_t[]", 1024), ffi.new("uint32_t *")
+        t = self.c.mflows
+        size = ffi.sizeof("struct vp_flow_key")
+        while start < t.limit:
+            n = lib.vp_megaflow_dump(self.c, start, buf, 1024, nxt)
+            for j in range(n):
+                f = t.entries[buf[j]]
+                out.append((buf[j], bytes(ffi.buffer(ffi.addressof(f, "key"), size)),
+                            bytes(ffi.buffer(ffi.addressof(self.c.masks[f.upcall_id]), size)), f.action,
+                            {"packets": f.packets, "bytes": f.bytes, "used_ns": f.used_ns}))
+            start = nxt[0]
+        return out
+
     def stats(self):
         s = self.c.st
         stage = {}
@@ -98,8 +118,9 @@ class Datapath:
             n = s.stage_pkts[i]
             stage[name] = round(s.stage_ns[i] / n, 2) if n else None
         return {
-            "batches": s.batches, "packets": s.packets, "hits": s.hits, "misses": s.misses,
-            "flows": self.c.flows.count, "flow_limit": self.c.flows.limit,
+            "batches": s.batches, "packets": s.packets, "hits": s.hits, "megaflow_hits": s.mf_hits,
+            "misses": s.misses, "flows": self.c.flows.count, "flow_limit": self.c.flows.limit,
+            "megaflows": self.c.mflows.count, "masks": sum(1 for i in range(self.c.nmasks) if self.c.mask_refs[i]),
             "parse_errors": {k: s.parse_err[i] for i, k in enumerate(PARSE_ERRORS)},
             "drops": {k: s.drops[i] for i, k in enumerate(DROPS)},
             "stage_ns_per_packet": stage,
@@ -107,3 +128,36 @@ class Datapath:
             "stage_packets": {k: s.stage_pkts[i] for i, k in enumerate(STAGES)},
             "tx_swapped": s.tx_swapped, "tx_copied": s.tx_copied,
         }
+
+
+def _be(v, n):
+    return int.from_bytes(v.to_bytes(n, "big"), "little")
+
+
+def key_mask(wc):
+    """The slow path's megaflow mask (field -> bits) as a mask over struct vp_flow_key.
+    in_port and the parsed-layer set are always exact: a key must be read back the same."""
+    m = ffi.new("struct vp_flow_key *")
+    m.in_port, m.layers = 0xFFFFFFFF, 0xFFFF
+    g = wc.get
+    for f in ("dl_src", "dl_dst", "arp_sha", "arp_tha"):
+        if g(f):
+            setattr(m, f, list(g(f).to_bytes(6, "big")))
+    for f in ("ipv6_src", "ipv6_dst", "nd_target"):
+        if g(f):
+            setattr(m, f, list(g(f).to_bytes(16, "big")))
+    for f in ("dl_type", "tp_src", "tp_dst", "tcp_flags"):
+        if g(f):
+            setattr(m, f, _be(g(f), 2))
+    for f in ("nw_src", "nw_dst"):
+        if g(f):
+            setattr(m, f, _be(g(f), 4))
+    if g("ipv6_label"):
+        m.ipv6_label = _be(g("ipv6_label"), 4)
+    for f in ("nw_proto", "nw_tos", "nw_ttl", "nw_frag"):
+        if g(f):
+            setattr(m, f, g(f))
+    if g("vlan_tci"):
+        m.vlans[0].tci = _be(g("vlan_tci"), 2)
+        m.vlans[0].tpid = 0xFFFF            # a rewritten tag keeps its TPID: part of the answer
+    return m

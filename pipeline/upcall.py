@@ -37,7 +37,7 @@ class Upcalls:
                        executed=0, execute_dropped=0, stale_replies=0, bad_messages=0,
                        pending_expired=0, connects=0, disconnects=0, flow_limit_hit=0, slow_path_flows=0,
                        revalidations=0, revalidations_done=0, revalidated=0, revalidated_changed=0,
-                       revalidated_removed=0)
+                       revalidated_removed=0, megaflows_installed=0, megaflows_removed=0)
         self._key_size = ffi.sizeof("struct vp_flow_key")
 
     # -- connection -----------------------------------------------------------------------
@@ -170,6 +170,9 @@ class Upcalls:
                 self.st["flow_limit_hit"] += 1
             else:
                 self.st["installed"] += 1
+            wc = f.get("mask")
+            if _mask_ok(wc) and self.dp.install_megaflow(kb, wc, f["actions"]) >= 0:
+                self.st["megaflows_installed"] += 1
         self._execute(msg.get("execute", ()))
 
     def _execute(self, items):
@@ -193,21 +196,30 @@ class Upcalls:
         self.reval_cursor = 0                   # (re)start from the beginning
 
     def revalidate_step(self):
-        """Send the next chunk of installed flows (keys + stats since last time)."""
+        """Send the next chunk of installed flows (keys + stats since last time): exact
+        flows first, then megaflows (ids past the flow limit)."""
         if self.reval_cursor is None or not self.up or len(self.outq) > MAX_OUTQ // 2:
             return
+        limit = self.dp.c.flows.limit
         buf, nxt = ffi.new("uint32_t[]", REVALIDATE_CHUNK), ffi.new("uint32_t *")
-        n = lib.vp_flow_dump(self.dp.c, self.reval_cursor, buf, REVALIDATE_CHUNK, nxt)
-        self.reval_cursor = nxt[0] if nxt[0] < self.dp.c.flows.limit else None
+        mega = self.reval_cursor >= limit
+        table = self.dp.c.mflows if mega else self.dp.c.flows
+        dump = lib.vp_megaflow_dump if mega else lib.vp_flow_dump
+        n = dump(self.dp.c, self.reval_cursor - (limit if mega else 0), buf, REVALIDATE_CHUNK, nxt)
+        if nxt[0] < table.limit:
+            self.reval_cursor = nxt[0] + (limit if mega else 0)
+        else:
+            self.reval_cursor = None if mega else limit
         flows, ofport = [], self.dp.ofport_of
         for j in range(n):
             e = buf[j]
-            ent = self.dp.c.flows.entries[e]
+            uid = e + limit if mega else e
+            ent = table.entries[e]
             kb = bytes(ffi.buffer(ffi.addressof(ent, "key"), self._key_size))
-            last = self.reported.get(e, (0, 0)) if self.reval.get(e, kb) == kb else (0, 0)
-            self.reported[e] = (ent.packets, ent.bytes)
-            self.reval[e] = kb
-            flows.append({"id": e, "key": channel.key_attrs(kb, ofport),
+            last = self.reported.get(uid, (0, 0)) if self.reval.get(uid, kb) == kb else (0, 0)
+            self.reported[uid] = (ent.packets, ent.bytes)
+            self.reval[uid] = kb
+            flows.append({"id": uid, "key": channel.key_attrs(kb, ofport),
                           "packets": ent.packets - last[0], "bytes": ent.bytes - last[1]})
         if flows:
             self.outq += channel.encode({"v": channel.VERSION, "t": "revalidate", "flows": flows})
@@ -222,32 +234,56 @@ class Upcalls:
     def _revalidated(self, flows):
         self.reval_outstanding = max(0, self.reval_outstanding - 1)
         self._round_done()
+        limit = self.dp.c.flows.limit
         for f in flows:
             if not isinstance(f, dict) or not channel.actions_ok(f.get("actions")):
                 self.st["bad_messages"] += 1
                 continue
-            e, kb = f.get("id"), self.reval.get(f.get("id"))
+            uid, kb = f.get("id"), self.reval.get(f.get("id"))
             if kb is None:
                 continue
-            key = ffi.from_buffer("struct vp_flow_key *", kb)
-            if lib.vp_flow_find(self.dp.c, key) != e:
-                continue                        # gone or replaced since it was sent
             self.st["revalidated"] += 1
+            if uid >= limit:
+                self._revalidated_megaflow(uid - limit, kb, f)
+                continue
+            key = ffi.from_buffer("struct vp_flow_key *", kb)
+            if lib.vp_flow_find(self.dp.c, key) != uid:
+                continue                        # gone or replaced since it was sent
             if channel.fast_path_runs(f["actions"]):
                 aid = self.dp.action_id(f["actions"])
-                if self.dp.c.flows.entries[e].action != aid:
-                    self.dp.c.flows.entries[e].action = aid
+                if self.dp.c.flows.entries[uid].action != aid:
+                    self.dp.c.flows.entries[uid].action = aid
                     self.st["revalidated_changed"] += 1
             else:
                 lib.vp_flow_remove(self.dp.c, key)
-                self.reval.pop(e, None)
-                self.reported.pop(e, None)
+                self.reval.pop(uid, None)
+                self.reported.pop(uid, None)
                 self.st["revalidated_removed"] += 1
+
+    def _revalidated_megaflow(self, e, kb, f):
+        """A megaflow stays only if both its actions and its mask are what translation
+        gives now; otherwise it goes, and the next packet sets up the right one."""
+        ent = self.dp.c.mflows.entries[e]
+        if ent.action < 0 or bytes(ffi.buffer(ffi.addressof(ent, "key"), self._key_size)) != kb:
+            return
+        same_mask = _mask_ok(f.get("mask")) and bytes(ffi.buffer(self.dp_key_mask(f["mask"]))) == bytes(
+            ffi.buffer(ffi.addressof(self.dp.c.masks[ent.upcall_id])))
+        if same_mask and channel.fast_path_runs(f["actions"]) and self.dp.action_id(f["actions"]) == ent.action:
+            return
+        lib.vp_megaflow_remove_entry(self.dp.c, e)
+        self.reval.pop(e + self.dp.c.flows.limit, None)
+        self.st["megaflows_removed"] += 1
+
+    def dp_key_mask(self, wc):
+        from pipeline.datapath import key_mask
+        return key_mask(wc)
 
     def expire(self):
         """Idle flows leave the table; pending flows whose answer is overdue may miss again."""
         expired = ffi.new("uint32_t *")
         lib.vp_flow_sweep(self.dp.c, self.dp.idle_ns, PENDING_TIMEOUT_NS, expired)
+        lib.vp_megaflow_sweep(self.dp.c, self.dp.idle_ns)
+        lib.vp_megaflow_rerank(self.dp.c)
         self.st["pending_expired"] += expired[0]
         old = time.monotonic() - PENDING_TIMEOUT_NS / 1e9
         for uid in [u for u, (_, t) in self.keys.items() if t < old]:
@@ -257,3 +293,10 @@ class Upcalls:
         if self.sock:
             self.sock.close()
         self.sock, self.up = None, False
+
+
+def _mask_ok(wc):
+    from pipeline.slowpath.fields import FIELDS
+    return isinstance(wc, dict) and len(wc) <= len(FIELDS) and all(
+        k in FIELDS and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= FIELDS[k].full
+        for k, v in wc.items())

@@ -42,7 +42,8 @@ class Worker:
                            Execute(self.dp), Transmit(self.dp)]
             self.control = control.ControlServer(self.ctl_path, {
                 "stats": lambda r: self.stats(), "ports": lambda r: [p.stats() for p in self.ports],
-                "stop": lambda r: self.stop(), "revalidate": lambda r: self.revalidate_now()})
+                "stop": lambda r: self.stop(), "revalidate": lambda r: self.revalidate_now(),
+                "megaflows": lambda r: self.megaflows()})
         except Exception:
             close_ports(self.ports)
             control.remove_run_dirs(self.created_dirs)
@@ -66,6 +67,23 @@ class Worker:
                 raise RuntimeError(f"slow path exited with status {self.slow.returncode}")
             self.upcalls.next_try = 0
             time.sleep(0.02)
+
+    def megaflows(self):
+        """Installed megaflows, as `valepipe dump-megaflows` prints them."""
+        from pipeline import channel
+        from pipeline.datapath import MAX_ACTIONS  # noqa: F401  (documented limit)
+        names = {aid: key for key, aid in self.dp._action_ids.items()}
+        out, now = [], self.dp.c.now_ns
+        ofport = self.dp.ofport_of
+        for _, kb, mb, aid, st in self.dp.megaflows():
+            key, mask = channel.key_attrs(kb, ofport), channel.key_attrs(mb, lambda i: 0xFFFF, like=kb)
+            out.append({"key": {k: (v.hex() if isinstance(v, bytes) else v) for k, v in key.items()},
+                        "mask": {k: (v.hex() if isinstance(v, bytes) else v) for k, v in mask.items()
+                                 if v and v != b"\0" * len(v if isinstance(v, bytes) else b"")},
+                        "actions": _describe_actions(names.get(aid), self.ports),
+                        "packets": st["packets"], "bytes": st["bytes"],
+                        "used_s": round((now - st["used_ns"]) / 1e9, 3) if st["packets"] else None})
+        return out
 
     def revalidate_now(self):
         """Start a revalidation round (pushes flow stats to the slow path); returns its number."""
@@ -138,3 +156,13 @@ class Worker:
         self.control.close()
         close_ports(self.ports)
         control.remove_run_dirs(self.created_dirs)
+
+
+def _describe_actions(key, ports):
+    if key is None:
+        return "?"
+    if key[:1] == ("ops",):
+        return ",".join(str(a[1]) if a[0] == "output" else
+                        (f"set({a[1]}={a[2]:#x}/{a[3]:#x})" if a[0] == "set" else
+                         (f"push_vlan({a[1]:#x},{a[2]:#x})" if a[0] == "push_vlan" else a[0])) for a in key[1:])
+    return ",".join(str(ports[i].ofport) if i < len(ports) else "?" for i in key) or "drop"

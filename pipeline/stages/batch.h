@@ -170,11 +170,14 @@ struct vp_outq {
     uint32_t pkt[1024];       /* batch indexes */
 };
 
+#define VP_MAX_MASKS 64
+
 struct vp_dp_stats {
     uint64_t batches;
     uint64_t packets;
-    uint64_t hits;
-    uint64_t misses;
+    uint64_t hits;            /* exact-match hits */
+    uint64_t mf_hits;         /* exact-match misses that a megaflow answered */
+    uint64_t misses;          /* went to the slow path */
     uint64_t parse_err[11];
     uint64_t drops[8];
     uint64_t stage_ns[5];
@@ -194,6 +197,13 @@ struct vp_dp {
     struct vp_outq *outq;     /* one per port */
     struct vp_dp_stats st;
     uint64_t now_ns;
+    /* megaflows: one subtable per mask; entries keyed by (key & mask, mask number) */
+    struct vp_flow_table mflows;
+    struct vp_flow_key masks[64];
+    uint64_t mask_hits[64];
+    uint32_t mask_refs[64];
+    uint8_t mask_order[64];   /* subtables by hits, re-ranked periodically */
+    uint32_t nmasks;
 };
 
 uint64_t vp_now_ns(void);

@@ -9,8 +9,7 @@
 #define IDX_HASH(w) ((uint32_t)((w) >> 32))
 #define IDX_ENTRY(w) ((uint32_t)(w) - 1)
 
-int vp_flows_init(struct vp_dp *dp, uint32_t limit) {
-    struct vp_flow_table *t = &dp->flows;
+static int table_init(struct vp_flow_table *t, uint32_t limit) {
     uint32_t cap = 1024;
     if (limit == 0 || limit > (1u << 26)) return -1;
     while (cap < limit * 2u) cap <<= 1;          /* index load factor stays under 1/2 */
@@ -28,6 +27,9 @@ int vp_flows_init(struct vp_dp *dp, uint32_t limit) {
     t->limit = limit;
     return 0;
 }
+
+int vp_flows_init(struct vp_dp *dp, uint32_t limit) { return table_init(&dp->flows, limit); }
+int vp_megaflows_init(struct vp_dp *dp, uint32_t limit) { return table_init(&dp->mflows, limit); }
 
 static inline int key_eq(const struct vp_flow_key *a, const struct vp_flow_key *b) {
     const uint64_t *x = (const uint64_t *)a, *y = (const uint64_t *)b;
@@ -50,14 +52,44 @@ static int32_t find(const struct vp_flow_table *t, const struct vp_flow_key *k, 
     return pos < 0 ? -1 : (int32_t)IDX_ENTRY(t->index[pos]);
 }
 
+static struct vp_flow *insert(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t h);
+static void delete_at(struct vp_flow_table *t, uint32_t i);
+
 int32_t vp_flow_find(struct vp_dp *dp, const struct vp_flow_key *k) {
     return find(&dp->flows, k, vp_key_hash(k));
+}
+
+static void mask_key(struct vp_flow_key *out, const struct vp_flow_key *k, const struct vp_flow_key *m, uint32_t id) {
+    const uint64_t *x = (const uint64_t *)k, *y = (const uint64_t *)m;
+    uint64_t *o = (uint64_t *)out;
+    for (size_t i = 0; i < sizeof(*k) / 8; i++) o[i] = x[i] & y[i];
+    out->pad3 = id + 1;             /* the same masked bits under two masks are two flows */
+}
+
+/* tuple-space search over the masks, most used first; returns the action or -1 */
+static int32_t megaflow_lookup(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t len) {
+    struct vp_flow_key mk;
+    for (uint32_t j = 0; j < dp->nmasks; j++) {
+        uint32_t id = dp->mask_order[j];
+        if (!dp->mask_refs[id]) continue;
+        mask_key(&mk, k, &dp->masks[id], id);
+        int32_t e = find(&dp->mflows, &mk, vp_key_hash(&mk));
+        if (e >= 0 && dp->mflows.entries[e].action >= 0) {
+            struct vp_flow *f = &dp->mflows.entries[e];
+            f->packets++;
+            f->bytes += len;
+            f->used_ns = dp->now_ns;
+            dp->mask_hits[id]++;
+            return f->action;
+        }
+    }
+    return -1;
 }
 
 uint32_t vp_lookup(struct vp_dp *dp, struct vp_batch *b) {
     VP_TIME_BEGIN(dp);
     struct vp_flow_table *t = &dp->flows;
-    uint32_t nmiss = 0, n = b->n;
+    uint32_t nmiss = 0, nmf = 0, n = b->n;
     uint64_t now = dp->now_ns;
     for (uint32_t i = 0; i < n; i++) __builtin_prefetch(&t->index[b->pkt[i].hash & t->mask]);
     for (uint32_t i = 0; i < n; i++) {          /* first index word with the same hash */
@@ -88,6 +120,12 @@ uint32_t vp_lookup(struct vp_dp *dp, struct vp_batch *b) {
             f->bytes += pk->len;
             f->used_ns = now;
             f->tcp_flags |= b->key[i].tcp_flags;
+        } else if (e < 0 && dp->nmasks && (e = megaflow_lookup(dp, &b->key[i], pk->len)) >= 0) {
+            /* answered by a megaflow: cache the exact key so the next packet hits above */
+            struct vp_flow *f = insert(dp, &b->key[i], pk->hash);
+            pk->action = e;
+            if (f) { f->action = e; f->packets = 1; f->bytes = pk->len; }
+            nmf++;
         } else {
             pk->action = e >= 0 ? VP_ACT_PENDING : VP_ACT_MISS;
             pk->flow = (uint32_t)e;
@@ -95,14 +133,14 @@ uint32_t vp_lookup(struct vp_dp *dp, struct vp_batch *b) {
         }
     }
     b->nmiss = nmiss;
-    dp->st.hits += n - nmiss;
+    dp->st.hits += n - nmiss - nmf;
+    dp->st.mf_hits += nmf;
     dp->st.misses += nmiss;
     VP_TIME_END(dp, VP_ST_LOOKUP, n);
     return nmiss;
 }
 
-static struct vp_flow *insert(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t h) {
-    struct vp_flow_table *t = &dp->flows;
+static struct vp_flow *insert_in(struct vp_flow_table *t, uint64_t now, const struct vp_flow_key *k, uint32_t h) {
     uint32_t i, e;
     if (t->count >= t->limit || t->nfree == 0) return NULL;
     e = t->free[--t->nfree];
@@ -112,8 +150,12 @@ static struct vp_flow *insert(struct vp_dp *dp, const struct vp_flow_key *k, uin
     memset(&t->entries[e], 0, sizeof(t->entries[e]));
     t->entries[e].key = *k;
     t->entries[e].hash = h;
-    t->entries[e].created_ns = t->entries[e].used_ns = dp->now_ns;
+    t->entries[e].created_ns = t->entries[e].used_ns = now;
     return &t->entries[e];
+}
+
+static struct vp_flow *insert(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t h) {
+    return insert_in(&dp->flows, dp->now_ns, k, h);
 }
 
 int vp_flow_insert_pending(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t hash, uint32_t upcall_id) {
@@ -196,4 +238,80 @@ uint32_t vp_flow_dump(struct vp_dp *dp, uint32_t start, uint32_t *entries, uint3
         if (t->entries[i].action >= 0) entries[n++] = i;
     *next = i;
     return n;
+}
+
+/* --- megaflows ------------------------------------------------------------------------ */
+
+int vp_megaflow_install(struct vp_dp *dp, const struct vp_flow_key *k, const struct vp_flow_key *mask, int32_t action) {
+    uint32_t id;
+    struct vp_flow_key mk;
+    int32_t e;
+    struct vp_flow *f;
+    for (id = 0; id < dp->nmasks; id++)
+        if (key_eq(&dp->masks[id], mask)) break;
+    if (id == dp->nmasks) {
+        for (id = 0; id < dp->nmasks && dp->mask_refs[id]; id++) {}   /* reuse an empty subtable */
+        if (id == VP_MAX_MASKS) return -2;
+        if (id == dp->nmasks) { dp->mask_order[dp->nmasks] = (uint8_t)id; dp->nmasks++; }
+        dp->masks[id] = *mask;
+        dp->mask_hits[id] = 0;
+    }
+    mask_key(&mk, k, mask, id);
+    uint32_t h = vp_key_hash(&mk);
+    e = find(&dp->mflows, &mk, h);
+    if (e >= 0) {
+        dp->mflows.entries[e].action = action;
+        return 0;
+    }
+    f = insert_in(&dp->mflows, dp->now_ns, &mk, h);
+    if (!f) return -1;
+    f->action = action;
+    f->upcall_id = id;            /* which subtable, for removal */
+    dp->mask_refs[id]++;
+    return 1;
+}
+
+int vp_megaflow_remove_entry(struct vp_dp *dp, uint32_t e) {
+    struct vp_flow_table *t = &dp->mflows;
+    if (e >= t->limit || t->entries[e].action == VP_ACT_EMPTY) return -1;
+    int64_t pos = find_pos(t, &t->entries[e].key, t->entries[e].hash);
+    if (pos < 0) return -1;
+    dp->mask_refs[t->entries[e].upcall_id]--;
+    delete_at(t, (uint32_t)pos);
+    return 0;
+}
+
+uint32_t vp_megaflow_dump(struct vp_dp *dp, uint32_t start, uint32_t *entries, uint32_t max, uint32_t *next) {
+    struct vp_flow_table *t = &dp->mflows;
+    uint32_t n = 0, i;
+    for (i = start; i < t->limit && n < max; i++)
+        if (t->entries[i].action >= 0) entries[n++] = i;
+    *next = i;
+    return n;
+}
+
+uint32_t vp_megaflow_sweep(struct vp_dp *dp, uint64_t idle_ns) {
+    struct vp_flow_table *t = &dp->mflows;
+    uint32_t removed = 0;
+    if (!idle_ns) return 0;
+    for (uint32_t e = 0; e < t->limit; e++) {
+        struct vp_flow *f = &t->entries[e];
+        if (f->action >= 0 && dp->now_ns > f->used_ns && dp->now_ns - f->used_ns > idle_ns)
+            removed += vp_megaflow_remove_entry(dp, e) == 0;
+    }
+    return removed;
+}
+
+void vp_megaflow_rerank(struct vp_dp *dp) {
+    /* insertion sort of a few dozen subtables by hits, then age the counts */
+    for (uint32_t i = 1; i < dp->nmasks; i++) {
+        uint8_t x = dp->mask_order[i];
+        uint32_t j = i;
+        while (j > 0 && dp->mask_hits[dp->mask_order[j - 1]] < dp->mask_hits[x]) {
+            dp->mask_order[j] = dp->mask_order[j - 1];
+            j--;
+        }
+        dp->mask_order[j] = x;
+    }
+    for (uint32_t i = 0; i < dp->nmasks; i++) dp->mask_hits[i] /= 2;
 }
