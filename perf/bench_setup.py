@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Flow setup rate: every packet a new flow (64-byte UDP, distinct source address/port),
 sent through a pipeline on shm: ports; reports flows installed per second by the fast
-path (upcall -> slow-path translation -> install) and what happened to the rest."""
+path (upcall -> slow-path translation -> install), how many new flows a megaflow answered
+without the slow path, and what happened to the rest."""
 import argparse
 import json
 import os
@@ -48,7 +49,8 @@ def run(flows, rate, rules):
         span = moving[-1][0] - moving[0][0] if len(moving) > 1 else 0
         rate_ = (moving[-1][1] - moving[0][1]) / span if span else 0
         return {"offered_flows_per_s": rate, "flows": flows, "installed": st["upcall"]["installed"],
-                "setup_flows_per_s": round(rate_), "delivered": res["rx"]["received"],
+                "setup_flows_per_s": round(rate_), "megaflow_hits": st["megaflow_hits"],
+                "upcalled_flows": st["upcall"]["upcall_flows"], "delivered": res["rx"]["received"],
                 "misses": st["misses"], "drops": {k: v for k, v in st["drops"].items() if v}}
     finally:
         pipe.terminate()
