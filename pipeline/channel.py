@@ -64,6 +64,8 @@ def actions_ok(actions):
             ok = w is not None and _uint(a[2], w) and _uint(a[3], w)
         elif k == "push_vlan":
             ok = len(a) == 3 and a[1] in (0x8100, 0x88A8) and _uint(a[2], 16)
+        elif k == "controller":
+            ok = len(a) == 2 and isinstance(a[1], str) and len(a[1]) <= 32
         else:
             ok = False
         if not ok:

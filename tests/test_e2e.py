@@ -294,3 +294,22 @@ def test_rule_changes_take_effect_on_cached_traffic(uniq, pipeline_factory):
     finally:
         for p in ps.values():
             p.close()
+
+
+def test_controller_packets_are_queued_and_not_cached(uniq, pipeline_factory):
+    import subprocess
+    import sys
+    from pipeline import control
+    pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=CONTROLLER,output:2"], ports=("a", "b")))
+    ps = peers(uniq, "ab")
+    try:
+        for i in range(5):
+            ps["a"].send_all([frame(1, i)])
+            assert wait_for(lambda: ps["b"].drain() >= i + 1)
+        st = pipe.stats()
+        assert st["upcall"]["upcall_packets"] == 5 and st["hits"] == 0        # every packet went up
+        sp = control.request(os.path.join(pipe.dir, "run", "slowpath.ctl"), "stats")
+        assert sp["controller_queued"] == 5 and sp["controller"] == 5
+    finally:
+        for p in ps.values():
+            p.close()

@@ -140,7 +140,8 @@ def test_set_actions_are_committed_before_output():
     assert Xlate({0: t0}, PORTS).translate(dict(f, nw_proto=0)).actions == [
         ["output", 2], ["push_vlan", 0x8100, 5], ["output", 3]]
     f["nw_ttl"] = 1
-    assert Xlate({0: t0}, PORTS).translate(f).actions == [["drop"]]       # invalid_ttl: to the controller
+    assert Xlate({0: t0}, PORTS).translate(f).actions == [                # invalid_ttl: to the controller,
+        ["set", "nw_dst", 0x0A000009, 0xFFFFFFFF], ["controller", "invalid_ttl"]]   # as modified so far
 
 
 def test_resubmit_depth_is_bounded():
@@ -148,3 +149,21 @@ def test_resubmit_depth_is_bounded():
     t0.insert(parse_flow("actions=resubmit(,0)"))
     res = Xlate({0: t0}, PORTS).translate({k: 0 for k in ORDER})
     assert res.actions == [["drop"]] and "depth" in res.error
+
+
+def test_rule_timeouts():
+    import time as _t
+    from pipeline.slowpath.ofproto import OFProto
+    of = OFProto(["priority=5,idle_timeout=10,actions=output:2", "priority=4,hard_timeout=20,actions=output:3",
+                  "priority=1,actions=drop"], ports=PORTS)
+    t0 = _t.monotonic()
+    attrs = {"in_port": 1}
+    assert of.expire(t0 + 5) == 0
+    of.translate(attrs)                                   # a packet: the idle rule is used (now ~ t0)
+    of.translate(attrs, touch=False)                      # revalidation does not count as use
+    assert of.expire(t0 + 9) == 0
+    assert of.expire(t0 + 10.5) == 1                      # idle for 10 s: gone
+    assert of.translate(attrs).actions == [["output", 3]]
+    assert of.expire(t0 + 21) == 1                        # hard timeout, used or not
+    assert [r.priority for r in of.rules()] == [1]
+    assert of.translate(attrs).actions == [["drop"]]

@@ -114,7 +114,13 @@ class SlowPath:
             for r in rules:
                 r.n_packets += 1
                 r.n_bytes += len(p[2])
-            execute.append([actions, p[2]])
+            rest = [a for a in actions if a[0] != "controller"]
+            for a in actions:
+                if a[0] == "controller":
+                    self.ofproto.packet_in(p[1], a[1], p[2])
+            if len(rest) < len(actions) and not any(a[0] == "output" for a in rest):
+                continue                              # consumed by the controller queue, counted there
+            execute.append([rest, p[2]])              # a drop comes back too: the fast path counts it
         self.st["packets"] += len(execute)
         return {"v": channel.VERSION, "t": "upcall_reply", "flows": out_flows, "execute": execute}
 
@@ -135,6 +141,8 @@ class SlowPath:
         if now - getattr(self, "last_expire", 0) >= 1.0:
             self.last_expire = now
             self.ofproto.macs.expire()
+            if self.ofproto.expire():
+                self.request_revalidation()           # what the expired rules did must go
         if self.ofproto.macs.changes != getattr(self, "macs_seen", 0) and now - getattr(self, "last_reval", 0) >= 0.1:
             self.request_revalidation()
 
@@ -146,10 +154,13 @@ class SlowPath:
         for f in flows:
             if not (isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("key"), dict)):
                 raise channel.ChannelError("revalidate: a flow needs an integer id and a key map")
-            res = self.ofproto.translate(f["key"])
+            res = self.ofproto.translate(f["key"], touch=False)
+            packets = _count(f.get("packets"))
             for r in res.rules:                      # stats go to the rules that produced the flow
-                r.n_packets += _count(f.get("packets"))
+                r.n_packets += packets
                 r.n_bytes += _count(f.get("bytes"))
+                if packets:
+                    r.used = time.monotonic()
             out.append({"id": f["id"], "actions": res.actions, "mask": res.wc})
         self.st["revalidated"] += len(out)
         return {"v": channel.VERSION, "t": "revalidate_reply", "flows": out}

@@ -49,6 +49,7 @@ class Rule:
     n_packets: int = 0
     n_bytes: int = 0
     table_given: bool = False
+    used: float = 0.0                               # last time a packet hit it (idle_timeout)
 
     def covers(self, other):
         """Non-strict match (del-flows/mod-flows): `other` is at least as specific as this

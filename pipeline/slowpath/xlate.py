@@ -2,7 +2,7 @@
 caches — datapath actions, and the megaflow mask (`wc`) of every bit that decided them.
 
 Datapath actions: ["output", port], ["set", field, value, mask] (only the bits rules wrote),
-["push_vlan", tpid, tci], ["pop_vlan"], ["drop"]. Modifications are committed lazily,
+["push_vlan", tpid, tci], ["pop_vlan"], ["drop"], ["controller", reason] (slow path only). Modifications are committed lazily,
 right before the output that needs them, as Open vSwitch does."""
 from dataclasses import dataclass, field
 
@@ -38,7 +38,7 @@ class Xlate:
         ctx = _Ctx(self, flow)
         unwildcard(ctx.wc, "in_port", FIELDS["in_port"].full)   # a datapath flow is per input port
         ctx.table(0, 0)
-        if not any(a[0] == "output" for a in ctx.out):
+        if not any(a[0] in ("output", "controller") for a in ctx.out):
             ctx.out = [["drop"]]
         return Result(ctx.out, ctx.wc, ctx.trace, ctx.rules, ctx.controller, ctx.error)
 
@@ -89,7 +89,7 @@ class _Ctx:
             elif k == "drop":
                 self.stop = True
             elif k == "controller":
-                self.controller += 1
+                self.to_controller("action")
             elif k == "set_field":
                 _, f, v, m = a
                 self.flow[f] = (self.flow[f] & ~m) | (v & m)
@@ -112,7 +112,7 @@ class _Ctx:
                     continue
                 unwildcard(self.wc, "nw_ttl", 0xFF)
                 if self.flow["nw_ttl"] <= 1:
-                    self.controller += 1              # invalid_ttl goes to the controller
+                    self.to_controller("invalid_ttl")
                     self.stop = True
                     return
                 self.flow["nw_ttl"] -= 1
@@ -123,6 +123,12 @@ class _Ctx:
                 self.resubmit(a[1], tid if a[2] is None else a[2], depth)
             elif k == "goto_table":
                 self.resubmit(None, a[1], depth)
+
+    def to_controller(self, reason):
+        """A packet-in: only the slow path can do it, so flows with one are not cached."""
+        self.controller += 1
+        self.commit()
+        self.out.append(["controller", reason])
 
     def resubmit(self, port, tid, depth):
         if depth + 1 >= MAX_DEPTH:
