@@ -14,6 +14,7 @@ class Config:
     name: str = "valepipe"
     batch: int = 256
     flow_limit: int = 200_000
+    emc_limit: int = 0                # exact-match entries; 0 = flow_limit
     idle_timeout: float = 10.0
     revalidate_interval: float = 5.0
     run_dir: str = ""
@@ -22,7 +23,7 @@ class Config:
     path: str = ""
 
 
-PIPELINE_KEYS = {"name": str, "batch": int, "flow_limit": int, "idle_timeout": (int, float), "run_dir": str,
+PIPELINE_KEYS = {"name": str, "batch": int, "flow_limit": int, "emc_limit": int, "idle_timeout": (int, float), "run_dir": str,
                  "revalidate_interval": (int, float)}
 PORT_KEYS = {"uri": str, "ofport": int, "slots": int}
 SLOWPATH_KEYS = {"flows": list}
@@ -64,6 +65,8 @@ def parse(text, path="<config>"):
         raise ConfigError(f"{path}: [pipeline].batch must be 1..1024, not {cfg.batch}")
     if not 1 <= cfg.flow_limit <= 10_000_000:
         raise ConfigError(f"{path}: [pipeline].flow_limit must be 1..10000000")
+    if not 0 <= cfg.emc_limit <= cfg.flow_limit:
+        raise ConfigError(f"{path}: [pipeline].emc_limit must be 0..flow_limit (0 = flow_limit)")
     if cfg.revalidate_interval < 0:
         raise ConfigError(f"{path}: [pipeline].revalidate_interval must be >= 0 (0 = only when rules change)")
     if cfg.idle_timeout < 0:

@@ -21,7 +21,7 @@ class DatapathError(Exception):
 
 
 class Datapath:
-    def __init__(self, ports, flow_limit=200_000, batch=256):
+    def __init__(self, ports, flow_limit=200_000, batch=256, emc_limit=None):
         if not 1 <= len(ports) <= lib.VP_MAX_PORTS:
             raise DatapathError(f"a datapath has 1..{lib.VP_MAX_PORTS} ports, not {len(ports)}")
         if not 1 <= batch <= lib.VP_BATCH_MAX:
@@ -38,8 +38,10 @@ class Datapath:
         self.c.max_actions = MAX_ACTIONS
         self._outq = ffi.new("struct vp_outq[]", len(ports))
         self.c.outq = self._outq
+        # exact-match entries (a cache capped at emc_limit when megaflows exist) and megaflows
         if lib.vp_flows_init(self.c, flow_limit) != 0 or lib.vp_megaflows_init(self.c, flow_limit) != 0:
             raise DatapathError(f"cannot allocate flow tables for {flow_limit} flows")
+        self.c.flows.cap = emc_limit or 0
         self.batch = ffi.new("struct vp_batch *")
         self.batch.cap = batch
         self.batch_size = batch
@@ -120,7 +122,7 @@ class Datapath:
         return {
             "batches": s.batches, "packets": s.packets, "hits": s.hits, "megaflow_hits": s.mf_hits,
             "misses": s.misses, "flows": self.c.flows.count, "flow_limit": self.c.flows.limit,
-            "megaflows": self.c.mflows.count, "masks": sum(1 for i in range(self.c.nmasks) if self.c.mask_refs[i]),
+            "megaflows": self.c.mflows.count, "emc_evictions": self.c.flows.evictions, "masks": sum(1 for i in range(self.c.nmasks) if self.c.mask_refs[i]),
             "parse_errors": {k: s.parse_err[i] for i, k in enumerate(PARSE_ERRORS)},
             "drops": {k: s.drops[i] for i, k in enumerate(DROPS)},
             "stage_ns_per_packet": stage,

@@ -34,7 +34,7 @@ class Worker:
             close_ports(self.ports)
             raise
         try:
-            self.dp = Datapath(self.ports, flow_limit=cfg.flow_limit, batch=cfg.batch)
+            self.dp = Datapath(self.ports, flow_limit=cfg.flow_limit, batch=cfg.batch, emc_limit=cfg.emc_limit or None)
             self.dp.idle_ns = int(cfg.idle_timeout * 1e9)
             self.dp.ofport_of = lambda i: self.ports[i].ofport
             self.upcalls = Upcalls(self.dp, self.slow_sock)

@@ -40,7 +40,11 @@ def _finish(p, timeout):
     return json.loads(out)
 
 
-def measure(flows=1, size=60, batch=256, seconds=5.0, slots=1024, tag=None, share_region=False):
+DEFAULT_RULES = ["in_port=1,actions=output:2", "in_port=2,actions=output:1"]
+
+
+def measure(flows=1, size=60, batch=256, seconds=5.0, slots=1024, tag=None, share_region=False,
+            rules=None, emc_limit=0, flow_limit=None, warmup_pps=WARMUP_PPS):
     """Returns {"mpps": delivered Mpps, "gen", "sink", "stats": pipeline counters of the
     measured phase only, "warmup_s"}."""
     tag = tag or f"b{os.getpid()}x{int(time.time() * 1000) % 100000}"
@@ -50,23 +54,24 @@ def measure(flows=1, size=60, batch=256, seconds=5.0, slots=1024, tag=None, shar
     uri_a, uri_b = f"shm:{a}", (f"shm:{b}@share={a}" if share_region else f"shm:{b}")
     cfg = os.path.join(tmp, "bench.toml")
     with open(cfg, "w") as f:
-        f.write(f'[pipeline]\nname = "{tag}"\nbatch = {batch}\nflow_limit = {max(2 * flows, 1024)}\n'
-                f'idle_timeout = 0\nrun_dir = "{tmp}/run"\n\n'
+        f.write(f'[pipeline]\nname = "{tag}"\nbatch = {batch}\nflow_limit = {flow_limit or max(2 * flows, 1024)}\n'
+                f'emc_limit = {emc_limit}\nidle_timeout = 0\nrevalidate_interval = 0\nrun_dir = "{tmp}/run"\n\n'
                 f'[[port]]\nuri = "{uri_a}"\nslots = {slots}\n\n[[port]]\nuri = "{uri_b}"\nslots = {slots}\n\n'
-                '[slowpath]\nflows = ["in_port=1,actions=output:2", "in_port=2,actions=output:1"]\n')
+                f'[slowpath]\nflows = {json.dumps(rules or DEFAULT_RULES)}\n')
     ctl = os.path.join(tmp, "run", "worker.ctl")
     pipe = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", cfg, "--quiet", "--cpu", str(pipe_cpu)])
     procs = []
     try:
         t0 = time.monotonic()
         warm = _traffic(["gen", uri_a, "--rx", uri_b, "--flows", str(flows), "--size", str(size),
-                         "--count", str(flows), "--rate", str(WARMUP_PPS)], traffic_cpu)
+                         "--count", str(flows), "--rate", str(warmup_pps)], traffic_cpu)
         procs.append(warm)
-        _finish(warm, 180)
+        _finish(warm, 60 + 2 * flows / warmup_pps)
         warmup_s = time.monotonic() - t0
         before = control.request(ctl, "stats")
-        if before["flows"] < flows:
-            raise RuntimeError(f"warm-up installed {before['flows']} of {flows} flows")
+        if before["flows"] + before["megaflows"] < min(flows, before["flow_limit"]):
+            raise RuntimeError(f"warm-up installed {before['flows']} flows, {before['megaflows']} megaflows "
+                               f"for {flows} flows")
         gen = _traffic(["gen", uri_a, "--rx", uri_b, "--flows", str(flows), "--size", str(size),
                         "--duration", str(seconds), "--batch", str(batch)], traffic_cpu)
         procs.append(gen)
@@ -77,7 +82,7 @@ def measure(flows=1, size=60, batch=256, seconds=5.0, slots=1024, tag=None, shar
         st["stage_ns_per_packet"] = {k: round(v / st["stage_packets"][k], 2) if st["stage_packets"][k] else None
                                      for k, v in st["stage_ns_total"].items()}
         return {"flows": flows, "size": size, "batch": batch, "mpps": s["mpps"], "gen": g, "sink": s,
-                "stats": st, "warmup_s": round(warmup_s, 2)}
+                "stats": st, "after": after, "warmup_s": round(warmup_s, 2)}
     finally:
         for p in procs:
             if p.poll() is None:

@@ -162,6 +162,10 @@ struct vp_flow_table {
     uint32_t mask;            /* index capacity - 1 (a power of two, >= 2 x limit) */
     uint32_t count;
     uint32_t limit;
+    uint32_t hand;            /* eviction clock over the entry pool */
+    uint32_t evictions;
+    uint32_t cap;             /* above this many entries, inserting evicts an installed one (0: never) */
+    uint32_t pad2;
 };
 
 struct vp_outq {

@@ -53,6 +53,7 @@ static int32_t find(const struct vp_flow_table *t, const struct vp_flow_key *k, 
 }
 
 static struct vp_flow *insert(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t h);
+static struct vp_flow *insert_free(struct vp_flow_table *t, uint64_t now, const struct vp_flow_key *k, uint32_t h);
 static void delete_at(struct vp_flow_table *t, uint32_t i);
 
 int32_t vp_flow_find(struct vp_dp *dp, const struct vp_flow_key *k) {
@@ -141,8 +142,30 @@ uint32_t vp_lookup(struct vp_dp *dp, struct vp_batch *b) {
 }
 
 static struct vp_flow *insert_in(struct vp_flow_table *t, uint64_t now, const struct vp_flow_key *k, uint32_t h) {
-    uint32_t i, e;
     if (t->count >= t->limit || t->nfree == 0) return NULL;
+    return insert_free(t, now, k, h);
+}
+
+/* the exact-match table is a cache in front of the megaflows: past its cap (or full), an
+ * installed entry makes room (clock order); pending entries, which wait for the slow path,
+ * are never evicted and may use the table up to its full size */
+static struct vp_flow *insert_evicting(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t h) {
+    struct vp_flow_table *t = &dp->flows;
+    if (dp->nmasks && ((t->cap && t->count >= t->cap) || t->nfree == 0)) {
+        for (uint32_t tries = 0; tries < t->limit; tries++) {
+            uint32_t e = t->hand;
+            t->hand = t->hand + 1 == t->limit ? 0 : t->hand + 1;
+            if (t->entries[e].action >= 0) {
+                int64_t pos = find_pos(t, &t->entries[e].key, t->entries[e].hash);
+                if (pos >= 0) { delete_at(t, (uint32_t)pos); t->evictions++; break; }
+            }
+        }
+    }
+    return insert_in(t, dp->now_ns, k, h);
+}
+
+static struct vp_flow *insert_free(struct vp_flow_table *t, uint64_t now, const struct vp_flow_key *k, uint32_t h) {
+    uint32_t i, e;
     e = t->free[--t->nfree];
     for (i = h & t->mask; t->index[i]; i = (i + 1) & t->mask) {}
     t->index[i] = IDX(h, e);
@@ -155,7 +178,7 @@ static struct vp_flow *insert_in(struct vp_flow_table *t, uint64_t now, const st
 }
 
 static struct vp_flow *insert(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t h) {
-    return insert_in(&dp->flows, dp->now_ns, k, h);
+    return insert_evicting(dp, k, h);
 }
 
 int vp_flow_insert_pending(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t hash, uint32_t upcall_id) {
