@@ -122,8 +122,11 @@ uint32_t vp_lookup(struct vp_dp *dp, struct vp_batch *b) {
             f->used_ns = now;
             f->tcp_flags |= b->key[i].tcp_flags;
         } else if (e < 0 && dp->nmasks && (e = megaflow_lookup(dp, &b->key[i], pk->len)) >= 0) {
-            /* answered by a megaflow: cache the exact key so the next packet hits above */
-            struct vp_flow *f = insert(dp, &b->key[i], pk->hash);
+            /* answered by a megaflow: cache the exact key so the next packet hits above; once
+             * the cache is at its cap, only now and then (as OVS's EMC), or churn would cost
+             * an eviction per packet for traffic that never comes back in time */
+            struct vp_flow *f = (!t->cap || t->count < t->cap || (dp->st.mf_hits + nmf) % 64 == 0)
+                                ? insert(dp, &b->key[i], pk->hash) : NULL;
             pk->action = e;
             if (f) { f->action = e; f->packets = 1; f->bytes = pk->len; }
             nmf++;
