@@ -82,3 +82,22 @@ def test_all_found_after_many_deletes(ns):
         assert lib.vp_flow_remove(dp, key(n)) == 0
     for i, n in enumerate(ns):
         assert (lib.vp_flow_find(dp, key(n)) >= 0) == (i % 2 == 1)
+
+
+def test_capped_exact_cache_evicts_installed_entries_only():
+    dp = ffi.new("struct vp_dp *")
+    assert lib.vp_flows_init(dp, 64) == 0 and lib.vp_megaflows_init(dp, 64) == 0
+    dp.flows.cap = 8
+    mask = ffi.new("struct vp_flow_key *")
+    mask.in_port = 0xFFFFFFFF
+    assert lib.vp_megaflow_install(dp, key(1000), mask, 0) == 1          # eviction needs megaflows behind it
+    for n in range(20):
+        assert lib.vp_flow_install(dp, key(n), 1) == 1
+        assert dp.flows.count <= 8
+    assert dp.flows.evictions == 12
+    assert sum(lib.vp_flow_find(dp, key(n)) >= 0 for n in range(20)) == 8   # the most recent ones stay
+    # pending entries (flows waiting for the slow path) are never evicted, and may pass the cap
+    for n in range(100, 120):
+        assert lib.vp_flow_insert_pending(dp, key(n), lib.vp_key_hash(key(n)), n) == 0
+    assert all(lib.vp_flow_find(dp, key(n)) >= 0 for n in range(100, 120))
+    assert dp.flows.count == 20
