@@ -6,6 +6,7 @@ without the slow path, and what happened to the rest."""
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,7 @@ def run(flows, rate, rules):
     finally:
         pipe.terminate()
         pipe.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main():
