@@ -257,13 +257,16 @@ uint32_t vp_flow_sweep(struct vp_dp *dp, uint64_t idle_ns, uint64_t pending_ns, 
 }
 
 /* installed (non-pending) entries from pool position `start` on, for revalidation */
-uint32_t vp_flow_dump(struct vp_dp *dp, uint32_t start, uint32_t *entries, uint32_t max, uint32_t *next) {
-    struct vp_flow_table *t = &dp->flows;
+static uint32_t dump(const struct vp_flow_table *t, uint32_t start, uint32_t *entries, uint32_t max, uint32_t *next) {
     uint32_t n = 0, i;
     for (i = start; i < t->limit && n < max; i++)
         if (t->entries[i].action >= 0) entries[n++] = i;
     *next = i;
     return n;
+}
+
+uint32_t vp_flow_dump(struct vp_dp *dp, uint32_t start, uint32_t *entries, uint32_t max, uint32_t *next) {
+    return dump(&dp->flows, start, entries, max, next);
 }
 
 /* --- megaflows ------------------------------------------------------------------------ */
@@ -308,12 +311,7 @@ int vp_megaflow_remove_entry(struct vp_dp *dp, uint32_t e) {
 }
 
 uint32_t vp_megaflow_dump(struct vp_dp *dp, uint32_t start, uint32_t *entries, uint32_t max, uint32_t *next) {
-    struct vp_flow_table *t = &dp->mflows;
-    uint32_t n = 0, i;
-    for (i = start; i < t->limit && n < max; i++)
-        if (t->entries[i].action >= 0) entries[n++] = i;
-    *next = i;
-    return n;
+    return dump(&dp->mflows, start, entries, max, next);
 }
 
 uint32_t vp_megaflow_sweep(struct vp_dp *dp, uint64_t idle_ns) {
