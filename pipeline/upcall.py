@@ -10,6 +10,8 @@ import time
 
 from pipeline import channel
 from pipeline._native import ffi, lib
+from pipeline.datapath import key_mask
+from pipeline.slowpath.fields import FIELDS
 
 MAX_OUTQ = 8 << 20          # bytes of upcalls waiting for the socket
 PENDING_TIMEOUT_NS = 2_000_000_000
@@ -266,17 +268,13 @@ class Upcalls:
         ent = self.dp.c.mflows.entries[e]
         if ent.action < 0 or bytes(ffi.buffer(ffi.addressof(ent, "key"), self._key_size)) != kb:
             return
-        same_mask = _mask_ok(f.get("mask")) and bytes(ffi.buffer(self.dp_key_mask(f["mask"]))) == bytes(
+        same_mask = _mask_ok(f.get("mask")) and bytes(ffi.buffer(key_mask(f["mask"]))) == bytes(
             ffi.buffer(ffi.addressof(self.dp.c.masks[ent.upcall_id])))
         if same_mask and channel.fast_path_runs(f["actions"]) and self.dp.action_id(f["actions"]) == ent.action:
             return
         lib.vp_megaflow_remove_entry(self.dp.c, e)
         self.reval.pop(e + self.dp.c.flows.limit, None)
         self.st["megaflows_removed"] += 1
-
-    def dp_key_mask(self, wc):
-        from pipeline.datapath import key_mask
-        return key_mask(wc)
 
     def expire(self):
         """Idle flows leave the table; pending flows whose answer is overdue may miss again."""
@@ -296,7 +294,6 @@ class Upcalls:
 
 
 def _mask_ok(wc):
-    from pipeline.slowpath.fields import FIELDS
     return isinstance(wc, dict) and len(wc) <= len(FIELDS) and all(
         k in FIELDS and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= FIELDS[k].full
         for k, v in wc.items())

@@ -71,7 +71,6 @@ class Worker:
     def megaflows(self):
         """Installed megaflows, as `valepipe dump-megaflows` prints them."""
         from pipeline import channel
-        from pipeline.datapath import MAX_ACTIONS  # noqa: F401  (documented limit)
         names = {aid: key for key, aid in self.dp._action_ids.items()}
         out, now = [], self.dp.c.now_ns
         ofport = self.dp.ofport_of

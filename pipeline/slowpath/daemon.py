@@ -31,6 +31,8 @@ class SlowPath:
         self.st = dict(upcalls=0, flows=0, packets=0, bad_messages=0, unknown_flow_packets=0, slow_flows=0,
                        revalidated=0, rule_changes=0)
         self.clients = {}
+        self.macs_seen = 0          # MAC table change count last revalidated for
+        self.last_reval = self.last_expire = 0.0
 
     # -- control requests (valepipe add-flow / del-flows / mod-flows / dump-flows) -------------
     def control_handlers(self):
@@ -138,12 +140,12 @@ class SlowPath:
     def housekeep(self):
         """MAC aging, and one revalidation per 100 ms at most for MAC table changes."""
         now = time.monotonic()
-        if now - getattr(self, "last_expire", 0) >= 1.0:
+        if now - self.last_expire >= 1.0:
             self.last_expire = now
             self.ofproto.macs.expire()
             if self.ofproto.expire():
                 self.request_revalidation()           # what the expired rules did must go
-        if self.ofproto.macs.changes != getattr(self, "macs_seen", 0) and now - getattr(self, "last_reval", 0) >= 0.1:
+        if self.ofproto.macs.changes != self.macs_seen and now - self.last_reval >= 0.1:
             self.request_revalidation()
 
     def revalidate(self, msg):

@@ -2,8 +2,9 @@
 tables and printed in the shape of `ovs-appctl ofproto/trace`."""
 from pipeline import channel
 from pipeline._native import ffi, lib
-from pipeline.slowpath.fields import FIELDS, ORDER
+from pipeline.slowpath.fields import FIELDS, ORDER, format_value_mask
 from pipeline.slowpath.flowtext import FlowError, format_actions, format_match, parse_flow
+from pipeline.slowpath.xlate import Xlate
 
 
 def flow_of_text(text):
@@ -35,7 +36,6 @@ def describe_flow(f):
 
 
 def render(ofproto, flow, bridge="valepipe"):
-    from pipeline.slowpath.xlate import Xlate
     res = Xlate(ofproto.tables, ofproto.ports, ofproto.macs).translate(flow)
     out = [f"Flow: {describe_flow(flow)}", "", f'bridge("{bridge}")', "-" * (len(bridge) + 10)]
     for depth, tid, rule, _ in res.trace:
@@ -63,7 +63,6 @@ def format_dp_actions(actions):
             parts.append(str(a[1]))
         elif a[0] == "set":
             f = FIELDS[a[1]]
-            from pipeline.slowpath.fields import format_value_mask
             parts.append(f"set({a[1]}={format_value_mask(f, a[2], a[3])})")
         elif a[0] == "push_vlan":
             parts.append(f"push_vlan(tpid={hex(a[1])},vid={a[2] & 0xFFF},pcp={a[2] >> 13})")
