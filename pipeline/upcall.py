@@ -10,7 +10,7 @@ import time
 
 from pipeline import channel
 from pipeline._native import ffi, lib
-from pipeline.datapath import key_mask
+from pipeline.datapath import DatapathError, key_mask
 from pipeline.slowpath.fields import FIELDS
 
 MAX_OUTQ = 8 << 20          # bytes of upcalls waiting for the socket
@@ -139,7 +139,8 @@ class Upcalls:
                 self._apply(msg)
                 done += 1
             return done
-        except (channel.ChannelError, ValueError, TypeError, KeyError) as e:
+        except (channel.ChannelError, DatapathError, ValueError, TypeError, KeyError, AttributeError) as e:
+            # whatever the slow path sent, the fast path survives it: count, reconnect later
             self.st["bad_messages"] += 1
             self.last_error = str(e)
             self._down()

@@ -120,3 +120,46 @@ def test_unknown_key_attributes_are_ignored():
     of = OFProto(["in_port=1,actions=output:2"], ports=[1, 2])
     assert of.translate({"in_port": 1, "from_the_future": [1, 2]}).actions == [["output", 2]]
     assert of.translate({"eth_type": 0x800}).actions == [["drop"]]   # missing in_port reads as 0: no rule
+
+
+def test_hostile_slow_path_cannot_crash_the_worker(uniq, tmp_path):
+    """A slow path that answers with garbage (bad versions, types, ids, actions) gets
+    disconnected and counted; the worker keeps running."""
+    import socket
+    import threading
+
+    import msgpack
+    from pipeline import config as cfgmod
+    cfg = cfgmod.parse(f"[pipeline]\nname='{uniq}'\nrun_dir='{tmp_path}/run'\n"
+                       f"[[port]]\nuri='shm:{uniq}a'\n[[port]]\nuri='shm:{uniq}b'\n")
+    w = Worker(cfg, start_slowpath=False)
+    ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ls.bind(w.slow_sock)
+    ls.listen(4)
+    garbage = [{"v": 1, "t": "upcall_reply", "flows": [{"id": 1, "actions": [["output", 2]], "mask": {"bogus": 1}}],
+                "execute": [[[["set", "nw_dst", 1, 2 ** 40]], b"x" * 20]]},
+               {"v": 1, "t": "upcall_reply", "flows": "nope", "execute": 5},
+               {"v": 1, "t": "revalidate_reply", "flows": [{"id": 10 ** 9, "actions": [["drop"]]}]},
+               [1, 2, 3], {"v": 7, "t": "upcall_reply"}]
+
+    def serve():
+        for g in garbage:
+            c, _ = ls.accept()
+            c.recv(65536)
+            c.sendall(msgpack.packb(g, use_bin_type=True) + b"\xc1")
+            c.close()
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    reg, peer = attach(f"shm:{uniq}a")
+    try:
+        frame = bytes.fromhex("020000000002020000000001080045000014000100004011f9d40a0000010a000002")
+        for _ in range(len(garbage)):
+            peer.send([frame])
+            w.upcalls.next_try = 0
+            w.run(duration=0.7)
+        st = w.stats()
+        assert st["upcall"]["bad_messages"] >= 3 and st["upcall"]["disconnects"] >= 3
+    finally:
+        reg.close()
+        ls.close()
+        w.close()
