@@ -65,7 +65,9 @@ ffibuilder.set_source(
     # hidden + no interposition: kernels call each other inside this one .so, and gcc
     # only inlines across them (vp_extract_one, vp_key_hash) when they cannot be interposed
     extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function",
-                        "-fvisibility=hidden", "-fno-semantic-interposition"]
+                        "-fvisibility=hidden", "-fno-semantic-interposition",
+                        # keys are read and written as 64-bit words and as structs
+                        "-fno-strict-aliasing"]
     # CRC32C for flow hashes: every x86-64 CPU since 2009 has SSE4.2
     + (["-msse4.2"] if platform.machine() in ("x86_64", "AMD64") else [])
     + os.environ.get("VP_CFLAGS", "").split(),

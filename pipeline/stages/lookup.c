@@ -67,30 +67,69 @@ static void mask_key(struct vp_flow_key *out, const struct vp_flow_key *k, const
     out->pad3 = id + 1;             /* the same masked bits under two masks are two flows */
 }
 
-/* tuple-space search over the masks, most used first; returns the action or -1 */
-static int32_t megaflow_lookup(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t len) {
+/* Tuple-space search for the packets todo[0..n), subtable by subtable, most used first.
+ * Each subtable pass works on the packets still unanswered in three sweeps — hash under
+ * the mask and prefetch the index buckets, pick each candidate and prefetch its entry,
+ * compare — so the memory latency of 100,000 megaflows overlaps as in the exact-match pass.
+ * Sets pk->action (or VP_ACT_MISS); returns how many a megaflow answered. */
+static uint32_t megaflow_batch(struct vp_dp *dp, struct vp_batch *b, const uint32_t *todo, uint32_t n) {
+    struct vp_flow_table *t = &dp->mflows;
+    uint32_t left[VP_BATCH_MAX], hash[VP_BATCH_MAX], cand[VP_BATCH_MAX], nleft = n, hits = 0;
     struct vp_flow_key mk;
-    for (uint32_t j = 0; j < dp->nmasks; j++) {
-        uint32_t id = dp->mask_order[j];
-        if (!dp->mask_refs[id]) continue;
-        mask_key(&mk, k, &dp->masks[id], id);
-        int32_t e = find(&dp->mflows, &mk, vp_key_hash(&mk));
-        if (e >= 0 && dp->mflows.entries[e].action >= 0) {
-            struct vp_flow *f = &dp->mflows.entries[e];
-            f->packets++;
-            f->bytes += len;
-            f->used_ns = dp->now_ns;
-            dp->mask_hits[id]++;
-            return f->action;
-        }
+    for (uint32_t k = 0; k < n; k++) {
+        left[k] = todo[k];
+        b->pkt[todo[k]].action = VP_ACT_MISS;
     }
-    return -1;
+    for (uint32_t j = 0; j < dp->nmasks && nleft; j++) {
+        uint32_t id = dp->mask_order[j], keep = 0;
+        const struct vp_flow_key *m = &dp->masks[id];
+        if (!dp->mask_refs[id]) continue;
+        for (uint32_t k = 0; k < nleft; k++) {
+            mask_key(&mk, &b->key[left[k]], m, id);
+            hash[k] = vp_key_hash(&mk);
+            __builtin_prefetch(&t->index[hash[k] & t->mask]);
+        }
+        for (uint32_t k = 0; k < nleft; k++) {
+            cand[k] = UINT32_MAX;
+            for (uint32_t p = hash[k] & t->mask;; p = (p + 1) & t->mask) {
+                uint64_t w = t->index[p];
+                if (!w) break;
+                if (IDX_HASH(w) == hash[k]) { cand[k] = IDX_ENTRY(w); break; }
+            }
+            if (cand[k] != UINT32_MAX) {
+                __builtin_prefetch(&t->entries[cand[k]]);
+                __builtin_prefetch((const char *)&t->entries[cand[k]] + 64);
+                __builtin_prefetch((const char *)&t->entries[cand[k]] + 128);
+            }
+        }
+        for (uint32_t k = 0; k < nleft; k++) {
+            struct vp_pkt *pk = &b->pkt[left[k]];
+            int32_t e = (int32_t)cand[k];
+            mask_key(&mk, &b->key[left[k]], m, id);
+            if (cand[k] == UINT32_MAX) e = -1;
+            else if (!key_eq(&t->entries[e].key, &mk)) e = find(t, &mk, hash[k]);
+            if (e >= 0 && t->entries[e].action >= 0) {
+                struct vp_flow *f = &t->entries[e];
+                f->packets++;
+                f->bytes += pk->len;
+                f->used_ns = dp->now_ns;
+                dp->mask_hits[id]++;
+                pk->action = f->action;
+                hits++;
+            } else {
+                left[keep++] = left[k];
+            }
+        }
+        nleft = keep;
+    }
+    return hits;
 }
 
 uint32_t vp_lookup(struct vp_dp *dp, struct vp_batch *b) {
     VP_TIME_BEGIN(dp);
     struct vp_flow_table *t = &dp->flows;
-    uint32_t nmiss = 0, nmf = 0, n = b->n;
+    uint32_t nmiss = 0, nmf = 0, n = b->n, ntodo = 0;
+    uint32_t todo[VP_BATCH_MAX];
     uint64_t now = dp->now_ns;
     for (uint32_t i = 0; i < n; i++) __builtin_prefetch(&t->index[b->pkt[i].hash & t->mask]);
     for (uint32_t i = 0; i < n; i++) {          /* first index word with the same hash */
@@ -121,19 +160,30 @@ uint32_t vp_lookup(struct vp_dp *dp, struct vp_batch *b) {
             f->bytes += pk->len;
             f->used_ns = now;
             f->tcp_flags |= b->key[i].tcp_flags;
-        } else if (e < 0 && dp->nmasks && (e = megaflow_lookup(dp, &b->key[i], pk->len)) >= 0) {
-            /* answered by a megaflow: cache the exact key so the next packet hits above; once
-             * the cache is at its cap, only now and then (as OVS's EMC), or churn would cost
-             * an eviction per packet for traffic that never comes back in time */
-            struct vp_flow *f = (!t->cap || t->count < t->cap || (dp->st.mf_hits + nmf) % 64 == 0)
-                                ? insert(dp, &b->key[i], pk->hash) : NULL;
-            pk->action = e;
-            if (f) { f->action = e; f->packets = 1; f->bytes = pk->len; }
-            nmf++;
+        } else if (e < 0 && dp->nmasks) {
+            todo[ntodo++] = i;                  /* to the megaflows, all together below */
         } else {
             pk->action = e >= 0 ? VP_ACT_PENDING : VP_ACT_MISS;
             pk->flow = (uint32_t)e;
             nmiss++;
+        }
+    }
+    if (ntodo) {
+        nmf = megaflow_batch(dp, b, todo, ntodo);
+        for (uint32_t k = 0; k < ntodo; k++) {
+            struct vp_pkt *pk = &b->pkt[todo[k]];
+            if (pk->action >= 0) {
+                /* answered by a megaflow: cache the exact key so the next packet hits above;
+                 * once the cache is at its cap only now and then (as OVS's EMC does), or
+                 * churn would cost an eviction per packet for traffic not coming back soon */
+                if (!t->cap || t->count < t->cap || (dp->st.mf_hits + k) % 64 == 0) {
+                    struct vp_flow *f = insert(dp, &b->key[todo[k]], pk->hash);
+                    if (f) { f->action = pk->action; f->packets = 1; f->bytes = pk->len; }
+                }
+            } else {
+                pk->flow = (uint32_t)-1;
+                nmiss++;
+            }
         }
     }
     b->nmiss = nmiss;
