@@ -336,14 +336,11 @@ uint32_t vp_ring_recv(struct vp_ring *r, uint8_t *blob, uint32_t blob_cap, uint1
     uint32_t avail = vp_ring_avail(r), got = 0;
     size_t off = 0;
     while (avail-- && got < max) {
-        struct netmap_slot *s = vp_slot(r, r->cons);
-        uint32_t idx = s->buf_idx;
-        uint16_t len = s->len, flags = s->flags;
-        if (off + len > blob_cap) break;
-        r->cons = nm_ring_next(r->nslots, r->cons);
-        if (!vp_buf_ok(r, idx)) { r->st.bad_buf++; r->faulty = 1; continue; }
-        if (len == 0 || len > r->buf_size) { r->st.bad_len++; continue; }
-        if (flags & (NS_MOREFRAG | NS_INDIRECT)) { r->st.bad_flags++; continue; }
+        uint32_t idx, si = r->cons;
+        uint16_t len;
+        if (off + r->buf_size > blob_cap) break;          /* room for any valid packet */
+        r->cons = nm_ring_next(r->nslots, si);
+        if (!vp_slot_take(r, si, &idx, &len)) continue;
         memcpy(blob + off, vp_buf(r, idx), len);
         lens[got++] = len;
         off += len;

@@ -117,6 +117,21 @@ uint32_t vp_ring_recv(struct vp_ring *r, uint8_t *blob, uint32_t blob_cap, uint1
 static inline struct netmap_slot *vp_slot(struct vp_ring *r, uint32_t i) { return &r->ring->slot[i]; }
 static inline char *vp_buf(struct vp_ring *r, uint32_t idx) { return r->bufs + (size_t)idx * r->buf_size; }
 static inline int vp_buf_ok(const struct vp_ring *r, uint32_t idx) { return idx >= 2 && idx < r->nbufs; }
+
+/* A slot the peer filled, as a consumer takes it: each field is read once (the peer may
+ * rewrite it meanwhile) and checked; a bad one is counted by reason and the ring marked
+ * faulty. Returns 1 with idx and len set when the packet may be used. */
+static inline int vp_slot_take(struct vp_ring *r, uint32_t si, uint32_t *idx, uint16_t *len) {
+    const struct netmap_slot *s = &r->ring->slot[si];
+    uint32_t i = *(volatile const uint32_t *)&s->buf_idx;
+    uint16_t l = *(volatile const uint16_t *)&s->len, f = *(volatile const uint16_t *)&s->flags;
+    if (!vp_buf_ok(r, i)) { r->st.bad_buf++; r->faulty = 1; return 0; }
+    if (l == 0 || l > r->buf_size) { r->st.bad_len++; r->faulty = 1; return 0; }
+    if (f & (NS_MOREFRAG | NS_INDIRECT)) { r->st.bad_flags++; return 0; }   /* not supported here */
+    *idx = i;
+    *len = l;
+    return 1;
+}
 uint32_t vp_ring_produce(struct vp_ring *r);           /* index of next producer slot */
 void vp_ring_produced(struct vp_ring *r);              /* advance after filling it */
 #endif

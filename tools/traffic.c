@@ -73,11 +73,10 @@ static uint32_t sink_step(struct vp_sink *s, uint64_t now) {
     uint32_t n = vp_ring_avail(r), got = 0;
     if (n > s->batch) n = s->batch;
     for (uint32_t i = 0; i < n; i++) {
-        struct netmap_slot *sl = vp_slot(r, r->cons);
-        uint16_t len = sl->len;
-        r->cons = nm_ring_next(r->nslots, r->cons);
-        if (!vp_buf_ok(r, sl->buf_idx)) { r->st.bad_buf++; r->faulty = 1; continue; }
-        if (len == 0 || len > r->buf_size) { r->st.bad_len++; continue; }
+        uint32_t idx, si = r->cons;
+        uint16_t len;
+        r->cons = nm_ring_next(r->nslots, si);
+        if (!vp_slot_take(r, si, &idx, &len)) continue;
         s->bytes += len;
         got++;
     }

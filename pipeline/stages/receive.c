@@ -37,16 +37,10 @@ uint32_t vp_receive(struct vp_dp *dp, struct vp_batch *b, uint32_t budget) {
             struct vp_ring *r = in_ring(p, ri);
             uint32_t avail = vp_ring_avail(r);
             while (avail-- && n < budget) {
-                uint32_t si = r->cons;
-                struct netmap_slot *s = vp_slot(r, si);
-                /* read each peer-written field once, then only use our copy */
-                uint32_t idx = *(volatile uint32_t *)&s->buf_idx;
-                uint16_t len = *(volatile uint16_t *)&s->len;
-                uint16_t flags = *(volatile uint16_t *)&s->flags;
+                uint32_t si = r->cons, idx;
+                uint16_t len;
                 r->cons = nm_ring_next(r->nslots, si);
-                if (!vp_buf_ok(r, idx)) { r->st.bad_buf++; r->faulty = 1; continue; }
-                if (len == 0 || len > r->buf_size) { r->st.bad_len++; r->faulty = 1; continue; }
-                if (flags & (NS_MOREFRAG | NS_INDIRECT)) { r->st.bad_flags++; continue; }
+                if (!vp_slot_take(r, si, &idx, &len)) continue;
                 struct vp_pkt *pk = &b->pkt[n++];
                 pk->data = vp_buf(r, idx);
                 /* the peer just wrote this buffer from another core: start the transfer now */
