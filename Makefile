@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h tools/*.c tools/*.h) pipeline/native_build.py
+NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h \
+                          bindings/*.c bindings/*.h bindings/*/*.c bindings/*/*.h tools/*.c tools/*.h) pipeline/native_build.py
 
 .PHONY: demo test bench native clean help
 help:
@@ -11,6 +12,7 @@ help:
 	@echo "make bench  - set up, then run perf/bench_shm.py (Mpps by flows and batch, ns/packet by stage)"
 
 $(VENV)/.installed: pyproject.toml setup.py
+	tools/system-packages --build
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade "setuptools>=64" wheel "cffi>=1.15"
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'

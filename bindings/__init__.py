@@ -1,4 +1,1 @@
-"""bindings: OS packet interfaces presented to the pipeline as netmap rings.
-
-shm: ports live in ring/; netmap, AF_XDP, AF_PACKET, TAP and pcap bindings go here.
-"""
+"""Bindings: OS packet interfaces, each presented to the pipeline as netmap rings."""

@@ -4,7 +4,7 @@ import os
 import signal
 import sys
 import time
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -52,13 +52,16 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
         interval: float = typer.Option(1.0, help="seconds between live counter updates"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no live counters"),
         stats_json: Optional[str] = typer.Option(None, help="write the final counters to this file as JSON"),
-        cpu: Optional[int] = typer.Option(None, help="pin the worker to this CPU")):
+        cpu: Optional[int] = typer.Option(None, help="pin the worker to this CPU"),
+        mirror: List[str] = typer.Option([], help="PORT=FILE: write what PORT (ofport or uri) sends to a pcap "
+                                         "file (tcpdump -r FILE); repeatable")):
     """Start the slow path and one worker, forward until SIGINT/SIGTERM, print counters."""
     from pipeline import config as cfgmod
     from pipeline.ports import PortError
     from pipeline.worker import Worker
     try:
         cfg = cfgmod.load(config)
+        cfgmod.add_mirrors(cfg, mirror)
     except cfgmod.ConfigError as e:
         _fail(str(e))
     _pin(cpu)

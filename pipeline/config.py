@@ -25,7 +25,7 @@ class Config:
 
 PIPELINE_KEYS = {"name": str, "batch": int, "flow_limit": int, "emc_limit": int, "idle_timeout": (int, float), "run_dir": str,
                  "revalidate_interval": (int, float)}
-PORT_KEYS = {"uri": str, "ofport": int, "slots": int}
+PORT_KEYS = {"uri": str, "ofport": int, "slots": int, "mirror": str}
 SLOWPATH_KEYS = {"flows": list}
 
 
@@ -82,6 +82,8 @@ def parse(text, path="<config>"):
         if "uri" not in p:
             raise ConfigError(f"{where}: missing uri (e.g. uri = \"shm:p{i + 1}\")")
         spec = {"uri": p["uri"], "ofport": p.get("ofport", i + 1), "slots": p.get("slots", 1024)}
+        if p.get("mirror"):
+            spec["mirror"] = p["mirror"]
         if not 1 <= spec["ofport"] <= 65279:
             raise ConfigError(f"{where}: ofport must be 1..65279 (OpenFlow's range)")
         if spec["ofport"] in seen_of or spec["uri"] in seen_uri:
@@ -98,6 +100,19 @@ def parse(text, path="<config>"):
             raise ConfigError(f"{path}: [slowpath].flows[{j}] must be a string like \"in_port=1,actions=output:2\"")
     cfg.flows = list(sp.get("flows", []))
     return cfg
+
+
+def add_mirrors(cfg, mirrors):
+    """`PORT=FILE` items (PORT an ofport or a uri): capture what PORT sends into FILE."""
+    for m in mirrors:
+        port, eq, path = m.partition("=")
+        if not eq or not path:
+            raise ConfigError(f"--mirror {m!r}: expected PORT=FILE (PORT an ofport or a port uri)")
+        hits = [s for s in cfg.ports if str(s["ofport"]) == port or s["uri"] == port]
+        if not hits:
+            raise ConfigError(f"--mirror {m!r}: no port {port!r} (ports: "
+                              + ", ".join(f"{s['ofport']}={s['uri']}" for s in cfg.ports) + ")")
+        hits[0]["mirror"] = path
 
 
 def load(path):

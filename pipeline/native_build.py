@@ -16,6 +16,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = [
     "ring/netmap.h",
     "ring/region.h",
+    "bindings/adapter.h",
+    "bindings/tap/tap.h",
+    "bindings/packet/packet.h",
+    "bindings/afxdp/afxdp.h",
+    "bindings/pcap/pcap.h",
     "pipeline/stages/batch.h",
     "pipeline/stages/receive.h",
     "pipeline/stages/extract.h",
@@ -71,6 +76,8 @@ ffibuilder.set_source(
     # CRC32C for flow hashes: every x86-64 CPU since 2009 has SSE4.2
     + (["-msse4.2"] if platform.machine() in ("x86_64", "AMD64") else [])
     + os.environ.get("VP_CFLAGS", "").split(),
+    # AF_XDP: libxdp's xsk rings and libbpf's map/program/link calls (bindings/afxdp)
+    libraries=["xdp", "bpf"],
     extra_link_args=os.environ.get("VP_LDFLAGS", "").split(),
     py_limited_api=False,  # one file name for both the pip build and the in-place rebuild
 )

@@ -1,9 +1,16 @@
 """Port registry: a port URI -> the binding that presents it to the pipeline as netmap rings.
 
-Kinds live in KINDS; to add one, write a function (uris, options) -> [Port] and register it.
+Kinds live in KINDS; to add one, write a function (specs) -> [Port] and register it
+(an emulated adapter: subclass bindings.adapter.Adapter and use `adapter_kind`).
 """
 from dataclasses import dataclass, field
 
+from bindings.adapter import AdapterError
+from bindings.afxdp import AfxdpAdapter
+from bindings.packet import PacketAdapter
+from bindings.pcap import PcapAdapter
+from bindings.tap import TapAdapter
+from pipeline._native import ffi
 from ring.region import ROLE_KERNEL, Region, RegionError, parse_shm_uri
 
 
@@ -19,15 +26,26 @@ class Port:
     ring_port: object                     # ring.RingPort bound in the pipeline's role
     region: object = None
     options: dict = field(default_factory=dict)
+    adapter: object = None                # bindings.adapter.Adapter of an emulated port
+    mirror: object = None                 # bindings.pcap.PcapWriter copying what it sends
 
     def describe(self):
         return {"uri": self.uri, "ofport": self.ofport, "kind": self.kind}
 
+    def fds(self):
+        return self.adapter.fds() if self.adapter else []
+
     def stats(self):
         rs = self.ring_port.ring_stats()
-        # the pipeline receives on the peer's TX ring and transmits into its RX ring
+        # on a shm: port the pipeline is the kernel side: it receives on the peer's TX
+        # ring and transmits into its RX ring; on the others it is the user
         rx, tx = (rs["tx"], rs["rx"]) if self.kind == "shm" else (rs["rx"], rs["tx"])
-        return {"uri": self.uri, "ofport": self.ofport, "faulty": rs["faulty"],
+        extra = {}
+        if self.adapter:
+            extra["io"] = self.adapter.stats()
+        if self.mirror:
+            extra["mirror"] = self.mirror.stats()
+        return {"uri": self.uri, "ofport": self.ofport, "kind": self.kind, "faulty": rs["faulty"], **extra,
                 "rx_packets": rx["packets"], "rx_bytes": rx["bytes"],
                 "tx_packets": tx["packets"], "tx_bytes": tx["bytes"],
                 "drops": {"rx_bad_index": rx["bad_index"], "rx_bad_buf": rx["bad_buf"],
@@ -60,7 +78,23 @@ def open_shm(specs):
     return ports
 
 
-KINDS = {"shm": open_shm}
+def adapter_kind(cls):
+    """A KINDS entry for an emulated adapter class (bindings/)."""
+    def open_kind(specs):
+        ports = []
+        try:
+            for s in specs:
+                a = cls(s["uri"], slots=s.get("slots", 1024))
+                ports.append(Port(s["uri"], s["ofport"], cls.kind, a.user, a.region, adapter=a))
+        except Exception:
+            close_ports(ports)
+            raise
+        return ports
+    return open_kind
+
+
+KINDS = {"shm": open_shm, "tap": adapter_kind(TapAdapter), "packet": adapter_kind(PacketAdapter),
+         "afxdp": adapter_kind(AfxdpAdapter), "pcap": adapter_kind(PcapAdapter)}
 
 
 def open_ports(specs):
@@ -76,6 +110,9 @@ def open_ports(specs):
         for kind, ss in by_kind.items():
             for p in KINDS[kind](ss):
                 opened[p.uri] = p
+    except AdapterError as e:
+        close_ports(opened.values())
+        raise PortError(str(e)) from None
     except Exception:
         close_ports(opened.values())
         raise
@@ -85,6 +122,13 @@ def open_ports(specs):
 def close_ports(ports):
     seen = set()
     for p in ports:
+        if p.mirror:
+            p.ring_port.c.mirror = ffi.NULL
+            p.mirror.close()
+            p.mirror = None
+        if p.adapter:
+            p.adapter.close()
+            continue
         if p.region is not None and id(p.region) not in seen:
             seen.add(id(p.region))
             p.region.close()

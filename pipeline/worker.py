@@ -4,6 +4,7 @@ receive -> extract -> lookup (misses -> upcall) -> execute -> transmit, then, ev
 batches, the channel, timers and the control socket. Python never touches a packet here.
 """
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -11,12 +12,15 @@ import time
 
 from pipeline import control
 from pipeline.datapath import Datapath
-from pipeline.ports import close_ports, open_ports
+from bindings.adapter import AdapterError
+from bindings.pcap import PcapWriter
+from pipeline.ports import PortError, close_ports, open_ports
 from pipeline.stages import Execute, Extract, Lookup, Receive, Transmit
 from pipeline.upcall import Upcalls
 
 HOUSEKEEP_EVERY = 32          # batches between channel/timer/control polls
 IDLE_SLEEP_S = 50e-6
+IDLE_POLL_S = 0.001           # longest epoll wait: timers and the control socket need turns
 
 
 class Worker:
@@ -29,7 +33,14 @@ class Worker:
         self.stopping = False
         self.ports = open_ports(cfg.ports)
         try:
+            for spec, port in zip(cfg.ports, self.ports):
+                if spec.get("mirror"):
+                    port.mirror = PcapWriter(spec["mirror"])
+                    port.ring_port.c.mirror = port.mirror.c
             self.created_dirs = control.make_run_dir(self.run_dir)
+        except AdapterError as e:
+            close_ports(self.ports)
+            raise PortError(str(e)) from None
         except OSError:
             close_ports(self.ports)
             raise
@@ -48,6 +59,14 @@ class Worker:
             close_ports(self.ports)
             control.remove_run_dirs(self.created_dirs)
             raise
+        # idle: sleep in epoll on the ports' fds when every port has one (AF_XDP, AF_PACKET,
+        # TAP), so a frame wakes the worker at once; else (shm:, pcap:) nap briefly
+        self.epoll = None
+        if all(p.fds() for p in self.ports):
+            self.epoll = select.epoll()
+            for p in self.ports:
+                for fd in p.fds():
+                    self.epoll.register(fd, select.EPOLLIN)
         self.started = time.monotonic()
         self.next_revalidation = self.started + cfg.revalidate_interval
         if start_slowpath:
@@ -110,6 +129,8 @@ class Worker:
                 it += 1
                 if it % HOUSEKEEP_EVERY:
                     continue
+            elif self.epoll:
+                self.epoll.poll(IDLE_POLL_S)
             else:
                 time.sleep(IDLE_SLEEP_S)
             up.poll()
@@ -125,10 +146,18 @@ class Worker:
                     self.next_revalidation = now + self.cfg.revalidate_interval
                     up.start_revalidation()
                 self._supervise()
+                self._report_port_errors()
                 if on_tick:
                     on_tick(self)
             if end and now >= end:
                 break
+
+    def _report_port_errors(self):
+        """One line per port whose interface reported a new error (down, gone, refused)."""
+        for p in self.ports:
+            msg = p.adapter.new_error() if p.adapter else None
+            if msg:
+                print(f"valepipe: port {p.ofport} {msg}", file=sys.stderr, flush=True)
 
     def _supervise(self):
         if self.slow is not None and self.slow.poll() is not None and not self.stopping:
@@ -153,6 +182,8 @@ class Worker:
                 self.slow.kill()
                 self.slow.wait()
         self.control.close()
+        if self.epoll:
+            self.epoll.close()
         close_ports(self.ports)
         control.remove_run_dirs(self.created_dirs)
 

@@ -88,6 +88,8 @@ struct vp_port {
     uint32_t nrx;
     int fd;                   /* /dev/netmap fd for sync ioctls; -1 for shm */
     uint32_t faulty;
+    void *io;                 /* struct vp_io of an emulated adapter (bindings/), or NULL */
+    void *mirror;             /* struct vp_pcap_out receiving a copy of what is sent, or NULL */
     struct vp_ring tx[4];
     struct vp_ring rx[4];
 };

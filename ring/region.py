@@ -95,6 +95,23 @@ class Region:
         return self
 
     @classmethod
+    def private(cls, name, ports, slots=1024, buf_size=2048, rings=1):
+        """A region in this process's own memory, for an emulated adapter (bindings/):
+        the pipeline is its user, a binding its kernel side. No other process can map it."""
+        geom = ffi.new("struct vp_geom *", dict(nports=len(ports), tx_rings=rings, rx_rings=rings,
+                                                 slots=slots, buf_size=buf_size, extra_bufs=0))
+        size = lib.vp_region_size(geom)
+        if size == 0:
+            raise RegionError(f"{name}: bad geometry (rings={rings} slots={slots}); slots 2..65536, rings 1..4")
+        self = cls(name, -1, size, owner=False)
+        self.mem_id = _private_mem_id()
+        names = [ffi.new("char[]", p.encode()[:63]) for p in ports]
+        if lib.vp_region_format(self.base, size, geom, ffi.new("char *[]", names), self.mem_id, 0, os.getpid()):
+            self.close()
+            raise RegionError(f"{name}: format failed")
+        return self
+
+    @classmethod
     def attach(cls, name):
         path = _shm_path(name)
         fd = lib.shm_open(path, os.O_RDWR, 0)
@@ -145,7 +162,8 @@ class Region:
         lib.vp_unmap_guarded(self.base, self.size)
         self.base = self.hdr = self.nm_base = None
         self._ports = []
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
 
     def __enter__(self):
         return self
@@ -195,6 +213,15 @@ class RingPort:
         return {"tx": total(self.c.tx, self.c.ntx), "rx": total(self.c.rx, self.c.nrx),
                 "faulty": any(self.c.tx[i].faulty for i in range(self.c.ntx))
                 or any(self.c.rx[i].faulty for i in range(self.c.nrx))}
+
+
+_next_private = [0]
+
+
+def _private_mem_id():
+    """Private regions get ids above the shm ones, so no two regions share an id."""
+    _next_private[0] += 1
+    return 0x10000 + _next_private[0]
 
 
 def _pid_alive(pid):

@@ -2,6 +2,7 @@
  * The slots stay owned by the pipeline until the next call releases them. */
 #include <time.h>
 #include "receive.h"
+#include "../../bindings/adapter.h"
 
 uint64_t vp_now_ns(void) {
     struct timespec ts;
@@ -30,6 +31,14 @@ uint32_t vp_receive(struct vp_dp *dp, struct vp_batch *b, uint32_t budget) {
     uint32_t n = 0;
     if (budget > b->cap) budget = b->cap;
     vp_receive_release(dp);
+    /* emulated adapters: the binding refills what was just released (netmap's rxsync),
+     * and retries frames an earlier txsync could not hand to the interface */
+    for (uint32_t i = 0; i < dp->nports; i++) {
+        struct vp_io *io = dp->ports[i]->io;
+        if (!io) continue;
+        if (io->tx_backlog) vp_io_txsync(io);
+        vp_io_rxsync(io);
+    }
     for (uint32_t k = 0; k < dp->nports && n < budget; k++) {
         uint32_t pi = (dp->rr + k) % dp->nports;
         struct vp_port *p = dp->ports[pi];

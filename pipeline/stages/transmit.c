@@ -2,6 +2,8 @@
  * the same region as the out ring (zero copy), else copy once; then publish the ring. */
 #include <string.h>
 #include "transmit.h"
+#include "../../bindings/adapter.h"
+#include "../../bindings/pcap/pcap.h"
 
 /* the ring the pipeline produces into: a shm user's RX ring, or our own netmap TX ring */
 static inline struct vp_ring *out_ring(struct vp_port *p) {
@@ -41,6 +43,7 @@ uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
                 dp->st.tx_copied++;
             }
             ts->len = pk->len;
+            if (dp->ports[port]->mirror) vp_pcap_mirror(dp->ports[port]->mirror, vp_buf(r, ts->buf_idx), pk->len);
             vp_ring_produced(r);
             r->st.packets++;
             r->st.bytes += pk->len;
@@ -52,6 +55,8 @@ uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
             dp->st.drops[VP_DROP_TX_FULL] += q->n - i;
         }
         vp_ring_publish(r);
+        if (dp->ports[port]->io) vp_io_txsync(dp->ports[port]->io);     /* netmap's txsync */
+        if (dp->ports[port]->mirror) vp_pcap_flush(dp->ports[port]->mirror);
         q->n = 0;
     }
     VP_TIME_END(dp, VP_ST_TRANSMIT, sent);
@@ -66,6 +71,7 @@ uint32_t vp_inject(struct vp_dp *dp, uint32_t port, const uint8_t *blob, const u
     r = out_ring(dp->ports[port]);
     full0 = r->st.full;
     sent = vp_ring_send(r, blob, lens, n);
+    if (dp->ports[port]->io) vp_io_txsync(dp->ports[port]->io);
     dp->st.drops[VP_DROP_TX_FULL] += r->st.full - full0;
     return sent;
 }

@@ -1,0 +1,22 @@
+/* adapter.c — rxsync/txsync for emulated adapters: the netmap kernel side of a port's
+ * rings, filled and drained by the binding's rx/tx (one call per ring per batch). */
+#include "adapter.h"
+
+void vp_io_rxsync(struct vp_io *io) {
+    for (uint32_t q = 0; q < io->nq; q++) {
+        struct vp_ring *k = &io->kport.rx[q];
+        uint32_t space = vp_ring_space(k);
+        if (space) io->rx(io, q, k, space);
+        vp_ring_publish(k);
+    }
+}
+
+/* The binding consumes slots from k->cons on, advancing it past each frame it is done
+ * with (sent, or dropped and counted); what it leaves stays for the next txsync. */
+void vp_io_txsync(struct vp_io *io) {
+    struct vp_ring *k = &io->kport.tx[0];
+    uint32_t avail = vp_ring_avail(k);
+    if (avail) io->tx(io, k, avail);
+    vp_ring_release(k);
+    io->tx_backlog = vp_ring_avail(k) != 0;
+}

@@ -1,0 +1,60 @@
+/* adapter.h — emulated netmap adapters: a Linux packet interface (TAP, AF_PACKET,
+ * AF_XDP, a pcap file) presented to the pipeline as a netmap port, as netmap's own
+ * emulated adapters do. The pipeline holds the port's user side; a binding's rx/tx
+ * functions play the kernel side of the same rings, called from rxsync/txsync. */
+#ifndef VP_ADAPTER_H
+#define VP_ADAPTER_H
+#include "../ring/region.h"
+
+/* cdef-begin */
+struct vp_io_stats {
+    uint64_t rx_packets;      /* from the interface into the rx rings */
+    uint64_t rx_bytes;
+    uint64_t tx_packets;      /* from the tx ring out of the interface */
+    uint64_t tx_bytes;
+    uint64_t rx_truncated;    /* longer than a ring buffer: dropped */
+    uint64_t rx_kernel_drops; /* the kernel's own count: its ring was full before we read */
+    uint64_t rx_errors;       /* malformed input (bad pcap record, bad descriptor) */
+    uint64_t tx_errors;       /* the interface refused a frame: dropped */
+    uint64_t tx_again;        /* the interface was busy: frames kept and retried */
+    uint64_t tx_discarded;    /* sent to a port that cannot transmit (a pcap being read) */
+    uint64_t syscalls;
+    int32_t last_errno;       /* most recent error, 0 if none since it was read */
+    uint32_t errors_seen;     /* bumps on every new error, for the worker's log */
+};
+
+struct vp_io {
+    uint32_t nq;              /* queues: rings per direction */
+    uint32_t tx_backlog;      /* the last txsync left frames in the tx ring */
+    int fd[4];                /* one per queue; -1 when the kind has none */
+    uint32_t (*rx)(struct vp_io *io, uint32_t q, struct vp_ring *k, uint32_t space);
+    uint32_t (*tx)(struct vp_io *io, struct vp_ring *k, uint32_t avail);
+    void *priv;               /* the binding's own state */
+    struct vp_port kport;     /* the pipeline's rings, kernel side */
+    struct vp_io_stats st;
+};
+
+#define CLONE_NEWNET 0x40000000
+int setns(int fd, int nstype);
+void vp_io_rxsync(struct vp_io *io);
+void vp_io_txsync(struct vp_io *io);
+/* cdef-end */
+
+/* for the bindings' rx: the next free rx slot's buffer (NULL when it is not ours to fill) */
+static inline char *vp_io_rx_buf(struct vp_ring *k) {
+    uint32_t idx = vp_slot(k, vp_ring_produce(k))->buf_idx;
+    return vp_buf_ok(k, idx) ? vp_buf(k, idx) : NULL;
+}
+static inline void vp_io_rx_commit(struct vp_io *io, struct vp_ring *k, uint32_t len) {
+    struct netmap_slot *s = vp_slot(k, vp_ring_produce(k));
+    s->len = (uint16_t)len;
+    s->flags = 0;
+    vp_ring_produced(k);
+    io->st.rx_packets++;
+    io->st.rx_bytes += len;
+}
+static inline void vp_io_error(struct vp_io *io, int err) {
+    io->st.last_errno = err;
+    io->st.errors_seen++;
+}
+#endif

@@ -1,0 +1,147 @@
+"""Emulated adapters: a Linux interface presented to the pipeline as a netmap port.
+
+A private region holds the port's rings; the pipeline is their user, and a binding's C
+rx/tx (called from rxsync/txsync in the stages) is their kernel side. A kind subclasses
+Adapter, opens its fds in `open`, and registers in pipeline/ports.py.
+"""
+import contextlib
+import errno
+import os
+import re
+
+from pipeline._native import ffi, lib
+from ring.region import ROLE_KERNEL, ROLE_USER, Region, RegionError
+
+IO_STATS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_truncated", "rx_kernel_drops",
+            "rx_errors", "tx_errors", "tx_again", "tx_discarded", "syscalls")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+NETNS_DIR = "/run/netns"
+
+
+class AdapterError(Exception):
+    """A port could not be opened; the message says why and, where it can, what to do."""
+
+
+def parse_uri(uri, kind, options):
+    """`KIND:BODY[@opt=value,flag,...]` -> (body, {opt: value}); options maps each allowed
+    option to its default (a bool default makes it a flag)."""
+    if not uri.startswith(kind + ":"):
+        raise AdapterError(f"{uri!r} is not a {kind}: port")
+    body, _, opts = uri[len(kind) + 1:].partition("@")
+    out = dict(options)
+    for item in filter(None, opts.split(",")):
+        k, eq, v = item.partition("=")
+        if k not in options:
+            raise AdapterError(f"{uri!r}: unknown option {k!r}; {kind}: ports take "
+                               + (", ".join(sorted(options)) or "no options"))
+        if isinstance(options[k], bool):
+            if eq and v not in ("yes", "no", "true", "false", "1", "0"):
+                raise AdapterError(f"{uri!r}: {k} is a flag (yes/no), not {v!r}")
+            out[k] = not eq or v in ("yes", "true", "1")
+        elif isinstance(options[k], int) and options[k] is not None:
+            try:
+                out[k] = int(v)
+            except ValueError:
+                raise AdapterError(f"{uri!r}: {k} must be a number, not {v!r}") from None
+        else:
+            out[k] = v
+    if not body:
+        raise AdapterError(f"{uri!r}: missing the {kind} name")
+    return body, out
+
+
+def check_ifname(uri, name):
+    if not IFNAME_RE.match(name):
+        raise AdapterError(f"{uri!r}: {name!r} is not an interface name (1-15 of [A-Za-z0-9_.:-])")
+
+
+@contextlib.contextmanager
+def in_netns(name):
+    """Run the block in network namespace `name` (as `ip netns` names it); sockets and
+    devices opened inside stay bound to it after we switch back. None: stay here."""
+    if not name:
+        yield
+        return
+    if "/" in name or name in (".", ".."):
+        raise AdapterError(f"netns {name!r}: not a namespace name")
+    try:
+        target = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise AdapterError(f"no network namespace {name!r} (ip netns list shows them)") from None
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if lib.setns(target, lib.CLONE_NEWNET) != 0:
+            e = ffi.errno
+            raise AdapterError(f"cannot enter netns {name!r}: {os.strerror(e)}"
+                               + (" (needs CAP_SYS_ADMIN)" if e == errno.EPERM else ""))
+        try:
+            yield
+        finally:
+            if lib.setns(home, lib.CLONE_NEWNET) != 0:
+                raise OSError(ffi.errno, "cannot return to the original network namespace")
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+class Adapter:
+    """The rings of one emulated port: `user` for the pipeline, `io.kport` for the binding."""
+    kind = "?"
+
+    def __init__(self, uri, name, queues=1, slots=1024):
+        if not 1 <= queues <= lib.VP_MAX_RINGS:
+            raise AdapterError(f"{uri!r}: queues must be 1..{lib.VP_MAX_RINGS}")
+        self.uri = uri
+        try:
+            self.region = Region.private(name, [name], slots=slots, rings=queues)
+            self.user = self.region.port(name, ROLE_USER)
+        except RegionError as e:
+            raise AdapterError(f"{uri!r}: {e}") from None
+        self.io = ffi.new("struct vp_io *")
+        self.io.nq = queues
+        for i in range(4):
+            self.io.fd[i] = -1
+        err = ffi.new("char[256]")
+        if lib.vp_port_bind(ffi.addressof(self.io.kport), self.region.nm_base, self.region.nm_size,
+                            self.region.hdr.port[0].nr_offset, ROLE_KERNEL, self.region.mem_id, err, 256):
+            self.region.close()
+            raise AdapterError(f"{uri!r}: {ffi.string(err).decode()}")
+        self.user.c.io = self.io
+        self.info = {}
+        self._errors_seen = 0
+
+    def fds(self):
+        """What the worker may poll() on when idle."""
+        return [self.io.fd[i] for i in range(self.io.nq) if self.io.fd[i] >= 0]
+
+    def poll_kernel_stats(self):
+        """Refresh counters the kernel keeps (drops before we read); kinds override."""
+
+    def stats(self):
+        self.poll_kernel_stats()
+        st = {k: getattr(self.io.st, k) for k in IO_STATS}
+        st["last_error"] = os.strerror(self.io.st.last_errno) if self.io.st.last_errno else None
+        return dict(st, **self.info)
+
+    def new_error(self):
+        """The last error, once per new error (for the worker's log), else None."""
+        if self.io.st.errors_seen == self._errors_seen:
+            return None
+        n = self.io.st.errors_seen - self._errors_seen
+        self._errors_seen = self.io.st.errors_seen
+        return f"{self.uri}: {os.strerror(self.io.st.last_errno)} ({n} new; tx_errors={self.io.st.tx_errors}, rx_errors={self.io.st.rx_errors})"
+
+    def close_io(self):
+        """Close the kind's fds and state; kinds override."""
+        for i in range(4):
+            if self.io.fd[i] >= 0:
+                os.close(self.io.fd[i])
+                self.io.fd[i] = -1
+
+    def close(self):
+        if self.region is None:
+            return
+        self.user.c.io = ffi.NULL
+        self.close_io()
+        self.region.close()
+        self.region = None
