@@ -16,7 +16,7 @@ void vp_io_rxsync(struct vp_io *io) {
 void vp_io_txsync(struct vp_io *io) {
     struct vp_ring *k = &io->kport.tx[0];
     uint32_t avail = vp_ring_avail(k);
-    if (avail) io->tx(io, k, avail);
+    if (avail || io->tx_inflight) io->tx(io, k, avail);
     vp_ring_release(k);
-    io->tx_backlog = vp_ring_avail(k) != 0;
+    io->tx_backlog = vp_ring_avail(k) != 0 || io->tx_inflight;
 }

@@ -25,7 +25,9 @@ struct vp_io_stats {
 
 struct vp_io {
     uint32_t nq;              /* queues: rings per direction */
-    uint32_t tx_backlog;      /* the last txsync left frames in the tx ring */
+    uint32_t tx_backlog;      /* the last txsync left frames to push: txsync again soon */
+    uint32_t tx_inflight;     /* set by a binding whose kernel queue still holds frames */
+    uint32_t pad;
     int fd[4];                /* one per queue; -1 when the kind has none */
     uint32_t (*rx)(struct vp_io *io, uint32_t q, struct vp_ring *k, uint32_t space);
     uint32_t (*tx)(struct vp_io *io, struct vp_ring *k, uint32_t avail);

@@ -331,6 +331,37 @@ def demo(flows: int = typer.Option(1, help="distinct flows"),
     print(f"THROUGHPUT       {r['mpps']:.2f} Mpps delivered ({time.monotonic() - t0:.1f} s wall)")
 
 
+topo_app = typer.Typer(help="Lab topologies from a TOML file: namespaces, veth pairs, TAP devices.",
+                       no_args_is_help=True)
+app.add_typer(topo_app, name="topo")
+
+
+@topo_app.command("up")
+def topo_up(file: str = typer.Argument(..., help="topology (TOML): [[netns]], [[veth]], [[tap]]")):
+    """Create the namespaces, veth pairs and TAP devices of FILE, with addresses, MTU, link state."""
+    from tools import topo
+    try:
+        made = topo.up(file)
+    except topo.TopoError as e:
+        _fail(str(e))
+    for m in made:
+        print(f"created {m['kind']} {m['name']}" + (f" in {m['netns']}" if m.get("netns") else ""))
+
+
+@topo_app.command("down")
+def topo_down(file: str = typer.Argument(..., help="the topology file given to `topo up`")):
+    """Remove exactly what `topo up FILE` created, and nothing else."""
+    from tools import topo
+    try:
+        made, errors = topo.down(file)
+    except topo.TopoError as e:
+        _fail(str(e))
+    print(f"removed {len(made) - len(errors)} of {len(made)} created objects")
+    for e in errors:
+        print(f"could not remove {e}", file=sys.stderr)
+    if errors:
+        raise typer.Exit(1)
+
 def main():
     app()
 

@@ -172,14 +172,26 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
         xsk_ring_prod__submit(&q->tx, j);
     }
     if (done < avail) io->st.tx_again++;
-    if (xsk_ring_prod__needs_wakeup(&q->tx) || done < avail) {
-        if (sendto(io->fd[0], NULL, 0, MSG_DONTWAIT, NULL, 0) < 0 &&
-            errno != EAGAIN && errno != EBUSY && errno != ENOBUFS && errno != EINTR) {
-            io->st.tx_errors++;
-            vp_io_error(io, errno);
-        }
+    /* copy mode sends in the kick, up to 32 frames a call; EBUSY means the device dropped
+     * one frame (it is completed, not sent): count it and kick on for the rest */
+    for (int kick = 0; kick < 8 && (xsk_ring_prod__needs_wakeup(&q->tx) || done < avail); kick++) {
+        int rc = (int)sendto(io->fd[0], NULL, 0, MSG_DONTWAIT, NULL, 0);
         io->st.syscalls++;
+        if (rc >= 0 || errno == EAGAIN || errno == ENOBUFS || errno == EINTR) break;
+        if (errno == EBUSY) {
+            io->st.tx_errors++;
+            io->st.tx_packets--;
+            vp_io_error(io, EBUSY);
+            continue;
+        }
+        io->st.tx_errors++;
+        vp_io_error(io, errno);
+        break;
     }
+    /* a kick sends at most 32 frames: until all posted frames have completed, the next
+     * receive calls txsync again, so none is left sitting in the tx ring */
+    reclaim(q);
+    io->tx_inflight = q->nfree < NTX;
     return done;
 }
 
