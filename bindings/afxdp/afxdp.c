@@ -178,6 +178,12 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
         int rc = (int)sendto(io->fd[0], NULL, 0, MSG_DONTWAIT, NULL, 0);
         io->st.syscalls++;
         if (rc >= 0 || errno == EAGAIN || errno == ENOBUFS || errno == EINTR) break;
+        if (errno == ENETDOWN || errno == ENXIO) {
+            /* link down: the kernel keeps the frames in the tx ring; they go when it is up */
+            io->st.tx_again++;
+            if (io->st.last_errno != errno) vp_io_error(io, errno);
+            break;
+        }
         if (errno == EBUSY) {
             io->st.tx_errors++;
             io->st.tx_packets--;

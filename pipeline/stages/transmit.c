@@ -71,6 +71,13 @@ uint32_t vp_inject(struct vp_dp *dp, uint32_t port, const uint8_t *blob, const u
     r = out_ring(dp->ports[port]);
     full0 = r->st.full;
     sent = vp_ring_send(r, blob, lens, n);
+    if (dp->ports[port]->mirror) {
+        /* the frames the ring took: the first `sent` with a length it accepts */
+        size_t off = 0;
+        for (uint32_t i = 0, m = 0; i < n && m < sent; off += lens[i], i++)
+            if (lens[i] && lens[i] <= r->buf_size) { vp_pcap_mirror(dp->ports[port]->mirror, (const char *)blob + off, lens[i]); m++; }
+        vp_pcap_flush(dp->ports[port]->mirror);
+    }
     if (dp->ports[port]->io) vp_io_txsync(dp->ports[port]->io);
     dp->st.drops[VP_DROP_TX_FULL] += r->st.full - full0;
     return sent;

@@ -1,0 +1,124 @@
+"""Linux ports when things go wrong: missing interfaces, no privileges, a link going down
+under a running pipeline, a killed worker — a clear message, counters, nothing left over."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from pyroute2 import netns as nsmod
+
+from tests.conftest import ROOT, wait_for
+from tests.netlab import VETH_LAB, Lab
+from tools import topo
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and veth need root")
+
+CFG = """
+[pipeline]
+name = "er{tag}"
+run_dir = "{dir}/run"
+[[port]]
+uri = "{p1}"
+[[port]]
+uri = "{p2}"
+[slowpath]
+flows = ["actions=NORMAL"]
+"""
+
+
+@pytest.fixture
+def lab(tmp_path):
+    L = Lab(str(tmp_path), VETH_LAB)
+    yield L
+    L.down()
+
+
+def _cli_run(tmp_path, p1, p2, prefix=(), duration="2"):
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(CFG.format(tag=os.getpid() % 10000, dir=tmp_path, p1=p1, p2=p2))
+    return subprocess.run([*prefix, sys.executable, "-m", "pipeline.cli", "run", str(cfg), "-q",
+                           "--duration", duration], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("kind,message", [("packet", "no interface"), ("afxdp", "no interface"),
+                                          ("tap", "no network namespace")])
+def test_missing_interface_is_a_clear_error(lab, tmp_path, kind, message):
+    good = f"packet:{lab.name('b1')}@netns={lab.name('vS')}"
+    bad = {"packet": f"packet:nosuch0@netns={lab.name('vS')}", "afxdp": f"afxdp:nosuch0@netns={lab.name('vS')}",
+           "tap": "tap:tx0@netns=nosuch-ns"}[kind]
+    r = _cli_run(tmp_path, good, bad)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) not installed")
+@pytest.mark.parametrize("kind", ["packet", "afxdp"])
+def test_no_privileges_is_a_clear_error(lab, tmp_path, kind):
+    # root's uid without any capability: what an unprivileged user gets
+    drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]
+    r = _cli_run(tmp_path, f"{kind}:{lab.name('a1')}", f"{kind}:{lab.name('b1')}",
+                 prefix=["ip", "netns", "exec", lab.name("vS"), *drop])
+    assert r.returncode == 2 and "permission denied" in r.stderr and "run as root" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not lab.xdp_attached("vS", "a1") and not lab.xdp_attached("vS", "b1")
+
+
+@pytest.mark.parametrize("kind", ["packet", "afxdp"])
+def test_link_down_while_running(lab, pipeline_factory, kind):
+    p = pipeline_factory(CFG.format(tag=kind[:2], dir="@RUN@/..", p1=f"{kind}:{lab.name('a1')}@netns={lab.name('vS')}",
+                                    p2=f"{kind}:{lab.name('b1')}@netns={lab.name('vS')}").replace('"@RUN@/../run"', '"@RUN@"'))
+    assert lab.ping("vA", "10.61.0.2")[0]
+    subprocess.run(["ip", "-n", lab.name("vS"), "link", "set", lab.name("b1"), "down"], check=True)
+    ok, _ = lab.ping("vA", "10.61.0.2", count=2)
+    assert not ok
+    st = p.stats()
+    assert p.proc.poll() is None                          # still forwarding what it can
+    # what could not be sent is counted: by the interface binding or as a full ring
+    lost = st["ports"][1]["io"]["tx_errors"] + st["ports"][1]["drops"]["tx_ring_full"] + st["ports"][1]["io"]["tx_again"]
+    # packet: drops each frame the link refuses; afxdp: the kernel holds them for later
+    assert lost > 0, st["ports"][1]
+    subprocess.run(["ip", "-n", lab.name("vS"), "link", "set", lab.name("b1"), "up"], check=True)
+    assert wait_for(lambda: lab.ping("vA", "10.61.0.2", count=1)[0], timeout=15, step=0.2)
+    final = p.stop()
+    assert final is not None
+    assert "Network is down" in p.proc.stderr.read()
+
+
+def test_killed_worker_leaves_no_xdp_program(lab, pipeline_factory):
+    p = pipeline_factory(CFG.format(tag="kx", dir="x", p1=f"afxdp:{lab.name('a1')}@netns={lab.name('vS')}",
+                                    p2=f"afxdp:{lab.name('b1')}@netns={lab.name('vS')}").replace('"x/run"', '"@RUN@"'))
+    assert lab.xdp_attached("vS", "a1") and lab.xdp_attached("vS", "b1")
+    p.proc.send_signal(signal.SIGKILL)
+    p.proc.wait()
+    # the bpf_link died with the process: the interfaces are as before
+    assert wait_for(lambda: not lab.xdp_attached("vS", "a1") and not lab.xdp_attached("vS", "b1"), timeout=5)
+    # and the interfaces can be taken again at once
+    q = pipeline_factory(CFG.format(tag="ky", dir="x", p1=f"afxdp:{lab.name('a1')}@netns={lab.name('vS')}",
+                                    p2=f"afxdp:{lab.name('b1')}@netns={lab.name('vS')}").replace('"x/run"', '"@RUN@"'))
+    assert lab.ping("vA", "10.61.0.2")[0]
+    q.stop()
+
+
+def test_topo_failure_rolls_back_and_down_removes_only_its_own(tmp_path):
+    before = set(nsmod.listnetns())
+    tag = str(os.getpid() % 100000)
+    bad = tmp_path / "bad.toml"
+    # the second veth reuses a name: up fails after creating the namespace and first pair
+    bad.write_text(f'[[netns]]\nname = "tf{tag}"\n[[veth]]\nname = "tf{tag}a"\nnetns = "tf{tag}"\npeer = "tf{tag}b"\n'
+                   f'peer_netns = "tf{tag}"\n[[veth]]\nname = "tf{tag}a"\nnetns = "tf{tag}"\npeer = "tf{tag}c"\n')
+    with pytest.raises(topo.TopoError, match="already exists"):
+        topo.up(str(bad))
+    assert set(nsmod.listnetns()) == before
+    good = tmp_path / "good.toml"
+    good.write_text(f'[[netns]]\nname = "tg{tag}"\n')
+    nsmod.create(f"tf{tag}")                              # not the topology's: must survive
+    try:
+        topo.up(str(good))
+        assert f"tg{tag}" in nsmod.listnetns()
+        topo.down(str(good))
+        assert f"tg{tag}" not in nsmod.listnetns() and f"tf{tag}" in nsmod.listnetns()
+    finally:
+        nsmod.remove(f"tf{tag}")
