@@ -5,11 +5,12 @@ PY     := $(VENV)/bin/python
 NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h \
                           bindings/*.c bindings/*.h bindings/*/*.c bindings/*/*.h tools/*.c tools/*.h) pipeline/native_build.py
 
-.PHONY: demo test bench native clean help
+.PHONY: demo test bench bench-veth native clean help
 help:
 	@echo "make demo   - set up, then run gen -> pipeline -> sink on shm: ports and print Mpps"
 	@echo "make test   - set up, then run the test suite"
 	@echo "make bench  - set up, then run perf/bench_shm.py (Mpps by flows and batch, ns/packet by stage)"
+	@echo "make bench-veth - valepipe vs Linux bridge vs Open vSwitch on veth with trafgen (root)"
 
 $(VENV)/.installed: pyproject.toml setup.py
 	tools/system-packages --build
@@ -33,6 +34,10 @@ test: native
 
 bench: native
 	$(PY) perf/bench_shm.py
+
+bench-veth: native
+	tools/system-packages --bench
+	$(PY) perf/bench_veth.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info pipeline/_native* pipeline/*.o pipeline/.native-stamp

@@ -3,6 +3,7 @@
 receive -> extract -> lookup (misses -> upcall) -> execute -> transmit, then, every few
 batches, the channel, timers and the control socket. Python never touches a packet here.
 """
+import ctypes
 import os
 import select
 import signal
@@ -18,6 +19,8 @@ from pipeline.ports import PortError, close_ports, open_ports
 from pipeline.stages import Execute, Extract, Lookup, Receive, Transmit
 from pipeline.upcall import Upcalls
 
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
 HOUSEKEEP_EVERY = 32          # batches between channel/timer/control polls
 IDLE_SLEEP_S = 50e-6
 IDLE_POLL_S = 0.001           # longest epoll wait: timers and the control socket need turns
@@ -77,8 +80,13 @@ class Worker:
         if self.cfg.path and os.path.exists(self.cfg.path):
             cmd += ["--config", self.cfg.path]
         cpus = set(range(os.cpu_count() or 1))
-        # not pinned with the worker: on a busy worker core it would starve
-        self.slow = subprocess.Popen(cmd, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+
+        def child_setup():
+            # not pinned with the worker: on a busy worker core it would starve
+            os.sched_setaffinity(0, cpus)
+            # and not outliving the worker, however the worker ends
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        self.slow = subprocess.Popen(cmd, preexec_fn=child_setup)
         self.slow_restarts = getattr(self, "slow_restarts", -1) + 1
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not self.upcalls.connect():

@@ -9,6 +9,7 @@ import time
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from pipeline import control
 from tests.conftest import ROOT, wait_for
 from tests.test_e2e import cfg, peers
 
@@ -33,6 +34,13 @@ def test_new_flows_hit_the_megaflow(uniq, pipeline_factory):
         assert wait_for(lambda: b.drain() >= 201)
         st = pipe.stats()
         assert st["upcall"]["upcall_flows"] == 1 and st["megaflow_hits"] == 200, st
+        # again: now exact-match hits on entries cached from the megaflow, whose packets
+        # are the megaflow's (that is what rule stats and idle timeouts see)
+        a.send_all([pkt(f"192.168.2.{i}") for i in range(200)], others=(b,))
+        assert wait_for(lambda: b.drain() >= 401)
+        assert pipe.stats()["hits"] >= 200
+        mf = control.request(pipe.ctl, "megaflows")
+        assert [m["packets"] for m in mf] == [400], mf          # the first went through the slow path
         # another port number: the rules do consult tp_dst, so a second megaflow
         a.send_all([pkt("192.168.3.1", dport=99)], others=(c,))
         assert wait_for(lambda: c.drain() >= 1)
@@ -53,7 +61,16 @@ def test_new_flows_hit_the_megaflow(uniq, pipeline_factory):
         a.send_all([pkt("192.168.4.7")], others=(c,))                        # now to port 3
         assert wait_for(lambda: c.drain() >= 2)
         time.sleep(0.1)
-        assert b.drain() == 201
+        assert b.drain() == 401
+        # new actions for the megaflow's rule: the cached exact entries must not keep the old
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "mod-flows", "udp,tp_dst=53,actions=output:3",
+                            "--name", uniq, "--run-dir", run_dir], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert wait_for(lambda: pipe.stats()["upcall"]["megaflows_removed"] >= 2)
+        a.send_all([pkt(f"192.168.2.{i}") for i in range(200)], others=(c,))
+        assert wait_for(lambda: c.drain() >= 202)
+        time.sleep(0.1)
+        assert b.drain() == 401
     finally:
         for p in ps.values():
             p.close()

@@ -91,8 +91,12 @@ def test_killed_worker_leaves_no_xdp_program(lab, pipeline_factory):
     p = pipeline_factory(CFG.format(tag="kx", dir="x", p1=f"afxdp:{lab.name('a1')}@netns={lab.name('vS')}",
                                     p2=f"afxdp:{lab.name('b1')}@netns={lab.name('vS')}").replace('"x/run"', '"@RUN@"'))
     assert lab.xdp_attached("vS", "a1") and lab.xdp_attached("vS", "b1")
+    slow = p.stats()["upcall"]["slowpath_pid"]
     p.proc.send_signal(signal.SIGKILL)
     p.proc.wait()
+    # the slow path does not outlive its worker
+    assert wait_for(lambda: not os.path.exists(f"/proc/{slow}") or
+                    open(f"/proc/{slow}/stat").read().split()[2] == "Z", timeout=5)
     # the bpf_link died with the process: the interfaces are as before
     assert wait_for(lambda: not lab.xdp_attached("vS", "a1") and not lab.xdp_attached("vS", "b1"), timeout=5)
     # and the interfaces can be taken again at once

@@ -126,3 +126,49 @@ def test_packet_to_shm(lab, pipeline_factory, uniq):
     finally:
         raw.close()
         region.close()
+
+
+def test_guest_tap_through_packet_port(lab, pipeline_factory, uniq):
+    """QEMU's arrangement: another process holds a TAP's file side (here the test, standing
+    in for the guest's NIC); the pipeline serves the guest from the interface side."""
+    import select
+    from pipeline._native import ffi, lib
+    from pipeline.ports import PortError, open_ports
+    from tools.topo import _configure
+    L = lab('[[netns]]\nname = "vG@"\n')
+    tap, ns = L.name("vm"), L.name("vG")
+    err = ffi.new("char[256]")
+    with in_netns(ns):
+        fd = lib.vp_tap_open(tap.encode(), 1, err, 256)
+    assert fd >= 0, ffi.string(err)
+    try:
+        _configure(ns, tap, {"ipv6": False})
+        # the guest's TAP is taken: tap: says what to use instead
+        with pytest.raises(PortError, match=f"packet:{tap}"):
+            open_ports([{"uri": f"tap:{tap}@netns={ns}", "ofport": 1}])
+        p = pipeline_factory(NORMAL.format(name="gt" + L.tag, p1=f"packet:{tap}@netns={ns}", p2=f"shm:{uniq}g")
+                             .replace('"actions=NORMAL"', '"in_port=1,actions=output:2", "in_port=2,actions=output:1"'))
+        region = Region.attach(f"{uniq}g")
+        try:
+            peer = region.port(f"{uniq}g", ROLE_USER)
+            guest_mac = bytes.fromhex("525400000001")
+            out = [b"\xff" * 6 + guest_mac + b"\x88\xb5" + bytes([i]) * (60 + i) for i in range(16)]
+            for f in out:
+                os.write(fd, f)                           # the guest transmits
+            rx = []
+            wait_for(lambda: rx.extend(peer.recv()) or len(rx) >= 16, timeout=5)
+            assert rx == out
+            back = [guest_mac + b"\x02" * 6 + b"\x88\xb5" + bytes([i]) * (50 + i) for i in range(16)]
+            assert peer.send(back) == 16
+            got = []
+            while len(got) < 16 and select.select([fd], [], [], 5)[0]:
+                f = os.read(fd, 2048)
+                if f[12:14] == b"\x88\xb5":
+                    got.append(f)
+            assert got == back                            # the guest receives
+            st = p.stats()["ports"][0]["io"]
+            assert st["rx_packets"] == 16 and st["tx_packets"] == 16
+        finally:
+            region.close()
+    finally:
+        os.close(fd)

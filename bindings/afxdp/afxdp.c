@@ -172,12 +172,15 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
         xsk_ring_prod__submit(&q->tx, j);
     }
     if (done < avail) io->st.tx_again++;
-    /* copy mode sends in the kick, up to 32 frames a call; EBUSY means the device dropped
-     * one frame (it is completed, not sent): count it and kick on for the rest */
-    for (int kick = 0; kick < 8 && (xsk_ring_prod__needs_wakeup(&q->tx) || done < avail); kick++) {
+    /* In copy mode the kernel sends inside the kick, at most 32 frames a call: kick until
+     * it has taken every posted descriptor (or says it is busy). EBUSY means the device
+     * dropped one frame (completed, not sent): count it and go on. */
+    for (int kick = 0; kick < 64 && xsk_ring_prod__needs_wakeup(&q->tx) &&
+                       __atomic_load_n(q->tx.consumer, __ATOMIC_ACQUIRE) != *q->tx.producer; kick++) {
         int rc = (int)sendto(io->fd[0], NULL, 0, MSG_DONTWAIT, NULL, 0);
         io->st.syscalls++;
-        if (rc >= 0 || errno == EAGAIN || errno == ENOBUFS || errno == EINTR) break;
+        if (rc >= 0) continue;
+        if (errno == EAGAIN || errno == ENOBUFS || errno == EINTR) break;
         if (errno == ENETDOWN || errno == ENXIO) {
             /* link down: the kernel keeps the frames in the tx ring; they go when it is up */
             io->st.tx_again++;
@@ -194,8 +197,8 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
         vp_io_error(io, errno);
         break;
     }
-    /* a kick sends at most 32 frames: until all posted frames have completed, the next
-     * receive calls txsync again, so none is left sitting in the tx ring */
+    /* until all posted frames have completed, the next receive calls txsync again, so
+     * none is left sitting in the tx ring (a zero-copy driver sends after the kick) */
     reclaim(q);
     io->tx_inflight = q->nfree < NTX;
     return done;

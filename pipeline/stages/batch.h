@@ -151,7 +151,8 @@ struct vp_flow {
     uint64_t used_ns;
     uint64_t created_ns;
     struct vp_flow_key key;
-    uint64_t pad2[1];
+    uint32_t mf;              /* exact-match entry cached from a megaflow: its entry + 1, else 0 */
+    uint32_t gen;             /* bumped whenever this slot is freed or its actions replaced */
 };
 
 struct vp_flow_table {

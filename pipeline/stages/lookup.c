@@ -55,6 +55,10 @@ static int32_t find(const struct vp_flow_table *t, const struct vp_flow_key *k, 
 static struct vp_flow *insert(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t h);
 static struct vp_flow *insert_free(struct vp_flow_table *t, uint64_t now, const struct vp_flow_key *k, uint32_t h);
 static void delete_at(struct vp_flow_table *t, uint32_t i);
+static void delete_entry(struct vp_flow_table *t, uint32_t e) {
+    int64_t pos = find_pos(t, &t->entries[e].key, t->entries[e].hash);
+    if (pos >= 0) delete_at(t, (uint32_t)pos);
+}
 
 int32_t vp_flow_find(struct vp_dp *dp, const struct vp_flow_key *k) {
     return find(&dp->flows, k, vp_key_hash(k));
@@ -115,6 +119,7 @@ static uint32_t megaflow_batch(struct vp_dp *dp, struct vp_batch *b, const uint3
                 f->used_ns = dp->now_ns;
                 dp->mask_hits[id]++;
                 pk->action = f->action;
+                pk->flow = (uint32_t)e;
                 hits++;
             } else {
                 left[keep++] = left[k];
@@ -152,6 +157,24 @@ uint32_t vp_lookup(struct vp_dp *dp, struct vp_batch *b) {
         int32_t e = (int32_t)pk->flow;
         if (pk->flow == UINT32_MAX) e = -1;
         else if (!key_eq(&t->entries[e].key, &b->key[i])) e = find(t, &b->key[i], pk->hash);
+        if (e >= 0 && t->entries[e].mf) {
+            /* cached from a megaflow: valid while that megaflow is (as OVS's EMC entries
+             * check their dpcls rule), and its hits are the megaflow's, so rule stats and
+             * idle timeouts see them and revalidation has one entry to check, not one per
+             * exact flow */
+            struct vp_flow *f = &t->entries[e], *m = &dp->mflows.entries[f->mf - 1];
+            if (m->gen == f->gen && m->action >= 0) {
+                pk->action = m->action;
+                pk->flow = (uint32_t)e;
+                f->used_ns = now;
+                m->packets++;
+                m->bytes += pk->len;
+                m->used_ns = now;
+                continue;
+            }
+            delete_entry(t, (uint32_t)e);
+            e = -1;
+        }
         if (e >= 0 && t->entries[e].action >= 0) {
             struct vp_flow *f = &t->entries[e];
             pk->action = f->action;
@@ -178,7 +201,11 @@ uint32_t vp_lookup(struct vp_dp *dp, struct vp_batch *b) {
                  * churn would cost an eviction per packet for traffic not coming back soon */
                 if (!t->cap || t->count < t->cap || (dp->st.mf_hits + k) % 64 == 0) {
                     struct vp_flow *f = insert(dp, &b->key[todo[k]], pk->hash);
-                    if (f) { f->action = pk->action; f->packets = 1; f->bytes = pk->len; }
+                    if (f) {
+                        f->action = pk->action;
+                        f->mf = pk->flow + 1;
+                        f->gen = dp->mflows.entries[pk->flow].gen;
+                    }
                 }
             } else {
                 pk->flow = (uint32_t)-1;
@@ -223,7 +250,9 @@ static struct vp_flow *insert_free(struct vp_flow_table *t, uint64_t now, const 
     for (i = h & t->mask; t->index[i]; i = (i + 1) & t->mask) {}
     t->index[i] = IDX(h, e);
     t->count++;
+    uint32_t gen = t->entries[e].gen;
     memset(&t->entries[e], 0, sizeof(t->entries[e]));
+    t->entries[e].gen = gen;
     t->entries[e].key = *k;
     t->entries[e].hash = h;
     t->entries[e].created_ns = t->entries[e].used_ns = now;
@@ -251,6 +280,7 @@ int vp_flow_install(struct vp_dp *dp, const struct vp_flow_key *k, int32_t actio
         f = &dp->flows.entries[e];
         if (f->action == VP_ACT_PENDING) f->packets = 0;   /* it counted queued upcall packets */
         f->action = action;
+        f->mf = 0;                                          /* the slow path's own now */
         f->used_ns = dp->now_ns;
         return 0;
     }
@@ -264,6 +294,7 @@ int vp_flow_install(struct vp_dp *dp, const struct vp_flow_key *k, int32_t actio
 static void delete_at(struct vp_flow_table *t, uint32_t i) {
     uint32_t e = IDX_ENTRY(t->index[i]), j = i;
     t->entries[e].action = VP_ACT_EMPTY;
+    t->entries[e].gen++;
     t->free[t->nfree++] = e;
     for (;;) {
         j = (j + 1) & t->mask;
@@ -315,8 +346,14 @@ static uint32_t dump(const struct vp_flow_table *t, uint32_t start, uint32_t *en
     return n;
 }
 
+/* exact flows the slow path installed itself; those cached from megaflows follow them */
 uint32_t vp_flow_dump(struct vp_dp *dp, uint32_t start, uint32_t *entries, uint32_t max, uint32_t *next) {
-    return dump(&dp->flows, start, entries, max, next);
+    const struct vp_flow_table *t = &dp->flows;
+    uint32_t n = 0, i;
+    for (i = start; i < t->limit && n < max; i++)
+        if (t->entries[i].action >= 0 && !t->entries[i].mf) entries[n++] = i;
+    *next = i;
+    return n;
 }
 
 /* --- megaflows ------------------------------------------------------------------------ */
@@ -339,6 +376,7 @@ int vp_megaflow_install(struct vp_dp *dp, const struct vp_flow_key *k, const str
     uint32_t h = vp_key_hash(&mk);
     e = find(&dp->mflows, &mk, h);
     if (e >= 0) {
+        if (dp->mflows.entries[e].action != action) dp->mflows.entries[e].gen++;
         dp->mflows.entries[e].action = action;
         return 0;
     }
