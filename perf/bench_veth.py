@@ -160,7 +160,7 @@ def measure(sw, flows, seconds, warmup):
         sink_ns = SINK if sw.sink_if == "s0" else SINK
         gen = subprocess.Popen(["ip", "netns", "exec", GEN, "taskset", "-c", str(GEN_CPU), "trafgen", "--dev", sw.dev,
                                 "--conf", conf.name, "-P", "1", "--no-sock-mem", "-q"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         time.sleep(warmup)
         if gen.poll() is not None:
             raise RuntimeError(f"trafgen exited: {gen.stderr.read().decode()}")
@@ -169,12 +169,16 @@ def measure(sw, flows, seconds, warmup):
         b, t1 = rx_packets(sink_ns, sw.sink_if), time.monotonic()
         return (b - a) / (t1 - t0) / 1e6
     finally:
-        if gen and gen.poll() is None:
-            gen.send_signal(signal.SIGINT)
-            try:
-                gen.wait(10)
-            except subprocess.TimeoutExpired:
-                gen.kill()
+        if gen:
+            # trafgen -P 1 forks its sender, which outlives a SIGINT to its parent: end the
+            # whole process group, and make sure it is gone before the next case
+            for sig in (signal.SIGINT, signal.SIGKILL):
+                try:
+                    os.killpg(gen.pid, sig)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.5)
+            gen.wait()
         sw.stop()
         os.unlink(conf.name)
 

@@ -126,3 +126,15 @@ def test_topo_failure_rolls_back_and_down_removes_only_its_own(tmp_path):
         assert f"tg{tag}" not in nsmod.listnetns() and f"tf{tag}" in nsmod.listnetns()
     finally:
         nsmod.remove(f"tf{tag}")
+
+
+def test_interface_with_an_xdp_program_is_refused(lab, pipeline_factory, tmp_path):
+    """Another switch's XDP program on the interface: a clear refusal, and the other
+    switch keeps its program and keeps forwarding."""
+    p = pipeline_factory(CFG.format(tag="x1", dir="x", p1=f"afxdp:{lab.name('a1')}@netns={lab.name('vS')}",
+                                    p2=f"afxdp:{lab.name('b1')}@netns={lab.name('vS')}").replace('"x/run"', '"@RUN@"'))
+    r = _cli_run(tmp_path, f"afxdp:{lab.name('a1')}@netns={lab.name('vS')}", f"packet:{lab.name('b1')}@netns={lab.name('vS')}")
+    assert r.returncode == 2 and "already has an XDP program attached" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert lab.xdp_attached("vS", "a1") and lab.ping("vA", "10.61.0.2")[0]
+    p.stop()

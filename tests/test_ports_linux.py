@@ -172,3 +172,24 @@ def test_guest_tap_through_packet_port(lab, pipeline_factory, uniq):
             region.close()
     finally:
         os.close(fd)
+
+
+MQ_LAB = VETH_LAB.replace('peer_ipv6 = false\n', 'peer_ipv6 = false\nqueues = 2\n')
+
+
+@pytest.mark.parametrize("kind", ["packet", "afxdp"])
+def test_two_queues(lab, pipeline_factory, kind):
+    """queues=2: two sockets per port (a fanout group, or an AF_XDP socket per queue),
+    each an rx ring of the port; traffic on both arrives intact."""
+    L = lab(MQ_LAB)
+    p = pipeline_factory(NORMAL.format(name="mq" + L.tag, p1=f"{kind}:{L.name('a1')}@queues=2,netns={L.name('vS')}",
+                                       p2=f"{kind}:{L.name('b1')}@queues=2,netns={L.name('vS')}"))
+    st = _check_pair(L, p, "vA", "vB", "10.61.0.1", "10.61.0.2", [("vA", "a0"), ("vB", "b0")])
+    assert _io(st, 0)["queues"] == 2
+
+
+def test_tap_two_queues(lab, pipeline_factory):
+    L = lab(TAP_LAB.replace('ipv6 = false\n', 'ipv6 = false\nqueues = 2\n'))
+    p = pipeline_factory(NORMAL.format(name="tq" + L.tag, p1=f"tap:{L.name('ta')}@queues=2,netns={L.name('vA')}",
+                                       p2=f"tap:{L.name('tb')}@queues=2,netns={L.name('vB')}"))
+    _check_pair(L, p, "vA", "vB", "10.62.0.1", "10.62.0.2", [("vA", "ta"), ("vB", "tb")])

@@ -26,7 +26,8 @@ class TopoError(Exception):
 KEYS = {
     "netns": {"name": str},
     "veth": {"name": str, "netns": str, "address": list, "mtu": int, "up": bool, "offload": bool,
-             "ipv6": bool, "peer": str, "peer_netns": str, "peer_address": list, "peer_ipv6": bool},
+             "ipv6": bool, "peer": str, "peer_netns": str, "peer_address": list, "peer_ipv6": bool,
+             "queues": int},
     "tap": {"name": str, "netns": str, "address": list, "mtu": int, "up": bool, "queues": int, "ipv6": bool},
 }
 
@@ -151,11 +152,15 @@ def up(path):
             for n, where in ((e["name"], ns), (e["peer"], pns)):
                 if _exists(where, n):
                     raise TopoError(f"interface {n} already exists in {where or 'this namespace'}")
+            queues = e.get("queues", 1)
+            if not 1 <= queues <= 64:
+                raise TopoError(f"veth {e['name']}: queues must be 1..64")
             with _ipr(ns) as ipr:
-                peer = {"ifname": e["peer"]}
+                peer = {"ifname": e["peer"], "num_rx_queues": queues, "num_tx_queues": queues}
                 if pns:
                     peer["net_ns_fd"] = pns
-                ipr.link("add", ifname=e["name"], kind="veth", peer=peer)
+                ipr.link("add", ifname=e["name"], kind="veth", peer=peer,
+                         num_rx_queues=queues, num_tx_queues=queues)
             made.append({"kind": "link", "name": e["name"], "netns": ns})
             _configure(ns, e["name"], e)
             _configure(pns, e["peer"], e, "peer_address", "peer_ipv6")
