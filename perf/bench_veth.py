@@ -119,16 +119,16 @@ class OVS:
 class Valepipe:
     dev, sink_if = "g0", "s0"
 
-    def __init__(self, kind):
-        self.kind = kind
-        self.name = f"valepipe, {kind}: ports"
+    def __init__(self, kind, options=""):
+        self.kind, self.opts = kind, "," + options if options else ""
+        self.name = f"valepipe, {kind}: ports" + (f" ({options})" if options else "")
 
     def start(self):
         self.dir = tempfile.mkdtemp(prefix="vp-bench-")
         cfg = os.path.join(self.dir, "p.toml")
         with open(cfg, "w") as f:
             f.write(f'[pipeline]\nname = "benchveth"\nrun_dir = "{self.dir}/run"\nflow_limit = 400000\n'
-                    f'[[port]]\nuri = "{self.kind}:g1@netns={SW}"\n[[port]]\nuri = "{self.kind}:s1@netns={SW}"\n'
+                    f'[[port]]\nuri = "{self.kind}:g1@netns={SW}{self.opts}"\n[[port]]\nuri = "{self.kind}:s1@netns={SW}{self.opts}"\n'
                     '[slowpath]\nflows = ["in_port=1,actions=output:2"]\n')
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", cfg, "-q", "--cpu", str(SWITCH_CPU),
                                       "--stats-json", os.path.join(self.dir, "st.json")], cwd=ROOT,
@@ -189,13 +189,14 @@ def main():
     ap.add_argument("--seconds", type=float, default=5.0, help="measured window per case")
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of traffic before measuring")
     ap.add_argument("--flows", default="1,1000,100000")
+    ap.add_argument("--afxdp-options", default="", help="extra afxdp: port options, e.g. mode=generic")
     ap.add_argument("--only", default="", help="comma list of case keys: none,bridge,ovs-packet,ovs-afxdp,vp-packet,vp-afxdp")
     a = ap.parse_args()
     for tool in ("trafgen", "ovs-vswitchd", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"bench_veth: {tool} not found (tools/system-packages --bench installs it)")
     cases = {"none": NoSwitch(), "bridge": LinuxBridge(), "ovs-packet": OVS("system"), "ovs-afxdp": OVS("afxdp"),
-             "vp-packet": Valepipe("packet"), "vp-afxdp": Valepipe("afxdp")}
+             "vp-packet": Valepipe("packet"), "vp-afxdp": Valepipe("afxdp", a.afxdp_options)}
     if a.only:
         cases = {k: v for k, v in cases.items() if k in a.only.split(",")}
     flows = [int(f) for f in a.flows.split(",")]
