@@ -5,12 +5,13 @@ PY     := $(VENV)/bin/python
 NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h \
                           bindings/*.c bindings/*.h bindings/*/*.c bindings/*/*.h tools/*.c tools/*.h) pipeline/native_build.py
 
-.PHONY: demo test bench bench-veth native clean help
+.PHONY: demo test bench bench-veth fuzz native clean help
 help:
 	@echo "make demo   - set up, then run gen -> pipeline -> sink on shm: ports and print Mpps"
 	@echo "make test   - set up, then run the test suite"
 	@echo "make bench  - set up, then run perf/bench_shm.py (Mpps by flows and batch, ns/packet by stage)"
 	@echo "make bench-veth - valepipe vs Linux bridge vs Open vSwitch on veth with trafgen (root)"
+	@echo "make fuzz   - libFuzzer+ASan on extract, atheris on the parsers, FUZZ_SECONDS each (default 120)"
 
 $(VENV)/.installed: pyproject.toml setup.py
 	tools/system-packages --build
@@ -38,6 +39,22 @@ bench: native
 bench-veth: native
 	tools/system-packages --bench
 	$(PY) perf/bench_veth.py
+
+# Longer fuzzing than `make test` does; corpora grow in build/fuzz; a finding stops the run
+# and is written to build/fuzz/crash-* (keep it in tests/fuzz/regressions/TARGET/).
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS := flowtext config slowpath_message worker_message
+fuzz: native
+	tools/system-packages --test
+	mkdir -p build/fuzz/corpus-extract
+	$(PY) tests/fuzz/seeds.py build/fuzz/seeds
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -msse4.2 -I. \
+	    tests/fuzz/fuzz_extract.c pipeline/stages/extract.c -o build/fuzz/fuzz_extract
+	build/fuzz/fuzz_extract -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/fuzz/ \
+	    build/fuzz/corpus-extract build/fuzz/seeds/extract
+	for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/corpus-$$t; \
+	    $(PY) tests/fuzz/fuzz_parsers.py $$t -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/fuzz/ \
+	        build/fuzz/corpus-$$t build/fuzz/seeds/$$t $$(ls -d tests/fuzz/regressions/$$t 2>/dev/null) || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info pipeline/_native* pipeline/*.o pipeline/.native-stamp

@@ -37,8 +37,8 @@ def check(msg):
         raise ChannelError("message has no integer version 'v'")
     if v != VERSION:
         raise ChannelError(f"channel version {v} not supported (this side speaks {VERSION})")
-    if t not in TYPES:
-        raise ChannelError(f"unknown message type {t!r}")
+    if not isinstance(t, str) or t not in TYPES:
+        raise ChannelError(f"unknown message type {t!r}"[:200])
     return t
 
 
@@ -60,10 +60,10 @@ def actions_ok(actions):
         elif k in ("drop", "pop_vlan"):
             ok = len(a) == 1
         elif k == "set":
-            w = FIELDS_SETTABLE.get(a[1]) if len(a) == 4 else None
+            w = FIELDS_SETTABLE.get(a[1]) if len(a) == 4 and isinstance(a[1], str) else None
             ok = w is not None and _uint(a[2], w) and _uint(a[3], w)
         elif k == "push_vlan":
-            ok = len(a) == 3 and a[1] in (0x8100, 0x88A8) and _uint(a[2], 16)
+            ok = len(a) == 3 and _uint(a[1], 16) and a[1] in (0x8100, 0x88A8) and _uint(a[2], 16)
         elif k == "controller":
             ok = len(a) == 2 and isinstance(a[1], str) and len(a[1]) <= 32
         else:

@@ -23,6 +23,7 @@ class Config:
     path: str = ""
 
 
+MAX_CONFIG = 1 << 20          # characters; rules in bulk go through add-flows instead
 PIPELINE_KEYS = {"name": str, "batch": int, "flow_limit": int, "emc_limit": int, "idle_timeout": (int, float), "run_dir": str,
                  "revalidate_interval": (int, float)}
 PORT_KEYS = {"uri": str, "ofport": int, "slots": int, "mirror": str}
@@ -47,10 +48,14 @@ def _check_table(tbl, keys, where):
 
 
 def parse(text, path="<config>"):
+    if len(text) > MAX_CONFIG:
+        raise ConfigError(f"{path}: {len(text)} characters; a config is at most {MAX_CONFIG}")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
     for k in doc:
         if k not in ("pipeline", "port", "slowpath"):
             raise ConfigError(f"{path}: unknown section [{k}] (known: [pipeline], [[port]], [slowpath])")

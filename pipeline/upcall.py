@@ -152,15 +152,16 @@ class Upcalls:
             self.start_revalidation()
             return
         if t == "revalidate_reply":
-            self._revalidated(msg.get("flows", ()))
+            self._revalidated(_list(msg, "flows"))
             return
         if t != "upcall_reply":
             if t == "error":
                 self.last_error = str(msg.get("error"))
             return
         self.st["replies"] += 1
-        for f in msg.get("flows", ()):
-            kb = self.keys.pop(f.get("id"), (None,))[0] if isinstance(f, dict) else None
+        for f in _list(msg, "flows"):
+            fid = f.get("id") if isinstance(f, dict) else None
+            kb = self.keys.pop(fid, (None,))[0] if _is_int(fid) else None
             if kb is None or not channel.actions_ok(f.get("actions")):
                 self.st["stale_replies"] += 1
                 continue
@@ -176,7 +177,7 @@ class Upcalls:
             wc = f.get("mask")
             if _mask_ok(wc) and self.dp.install_megaflow(kb, wc, f["actions"]) >= 0:
                 self.st["megaflows_installed"] += 1
-        self._execute(msg.get("execute", ()))
+        self._execute(_list(msg, "execute"))
 
     def _execute(self, items):
         """Run the packets the slow path returned through the C execute stage, one by one
@@ -242,7 +243,8 @@ class Upcalls:
             if not isinstance(f, dict) or not channel.actions_ok(f.get("actions")):
                 self.st["bad_messages"] += 1
                 continue
-            uid, kb = f.get("id"), self.reval.get(f.get("id"))
+            uid = f.get("id")
+            kb = self.reval.get(uid) if _is_int(uid) else None
             if kb is None:
                 continue
             self.st["revalidated"] += 1
@@ -292,6 +294,17 @@ class Upcalls:
         if self.sock:
             self.sock.close()
         self.sock, self.up = None, False
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _list(msg, name):
+    v = msg.get(name, [])
+    if not isinstance(v, list):
+        raise channel.ChannelError(f"{msg.get('t')}: {name} must be an array")
+    return v
 
 
 def _mask_ok(wc):

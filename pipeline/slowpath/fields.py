@@ -50,20 +50,31 @@ ETH_IP, ETH_IPV6, ETH_ARP, ETH_RARP = 0x0800, 0x86DD, 0x0806, 0x8035
 VLAN_CFI = 0x1000
 
 
+HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def strict_int(t):
+    """An integer as ovs-ofctl reads one (decimal, 0x hex, 0 octal): Python's int() would
+    also take signs, underscores and spaces, which OVS refuses."""
+    if not t or t[0] in "+-" or "_" in t or t != t.strip():
+        raise ValueError(t)
+    return int(t, 0)
+
+
 def parse_value(field, text):
     """Value of `field` written as ovs-ofctl writes it: decimal/hex int, MAC, IPv4, IPv6."""
     t = text.strip()
     try:
         if field.kind == "mac":
             parts = t.split(":")
-            if len(parts) != 6 or not all(1 <= len(p) <= 2 for p in parts):
+            if len(parts) != 6 or not all(1 <= len(p) <= 2 and all(c in HEX for c in p) for p in parts):
                 raise ValueError
             return int("".join(p.zfill(2) for p in parts), 16)
         if field.kind == "ipv4":
             return int(ipaddress.IPv4Address(t))
         if field.kind == "ipv6":
             return int(ipaddress.IPv6Address(t))
-        v = int(t, 0)
+        v = strict_int(t)
     except ValueError:
         raise FieldError(f"{t!r} is not a valid {field.kind} value for {field.name}") from None
     if not 0 <= v <= field.full:

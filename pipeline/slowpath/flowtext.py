@@ -2,7 +2,7 @@
 error that names the offending token) and print back in ovs-ofctl's canonical form."""
 from dataclasses import dataclass, field
 
-from pipeline.slowpath.fields import (ETH_ARP, ETH_IP, ETH_IPV6, ETH_RARP, FIELDS, ORDER, VLAN_CFI, FieldError,
+from pipeline.slowpath.fields import (ETH_ARP, ETH_IP, ETH_IPV6, ETH_RARP, FIELDS, ORDER, VLAN_CFI, FieldError, strict_int,
                                       format_value, format_value_mask, parse_value, parse_value_mask)
 
 MAX_TABLE = 254
@@ -87,7 +87,7 @@ def _split(text, sep=","):
 
 def _int(text, lo, hi, what):
     try:
-        v = int(text, 0)
+        v = strict_int(text)
     except ValueError:
         raise FlowError(f"invalid {what} {text!r}") from None
     if not lo <= v <= hi:
