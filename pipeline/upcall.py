@@ -60,6 +60,10 @@ class Upcalls:
         self.outq += channel.encode({"v": channel.VERSION, "t": "hello", "worker": self.worker_id,
                                      "ports": [p.describe() for p in self.dp.ports]})
         self.flush()
+        if self.st["connects"] > 1:
+            # a slow path that came back (restarted, maybe with other rules) checks every
+            # cached flow before it is trusted again
+            self.start_revalidation()
         return True
 
     def _down(self):

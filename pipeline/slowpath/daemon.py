@@ -11,10 +11,12 @@ import sys
 from collections import OrderedDict
 
 from pipeline import channel, config, control
-from pipeline.slowpath.flowtext import FlowError, parse_actions, parse_flow
+from pipeline.slowpath.flowtext import FlowError, format_rule, parse_actions, parse_flow
 from pipeline.slowpath.ofproto import OFProto
 
 RECENT_FLOWS = 65536
+RULES_HEADER = "# valepipe slow-path rules (ovs-ofctl syntax), rewritten on every change;\n" \
+               "# a restarted slow path of this pipeline loads them instead of the config's flows\n"
 
 
 class Client:
@@ -26,8 +28,9 @@ class Client:
 
 
 class SlowPath:
-    def __init__(self, ofproto):
+    def __init__(self, ofproto, rules_file=None):
         self.ofproto = ofproto
+        self.rules_file = rules_file
         self.st = dict(upcalls=0, flows=0, packets=0, bad_messages=0, unknown_flow_packets=0, slow_flows=0,
                        revalidated=0, rule_changes=0)
         self.clients = {}
@@ -38,6 +41,7 @@ class SlowPath:
     def control_handlers(self):
         def changed(n):
             self.st["rule_changes"] += 1
+            self.save_rules()
             self.request_revalidation()
             return n
 
@@ -127,6 +131,23 @@ class SlowPath:
         return {"v": channel.VERSION, "t": "upcall_reply", "flows": out_flows, "execute": execute}
 
 
+    def save_rules(self):
+        """The rule tables as ovs-ofctl text, rewritten (atomically) on every change, so a
+        slow path restarted after a crash comes back with the rules it had."""
+        if not self.rules_file:
+            return
+        tmp = self.rules_file + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(RULES_HEADER)
+                for r in self.ofproto.rules():
+                    f.write(format_rule(r) + "\n")
+            os.replace(tmp, self.rules_file)
+            self.st["rules_saved"] = self.st.get("rules_saved", 0) + 1
+        except OSError as e:
+            self.st["rules_save_errors"] = self.st.get("rules_save_errors", 0) + 1
+            print(f"valepipe-slowpath: cannot save rules to {self.rules_file}: {e.strerror}", file=sys.stderr)
+
     def request_revalidation(self):
         """Workers re-translate what they cached (after rules or MAC entries changed)."""
         self.macs_seen = self.ofproto.macs.changes
@@ -144,6 +165,7 @@ class SlowPath:
             self.last_expire = now
             self.ofproto.macs.expire()
             if self.ofproto.expire():
+                self.save_rules()
                 self.request_revalidation()           # what the expired rules did must go
         if self.ofproto.macs.changes != self.macs_seen and now - self.last_reval >= 0.1:
             self.request_revalidation()
@@ -256,14 +278,26 @@ def main(argv=None):
     ap.add_argument("--config", help="pipeline config whose [slowpath] flows to load")
     ap.add_argument("--control", help="control socket for add-flow/del-flows/mod-flows/dump-flows "
                                       "(default: slowpath.ctl beside --socket)")
+    ap.add_argument("--rules", help="file the rules are kept in across restarts (default: rules.flows "
+                                    "beside --socket); when it exists it is loaded instead of the config's flows")
     a = ap.parse_args(argv)
+    rules_file = a.rules or os.path.join(os.path.dirname(os.path.abspath(a.socket)), "rules.flows")
+    source = rules_file
     try:
-        ofproto = OFProto(config.load(a.config).flows if a.config else [])
-    except (config.ConfigError, FlowError) as e:
-        print(f"valepipe-slowpath: {e}", file=sys.stderr)
+        if os.path.exists(rules_file):
+            with open(rules_file) as f:
+                flows = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+            source = rules_file
+        else:
+            flows, source = (config.load(a.config).flows if a.config else []), a.config
+        ofproto = OFProto(flows)
+    except (config.ConfigError, FlowError, OSError) as e:
+        print(f"valepipe-slowpath: {source}: {e}", file=sys.stderr)
         sys.exit(2)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     ctl = a.control or os.path.join(os.path.dirname(os.path.abspath(a.socket)), "slowpath.ctl")
-    serve(a.socket, SlowPath(ofproto), stop=lambda: bool(stopping), control_path=ctl)
+    slow = SlowPath(ofproto, rules_file)
+    slow.save_rules()
+    serve(a.socket, slow, stop=lambda: bool(stopping), control_path=ctl)
