@@ -8,10 +8,12 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# no rich markup: help texts show TOML sections ([pipeline]) and uri options literally
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="valepipe: a packet pipeline and virtual switch on netmap rings.\n\n"
                        "Ports are URIs: shm:NAME (netmap rings in shared memory; a generator, sink "
-                       "or test attaches as the other end).")
+                       "or test attaches as the other end), afxdp:IFNAME, packet:IFNAME, tap:NAME, "
+                       "pcap:FILE.")
 
 
 def _fail(msg, code=2):
@@ -55,7 +57,10 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
         cpu: Optional[int] = typer.Option(None, help="pin the worker to this CPU"),
         mirror: List[str] = typer.Option([], help="PORT=FILE: write what PORT (ofport or uri) sends to a pcap "
                                          "file (tcpdump -r FILE); repeatable")):
-    """Start the slow path and one worker, forward until SIGINT/SIGTERM, print counters."""
+    """Start the slow path and one worker, forward until SIGINT/SIGTERM, print counters.
+
+    Port uris: shm:NAME, afxdp:IFNAME[:QUEUE], packet:IFNAME, tap:NAME, pcap:FILE[@write],
+    each with @options (queues=N, netns=NS, ...; the README's Ports section lists them)."""
     from pipeline import config as cfgmod
     from pipeline.ports import PortError
     from pipeline.worker import Worker
@@ -299,16 +304,30 @@ def stats(name: str = typer.Option("valepipe", help="pipeline name ([pipeline].n
 
 @app.command()
 def ports(name: str = typer.Option("valepipe", help="pipeline name"),
-          run_dir: Optional[str] = typer.Option(None, help="the pipeline's run directory")):
-    """Ports of a running pipeline with their counters and fault state."""
+          run_dir: Optional[str] = typer.Option(None, help="the pipeline's run directory"),
+          as_json: bool = typer.Option(False, "--json", help="everything, as JSON")):
+    """Ports of a running pipeline with their counters and fault state; for interface ports
+    (afxdp, packet, tap, pcap) also what the binding counted (io) and its last error."""
     from pipeline import control
     try:
         ps = control.request(_ctl(run_dir, name), "ports")
     except (OSError, RuntimeError) as e:
         _fail(f"cannot reach pipeline {name!r}: {e}")
+    if as_json:
+        print(json.dumps(ps, indent=1))
+        return
     for p in ps:
         print(f"{p['ofport']:>3} {p['uri']:<28} {'FAULTY' if p['faulty'] else 'ok':<7} rx {p['rx_packets']} "
               f"tx {p['tx_packets']} drops {json.dumps({k: v for k, v in p['drops'].items() if v})}")
+        io = p.get("io")
+        if io:
+            counts = {k: io[k] for k in ("rx_truncated", "rx_kernel_drops", "rx_errors", "tx_errors", "tx_again",
+                                         "tx_discarded") if io.get(k)}
+            extra = {k: io[k] for k in ("xdp_mode", "zerocopy", "queues", "netns") if io.get(k) is not None}
+            print(f"    io: {json.dumps(counts)} {json.dumps(extra)}"
+                  + (f" last error: {io['last_error']}" if io.get("last_error") else ""))
+        if p.get("mirror"):
+            print(f"    mirror: {p['mirror']['file']} ({p['mirror']['packets']} packets)")
 
 
 @app.command()
@@ -332,7 +351,7 @@ def demo(flows: int = typer.Option(1, help="distinct flows"),
 
 
 topo_app = typer.Typer(help="Lab topologies from a TOML file: namespaces, veth pairs, TAP devices.",
-                       no_args_is_help=True)
+                       no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(topo_app, name="topo")
 
 

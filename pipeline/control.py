@@ -5,10 +5,15 @@ blocking; oversized or malformed requests get an error reply.
 """
 import os
 import socket
+import sys
+import time
 
 import msgpack
 
 MAX_REQUEST = 64 << 10
+# the worker answers between batches: a client that is slow to send its request (or sends
+# none) gets an error after this long instead of holding up forwarding
+REQUEST_TIME_S = 0.2
 
 
 def make_run_dir(path):
@@ -55,11 +60,15 @@ class ControlServer:
         except BlockingIOError:
             return
         with conn:
-            conn.settimeout(1.0)
             try:
                 reply = self._answer(self._read(conn))
-            except (OSError, ValueError) as e:
-                reply = {"ok": False, "error": str(e)}
+            except msgpack.exceptions.BufferFull:
+                reply = {"ok": False, "error": f"request larger than {MAX_REQUEST} bytes"}
+            except (OSError, ValueError, msgpack.exceptions.StackError) as e:
+                reply = {"ok": False, "error": f"bad request: {e}"}
+            except Exception as e:               # a handler's bug must not stop the switch
+                print(f"valepipe: control request failed: {e!r}", file=sys.stderr)
+                reply = {"ok": False, "error": f"internal error: {e!r}"}
             try:
                 conn.sendall(msgpack.packb(reply, use_bin_type=True))
             except OSError:
@@ -67,8 +76,16 @@ class ControlServer:
 
     def _read(self, conn):
         up = msgpack.Unpacker(raw=False, max_buffer_size=MAX_REQUEST)
+        deadline = time.monotonic() + REQUEST_TIME_S
         while True:
-            data = conn.recv(MAX_REQUEST)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ValueError(f"no complete request within {REQUEST_TIME_S} s")
+            conn.settimeout(left)
+            try:
+                data = conn.recv(MAX_REQUEST)
+            except socket.timeout:
+                raise ValueError(f"no complete request within {REQUEST_TIME_S} s") from None
             if not data:
                 raise ValueError("connection closed before a whole request")
             up.feed(data)
