@@ -32,6 +32,32 @@ def make_run_dir(path):
     return created[::-1]
 
 
+# what a pipeline keeps in its run directory while it runs
+RUN_FILES = ("worker.ctl", "slowpath.sock", "slowpath.ctl", "rules.flows", "rules.flows.tmp")
+
+
+def claim_run_dir(path):
+    """Clear a run directory of a pipeline that is gone; refuse one whose pipeline answers.
+    Returns the files removed."""
+    ctl = os.path.join(path, "worker.ctl")
+    if os.path.exists(ctl):
+        try:
+            request(ctl, "stats", timeout=1.0)
+        except (OSError, RuntimeError):
+            pass                                   # nobody home: left by a run that died
+        else:
+            raise RuntimeError(f"a pipeline is already running with run directory {path} "
+                               "(stop it, or give this one another [pipeline] name or run_dir)")
+    removed = []
+    for f in RUN_FILES:
+        try:
+            os.unlink(os.path.join(path, f))
+            removed.append(f)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def remove_run_dirs(created):
     for d in reversed(created):
         try:

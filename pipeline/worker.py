@@ -34,19 +34,30 @@ class Worker:
         self.ctl_path = os.path.join(self.run_dir, "worker.ctl")
         self.slow = None
         self.stopping = False
-        self.ports = open_ports(cfg.ports)
+        # the run directory first: it tells whether this pipeline already runs, and what a
+        # crashed run of it left there is cleared (its shm regions are replaced when opened)
+        self.created_dirs = control.make_run_dir(self.run_dir)
+        try:
+            control.claim_run_dir(self.run_dir)
+        except RuntimeError:
+            control.remove_run_dirs(self.created_dirs)
+            raise
+        # this run's to remove at exit, also when an earlier run created it
+        self.created_dirs = self.created_dirs or [os.path.abspath(self.run_dir)]
+        try:
+            self.ports = open_ports(cfg.ports)
+        except Exception:
+            control.remove_run_dirs(self.created_dirs)
+            raise
         try:
             for spec, port in zip(cfg.ports, self.ports):
                 if spec.get("mirror"):
                     port.mirror = PcapWriter(spec["mirror"])
                     port.ring_port.c.mirror = port.mirror.c
-            self.created_dirs = control.make_run_dir(self.run_dir)
         except AdapterError as e:
             close_ports(self.ports)
+            control.remove_run_dirs(self.created_dirs)
             raise PortError(str(e)) from None
-        except OSError:
-            close_ports(self.ports)
-            raise
         try:
             self.dp = Datapath(self.ports, flow_limit=cfg.flow_limit, batch=cfg.batch, emc_limit=cfg.emc_limit or None)
             self.dp.idle_ns = int(cfg.idle_timeout * 1e9)
@@ -193,6 +204,7 @@ class Worker:
         if self.epoll:
             self.epoll.close()
         close_ports(self.ports)
+        control.claim_run_dir(self.run_dir)          # the slow path's rules file, sockets
         control.remove_run_dirs(self.created_dirs)
 
 

@@ -1,0 +1,80 @@
+"""SIGTERM ends a pipeline cleanly: its shm regions, sockets, run directory, TAP devices,
+XDP programs and slow path are gone; after a kill -9, a restart replaces what the dead run
+left behind and comes up as usual."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, wait_for
+from tests.netlab import VETH_LAB, Lab
+from tests.test_e2e import frame, peers
+
+
+def _start(cfg_path):
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", cfg_path, "-q"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _up(run_dir, proc):
+    from pipeline import control
+    def ready():
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read())
+        try:
+            return control.request(os.path.join(run_dir, "worker.ctl"), "stats")["upcall"]["channel_up"]
+        except (OSError, RuntimeError):
+            return False
+    assert wait_for(ready, timeout=20, step=0.05)
+    return control.request(os.path.join(run_dir, "worker.ctl"), "stats")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="veth and TAP need root")
+def test_sigterm_cleans_up_and_restart_after_kill(uniq, tmp_path):
+    lab = Lab(str(tmp_path), VETH_LAB)
+    try:
+        run = tmp_path / "run"
+        tap = "vt" + uniq[-6:]
+        cfg = tmp_path / "p.toml"
+        cfg.write_text(f'[pipeline]\nname = "{uniq}"\nrun_dir = "{run}"\n'
+                       f'[[port]]\nuri = "shm:{uniq}a"\n[[port]]\nuri = "shm:{uniq}b"\n'
+                       f'[[port]]\nuri = "afxdp:{lab.name("a1")}@netns={lab.name("vS")}"\n'
+                       f'[[port]]\nuri = "tap:{tap}"\n'
+                       '[slowpath]\nflows = ["in_port=1,actions=output:2"]\n')
+        # 1. a run killed outright leaves its regions and sockets behind ...
+        p = _start(str(cfg))
+        st = _up(str(run), p)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        assert glob.glob(f"/dev/shm/valepipe.{uniq}*") and os.path.exists(run / "worker.ctl")
+        assert wait_for(lambda: not os.path.exists(f"/proc/{st['upcall']['slowpath_pid']}/stat") or
+                        open(f"/proc/{st['upcall']['slowpath_pid']}/stat").read().split()[2] == "Z", timeout=5)
+        # ... which the next run replaces, and it forwards
+        p = _start(str(cfg))
+        _up(str(run), p)
+        ps = peers(uniq, "ab")
+        try:
+            ps["a"].send_all([frame(1, i) for i in range(10)])
+            assert wait_for(lambda: ps["b"].drain() >= 10)
+        finally:
+            for q in ps.values():
+                q.close()
+        assert lab.xdp_attached("vS", "a1") and os.path.exists(f"/sys/class/net/{tap}")
+        # the same pipeline twice: the second says so and touches nothing of the first
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(cfg), "-q", "--duration", "1"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "already running" in r.stderr and "Traceback" not in r.stderr
+        assert os.path.exists(run / "worker.ctl") and lab.xdp_attached("vS", "a1")
+        # 2. SIGTERM: everything it made is gone
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(15) == 0, p.stderr.read()
+        assert not glob.glob(f"/dev/shm/valepipe.{uniq}*")
+        assert not run.exists()
+        assert not lab.xdp_attached("vS", "a1")
+        assert not os.path.exists(f"/sys/class/net/{tap}")
+    finally:
+        lab.down()
