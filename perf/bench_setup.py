@@ -23,7 +23,7 @@ def run(flows, rate, rules):
     tmp = tempfile.mkdtemp(prefix="valepipe-setup-")
     cfg = os.path.join(tmp, "s.toml")
     with open(cfg, "w") as f:
-        f.write(f'[pipeline]\nname = "{tag}"\nflow_limit = {flows * 2}\nidle_timeout = 0\nrevalidate_interval = 0\n'
+        f.write(f'[pipeline]\nname = "{tag}"\nflow_limit = {flows * 2}\nupcall_rate = 0\nidle_timeout = 0\nrevalidate_interval = 0\n'
                 f'run_dir = "{tmp}/run"\n[[port]]\nuri = "shm:{tag}a"\nslots = 4096\n[[port]]\nuri = "shm:{tag}b"\n'
                 f'slots = 4096\n[slowpath]\nflows = {json.dumps(rules)}\n')
     pc, tc = _cpus()

@@ -15,6 +15,7 @@ class Config:
     batch: int = 256
     flow_limit: int = 200_000
     emc_limit: int = 0                # exact-match entries; 0 = flow_limit
+    upcall_rate: int = 10_000         # new flows per second each port may send to the slow path; 0 = no limit
     idle_timeout: float = 10.0
     revalidate_interval: float = 5.0
     run_dir: str = ""
@@ -24,7 +25,7 @@ class Config:
 
 
 MAX_CONFIG = 1 << 20          # characters; rules in bulk go through add-flows instead
-PIPELINE_KEYS = {"name": str, "batch": int, "flow_limit": int, "emc_limit": int, "idle_timeout": (int, float), "run_dir": str,
+PIPELINE_KEYS = {"name": str, "batch": int, "flow_limit": int, "emc_limit": int, "upcall_rate": int, "idle_timeout": (int, float), "run_dir": str,
                  "revalidate_interval": (int, float)}
 PORT_KEYS = {"uri": str, "ofport": int, "slots": int, "mirror": str}
 SLOWPATH_KEYS = {"flows": list}
@@ -72,6 +73,8 @@ def parse(text, path="<config>"):
         raise ConfigError(f"{path}: [pipeline].flow_limit must be 1..10000000")
     if not 0 <= cfg.emc_limit <= cfg.flow_limit:
         raise ConfigError(f"{path}: [pipeline].emc_limit must be 0..flow_limit (0 = flow_limit)")
+    if not 0 <= cfg.upcall_rate <= 10_000_000:
+        raise ConfigError(f"{path}: [pipeline].upcall_rate must be 0..10000000 new flows/s per port (0 = no limit)")
     if cfg.revalidate_interval < 0:
         raise ConfigError(f"{path}: [pipeline].revalidate_interval must be >= 0 (0 = only when rules change)")
     if cfg.idle_timeout < 0:

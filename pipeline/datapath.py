@@ -8,7 +8,8 @@ from pipeline._native import ffi, lib
 MAX_ACTIONS = 65536
 PARSE_ERRORS = ("eth_short", "vlan_trunc", "vlan_depth", "arp_trunc", "ipv4_trunc", "ipv4_bad",
                 "ipv6_trunc", "ipv6_ext", "l4_trunc", "nd_bad", "ipv6_bad")
-DROPS = ("action_drop", "no_port", "tx_ring_full", "too_big", "upcall_lost", "upcall_queue", "flow_limit", "no_room")
+DROPS = ("action_drop", "no_port", "tx_ring_full", "too_big", "upcall_lost", "upcall_queue", "flow_limit", "no_room",
+         "upcall_rate")
 SET_FIELDS = {"dl_src": (lib.VP_F_DL_SRC, 6), "dl_dst": (lib.VP_F_DL_DST, 6), "nw_src": (lib.VP_F_NW_SRC, 4),
               "nw_dst": (lib.VP_F_NW_DST, 4), "ipv6_src": (lib.VP_F_IPV6_SRC, 16), "ipv6_dst": (lib.VP_F_IPV6_DST, 16),
               "nw_tos": (lib.VP_F_NW_TOS, 1), "nw_ttl": (lib.VP_F_NW_TTL, 1), "tp_src": (lib.VP_F_TP_SRC, 2),

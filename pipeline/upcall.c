@@ -1,6 +1,7 @@
 /* upcall.c — choose what a batch sends to the slow path. A miss on a new flow inserts
- * a pending entry (bounded by the flow limit) and sends its key; a miss on a pending
- * flow sends only the packet (bounded per flow). Everything refused is counted. */
+ * a pending entry (bounded by the flow limit and by its port's rate) and sends its key;
+ * a miss on a pending flow sends only the packet (bounded per flow). Everything refused
+ * is counted. */
 #include "upcall.h"
 #include "stages/lookup.h"
 
@@ -15,7 +16,18 @@ uint32_t vp_upcall_collect(struct vp_dp *dp, struct vp_batch *b, struct vp_upcal
         /* an earlier packet of this batch may have made the flow pending already */
         e = pk->action == VP_ACT_PENDING ? (int32_t)pk->flow : vp_flow_find(dp, &b->key[i]);
         if (e < 0) {
-            uint32_t id = ++u->next_id;
+            uint32_t id;
+            if (u->rate_interval_ns && pk->port < 64) {
+                /* one port flooding new flows must not use up the slow path for all */
+                uint64_t now = dp->now_ns, tat = u->tat[pk->port] > now ? u->tat[pk->port] : now;
+                if (tat - now > u->rate_burst_ns) {
+                    dp->st.drops[VP_DROP_UPCALL_RATE]++;
+                    u->rate_limited[pk->port]++;
+                    continue;
+                }
+                u->tat[pk->port] = tat + u->rate_interval_ns;
+            }
+            id = ++u->next_id;
             if (vp_flow_insert_pending(dp, &b->key[i], pk->hash, id) < 0) {
                 dp->st.drops[VP_DROP_FLOW_LIMIT]++;
                 continue;

@@ -20,7 +20,7 @@ REVALIDATE_CHUNK = 512        # flows per revalidate message
 
 
 class Upcalls:
-    def __init__(self, dp, socket_path, worker_id=0):
+    def __init__(self, dp, socket_path, worker_id=0, rate=0):
         self.dp = dp
         self.path = socket_path
         self.worker_id = worker_id
@@ -29,6 +29,9 @@ class Upcalls:
         self.outq = bytearray()
         self.unpacker = channel.unpacker()
         self.c = ffi.new("struct vp_upcall_batch *")
+        if rate:                                # new flows per second per input port
+            self.c.rate_interval_ns = max(1, int(1e9 / rate))
+            self.c.rate_burst_ns = self.c.rate_interval_ns * max(1, rate // 10)
         self.keys = {}                          # upcall id -> packed flow key, while pending
         self.next_try = 0.0
         self.reval_cursor = None                # pool position of the next revalidation chunk

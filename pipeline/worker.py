@@ -62,7 +62,7 @@ class Worker:
             self.dp = Datapath(self.ports, flow_limit=cfg.flow_limit, batch=cfg.batch, emc_limit=cfg.emc_limit or None)
             self.dp.idle_ns = int(cfg.idle_timeout * 1e9)
             self.dp.ofport_of = lambda i: self.ports[i].ofport
-            self.upcalls = Upcalls(self.dp, self.slow_sock)
+            self.upcalls = Upcalls(self.dp, self.slow_sock, rate=cfg.upcall_rate)
             self.stages = [Receive(self.dp), Extract(self.dp), Lookup(self.dp, self.upcalls),
                            Execute(self.dp), Transmit(self.dp)]
             self.control = control.ControlServer(self.ctl_path, {
@@ -188,7 +188,8 @@ class Worker:
         st["upcall"] = dict(self.upcalls.st, channel_up=self.upcalls.up,
                             pending=len(self.upcalls.keys), slowpath_restarts=getattr(self, "slow_restarts", 0),
                             slowpath_pid=self.slow.pid if self.slow else None)
-        st["ports"] = [p.stats() for p in self.ports]
+        st["ports"] = [dict(p.stats(), upcall_rate_limited=self.upcalls.c.rate_limited[i])
+                       for i, p in enumerate(self.ports)]
         return st
 
     def close(self):

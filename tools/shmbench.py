@@ -55,7 +55,7 @@ def measure(flows=1, size=60, batch=256, seconds=5.0, slots=1024, tag=None, shar
     cfg = os.path.join(tmp, "bench.toml")
     with open(cfg, "w") as f:
         f.write(f'[pipeline]\nname = "{tag}"\nbatch = {batch}\nflow_limit = {flow_limit or max(2 * flows, 1024)}\n'
-                f'emc_limit = {emc_limit}\nidle_timeout = 0\nrevalidate_interval = 0\nrun_dir = "{tmp}/run"\n\n'
+                f'emc_limit = {emc_limit}\nupcall_rate = 0\nidle_timeout = 0\nrevalidate_interval = 0\nrun_dir = "{tmp}/run"\n\n'
                 f'[[port]]\nuri = "{uri_a}"\nslots = {slots}\n\n[[port]]\nuri = "{uri_b}"\nslots = {slots}\n\n'
                 f'[slowpath]\nflows = {json.dumps(rules or DEFAULT_RULES)}\n')
     ctl = os.path.join(tmp, "run", "worker.ctl")

@@ -43,7 +43,8 @@
 #define VP_DROP_UPCALL_QUEUE 5
 #define VP_DROP_FLOW_LIMIT 6
 #define VP_DROP_NO_ROOM 7
-#define VP_DROP_N 8
+#define VP_DROP_UPCALL_RATE 8
+#define VP_DROP_N 9
 
 #define VP_ST_RECEIVE 0
 #define VP_ST_EXTRACT 1
@@ -184,7 +185,7 @@ struct vp_dp_stats {
     uint64_t mf_hits;         /* exact-match misses that a megaflow answered */
     uint64_t misses;          /* went to the slow path */
     uint64_t parse_err[11];
-    uint64_t drops[8];
+    uint64_t drops[9];
     uint64_t stage_ns[5];
     uint64_t stage_pkts[5];
     uint64_t tx_swapped;
