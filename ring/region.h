@@ -94,8 +94,6 @@ struct vp_port {
     struct vp_ring rx[4];
 };
 
-int shm_open(const char *name, int oflag, unsigned int mode);
-int shm_unlink(const char *name);
 uint64_t vp_region_size(const struct vp_geom *g);
 char *vp_map_guarded(int fd, uint64_t size);
 int vp_unmap_guarded(char *p, uint64_t size);

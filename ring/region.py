@@ -1,12 +1,15 @@
-"""Regions: POSIX shared memory laid out exactly as netmap lays out its memory.
+"""Regions: shared memory laid out exactly as netmap lays out its memory.
 
-The creator (the pipeline, like VALE for its ports) formats the region; a peer
-attaches by name and validates everything before touching a ring.
+The creator (the pipeline, like VALE for its ports) formats the region in a sealed memfd
+(no peer can shrink it under the pipeline: no SIGBUS) and publishes it under
+/dev/shm/valepipe.NAME; a peer attaches by name and validates everything before touching
+a ring.
 """
 import errno
-import mmap
+import fcntl
 import os
 import re
+import time
 import zlib
 
 from pipeline._native import ffi, lib
@@ -39,8 +42,28 @@ def parse_shm_uri(uri):
     return body, region
 
 
-def _shm_path(region):
-    return ("/valepipe." + region).encode()
+SHM_DIR = "/dev/shm"
+DESC_MAGIC = "valepipe-region/1"
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+def _desc_path(region):
+    """Where a region is published: a small file naming the owner and its memfd."""
+    return os.path.join(SHM_DIR, "valepipe." + region)
+
+
+def _read_desc(path):
+    """(pid, fd, size) from a descriptor file, or None if it is not one (yet)."""
+    try:
+        with open(path, "rb") as f:
+            parts = f.read(256).decode("ascii", "replace").split()
+    except FileNotFoundError:
+        raise
+    except OSError:
+        return None
+    if len(parts) != 4 or parts[0] != DESC_MAGIC or not all(p.isdigit() for p in parts[1:]):
+        return None
+    return int(parts[1]), int(parts[2]), int(parts[3])
 
 
 def _mem_id(region):
@@ -70,28 +93,39 @@ class Region:
         if size == 0:
             raise RegionError(f"region {name}: bad geometry (ports={len(ports)} rings={rings} "
                               f"slots={slots} buf_size={buf_size}); slots 2..65536, buf_size 64..65536 multiple of 64")
-        path = _shm_path(name)
-        fd = lib.shm_open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        if fd < 0 and ffi.errno == errno.EEXIST and _stale(path):
-            lib.shm_unlink(path)
-            fd = lib.shm_open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        if fd < 0:
-            e = ffi.errno
-            raise RegionError(f"region {name}: cannot create /dev/shm{path.decode()}: {os.strerror(e)}"
-                              + (" (another pipeline owns it)" if e == errno.EEXIST else ""))
+        path = _desc_path(name)
         try:
-            os.ftruncate(fd, size)
+            desc = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            if not _stale(path):
+                raise RegionError(f"region {name}: {path} exists (another pipeline owns it)") from None
+            os.unlink(path)
+            desc = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            os.close(fd)
-            lib.shm_unlink(path)
-            raise RegionError(f"region {name}: cannot size {size} bytes: {e.strerror}") from None
+            raise RegionError(f"region {name}: cannot create {path}: {e.strerror}") from None
+        try:
+            fd = os.memfd_create("valepipe." + name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            try:
+                os.ftruncate(fd, size)
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+            except OSError as e:
+                os.close(fd)
+                raise RegionError(f"region {name}: cannot size {size} bytes: {e.strerror}") from None
+        except (OSError, RegionError) as e:
+            os.close(desc)
+            os.unlink(path)
+            raise e if isinstance(e, RegionError) else RegionError(f"region {name}: memfd: {e.strerror}") from None
         self = cls(name, fd, size, owner=True)
         names = [ffi.new("char[]", p.encode()) for p in ports]
         rc = lib.vp_region_format(self.base, size, geom, ffi.new("char *[]", names), self.mem_id,
                                   int.from_bytes(os.urandom(8), "little"), os.getpid())
         if rc != 0:
+            os.close(desc)
             self.close()
             raise RegionError(f"region {name}: format failed")
+        # published only once formatted: a peer that finds it finds a whole region
+        os.write(desc, f"{DESC_MAGIC} {os.getpid()} {fd} {size}\n".encode())
+        os.close(desc)
         return self
 
     @classmethod
@@ -113,11 +147,26 @@ class Region:
 
     @classmethod
     def attach(cls, name):
-        path = _shm_path(name)
-        fd = lib.shm_open(path, os.O_RDWR, 0)
-        if fd < 0:
-            raise RegionError(f"region {name}: no such shm region ({os.strerror(ffi.errno)}); "
-                              "is the pipeline that owns it running?")
+        path = _desc_path(name)
+        try:
+            desc = _read_desc(path)
+        except FileNotFoundError:
+            raise RegionError(f"region {name}: no such shm region ({path}); "
+                              "is the pipeline that owns it running?") from None
+        if desc is None:
+            raise RegionError(f"region {name}: not ready ({path} is not a region descriptor yet)")
+        pid, rfd, _ = desc
+        link = f"/proc/{pid}/fd/{rfd}"
+        try:
+            # the owner's memfd itself, not whatever a recycled pid/fd pair now names
+            if not os.readlink(link).startswith(f"/memfd:valepipe.{name} "):
+                raise FileNotFoundError
+            fd = os.open(link, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise RegionError(f"region {name}: its pipeline (pid {pid}) is gone") from None
+        except PermissionError:
+            raise RegionError(f"region {name}: permission denied opening pid {pid}'s region "
+                              "(another user's pipeline?)") from None
         size = os.fstat(fd).st_size
         if size < lib.VP_REGION_HDR_SIZE:
             os.close(fd)
@@ -156,7 +205,12 @@ class Region:
             return
         if self.owner:
             self.hdr.state = 2
-            lib.shm_unlink(_shm_path(self.name))
+            path = _desc_path(self.name)
+            try:
+                if (_read_desc(path) or (0,))[0] == os.getpid():
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
         for p in self._ports:
             p.region = None
         lib.vp_unmap_guarded(self.base, self.size)
@@ -238,17 +292,14 @@ def _pid_alive(pid):
 
 def _stale(path):
     """A region left by a process that no longer runs may be replaced."""
-    fd = lib.shm_open(path, os.O_RDONLY, 0)
-    if fd < 0:
-        return False
     try:
-        size = os.fstat(fd).st_size
-        if size < lib.VP_REGION_HDR_SIZE:
+        desc = _read_desc(path)
+    except FileNotFoundError:
+        return True
+    if desc is None:
+        # not (yet) a descriptor: being written right now, or debris from a crash
+        try:
+            return os.stat(path).st_mtime < time.time() - 5
+        except FileNotFoundError:
             return True
-        with mmap.mmap(fd, lib.VP_REGION_HDR_SIZE, mmap.MAP_SHARED, mmap.PROT_READ) as mm:
-            hdr = ffi.cast("struct vp_region_hdr *", ffi.from_buffer(mm))
-            owner = hdr.owner_pid
-            del hdr
-        return not _pid_alive(owner)
-    finally:
-        os.close(fd)
+    return not _pid_alive(desc[0])
