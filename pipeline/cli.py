@@ -56,24 +56,43 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
         stats_json: Optional[str] = typer.Option(None, help="write the final counters to this file as JSON"),
         cpu: Optional[int] = typer.Option(None, help="pin the worker to this CPU"),
         mirror: List[str] = typer.Option([], help="PORT=FILE: write what PORT (ofport or uri) sends to a pcap "
-                                         "file (tcpdump -r FILE); repeatable")):
+                                         "file (tcpdump -r FILE); repeatable"),
+        supervised: bool = typer.Option(True, "--supervise/--no-supervise",
+                                        help="restart the worker (with its ports and rules) if it crashes")):
     """Start the slow path and one worker, forward until SIGINT/SIGTERM, print counters.
 
     Port uris: shm:NAME, afxdp:IFNAME[:QUEUE], packet:IFNAME, tap:NAME, pcap:FILE[@write],
     each with @options (queues=N, netns=NS, ...; the README's Ports section lists them)."""
     from pipeline import config as cfgmod
-    from pipeline.ports import PortError
-    from pipeline.worker import Worker
+    from pipeline.supervisor import supervise
     try:
         cfg = cfgmod.load(config)
         cfgmod.add_mirrors(cfg, mirror)
     except cfgmod.ConfigError as e:
         _fail(str(e))
-    _pin(cpu)
+    deadline = time.monotonic() + duration if duration else None
+    if not supervised:
+        raise typer.Exit(_run_worker(cfg, deadline, interval, quiet, stats_json, cpu, 0))
+    raise typer.Exit(supervise(lambda restarts: _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts)))
+
+
+def _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts):
+    """One worker's life (in the supervisor's child); returns the exit code."""
+    from pipeline.ports import PortError
+    from pipeline.worker import Worker
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError as e:
+            typer.echo(f"valepipe: cannot pin to CPU {cpu}: {e.strerror}", err=True)
+            return 2
     try:
-        w = Worker(cfg)
+        # a restarted worker keeps the slow path's rules of this run
+        w = Worker(cfg, keep_rules=restarts > 0)
     except (PortError, RuntimeError, OSError) as e:
-        _fail(str(e))
+        typer.echo(f"valepipe: {e}", err=True)
+        return 2
+    w.restarts = restarts
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())
     live = None
@@ -88,7 +107,7 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     else:
         tick = None
     try:
-        w.run(duration=duration, on_tick=tick, tick_s=interval)
+        w.run(duration=max(0.001, deadline - time.monotonic()) if deadline else None, on_tick=tick, tick_s=interval)
     finally:
         if live:
             live.stop()
@@ -99,6 +118,7 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
             json.dump(final, f, indent=1)
     if not quiet:
         print(_render(final))
+    return 0
 
 
 @app.command()

@@ -36,9 +36,9 @@ def make_run_dir(path):
 RUN_FILES = ("worker.ctl", "slowpath.sock", "slowpath.ctl", "rules.flows", "rules.flows.tmp")
 
 
-def claim_run_dir(path):
-    """Clear a run directory of a pipeline that is gone; refuse one whose pipeline answers.
-    Returns the files removed."""
+def claim_run_dir(path, keep=()):
+    """Clear a run directory of a pipeline that is gone (but the files in `keep`); refuse
+    one whose pipeline answers. Returns the files removed."""
     ctl = os.path.join(path, "worker.ctl")
     if os.path.exists(ctl):
         try:
@@ -50,6 +50,8 @@ def claim_run_dir(path):
                                "(stop it, or give this one another [pipeline] name or run_dir)")
     removed = []
     for f in RUN_FILES:
+        if f in keep:
+            continue
         try:
             os.unlink(os.path.join(path, f))
             removed.append(f)

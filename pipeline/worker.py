@@ -27,7 +27,7 @@ IDLE_POLL_S = 0.001           # longest epoll wait: timers and the control socke
 
 
 class Worker:
-    def __init__(self, cfg, start_slowpath=True):
+    def __init__(self, cfg, start_slowpath=True, keep_rules=False):
         self.cfg = cfg
         self.run_dir = cfg.run_dir
         self.slow_sock = os.path.join(self.run_dir, "slowpath.sock")
@@ -38,7 +38,7 @@ class Worker:
         # crashed run of it left there is cleared (its shm regions are replaced when opened)
         self.created_dirs = control.make_run_dir(self.run_dir)
         try:
-            control.claim_run_dir(self.run_dir)
+            control.claim_run_dir(self.run_dir, keep=("rules.flows",) if keep_rules else ())
         except RuntimeError:
             control.remove_run_dirs(self.created_dirs)
             raise
@@ -185,6 +185,8 @@ class Worker:
     def stats(self):
         st = self.dp.stats()
         st["uptime_s"] = round(time.monotonic() - self.started, 3)
+        st["pid"] = os.getpid()
+        st["worker_restarts"] = getattr(self, "restarts", 0)
         st["upcall"] = dict(self.upcalls.st, channel_up=self.upcalls.up,
                             pending=len(self.upcalls.keys), slowpath_restarts=getattr(self, "slow_restarts", 0),
                             slowpath_pid=self.slow.pid if self.slow else None)

@@ -279,15 +279,17 @@ def _private_mem_id():
 
 
 def _pid_alive(pid):
+    """Running, not a zombie: a crashed owner may wait a while for its parent to reap it."""
     if pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError, ProcessLookupError):
         return False
-    except PermissionError:
+    except OSError:
         return True
-    return True
+    return state not in (b"Z", b"X")
 
 
 def _stale(path):

@@ -35,7 +35,8 @@ class Pipeline:
         self.ctl = os.path.join(tmp, "run", "worker.ctl")
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", self.cfg, "--quiet",
                                       "--stats-json", os.path.join(tmp, "final.json")],
-                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)     # killpg() ends supervisor, worker, slow path
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -92,7 +92,7 @@ def test_killed_worker_leaves_no_xdp_program(lab, pipeline_factory):
                                     p2=f"afxdp:{lab.name('b1')}@netns={lab.name('vS')}").replace('"x/run"', '"@RUN@"'))
     assert lab.xdp_attached("vS", "a1") and lab.xdp_attached("vS", "b1")
     slow = p.stats()["upcall"]["slowpath_pid"]
-    p.proc.send_signal(signal.SIGKILL)
+    os.killpg(p.proc.pid, signal.SIGKILL)                  # supervisor and worker at once: a crash
     p.proc.wait()
     # the slow path does not outlive its worker
     assert wait_for(lambda: not os.path.exists(f"/proc/{slow}") or

@@ -17,7 +17,7 @@ from tests.test_e2e import frame, peers
 
 def _start(cfg_path):
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", cfg_path, "-q"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def _up(run_dir, proc):
@@ -48,7 +48,7 @@ def test_sigterm_cleans_up_and_restart_after_kill(uniq, tmp_path):
         # 1. a run killed outright leaves its regions and sockets behind ...
         p = _start(str(cfg))
         st = _up(str(run), p)
-        p.send_signal(signal.SIGKILL)
+        os.killpg(p.pid, signal.SIGKILL)                   # supervisor and worker at once
         p.wait()
         assert glob.glob(f"/dev/shm/valepipe.{uniq}*") and os.path.exists(run / "worker.ctl")
         assert wait_for(lambda: not os.path.exists(f"/proc/{st['upcall']['slowpath_pid']}/stat") or

@@ -1,0 +1,72 @@
+"""The supervisor: `valepipe run` forks the worker and, if a crash kills it, starts it
+again with its ports and the slow path's current rules; stop signals are passed on.
+
+A worker that exits by itself (done, or refusing its config) is not restarted; one that
+crashes more than MAX_RESTARTS times in WINDOW_S seconds is given up on.
+"""
+import ctypes
+import os
+import signal
+import sys
+import time
+import traceback
+
+MAX_RESTARTS = 5
+WINDOW_S = 60.0
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def supervise(start_worker):
+    """start_worker(restarts) runs a worker in a child process and returns its exit code."""
+    restarts, crashes, stopping = 0, [], []
+    child = [0]
+
+    def forward(sig, _frame):
+        stopping.append(sig)
+        if child[0]:
+            try:
+                os.kill(child[0], sig)
+            except ProcessLookupError:
+                pass
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while True:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)   # never outlive the supervisor
+                code = start_worker(restarts)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        child[0] = pid
+        if stopping:                                   # a signal came while we forked
+            os.kill(pid, stopping[0])
+        _, status = os.waitpid(pid, 0)
+        child[0] = 0
+        if os.WIFEXITED(status):
+            return os.WEXITSTATUS(status)
+        sig = os.WTERMSIG(status)
+        if stopping or sig in (signal.SIGTERM, signal.SIGINT):
+            return 128 + sig
+        now = time.monotonic()
+        crashes = [t for t in crashes if now - t < WINDOW_S] + [now]
+        if len(crashes) > MAX_RESTARTS:
+            print(f"valepipe: the worker crashed {len(crashes)} times in {WINDOW_S:g} s; giving up",
+                  file=sys.stderr, flush=True)
+            return 1
+        restarts += 1
+        print(f"valepipe: worker {pid} died of {signal.Signals(sig).name}; restarting it with its ports "
+              f"(restart {restarts})", file=sys.stderr, flush=True)
+        time.sleep(0.2)
