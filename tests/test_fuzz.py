@@ -49,7 +49,7 @@ def test_extract_under_libfuzzer(seed_dir, tmp_path):
                     os.path.join(ROOT, "pipeline", "stages", "extract.c"), "-o", exe], check=True, timeout=120)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    r = subprocess.run([exe, f"-max_total_time={SECONDS * 2}", f"-artifact_prefix={tmp_path}/", str(corpus),
+    r = subprocess.run([exe, f"-max_total_time={SECONDS * 2}", "-max_len=65535", f"-artifact_prefix={tmp_path}/", str(corpus),
                         os.path.join(seed_dir, "extract")], capture_output=True, text=True, timeout=SECONDS * 2 + 120)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = [ln for ln in r.stderr.splitlines() if ln.startswith("Done ")]

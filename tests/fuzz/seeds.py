@@ -25,6 +25,10 @@ RULES = ["in_port=1,actions=output:2", "priority=100,tcp,nw_dst=10.0.0.0/8,tp_ds
          "icmp6,icmp_type=135,nd_target=fe80::1,actions=controller:64",
          "cookie=0x5,idle_timeout=10,hard_timeout=30,actions=write_metadata:0x1/0xff,resubmit(,3)",
          "ip,nw_frag=later,actions=drop", "tcp,tcp_flags=+syn-ack,actions=push_vlan:0x88a8,mod_vlan_vid:3,ALL"]
+# the edges: nothing at all, the largest frame a ring slot length can carry (an IPv4
+# header claiming all of it), and an IPv6 extension chain longer than extract follows
+EDGES = [b"", bytes(E / IP(len=65535 - 14) / UDP()) + bytes(65535 - 42),
+         bytes(E / IPv6(nh=60) / b"".join(bytes([60, 0]) + bytes(6) for _ in range(20)))]
 CONFIGS = ['[pipeline]\nname = "s"\nbatch = 64\n[[port]]\nuri = "shm:a"\n[[port]]\nuri = "tap:t0@queues=2"\nofport = 9\n'
            '[slowpath]\nflows = ["actions=NORMAL"]\n',
            '[pipeline]\nflow_limit = 10\nidle_timeout = 0.5\n[[port]]\nuri = "pcap:/tmp/x.pcap@write"\nmirror = "m.pcap"\n']
@@ -42,7 +46,7 @@ TO_WORKER = [{"v": 1, "t": "upcall_reply", "flows": [{"id": 1, "actions": [["out
 
 
 def write(base):
-    sets = {"extract": [bytes(f) for f in FRAMES], "flowtext": [r.encode() for r in RULES],
+    sets = {"extract": [bytes(f) for f in FRAMES] + EDGES, "flowtext": [r.encode() for r in RULES],
             "config": [c.encode() for c in CONFIGS], "slowpath_message": [channel.encode(m) for m in TO_SLOW],
             "worker_message": [channel.encode(m) for m in TO_WORKER]}
     for target, items in sets.items():
