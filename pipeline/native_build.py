@@ -21,6 +21,7 @@ KERNELS = [
     "bindings/packet/packet.h",
     "bindings/afxdp/afxdp.h",
     "bindings/pcap/pcap.h",
+    "bindings/netmap/nmreq.h",
     "pipeline/stages/batch.h",
     "pipeline/stages/receive.h",
     "pipeline/stages/extract.h",

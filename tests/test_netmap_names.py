@@ -1,0 +1,83 @@
+"""The netmap binding's CI-checkable half: request structs with the fact sheet's sizes and
+offsets, ioctl numbers for Linux and FreeBSD, and port names read as libnetmap reads them.
+(A real /dev/netmap is not on this machine: see the netmap bindings issue.)"""
+import pytest
+
+from bindings.netmap import ioctl
+from bindings.netmap.names import NameError_, parse
+from pipeline._native import ffi, lib
+
+LAYOUTS = {
+    "struct nmreq_header": (88, {"nr_version": 0, "nr_reqtype": 2, "nr_reserved": 4, "nr_name": 8,
+                                 "nr_options": 72, "nr_body": 80}),
+    "struct nmreq_register": (56, {"nr_offset": 0, "nr_memsize": 8, "nr_tx_slots": 16, "nr_rx_slots": 20,
+                                   "nr_tx_rings": 24, "nr_rx_rings": 26, "nr_host_tx_rings": 28,
+                                   "nr_host_rx_rings": 30, "nr_mem_id": 32, "nr_ringid": 34, "nr_mode": 36,
+                                   "nr_extra_bufs": 40, "nr_flags": 48}),
+    "struct nmreq_port_info_get": (32, {"nr_memsize": 0, "nr_tx_slots": 8, "nr_rx_slots": 12, "nr_tx_rings": 16,
+                                        "nr_rx_rings": 18, "nr_host_tx_rings": 20, "nr_host_rx_rings": 22,
+                                        "nr_mem_id": 24, "pad": 26}),
+    "struct nmreq_vale_attach": (64, {"reg": 0, "port_index": 56, "pad1": 60}),
+    "struct nmreq_vale_detach": (8, {"port_index": 0}),
+    "struct nmreq_vale_list": (8, {"nr_bridge_idx": 0, "pad1": 2, "nr_port_idx": 4}),
+    "struct nmreq_vale_newif": (16, {"nr_tx_slots": 0, "nr_rx_slots": 4, "nr_tx_rings": 8, "nr_rx_rings": 10,
+                                     "nr_mem_id": 12, "pad1": 14}),
+}
+
+
+@pytest.mark.parametrize("struct", LAYOUTS)
+def test_request_layouts(struct):
+    size, fields = LAYOUTS[struct]
+    assert ffi.sizeof(struct) == size
+    for name, off in fields.items():
+        assert ffi.offsetof(struct, name) == off, name
+
+
+def test_ioctl_numbers_both_platforms():
+    assert ioctl.numbers("linux") == {"NIOCCTRL": 0xC0586997, "NIOCTXSYNC": 0x6994, "NIOCRXSYNC": 0x6995}
+    assert ioctl.numbers("freebsd") == {"NIOCCTRL": 0xC0586997, "NIOCTXSYNC": 0x20006994, "NIOCRXSYNC": 0x20006995}
+    with pytest.raises(ValueError):
+        ioctl.numbers("darwin")
+
+
+@pytest.mark.parametrize("text,kernel,mode,ringid,flags,mem_id", [
+    ("netmap:eth0", "eth0", lib.NR_REG_ALL_NIC, 0, 0, 0),
+    ("netmap:eth0-2", "eth0", lib.NR_REG_ONE_NIC, 2, 0, 0),
+    ("netmap:eth0^", "eth0", lib.NR_REG_SW, 0, 0, 0),
+    ("netmap:eth0^1", "eth0", lib.NR_REG_ONE_SW, 1, 0, 0),
+    ("netmap:eth0*", "eth0", lib.NR_REG_NIC_SW, 0, 0, 0),
+    ("netmap:eth0-1/x", "eth0", lib.NR_REG_ONE_NIC, 1, lib.NR_EXCLUSIVE, 0),
+    ("netmap:eth0/RT", "eth0", lib.NR_REG_ALL_NIC, 0, lib.NR_RX_RINGS_ONLY | lib.NR_TX_RINGS_ONLY, 0),
+    ("netmap:eth0{3", "eth0{3", lib.NR_REG_ALL_NIC, 0, 0, 0),
+    ("vale0:p1", "vale0:p1", lib.NR_REG_ALL_NIC, 0, 0, 0),
+    ("vale:p1", "vale:p1", lib.NR_REG_ALL_NIC, 0, 0, 0),
+    ("valeX:vm}x", "valeX:vm}x", lib.NR_REG_ALL_NIC, 0, 0, 0),
+    ("vale1:a@7", "vale1:a", lib.NR_REG_ALL_NIC, 0, 0, 7),
+    ("vale0:a/t@2", "vale0:a", lib.NR_REG_ALL_NIC, 0, lib.NR_MONITOR_TX, 2),
+])
+def test_names_libnetmap_accepts(text, kernel, mode, ringid, flags, mem_id):
+    n = parse(text)
+    assert (n.kernel_name, n.mode, n.ringid, n.flags, n.mem_id) == (kernel, mode, ringid, flags, mem_id)
+
+
+def test_name_options():
+    n = parse("vale0:a@conf:rings=2,slots=512,tx-slots=256")
+    assert n.conf() == {"nr_tx_rings": 2, "nr_rx_rings": 2, "nr_tx_slots": 256, "nr_rx_slots": 512}
+    assert parse("vale1:b@share=vale1:a").options == {"share": {"port": "vale1:a"}}
+    assert parse("netmap:eth0@extmem:file=/dev/hugepages/x,buf-num=4096").options["extmem"]["buf_num"] == "4096"
+
+
+@pytest.mark.parametrize("text,why", [
+    ("eth0", "missing ':'"), ("pcap:eth0", "not a netmap"), ("netmap0:eth0", "no identifier"),
+    ("netmap:", "expected a port name"), ("netmap:eth0-", "needs a ring number"),
+    ("netmap:eth0-4095", "out of range"), ("netmap:eth0^*", "only one ring selector"),
+    ("netmap:eth0/q", "unknown flag"), ("netmap:eth0{", "needs an identifier"),
+    ("vale0:a@0", "1..65535"), ("vale0:a@conf:rings=x", "must be a number"),
+    ("vale0:a@conf:rings=1,rings=2", "set twice"), ("vale0:a@conf:colour=1", "no key"),
+    ("vale0:a@share", "needs port"), ("vale0:a@conf=3", "no default key"),
+    ("vale0:a@offset=4", "disabled"), ("vale0:a@bogus", "unknown option"),
+    ("vale0:a@conf:rings=1@conf:slots=2", "given twice"), ("netmap:" + "e" * 64, "longer than"),
+])
+def test_names_libnetmap_rejects(text, why):
+    with pytest.raises(NameError_, match=why):
+        parse(text)
