@@ -22,6 +22,7 @@ KERNELS = [
     "bindings/afxdp/afxdp.h",
     "bindings/pcap/pcap.h",
     "bindings/netmap/nmreq.h",
+    "bindings/netmap/port.h",
     "pipeline/stages/batch.h",
     "pipeline/stages/receive.h",
     "pipeline/stages/extract.h",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from bindings.adapter import AdapterError
 from bindings.afxdp import AfxdpAdapter
+from bindings.netmap.port import NetmapError, NetmapPort
 from bindings.packet import PacketAdapter
 from bindings.pcap import PcapAdapter
 from bindings.tap import TapAdapter
@@ -93,15 +94,34 @@ def adapter_kind(cls):
     return open_kind
 
 
+def open_netmap(specs):
+    """netmap:IF and valeX:PORT: real netmap ports; the pipeline is their user."""
+    ports = []
+    try:
+        for s in specs:
+            n = NetmapPort(s["uri"])
+            ports.append(Port(s["uri"], s["ofport"], "netmap", n.ring_port, adapter=n))
+    except NetmapError as e:
+        close_ports(ports)
+        raise PortError(str(e)) from None
+    return ports
+
+
 KINDS = {"shm": open_shm, "tap": adapter_kind(TapAdapter), "packet": adapter_kind(PacketAdapter),
-         "afxdp": adapter_kind(AfxdpAdapter), "pcap": adapter_kind(PcapAdapter)}
+         "afxdp": adapter_kind(AfxdpAdapter), "pcap": adapter_kind(PcapAdapter), "netmap": open_netmap,
+         "vale": open_netmap}
+
+
+def kind_of(uri):
+    kind = uri.split(":", 1)[0]
+    return "vale" if kind.startswith("vale") else kind
 
 
 def open_ports(specs):
     """Open every port of a config (list of dicts with uri, ofport, options) in order."""
     by_kind = {}
     for s in specs:
-        kind = s["uri"].split(":", 1)[0]
+        kind = kind_of(s["uri"])
         if kind not in KINDS:
             raise PortError(f"port {s['uri']!r}: unknown kind {kind!r}; this build has {', '.join(sorted(KINDS))}")
         by_kind.setdefault(kind, []).append(s)

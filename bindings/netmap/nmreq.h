@@ -1,5 +1,7 @@
 /* nmreq.h — netmap's control requests (NIOCCTRL, API 14), restated from
  * ../shared/netmap-abi.md §3: header, register and info bodies, VALE bodies. */
+#ifndef VP_NMREQ_H
+#define VP_NMREQ_H
 #include "../../ring/netmap.h"
 /* cdef-begin */
 #define NETMAP_REQ_IFNAMSIZ 64
@@ -83,3 +85,4 @@ struct nmreq_vale_newif {
     uint16_t pad1;
 };
 /* cdef-end */
+#endif

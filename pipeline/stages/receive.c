@@ -3,6 +3,7 @@
 #include <time.h>
 #include "receive.h"
 #include "../../bindings/adapter.h"
+#include "../../bindings/netmap/port.h"
 
 uint64_t vp_now_ns(void) {
     struct timespec ts;
@@ -35,6 +36,7 @@ uint32_t vp_receive(struct vp_dp *dp, struct vp_batch *b, uint32_t budget) {
      * and retries frames an earlier txsync could not hand to the interface */
     for (uint32_t i = 0; i < dp->nports; i++) {
         struct vp_io *io = dp->ports[i]->io;
+        if (dp->ports[i]->fd >= 0) vp_netmap_sync(dp->ports[i]->fd, 0);    /* a real netmap port */
         if (!io) continue;
         if (io->tx_backlog) vp_io_txsync(io);
         vp_io_rxsync(io);

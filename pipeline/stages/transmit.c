@@ -3,6 +3,7 @@
 #include <string.h>
 #include "transmit.h"
 #include "../../bindings/adapter.h"
+#include "../../bindings/netmap/port.h"
 #include "../../bindings/pcap/pcap.h"
 
 /* the ring the pipeline produces into: a shm user's RX ring, or our own netmap TX ring */
@@ -56,6 +57,7 @@ uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
         }
         vp_ring_publish(r);
         if (dp->ports[port]->io) vp_io_txsync(dp->ports[port]->io);     /* netmap's txsync */
+        if (dp->ports[port]->fd >= 0) vp_netmap_sync(dp->ports[port]->fd, 1);
         if (dp->ports[port]->mirror) vp_pcap_flush(dp->ports[port]->mirror);
         q->n = 0;
     }

@@ -1,0 +1,151 @@
+"""netmap:IF and valeX:PORT ports on a real /dev/netmap: NIOCCTRL/REGISTER, one mapping per
+memory region (so ports in one region swap buffers instead of copying), the rings bound
+through the same ring/ code as shm: ports, and a message for every errno."""
+import errno
+import os
+
+from bindings.netmap.names import NameError_, parse
+from pipeline._native import ffi, lib
+from ring.region import ROLE_USER, RingPort
+
+DEVICE = "/dev/netmap"
+REASONS = {
+    errno.ENXIO: "no such interface (or it cannot be put in netmap mode)",
+    errno.ENODEV: "no such interface",
+    errno.EBUSY: "port busy (another process holds these rings exclusively, or the fd is registered)",
+    errno.EINVAL: "request refused: bad name or mode for this port, or an API version mismatch "
+                  f"(valepipe speaks netmap API {lib.NETMAP_API})",
+    errno.EOPNOTSUPP: "not supported by this netmap module",
+    errno.ENOMEM: "the netmap module is out of memory",
+    errno.EPERM: "permission denied (netmap needs root or access to /dev/netmap)",
+    errno.EACCES: "permission denied (netmap needs root or access to /dev/netmap)",
+}
+
+
+class NetmapError(Exception):
+    pass
+
+
+class _Mapping:
+    """One region mapped once per process, shared by its ports (as libnetmap does)."""
+    by_mem_id = {}
+
+    def __init__(self, fd, size, mem_id):
+        self.size, self.mem_id, self.users = size, mem_id, 0
+        self.base = lib.vp_map_guarded(fd, size)
+        if self.base == ffi.NULL:
+            raise NetmapError(f"cannot map {size} bytes of netmap memory {mem_id}: {os.strerror(ffi.errno)}")
+
+    @classmethod
+    def get(cls, fd, size, mem_id):
+        m = cls.by_mem_id.get(mem_id)
+        if m is None or m.size < size:
+            m = cls(fd, size, mem_id)
+            cls.by_mem_id[mem_id] = m
+        m.users += 1
+        return m
+
+    def put(self):
+        self.users -= 1
+        if self.users == 0:
+            lib.vp_unmap_guarded(self.base, self.size)
+            self.by_mem_id.pop(self.mem_id, None)
+
+
+def _request(fd, reqtype, name, body=None, body_type=None):
+    hdr = ffi.new("struct nmreq_header *")
+    hdr.nr_version = lib.NETMAP_API
+    hdr.nr_reqtype = reqtype
+    hdr.nr_name = name.encode()[:63]
+    hdr.nr_body = int(ffi.cast("uintptr_t", body)) if body is not None else 0
+    e = lib.vp_netmap_ctrl(fd, hdr)
+    if e:
+        raise NetmapError(f"{name}: {REASONS.get(e, os.strerror(e))} ({errno.errorcode.get(e, e)})")
+    return hdr
+
+
+def open_device():
+    try:
+        return os.open(DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetmapError(f"{DEVICE} does not exist: the netmap kernel module is not loaded "
+                          "(FreeBSD has it built in; on Linux: insmod netmap.ko)") from None
+    except PermissionError:
+        raise NetmapError(f"{DEVICE}: permission denied (run as root)") from None
+
+
+class NetmapPort:
+    """A registered netmap port: `ring_port` is what the pipeline drives (the user side)."""
+    kind = "netmap"
+
+    def __init__(self, uri):
+        try:
+            self.name = parse(uri)
+        except NameError_ as e:
+            raise NetmapError(str(e)) from None
+        self.uri = uri
+        self.fd = open_device()
+        try:
+            reg = ffi.new("struct nmreq_register *")
+            reg.nr_mode, reg.nr_ringid, reg.nr_flags = self.name.mode, self.name.ringid, self.name.flags
+            reg.nr_mem_id = self.name.mem_id or self._shared_mem_id()
+            for k, v in self.name.conf().items():
+                setattr(reg, k, v)
+            _request(self.fd, lib.NETMAP_REQ_REGISTER, self.name.kernel_name, reg)
+            self.info = {"mem_id": reg.nr_mem_id, "memsize": reg.nr_memsize, "tx_rings": reg.nr_tx_rings,
+                         "rx_rings": reg.nr_rx_rings, "tx_slots": reg.nr_tx_slots, "rx_slots": reg.nr_rx_slots}
+            self.map = _Mapping.get(self.fd, reg.nr_memsize, reg.nr_mem_id)
+            self.ring_port = RingPort(self.name.kernel_name, None)
+            err = ffi.new("char[256]")
+            if lib.vp_port_bind(self.ring_port.c, self.map.base, self.map.size, reg.nr_offset, ROLE_USER,
+                                reg.nr_mem_id, err, 256):
+                raise NetmapError(f"{uri}: {ffi.string(err).decode()}")
+            self.ring_port.c.fd = self.fd
+        except Exception:
+            self.close()
+            raise
+
+    def fds(self):
+        return [self.fd] if self.fd >= 0 else []
+
+    def stats(self):
+        return dict(self.info, kernel_name=self.name.kernel_name)
+
+    def _shared_mem_id(self):
+        """@share=PORT: the memory region of another port (PORT_INFO_GET on its name)."""
+        share = self.name.options.get("share", {}).get("port")
+        if not share:
+            return 0
+        info = ffi.new("struct nmreq_port_info_get *")
+        _request(self.fd, lib.NETMAP_REQ_PORT_INFO_GET, parse(share).kernel_name, info)
+        return info.nr_mem_id
+
+    def close(self):
+        if getattr(self, "map", None):
+            self.ring_port.c.fd = -1
+            self.map.put()
+            self.map = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def vale_list():
+    """(switch index, port index, name) of every VALE port (vale-ctl -l)."""
+    fd = open_device()
+    out = []
+    try:
+        body = ffi.new("struct nmreq_vale_list *")
+        while True:
+            hdr = ffi.new("struct nmreq_header *")
+            hdr.nr_version, hdr.nr_reqtype = lib.NETMAP_API, lib.NETMAP_REQ_VALE_LIST
+            hdr.nr_body = int(ffi.cast("uintptr_t", body))
+            e = lib.vp_netmap_ctrl(fd, hdr)
+            if e == errno.ENOENT:
+                return out
+            if e:
+                raise NetmapError(f"VALE list: {REASONS.get(e, os.strerror(e))}")
+            out.append((body.nr_bridge_idx, body.nr_port_idx, ffi.string(hdr.nr_name).decode()))
+            body.nr_port_idx += 1
+    finally:
+        os.close(fd)
