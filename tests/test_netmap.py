@@ -104,14 +104,18 @@ def test_without_netmap_the_port_says_why(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/netmap"), reason="no /dev/netmap: the netmap module is not loaded")
-def test_pipeline_between_two_vale_switches(tmp_path):
+@pytest.mark.parametrize("share", [False, True], ids=["copy", "zero-copy"])
+def test_pipeline_between_two_vale_switches(tmp_path, share):
     """A sender on VALE switch vp0, the pipeline joining vp0 and vp1, a receiver on vp1:
-    every frame arrives, through real netmap rings and sync ioctls."""
+    every frame arrives, through real netmap rings and sync ioctls. With @share= both of the
+    pipeline's ports live in one memory region and it swaps buffers instead of copying."""
     from bindings.netmap.port import NetmapPort
+    from pipeline import control
     cfg = tmp_path / "p.toml"
+    second = "valevp1:sw@share=valevp0:sw" if share else "valevp1:sw"
     cfg.write_text(f'[pipeline]\nname = "nmv"\nrun_dir = "{tmp_path}/run"\n[[port]]\nuri = "valevp0:sw"\n'
-                   f'[[port]]\nuri = "valevp1:sw"\n[slowpath]\nflows = ["in_port=1,actions=output:2"]\n')
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(cfg), "-q", "--duration", "20"],
+                   f'[[port]]\nuri = "{second}"\n[slowpath]\nflows = ["in_port=1,actions=output:2"]\n')
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(cfg), "-q", "--duration", "60"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_for(lambda: os.path.exists(tmp_path / "run" / "worker.ctl"), timeout=30)
@@ -125,6 +129,11 @@ def test_pipeline_between_two_vale_switches(tmp_path):
                 wait_for(lambda: (lib.vp_netmap_sync(rx.fd, 0), got.extend(rx.ring_port.recv()))[0] or len(got) >= i + 10,
                          timeout=10)
             assert got == frames
+            st = control.request(str(tmp_path / "run" / "worker.ctl"), "stats")
+            ports = control.request(str(tmp_path / "run" / "worker.ctl"), "ports")
+            assert (ports[0]["io"]["mem_id"] == ports[1]["io"]["mem_id"]) == share
+            # the first frame went through the slow path; the fast path moved the rest
+            assert (st["tx_swapped"] >= 90) if share else (st["tx_copied"] >= 90 and st["tx_swapped"] == 0), st
         finally:
             tx.close()
             rx.close()

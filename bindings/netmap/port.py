@@ -111,6 +111,10 @@ class NetmapPort:
     def stats(self):
         return dict(self.info, kernel_name=self.name.kernel_name)
 
+    def new_error(self):
+        """The kernel repairs and reports ring errors itself; nothing to log here yet."""
+        return None
+
     def _shared_mem_id(self):
         """@share=PORT: the memory region of another port (PORT_INFO_GET on its name)."""
         share = self.name.options.get("share", {}).get("port")

@@ -81,6 +81,7 @@ uint32_t vp_inject(struct vp_dp *dp, uint32_t port, const uint8_t *blob, const u
         vp_pcap_flush(dp->ports[port]->mirror);
     }
     if (dp->ports[port]->io) vp_io_txsync(dp->ports[port]->io);
+    if (dp->ports[port]->fd >= 0) vp_netmap_sync(dp->ports[port]->fd, 1);
     dp->st.drops[VP_DROP_TX_FULL] += r->st.full - full0;
     return sent;
 }
