@@ -140,3 +140,24 @@ def test_pipeline_between_two_vale_switches(tmp_path, share):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/netmap"), reason="no /dev/netmap: the netmap module is not loaded")
+def test_vale_control_requests():
+    """vale-ctl's requests: a persistent port is created, attached, listed, detached and
+    removed; the kernel's refusals come back as messages."""
+    from bindings.netmap.port import NetmapError, vale_attach, vale_delif, vale_detach, vale_list, vale_newif
+    vale_newif("vpper0")
+    try:
+        with pytest.raises(NetmapError, match="vpper0"):
+            vale_newif("vpper0")                        # exists already
+        idx = vale_attach("valevpc:vpper0")
+        assert (idx, "valevpc:vpper0") in [(p, n) for _, p, n in vale_list()]
+        assert vale_detach("valevpc:vpper0") == idx
+        assert "valevpc:vpper0" not in [n for _, _, n in vale_list()]
+    finally:
+        vale_delif("vpper0")
+    with pytest.raises(NetmapError):
+        vale_delif("vpper0")
+    with pytest.raises(NetmapError, match="must not start with 'vale'"):
+        vale_newif("valebad")

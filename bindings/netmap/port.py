@@ -134,6 +134,44 @@ class NetmapPort:
             self.fd = -1
 
 
+def _control(reqtype, name, body=None):
+    fd = open_device()
+    try:
+        return _request(fd, reqtype, name, body)
+    finally:
+        os.close(fd)
+
+
+def vale_newif(name, slots=0, rings=0):
+    """A persistent VALE port (an OS interface too), like `vale-ctl -n NAME`."""
+    if name.startswith("vale"):
+        raise NetmapError(f"{name}: a persistent port's name must not start with 'vale'")
+    body = ffi.new("struct nmreq_vale_newif *", dict(nr_tx_slots=slots, nr_rx_slots=slots,
+                                                        nr_tx_rings=rings, nr_rx_rings=rings))
+    _control(lib.NETMAP_REQ_VALE_NEWIF, name, body)
+
+
+def vale_delif(name):
+    """Remove a persistent VALE port (`vale-ctl -r NAME`)."""
+    _control(lib.NETMAP_REQ_VALE_DELIF, name)
+
+
+def vale_attach(switch_port, host=False):
+    """Attach an interface or persistent port to a switch, `valeX:IF` (`vale-ctl -a`, or
+    `-h` with host=True: its host stack too); returns its port index."""
+    body = ffi.new("struct nmreq_vale_attach *")
+    body.reg.nr_mode = lib.NR_REG_NIC_SW if host else lib.NR_REG_ALL_NIC
+    _control(lib.NETMAP_REQ_VALE_ATTACH, switch_port, body)
+    return body.port_index
+
+
+def vale_detach(switch_port):
+    """Detach `valeX:IF` from its switch (`vale-ctl -d`); returns the index it had."""
+    body = ffi.new("struct nmreq_vale_detach *")
+    _control(lib.NETMAP_REQ_VALE_DETACH, switch_port, body)
+    return body.port_index
+
+
 def vale_list():
     """(switch index, port index, name) of every VALE port (vale-ctl -l)."""
     fd = open_device()
