@@ -57,11 +57,12 @@ def test_extract_under_libfuzzer(seed_dir, tmp_path):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_parsers_under_atheris(seed_dir, tmp_path, target):
+def test_parsers_under_atheris(seed_dir, tmp_path, target, uniq):
     pytest.importorskip("atheris")
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     r = subprocess.run([sys.executable, os.path.join(FUZZ, "fuzz_parsers.py"), target, f"-max_total_time={SECONDS}",
                         f"-artifact_prefix={tmp_path}/", str(corpus), os.path.join(seed_dir, target)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=SECONDS + 120)
+                       cwd=ROOT, capture_output=True, text=True, timeout=SECONDS + 120,
+                       env=dict(os.environ, VP_FUZZ_TAG=uniq))       # its regions: removed by `uniq`
     assert r.returncode == 0, r.stderr[-3000:]

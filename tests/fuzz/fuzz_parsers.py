@@ -94,7 +94,9 @@ def _make_worker():
     from pipeline.datapath import Datapath
     from pipeline.ports import close_ports, open_ports
     from pipeline.upcall import Upcalls
-    ports = open_ports([{"uri": f"shm:fz{os.getpid()}a", "ofport": 1}, {"uri": f"shm:fz{os.getpid()}b", "ofport": 2}])
+    # libFuzzer ends the process without atexit: whoever runs this removes /dev/shm/valepipe.TAG*
+    tag = os.environ.get("VP_FUZZ_TAG", f"fz{os.getpid()}")
+    ports = open_ports([{"uri": f"shm:{tag}a", "ofport": 1}, {"uri": f"shm:{tag}b", "ofport": 2}])
     import atexit
     atexit.register(close_ports, ports)
     dp = Datapath(ports, flow_limit=1024, batch=64)
