@@ -217,4 +217,9 @@ def down(path):
         raise TopoError(f"{path} is not up (no state file {sp})") from None
     errors = _remove(made)
     os.unlink(sp)
+    for d in (STATE_DIR, os.path.dirname(STATE_DIR)):   # ours too, once nothing else is in them
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
     return made, errors
