@@ -33,7 +33,9 @@ int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, char *
     struct vp_packet *pk = io->priv;
     struct tpacket_req3 req = {0};
     struct sockaddr_ll sll = {0};
-    int fd, one = 1, v = TPACKET_V3;
+    int fd, e, one = 1, v = TPACKET_V3;
+    const char *what;
+    char group[48];
     if (!pk) {
         pk = io->priv = calloc(1, sizeof(*pk));
         if (!pk) { snprintf(err, errlen, "out of memory"); return -ENOMEM; }
@@ -52,10 +54,8 @@ int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, char *
     req.tp_retire_blk_tov = 1;     /* ms: a partly filled block reaches us this soon */
     if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof(v)) < 0 ||
         setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)) < 0) {
-        int e = errno;
-        snprintf(err, errlen, "TPACKET_V3 rx ring: %s", strerror(e));
-        close(fd);
-        return -e;
+        what = "TPACKET_V3 rx ring";
+        goto fail;
     }
     /* our own transmissions must not come back as receptions; skipping the qdisc is
      * what a switch port wants (the pipeline does its own queueing) */
@@ -65,36 +65,34 @@ int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, char *
     if (pk->q[q].map == MAP_FAILED)
         pk->q[q].map = mmap(NULL, (size_t)BLOCK_SIZE * NBLOCKS, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (pk->q[q].map == MAP_FAILED) {
-        int e = errno;
         pk->q[q].map = NULL;
-        snprintf(err, errlen, "mmap of the rx ring: %s", strerror(e));
-        close(fd);
-        return -e;
+        what = "mmap of the rx ring";
+        goto fail;
     }
     sll.sll_family = AF_PACKET;
     sll.sll_protocol = htons(ETH_P_ALL);
     sll.sll_ifindex = ifindex;
     if (bind(fd, (struct sockaddr *)&sll, sizeof(sll)) < 0) {
-        int e = errno;
-        snprintf(err, errlen, "bind to interface %d: %s", ifindex, strerror(e));
-        munmap(pk->q[q].map, (size_t)BLOCK_SIZE * NBLOCKS);
-        pk->q[q].map = NULL;
-        close(fd);
-        return -e;
+        what = "bind";
+        goto fail;
     }
     if (fanout >= 0) {
         int arg = (fanout & 0xffff) | (PACKET_FANOUT_HASH << 16);
         if (setsockopt(fd, SOL_PACKET, PACKET_FANOUT, &arg, sizeof(arg)) < 0) {
-            int e = errno;
-            snprintf(err, errlen, "PACKET_FANOUT group %d: %s", fanout, strerror(e));
-            munmap(pk->q[q].map, (size_t)BLOCK_SIZE * NBLOCKS);
-            pk->q[q].map = NULL;
-            close(fd);
-            return -e;
+            snprintf(group, sizeof(group), "PACKET_FANOUT group %d", fanout);
+            what = group;
+            goto fail;
         }
     }
     io->fd[q] = fd;
     return fd;
+fail:
+    e = errno;
+    snprintf(err, errlen, "%s on interface %d: %s", what, ifindex, strerror(e));
+    if (pk->q[q].map) munmap(pk->q[q].map, (size_t)BLOCK_SIZE * NBLOCKS);
+    pk->q[q].map = NULL;
+    close(fd);
+    return -e;
 }
 
 /* The stack hands a veth's peer frames whose L4 checksum is left to "hardware"

@@ -14,6 +14,14 @@ static inline struct vp_ring *in_ring(struct vp_port *p, uint32_t i) {
     return p->tx[0].role == VP_ROLE_KERNEL ? &p->tx[i] : &p->rx[i];
 }
 
+/* After frames were put in a port's out ring: hand them on (netmap's txsync, for an
+ * emulated adapter or a real netmap port) and write out its mirror. */
+static void tx_sync(struct vp_port *p) {
+    if (p->io) vp_io_txsync(p->io);
+    if (p->fd >= 0) vp_netmap_sync(p->fd, 1);
+    if (p->mirror) vp_pcap_flush(p->mirror);
+}
+
 uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
     VP_TIME_BEGIN(dp);
     uint32_t sent = 0;
@@ -56,9 +64,7 @@ uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
             dp->st.drops[VP_DROP_TX_FULL] += q->n - i;
         }
         vp_ring_publish(r);
-        if (dp->ports[port]->io) vp_io_txsync(dp->ports[port]->io);     /* netmap's txsync */
-        if (dp->ports[port]->fd >= 0) vp_netmap_sync(dp->ports[port]->fd, 1);
-        if (dp->ports[port]->mirror) vp_pcap_flush(dp->ports[port]->mirror);
+        tx_sync(dp->ports[port]);
         q->n = 0;
     }
     VP_TIME_END(dp, VP_ST_TRANSMIT, sent);
@@ -78,10 +84,8 @@ uint32_t vp_inject(struct vp_dp *dp, uint32_t port, const uint8_t *blob, const u
         size_t off = 0;
         for (uint32_t i = 0, m = 0; i < n && m < sent; off += lens[i], i++)
             if (lens[i] && lens[i] <= r->buf_size) { vp_pcap_mirror(dp->ports[port]->mirror, (const char *)blob + off, lens[i]); m++; }
-        vp_pcap_flush(dp->ports[port]->mirror);
     }
-    if (dp->ports[port]->io) vp_io_txsync(dp->ports[port]->io);
-    if (dp->ports[port]->fd >= 0) vp_netmap_sync(dp->ports[port]->fd, 1);
+    tx_sync(dp->ports[port]);
     dp->st.drops[VP_DROP_TX_FULL] += r->st.full - full0;
     return sent;
 }
