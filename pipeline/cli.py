@@ -80,18 +80,15 @@ def _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts):
     """One worker's life (in the supervisor's child); returns the exit code."""
     from pipeline.ports import PortError
     from pipeline.worker import Worker
-    if cpu is not None:
-        try:
-            os.sched_setaffinity(0, {cpu})
-        except OSError as e:
-            typer.echo(f"valepipe: cannot pin to CPU {cpu}: {e.strerror}", err=True)
-            return 2
     try:
-        # a restarted worker keeps the slow path's rules of this run
-        w = Worker(cfg, keep_rules=restarts > 0)
-    except (PortError, RuntimeError, OSError) as e:
-        typer.echo(f"valepipe: {e}", err=True)
-        return 2
+        _pin(cpu)
+        try:
+            # a restarted worker keeps the slow path's rules of this run
+            w = Worker(cfg, keep_rules=restarts > 0)
+        except (PortError, RuntimeError, OSError) as e:
+            _fail(str(e))
+    except typer.Exit as e:          # the child's exit code, for the supervisor
+        return e.exit_code
     w.restarts = restarts
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())
