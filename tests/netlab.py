@@ -1,6 +1,5 @@
 """Test labs: namespaces and links made with `valepipe topo` (so only what a test created
 is removed), and what tests do inside them: ping, a checksummed TCP transfer, counters."""
-import hashlib
 import os
 import subprocess
 import sys
@@ -28,6 +27,12 @@ else:
 '''
 
 
+def two_ports(name, p1, p2, flows=("actions=NORMAL",), run_dir="@RUN@"):
+    """A pipeline config joining two ports (run_dir @RUN@ is pipeline_factory's)."""
+    return (f'[pipeline]\nname = "{name}"\nrun_dir = "{run_dir}"\n[[port]]\nuri = "{p1}"\n[[port]]\nuri = "{p2}"\n'
+            "[slowpath]\nflows = [" + ", ".join(f'"{f}"' for f in flows) + "]\n")
+
+
 class Lab:
     """A topology file brought up under unique names: `lab.ns("A")`, `lab.ifc("a0")`."""
 
@@ -40,6 +45,10 @@ class Lab:
 
     def name(self, n):
         return n + self.tag
+
+    def uri(self, kind, ifname, ns, opts=""):
+        """A port on this lab's interface `ifname`, opened inside namespace `ns`."""
+        return f"{kind}:{self.name(ifname)}@{opts + ',' if opts else ''}netns={self.name(ns)}"
 
     def down(self):
         topo.down(self.path)
@@ -79,72 +88,27 @@ class Lab:
         return bool(xdp and xdp.get_attr("IFLA_XDP_ATTACHED"))
 
 
-# Two hosts (A, B) and a switch namespace S: A's a0 <-> a1 in S, B's b0 <-> b1 in S.
+def _netns(*names):
+    return "".join(f'[[netns]]\nname = "{n}@"\n' for n in names)
+
+
+def _host_veth(host, end, address):
+    """Host namespace `host` on veth END0 (with `address`), its other end END1 in vS."""
+    return (f'[[veth]]\nname = "{end}0@"\nnetns = "{host}@"\naddress = ["{address}"]\nipv6 = false\n'
+            f'peer = "{end}1@"\npeer_netns = "vS@"\npeer_ipv6 = false\n')
+
+
+def _host_tap(host, name, address):
+    """Host namespace `host` whose only link is TAP `name` (the pipeline holds its file side)."""
+    return f'[[tap]]\nname = "{name}@"\nnetns = "{host}@"\naddress = ["{address}"]\nipv6 = false\n'
+
+
 # No interface speaks IPv6 (no router solicitations or DAD frames sent before the pipeline
 # listens), so every frame the hosts send is one the test caused and counters compare
 # exactly; peers have tx offloads off (topo's default), as a wire would deliver.
-VETH_LAB = """
-[[netns]]
-name = "vA@"
-[[netns]]
-name = "vB@"
-[[netns]]
-name = "vS@"
-[[veth]]
-name = "a0@"
-netns = "vA@"
-address = ["10.61.0.1/24"]
-ipv6 = false
-peer = "a1@"
-peer_netns = "vS@"
-peer_ipv6 = false
-[[veth]]
-name = "b0@"
-netns = "vB@"
-address = ["10.61.0.2/24"]
-ipv6 = false
-peer = "b1@"
-peer_netns = "vS@"
-peer_ipv6 = false
-"""
-
-# Two hosts whose only link is a TAP device each: the pipeline holds the TAPs' file side
-TAP_LAB = """
-[[netns]]
-name = "vA@"
-[[netns]]
-name = "vB@"
-[[tap]]
-name = "ta@"
-netns = "vA@"
-address = ["10.62.0.1/24"]
-ipv6 = false
-[[tap]]
-name = "tb@"
-netns = "vB@"
-address = ["10.62.0.2/24"]
-ipv6 = false
-"""
-
+# Two hosts (A, B) and a switch namespace S: A's a0 <-> a1 in S, B's b0 <-> b1 in S.
+VETH_LAB = _netns("vA", "vB", "vS") + _host_veth("vA", "a", "10.61.0.1/24") + _host_veth("vB", "b", "10.61.0.2/24")
+# Two hosts whose only link is a TAP device each
+TAP_LAB = _netns("vA", "vB") + _host_tap("vA", "ta", "10.62.0.1/24") + _host_tap("vB", "tb", "10.62.0.2/24")
 # Host A behind a veth (its switch end a1 in S), host B on a TAP: kinds mixed in one pipeline
-MIXED_LAB = """
-[[netns]]
-name = "vA@"
-[[netns]]
-name = "vB@"
-[[netns]]
-name = "vS@"
-[[veth]]
-name = "a0@"
-netns = "vA@"
-address = ["10.63.0.1/24"]
-ipv6 = false
-peer = "a1@"
-peer_netns = "vS@"
-peer_ipv6 = false
-[[tap]]
-name = "tb@"
-netns = "vB@"
-address = ["10.63.0.2/24"]
-ipv6 = false
-"""
+MIXED_LAB = _netns("vA", "vB", "vS") + _host_veth("vA", "a", "10.63.0.1/24") + _host_tap("vB", "tb", "10.63.0.2/24")

@@ -5,28 +5,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from pyroute2 import netns as nsmod
 
 from tests.conftest import ROOT, wait_for
-from tests.netlab import VETH_LAB, Lab
+from tests.netlab import VETH_LAB, Lab, two_ports
 from tools import topo
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and veth need root")
 
-CFG = """
-[pipeline]
-name = "er{tag}"
-run_dir = "{dir}/run"
-[[port]]
-uri = "{p1}"
-[[port]]
-uri = "{p2}"
-[slowpath]
-flows = ["actions=NORMAL"]
-"""
 
 
 @pytest.fixture
@@ -38,7 +26,7 @@ def lab(tmp_path):
 
 def _cli_run(tmp_path, p1, p2, prefix=(), duration="2"):
     cfg = tmp_path / "p.toml"
-    cfg.write_text(CFG.format(tag=os.getpid() % 10000, dir=tmp_path, p1=p1, p2=p2))
+    cfg.write_text(two_ports(f"er{os.getpid() % 10000}", p1, p2, run_dir=f"{tmp_path}/run"))
     return subprocess.run([*prefix, sys.executable, "-m", "pipeline.cli", "run", str(cfg), "-q",
                            "--duration", duration], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
@@ -46,7 +34,7 @@ def _cli_run(tmp_path, p1, p2, prefix=(), duration="2"):
 @pytest.mark.parametrize("kind,message", [("packet", "no interface"), ("afxdp", "no interface"),
                                           ("tap", "no network namespace")])
 def test_missing_interface_is_a_clear_error(lab, tmp_path, kind, message):
-    good = f"packet:{lab.name('b1')}@netns={lab.name('vS')}"
+    good = lab.uri("packet", "b1", "vS")
     bad = {"packet": f"packet:nosuch0@netns={lab.name('vS')}", "afxdp": f"afxdp:nosuch0@netns={lab.name('vS')}",
            "tap": "tap:tx0@netns=nosuch-ns"}[kind]
     r = _cli_run(tmp_path, good, bad)
@@ -68,8 +56,8 @@ def test_no_privileges_is_a_clear_error(lab, tmp_path, kind):
 
 @pytest.mark.parametrize("kind", ["packet", "afxdp"])
 def test_link_down_while_running(lab, pipeline_factory, kind):
-    p = pipeline_factory(CFG.format(tag=kind[:2], dir="@RUN@/..", p1=f"{kind}:{lab.name('a1')}@netns={lab.name('vS')}",
-                                    p2=f"{kind}:{lab.name('b1')}@netns={lab.name('vS')}").replace('"@RUN@/../run"', '"@RUN@"'))
+    p = pipeline_factory(two_ports("er" + kind[:2], lab.uri(kind, "a1", "vS"),
+                                   lab.uri(kind, "b1", "vS")))
     assert lab.ping("vA", "10.61.0.2")[0]
     subprocess.run(["ip", "-n", lab.name("vS"), "link", "set", lab.name("b1"), "down"], check=True)
     ok, _ = lab.ping("vA", "10.61.0.2", count=2)
@@ -88,8 +76,8 @@ def test_link_down_while_running(lab, pipeline_factory, kind):
 
 
 def test_killed_worker_leaves_no_xdp_program(lab, pipeline_factory):
-    p = pipeline_factory(CFG.format(tag="kx", dir="x", p1=f"afxdp:{lab.name('a1')}@netns={lab.name('vS')}",
-                                    p2=f"afxdp:{lab.name('b1')}@netns={lab.name('vS')}").replace('"x/run"', '"@RUN@"'))
+    p = pipeline_factory(two_ports("erkx", lab.uri("afxdp", "a1", "vS"),
+                                   lab.uri("afxdp", "b1", "vS")))
     assert lab.xdp_attached("vS", "a1") and lab.xdp_attached("vS", "b1")
     slow = p.stats()["upcall"]["slowpath_pid"]
     os.killpg(p.proc.pid, signal.SIGKILL)                  # supervisor and worker at once: a crash
@@ -100,8 +88,8 @@ def test_killed_worker_leaves_no_xdp_program(lab, pipeline_factory):
     # the bpf_link died with the process: the interfaces are as before
     assert wait_for(lambda: not lab.xdp_attached("vS", "a1") and not lab.xdp_attached("vS", "b1"), timeout=5)
     # and the interfaces can be taken again at once
-    q = pipeline_factory(CFG.format(tag="ky", dir="x", p1=f"afxdp:{lab.name('a1')}@netns={lab.name('vS')}",
-                                    p2=f"afxdp:{lab.name('b1')}@netns={lab.name('vS')}").replace('"x/run"', '"@RUN@"'))
+    q = pipeline_factory(two_ports("erky", lab.uri("afxdp", "a1", "vS"),
+                                   lab.uri("afxdp", "b1", "vS")))
     assert lab.ping("vA", "10.61.0.2")[0]
     q.stop()
 
@@ -131,9 +119,9 @@ def test_topo_failure_rolls_back_and_down_removes_only_its_own(tmp_path):
 def test_interface_with_an_xdp_program_is_refused(lab, pipeline_factory, tmp_path):
     """Another switch's XDP program on the interface: a clear refusal, and the other
     switch keeps its program and keeps forwarding."""
-    p = pipeline_factory(CFG.format(tag="x1", dir="x", p1=f"afxdp:{lab.name('a1')}@netns={lab.name('vS')}",
-                                    p2=f"afxdp:{lab.name('b1')}@netns={lab.name('vS')}").replace('"x/run"', '"@RUN@"'))
-    r = _cli_run(tmp_path, f"afxdp:{lab.name('a1')}@netns={lab.name('vS')}", f"packet:{lab.name('b1')}@netns={lab.name('vS')}")
+    p = pipeline_factory(two_ports("erx1", lab.uri("afxdp", "a1", "vS"),
+                                   lab.uri("afxdp", "b1", "vS")))
+    r = _cli_run(tmp_path, lab.uri("afxdp", "a1", "vS"), lab.uri("packet", "b1", "vS"))
     assert r.returncode == 2 and "already has an XDP program attached" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert lab.xdp_attached("vS", "a1") and lab.ping("vA", "10.61.0.2")[0]

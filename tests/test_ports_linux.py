@@ -8,22 +8,11 @@ import pytest
 
 from bindings.adapter import in_netns
 from tests.conftest import wait_for
-from tests.netlab import MIXED_LAB, TAP_LAB, VETH_LAB, Lab
+from tests.netlab import MIXED_LAB, TAP_LAB, VETH_LAB, Lab, two_ports
 from ring.region import ROLE_USER, Region
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, veth and TAP need root")
 
-NORMAL = """
-[pipeline]
-name = "{name}"
-run_dir = "@RUN@"
-[[port]]
-uri = "{p1}"
-[[port]]
-uri = "{p2}"
-[slowpath]
-flows = ["actions=NORMAL"]
-"""
 
 
 @pytest.fixture
@@ -66,8 +55,8 @@ def _check_pair(lab, pipe, a, b, addr_a, addr_b, kernel_ends):
 
 def test_packet_ports_join_two_namespaces(lab, pipeline_factory):
     L = lab(VETH_LAB)
-    p = pipeline_factory(NORMAL.format(name="pk" + L.tag, p1=f"packet:{L.name('a1')}@netns={L.name('vS')}",
-                                       p2=f"packet:{L.name('b1')}@netns={L.name('vS')}"))
+    p = pipeline_factory(two_ports("pk" + L.tag, L.uri("packet", "a1", "vS"),
+                                   L.uri("packet", "b1", "vS")))
     # the hosts see the pipeline's counters on their own interfaces (a0 <-> a1, b0 <-> b1):
     # compare the pipeline's port counters with the far ends a0 and b0
     _check_pair(L, p, "vA", "vB", "10.61.0.1", "10.61.0.2", [("vA", "a0"), ("vB", "b0")])
@@ -75,8 +64,8 @@ def test_packet_ports_join_two_namespaces(lab, pipeline_factory):
 
 def test_afxdp_ports_join_two_namespaces(lab, pipeline_factory):
     L = lab(VETH_LAB)
-    p = pipeline_factory(NORMAL.format(name="xd" + L.tag, p1=f"afxdp:{L.name('a1')}@netns={L.name('vS')}",
-                                       p2=f"afxdp:{L.name('b1')}@netns={L.name('vS')}"))
+    p = pipeline_factory(two_ports("xd" + L.tag, L.uri("afxdp", "a1", "vS"),
+                                   L.uri("afxdp", "b1", "vS")))
     st = _check_pair(L, p, "vA", "vB", "10.61.0.1", "10.61.0.2", [("vA", "a0"), ("vB", "b0")])
     assert _io(st, 0)["xdp_mode"] in ("native", "generic") and _io(st, 0)["xdp_prog_id"] > 0
     assert L.xdp_attached("vS", "a1")
@@ -87,24 +76,23 @@ def test_afxdp_ports_join_two_namespaces(lab, pipeline_factory):
 
 def test_tap_ports_join_two_namespaces(lab, pipeline_factory):
     L = lab(TAP_LAB)
-    p = pipeline_factory(NORMAL.format(name="tp" + L.tag, p1=f"tap:{L.name('ta')}@netns={L.name('vA')}",
-                                       p2=f"tap:{L.name('tb')}@netns={L.name('vB')}"))
+    p = pipeline_factory(two_ports("tp" + L.tag, L.uri("tap", "ta", "vA"),
+                                   L.uri("tap", "tb", "vB")))
     _check_pair(L, p, "vA", "vB", "10.62.0.1", "10.62.0.2", [("vA", "ta"), ("vB", "tb")])
 
 
 def test_afxdp_to_tap(lab, pipeline_factory):
     L = lab(MIXED_LAB)
-    p = pipeline_factory(NORMAL.format(name="mx" + L.tag, p1=f"afxdp:{L.name('a1')}@netns={L.name('vS')}",
-                                       p2=f"tap:{L.name('tb')}@netns={L.name('vB')}"))
+    p = pipeline_factory(two_ports("mx" + L.tag, L.uri("afxdp", "a1", "vS"),
+                                   L.uri("tap", "tb", "vB")))
     _check_pair(L, p, "vA", "vB", "10.63.0.1", "10.63.0.2", [("vA", "a0"), ("vB", "tb")])
 
 
 def test_packet_to_shm(lab, pipeline_factory, uniq):
     """Frames from a shm: peer leave through packet: onto a veth, and back, unchanged."""
     L = lab(VETH_LAB)
-    p = pipeline_factory(NORMAL.format(name="ps" + L.tag, p1=f"packet:{L.name('a1')}@netns={L.name('vS')}",
-                                       p2=f"shm:{uniq}p").replace('"actions=NORMAL"',
-                                                                  '"in_port=1,actions=output:2", "in_port=2,actions=output:1"'))
+    pipeline_factory(two_ports("ps" + L.tag, L.uri("packet", "a1", "vS"), f"shm:{uniq}p",
+                               ["in_port=1,actions=output:2", "in_port=2,actions=output:1"]))
     with in_netns(L.name("vA")):
         raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
     raw.bind((L.name("a0"), 0))
@@ -146,8 +134,8 @@ def test_guest_tap_through_packet_port(lab, pipeline_factory, uniq):
         # the guest's TAP is taken: tap: says what to use instead
         with pytest.raises(PortError, match=f"packet:{tap}"):
             open_ports([{"uri": f"tap:{tap}@netns={ns}", "ofport": 1}])
-        p = pipeline_factory(NORMAL.format(name="gt" + L.tag, p1=f"packet:{tap}@netns={ns}", p2=f"shm:{uniq}g")
-                             .replace('"actions=NORMAL"', '"in_port=1,actions=output:2", "in_port=2,actions=output:1"'))
+        p = pipeline_factory(two_ports("gt" + L.tag, f"packet:{tap}@netns={ns}", f"shm:{uniq}g",
+                                       ["in_port=1,actions=output:2", "in_port=2,actions=output:1"]))
         region = Region.attach(f"{uniq}g")
         try:
             peer = region.port(f"{uniq}g", ROLE_USER)
@@ -182,14 +170,14 @@ def test_two_queues(lab, pipeline_factory, kind):
     """queues=2: two sockets per port (a fanout group, or an AF_XDP socket per queue),
     each an rx ring of the port; traffic on both arrives intact."""
     L = lab(MQ_LAB)
-    p = pipeline_factory(NORMAL.format(name="mq" + L.tag, p1=f"{kind}:{L.name('a1')}@queues=2,netns={L.name('vS')}",
-                                       p2=f"{kind}:{L.name('b1')}@queues=2,netns={L.name('vS')}"))
+    p = pipeline_factory(two_ports("mq" + L.tag, L.uri(kind, "a1", "vS", "queues=2"),
+                                   L.uri(kind, "b1", "vS", "queues=2")))
     st = _check_pair(L, p, "vA", "vB", "10.61.0.1", "10.61.0.2", [("vA", "a0"), ("vB", "b0")])
     assert _io(st, 0)["queues"] == 2
 
 
 def test_tap_two_queues(lab, pipeline_factory):
     L = lab(TAP_LAB.replace('ipv6 = false\n', 'ipv6 = false\nqueues = 2\n'))
-    p = pipeline_factory(NORMAL.format(name="tq" + L.tag, p1=f"tap:{L.name('ta')}@queues=2,netns={L.name('vA')}",
-                                       p2=f"tap:{L.name('tb')}@queues=2,netns={L.name('vB')}"))
+    p = pipeline_factory(two_ports("tq" + L.tag, L.uri("tap", "ta", "vA", "queues=2"),
+                                   L.uri("tap", "tb", "vB", "queues=2")))
     _check_pair(L, p, "vA", "vB", "10.62.0.1", "10.62.0.2", [("vA", "ta"), ("vB", "tb")])

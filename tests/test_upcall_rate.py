@@ -1,7 +1,6 @@
 """A port flooding new flows is held to its upcall rate, so another port's new flows
 still reach the slow path; memory stays bounded under the flood. Counters say who was
 refused."""
-import os
 import threading
 import time
 
