@@ -38,7 +38,7 @@ def parse_uri(uri, kind, options):
             if eq and v not in ("yes", "no", "true", "false", "1", "0"):
                 raise AdapterError(f"{uri!r}: {k} is a flag (yes/no), not {v!r}")
             out[k] = not eq or v in ("yes", "true", "1")
-        elif isinstance(options[k], int) and options[k] is not None:
+        elif isinstance(options[k], int):
             try:
                 out[k] = int(v)
             except ValueError:
@@ -109,6 +109,15 @@ class Adapter:
         self.user.c.io = self.io
         self.info = {}
         self._errors_seen = 0
+
+    @contextlib.contextmanager
+    def opening(self):
+        """Where a kind opens its fds: if that fails, the port is closed again at once."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
 
     def fds(self):
         """What the worker may poll() on when idle."""

@@ -28,14 +28,10 @@ class AfxdpAdapter(Adapter):
         super().__init__(uri, name, queues=opt["queues"], slots=slots)
         info = ffi.new("struct vp_afxdp_info *")
         err = ffi.new("char[320]")
-        try:
-            with in_netns(opt["netns"]):
-                if lib.vp_afxdp_open(self.io, name.encode(), int(queue or 0), opt["queues"], MODES[opt["mode"]],
-                                     ZEROCOPY[opt["zerocopy"]], info, err, 320) < 0:
-                    raise AdapterError(f"{uri}: {ffi.string(err).decode()}")
-        except Exception:
-            self.close()
-            raise
+        with self.opening(), in_netns(opt["netns"]):
+            if lib.vp_afxdp_open(self.io, name.encode(), int(queue or 0), opt["queues"], MODES[opt["mode"]],
+                                 ZEROCOPY[opt["zerocopy"]], info, err, 320) < 0:
+                raise AdapterError(f"{uri}: {ffi.string(err).decode()}")
         self.info = {"interface": name, "ifindex": info.ifindex, "first_queue": int(queue or 0),
                      "queues": opt["queues"], "xdp_mode": "native" if info.mode == lib.VP_XDP_NATIVE else "generic",
                      "zerocopy": bool(info.zerocopy), "xdp_prog_id": info.prog_id, "netns": opt["netns"]}

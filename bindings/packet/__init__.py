@@ -20,7 +20,7 @@ class PacketAdapter(Adapter):
         name, opt = parse_uri(uri, "packet", OPTIONS)
         check_ifname(uri, name)
         super().__init__(uri, name, queues=opt["queues"], slots=slots)
-        try:
+        with self.opening():
             fanout = opt["fanout"]
             if fanout < 0 and opt["queues"] > 1:
                 fanout = (os.getpid() ^ hash(name)) & 0xFFFF
@@ -35,9 +35,6 @@ class PacketAdapter(Adapter):
                     if lib.vp_packet_open(self.io, q, ifindex, fanout, err, 256) < 0:
                         raise AdapterError(f"{uri}: {ffi.string(err).decode()}")
             lib.vp_packet_init(self.io)
-        except Exception:
-            self.close()
-            raise
         self.info = {"interface": name, "ifindex": ifindex, "queues": opt["queues"],
                      "fanout": fanout if fanout >= 0 else None, "netns": opt["netns"]}
 

@@ -16,7 +16,7 @@ class TapAdapter(Adapter):
         name, opt = parse_uri(uri, "tap", OPTIONS)
         check_ifname(uri, name)
         super().__init__(uri, name, queues=opt["queues"], slots=slots)
-        try:
+        with self.opening():
             err = ffi.new("char[256]")
             with in_netns(opt["netns"]):
                 for q in range(opt["queues"]):
@@ -25,7 +25,4 @@ class TapAdapter(Adapter):
                         raise AdapterError(f"{uri}: {ffi.string(err).decode()}")
                     self.io.fd[q] = fd
             lib.vp_tap_init(self.io)
-        except Exception:
-            self.close()
-            raise
         self.info = {"device": name, "queues": opt["queues"], "netns": opt["netns"]}
