@@ -119,19 +119,22 @@ def _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts):
 
 
 @app.command()
-def gen(port: str = typer.Argument(..., help="shm:NAME port to send on (its pipeline must be running)"),
+def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pipeline must be running), "
+                                       "or netmap:IF / valeX:PORT on a netmap host"),
         size: int = typer.Option(60, help="frame length without FCS (60 = 64-byte frames)"),
         flows: int = typer.Option(1, help="distinct UDP flows, sent round-robin"),
         rate: float = typer.Option(0, help="packets per second (0 = as fast as the ring takes them)"),
         count: int = typer.Option(0, help="stop after this many packets (0 = no limit)"),
         duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
         batch: int = typer.Option(256, help="slots filled per ring publish"),
-        rx: Optional[str] = typer.Option(None, help="also count what arrives on this shm: port, in the same "
+        rx: Optional[str] = typer.Option(None, help="also count what arrives on this port, in the same "
                                           "loop (pkt-gen txrx: one core, no scheduler in between)"),
         idle_stop: float = typer.Option(1.0, help="with --rx: stop once nothing arrived for this long"),
         cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON")):
-    """pkt-gen-style generator on a shm: port: prebuilt UDP/IPv4 frames, C batch loop."""
+    """pkt-gen-style generator: prebuilt UDP/IPv4 frames, C batch loop (one sync ioctl per
+    batch on netmap ports)."""
+    from bindings.netmap.port import NetmapError
     from ring.region import RegionError
     from tools.traffic import Generator, Sink
     _pin(cpu)
@@ -140,7 +143,7 @@ def gen(port: str = typer.Argument(..., help="shm:NAME port to send on (its pipe
     try:
         g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch)
         s = Sink(rx, count=count) if rx else None
-    except (RegionError, ValueError) as e:
+    except (RegionError, NetmapError, ValueError) as e:
         _fail(str(e))
     try:
         res = g.run(duration=duration, sink=s, idle_stop_s=idle_stop)
@@ -160,19 +163,20 @@ def gen(port: str = typer.Argument(..., help="shm:NAME port to send on (its pipe
 
 
 @app.command()
-def sink(port: str = typer.Argument(..., help="shm:NAME port to receive on"),
+def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or netmap:IF / valeX:PORT"),
          count: int = typer.Option(0, help="stop after this many packets"),
          duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
          idle_stop: Optional[float] = typer.Option(None, help="stop once nothing arrived for this many seconds"),
          cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
          as_json: bool = typer.Option(False, "--json", help="print the result as JSON")):
-    """Count packets arriving on a shm: port (C batch loop) and report the rate."""
+    """Count packets arriving on a port (C batch loop) and report the rate."""
+    from bindings.netmap.port import NetmapError
     from ring.region import RegionError
     from tools.traffic import Sink
     _pin(cpu)
     try:
         s = Sink(port, count=count)
-    except RegionError as e:
+    except (RegionError, NetmapError) as e:
         _fail(str(e))
     try:
         res = s.run(duration=duration, idle_stop_s=idle_stop)

@@ -89,3 +89,17 @@ def wait_for(pred, timeout=10.0, step=0.01):
             return v
         time.sleep(step)
     return pred()
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """lab(TEXT) brings a tests.netlab topology up; each is taken down after the test."""
+    from tests.netlab import Lab
+    labs = []
+
+    def make(text):
+        labs.append(Lab(str(tmp_path), text))
+        return labs[-1]
+    yield make
+    for lab_ in labs:
+        lab_.down()

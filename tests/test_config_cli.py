@@ -80,7 +80,7 @@ def test_no_slow_path_counts_upcall_lost(uniq, tmp_path):
                        f"[[port]]\nuri='shm:{uniq}a'\n[[port]]\nuri='shm:{uniq}b'\n")
     w = Worker(cfg, start_slowpath=False)
     assert os.stat(tmp_path / "run").st_mode & 0o777 == 0o700
-    reg, peer = attach(f"shm:{uniq}a")
+    reg, peer, _ = attach(f"shm:{uniq}a")
     try:
         frame = bytes.fromhex("020000000002020000000001080045000014000100004011f9d40a0000010a000002")
         assert peer.send([frame] * 20) == 20
@@ -151,7 +151,7 @@ def test_hostile_slow_path_cannot_crash_the_worker(uniq, tmp_path):
             c.close()
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    reg, peer = attach(f"shm:{uniq}a")
+    reg, peer, _ = attach(f"shm:{uniq}a")
     try:
         frame = bytes.fromhex("020000000002020000000001080045000014000100004011f9d40a0000010a000002")
         deadline = time.monotonic() + 30

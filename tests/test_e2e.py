@@ -35,7 +35,7 @@ class Peer:
     """The user side of one shm: port."""
 
     def __init__(self, uri):
-        self.region, self.port = attach(uri)
+        self.region, self.port, _ = attach(uri)
         self.got = []
 
     def send_all(self, frames, others=(), window=192):

@@ -10,7 +10,7 @@ import pytest
 from pyroute2 import netns as nsmod
 
 from tests.conftest import ROOT, wait_for
-from tests.netlab import VETH_LAB, Lab, two_ports
+from tests.netlab import VETH_LAB, two_ports
 from tools import topo
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and veth need root")
@@ -18,10 +18,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and veth n
 
 
 @pytest.fixture
-def lab(tmp_path):
-    L = Lab(str(tmp_path), VETH_LAB)
-    yield L
-    L.down()
+def vlab(lab):
+    return lab(VETH_LAB)
 
 
 def _cli_run(tmp_path, p1, p2, prefix=(), duration="2"):
@@ -33,9 +31,9 @@ def _cli_run(tmp_path, p1, p2, prefix=(), duration="2"):
 
 @pytest.mark.parametrize("kind,message", [("packet", "no interface"), ("afxdp", "no interface"),
                                           ("tap", "no network namespace")])
-def test_missing_interface_is_a_clear_error(lab, tmp_path, kind, message):
-    good = lab.uri("packet", "b1", "vS")
-    bad = {"packet": f"packet:nosuch0@netns={lab.name('vS')}", "afxdp": f"afxdp:nosuch0@netns={lab.name('vS')}",
+def test_missing_interface_is_a_clear_error(vlab, tmp_path, kind, message):
+    good = vlab.uri("packet", "b1", "vS")
+    bad = {"packet": f"packet:nosuch0@netns={vlab.name('vS')}", "afxdp": f"afxdp:nosuch0@netns={vlab.name('vS')}",
            "tap": "tap:tx0@netns=nosuch-ns"}[kind]
     r = _cli_run(tmp_path, good, bad)
     assert r.returncode == 2 and message in r.stderr, r.stderr
@@ -44,23 +42,23 @@ def test_missing_interface_is_a_clear_error(lab, tmp_path, kind, message):
 
 @pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) not installed")
 @pytest.mark.parametrize("kind", ["packet", "afxdp"])
-def test_no_privileges_is_a_clear_error(lab, tmp_path, kind):
+def test_no_privileges_is_a_clear_error(vlab, tmp_path, kind):
     # root's uid without any capability: what an unprivileged user gets
     drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]
-    r = _cli_run(tmp_path, f"{kind}:{lab.name('a1')}", f"{kind}:{lab.name('b1')}",
-                 prefix=["ip", "netns", "exec", lab.name("vS"), *drop])
+    r = _cli_run(tmp_path, f"{kind}:{vlab.name('a1')}", f"{kind}:{vlab.name('b1')}",
+                 prefix=["ip", "netns", "exec", vlab.name("vS"), *drop])
     assert r.returncode == 2 and "permission denied" in r.stderr and "run as root" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
-    assert not lab.xdp_attached("vS", "a1") and not lab.xdp_attached("vS", "b1")
+    assert not vlab.xdp_attached("vS", "a1") and not vlab.xdp_attached("vS", "b1")
 
 
 @pytest.mark.parametrize("kind", ["packet", "afxdp"])
-def test_link_down_while_running(lab, pipeline_factory, kind):
-    p = pipeline_factory(two_ports("er" + kind[:2], lab.uri(kind, "a1", "vS"),
-                                   lab.uri(kind, "b1", "vS")))
-    assert lab.ping("vA", "10.61.0.2")[0]
-    subprocess.run(["ip", "-n", lab.name("vS"), "link", "set", lab.name("b1"), "down"], check=True)
-    ok, _ = lab.ping("vA", "10.61.0.2", count=2)
+def test_link_down_while_running(vlab, pipeline_factory, kind):
+    p = pipeline_factory(two_ports("er" + kind[:2], vlab.uri(kind, "a1", "vS"),
+                                   vlab.uri(kind, "b1", "vS")))
+    assert vlab.ping("vA", "10.61.0.2")[0]
+    subprocess.run(["ip", "-n", vlab.name("vS"), "link", "set", vlab.name("b1"), "down"], check=True)
+    ok, _ = vlab.ping("vA", "10.61.0.2", count=2)
     assert not ok
     st = p.stats()
     assert p.proc.poll() is None                          # still forwarding what it can
@@ -68,17 +66,17 @@ def test_link_down_while_running(lab, pipeline_factory, kind):
     lost = st["ports"][1]["io"]["tx_errors"] + st["ports"][1]["drops"]["tx_ring_full"] + st["ports"][1]["io"]["tx_again"]
     # packet: drops each frame the link refuses; afxdp: the kernel holds them for later
     assert lost > 0, st["ports"][1]
-    subprocess.run(["ip", "-n", lab.name("vS"), "link", "set", lab.name("b1"), "up"], check=True)
-    assert wait_for(lambda: lab.ping("vA", "10.61.0.2", count=1)[0], timeout=15, step=0.2)
+    subprocess.run(["ip", "-n", vlab.name("vS"), "link", "set", vlab.name("b1"), "up"], check=True)
+    assert wait_for(lambda: vlab.ping("vA", "10.61.0.2", count=1)[0], timeout=15, step=0.2)
     final = p.stop()
     assert final is not None
     assert "Network is down" in p.proc.stderr.read()
 
 
-def test_killed_worker_leaves_no_xdp_program(lab, pipeline_factory):
-    p = pipeline_factory(two_ports("erkx", lab.uri("afxdp", "a1", "vS"),
-                                   lab.uri("afxdp", "b1", "vS")))
-    assert lab.xdp_attached("vS", "a1") and lab.xdp_attached("vS", "b1")
+def test_killed_worker_leaves_no_xdp_program(vlab, pipeline_factory):
+    p = pipeline_factory(two_ports("erkx", vlab.uri("afxdp", "a1", "vS"),
+                                   vlab.uri("afxdp", "b1", "vS")))
+    assert vlab.xdp_attached("vS", "a1") and vlab.xdp_attached("vS", "b1")
     slow = p.stats()["upcall"]["slowpath_pid"]
     os.killpg(p.proc.pid, signal.SIGKILL)                  # supervisor and worker at once: a crash
     p.proc.wait()
@@ -86,11 +84,11 @@ def test_killed_worker_leaves_no_xdp_program(lab, pipeline_factory):
     assert wait_for(lambda: not os.path.exists(f"/proc/{slow}") or
                     open(f"/proc/{slow}/stat").read().split()[2] == "Z", timeout=5)
     # the bpf_link died with the process: the interfaces are as before
-    assert wait_for(lambda: not lab.xdp_attached("vS", "a1") and not lab.xdp_attached("vS", "b1"), timeout=5)
+    assert wait_for(lambda: not vlab.xdp_attached("vS", "a1") and not vlab.xdp_attached("vS", "b1"), timeout=5)
     # and the interfaces can be taken again at once
-    q = pipeline_factory(two_ports("erky", lab.uri("afxdp", "a1", "vS"),
-                                   lab.uri("afxdp", "b1", "vS")))
-    assert lab.ping("vA", "10.61.0.2")[0]
+    q = pipeline_factory(two_ports("erky", vlab.uri("afxdp", "a1", "vS"),
+                                   vlab.uri("afxdp", "b1", "vS")))
+    assert vlab.ping("vA", "10.61.0.2")[0]
     q.stop()
 
 
@@ -116,13 +114,13 @@ def test_topo_failure_rolls_back_and_down_removes_only_its_own(tmp_path):
         nsmod.remove(f"tf{tag}")
 
 
-def test_interface_with_an_xdp_program_is_refused(lab, pipeline_factory, tmp_path):
+def test_interface_with_an_xdp_program_is_refused(vlab, pipeline_factory, tmp_path):
     """Another switch's XDP program on the interface: a clear refusal, and the other
     switch keeps its program and keeps forwarding."""
-    p = pipeline_factory(two_ports("erx1", lab.uri("afxdp", "a1", "vS"),
-                                   lab.uri("afxdp", "b1", "vS")))
-    r = _cli_run(tmp_path, lab.uri("afxdp", "a1", "vS"), lab.uri("packet", "b1", "vS"))
+    p = pipeline_factory(two_ports("erx1", vlab.uri("afxdp", "a1", "vS"),
+                                   vlab.uri("afxdp", "b1", "vS")))
+    r = _cli_run(tmp_path, vlab.uri("afxdp", "a1", "vS"), vlab.uri("packet", "b1", "vS"))
     assert r.returncode == 2 and "already has an XDP program attached" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
-    assert lab.xdp_attached("vS", "a1") and lab.ping("vA", "10.61.0.2")[0]
+    assert vlab.xdp_attached("vS", "a1") and vlab.ping("vA", "10.61.0.2")[0]
     p.stop()

@@ -8,23 +8,11 @@ import pytest
 
 from bindings.adapter import in_netns
 from tests.conftest import wait_for
-from tests.netlab import MIXED_LAB, TAP_LAB, VETH_LAB, Lab, two_ports
+from tests.netlab import MIXED_LAB, TAP_LAB, VETH_LAB, two_ports
 from ring.region import ROLE_USER, Region
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, veth and TAP need root")
 
-
-
-@pytest.fixture
-def lab(tmp_path):
-    labs = []
-
-    def make(text):
-        labs.append(Lab(str(tmp_path), text))
-        return labs[-1]
-    yield make
-    for lab_ in labs:
-        lab_.down()
 
 
 def _io(stats, i):

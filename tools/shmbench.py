@@ -1,7 +1,8 @@
-"""One measured run on shm: ports: a pipeline (its own process, pinned to one core) between
-a generator and a sink (their own processes, sharing the other core). A paced warm-up
-sends every flow once so the measured phase sees installed flows, as in steady state.
-Used by `valepipe demo` and perf/bench_shm.py."""
+"""One measured run: a pipeline (its own process, pinned to one core) between a generator and
+a sink (their own processes, sharing the other core), on shm: ports or, on a netmap host,
+between two VALE switches. A paced warm-up sends every flow once so the measured phase sees
+installed flows, as in steady state. Used by `valepipe demo`, perf/bench_shm.py and
+perf/bench_vale.py."""
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 from pipeline import control
 
@@ -40,30 +42,65 @@ def _finish(p, timeout):
     return json.loads(out)
 
 
+def _wait_started(pipe, ctl, timeout=60):
+    """A VALE sender does not wait for the pipeline (its switch exists without it), so
+    the warm-up starts once the pipeline answers on its control socket."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pipe.poll() is not None:
+            raise RuntimeError(f"the pipeline exited with status {pipe.returncode}")
+        try:
+            control.request(ctl, "stats")
+            return
+        except (OSError, RuntimeError):
+            time.sleep(0.1)
+    raise RuntimeError("the pipeline did not start")
+
+
 DEFAULT_RULES = ["in_port=1,actions=output:2", "in_port=2,actions=output:1"]
 
 
+def shm_ports(tag, share_region=False):
+    """(pipeline's two ports, generator's port, sink's port): the generator and the sink are
+    the other ends of the pipeline's own shm: ports."""
+    a, b = f"shm:{tag}a", (f"shm:{tag}b@share={tag}a" if share_region else f"shm:{tag}b")
+    return (a, b), a, b
+
+
+def vale_ports(tag, share_region=False):
+    """Two VALE switches: the generator and the pipeline's port 1 on the first, the
+    pipeline's port 2 and the sink on the second (a switch name fits in IFNAMSIZ)."""
+    sw = f"vale{zlib.crc32(tag.encode()) % 100000}"
+    a, b = f"{sw}a:vp", (f"{sw}b:vp@share={sw}a:vp" if share_region else f"{sw}b:vp")
+    return (a, b), f"{sw}a:gen", f"{sw}b:sink"
+
+
 def measure(flows=1, size=60, batch=256, seconds=5.0, slots=1024, tag=None, share_region=False,
-            rules=None, emc_limit=0, flow_limit=None, warmup_pps=WARMUP_PPS):
+            rules=None, emc_limit=0, flow_limit=None, warmup_pps=WARMUP_PPS, gen_batch=None, vale=False):
     """Returns {"mpps": delivered Mpps, "gen", "sink", "stats": pipeline counters of the
-    measured phase only, "warmup_s"}."""
+    measured phase only, "warmup_s"}. gen_batch: slots per generator publish (default: the
+    pipeline's batch). vale=True: between two VALE switches (slots unused: VALE ports have
+    the module's ring size)."""
+    gen_batch = gen_batch or batch
     tag = tag or f"b{os.getpid()}x{int(time.time() * 1000) % 100000}"
     pipe_cpu, traffic_cpu = _cpus()
     tmp = tempfile.mkdtemp(prefix="valepipe-bench-")
-    a, b = f"{tag}a", f"{tag}b"
-    uri_a, uri_b = f"shm:{a}", (f"shm:{b}@share={a}" if share_region else f"shm:{b}")
+    (uri_a, uri_b), gen_uri, sink_uri = (vale_ports if vale else shm_ports)(tag, share_region)
+    ring = "" if vale else f"slots = {slots}\n"
     cfg = os.path.join(tmp, "bench.toml")
     with open(cfg, "w") as f:
         f.write(f'[pipeline]\nname = "{tag}"\nbatch = {batch}\nflow_limit = {flow_limit or max(2 * flows, 1024)}\n'
                 f'emc_limit = {emc_limit}\nupcall_rate = 0\nidle_timeout = 0\nrevalidate_interval = 0\nrun_dir = "{tmp}/run"\n\n'
-                f'[[port]]\nuri = "{uri_a}"\nslots = {slots}\n\n[[port]]\nuri = "{uri_b}"\nslots = {slots}\n\n'
+                f'[[port]]\nuri = "{uri_a}"\n{ring}\n[[port]]\nuri = "{uri_b}"\n{ring}\n'
                 f'[slowpath]\nflows = {json.dumps(rules or DEFAULT_RULES)}\n')
     ctl = os.path.join(tmp, "run", "worker.ctl")
     pipe = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", cfg, "--quiet", "--cpu", str(pipe_cpu)])
     procs = []
     try:
         t0 = time.monotonic()
-        warm = _traffic(["gen", uri_a, "--rx", uri_b, "--flows", str(flows), "--size", str(size),
+        if vale:
+            _wait_started(pipe, ctl)
+        warm = _traffic(["gen", gen_uri, "--rx", sink_uri, "--flows", str(flows), "--size", str(size),
                          "--count", str(flows), "--rate", str(warmup_pps)], traffic_cpu)
         procs.append(warm)
         _finish(warm, 60 + 2 * flows / warmup_pps)
@@ -72,8 +109,8 @@ def measure(flows=1, size=60, batch=256, seconds=5.0, slots=1024, tag=None, shar
         if before["flows"] + before["megaflows"] < min(flows, before["flow_limit"]):
             raise RuntimeError(f"warm-up installed {before['flows']} flows, {before['megaflows']} megaflows "
                                f"for {flows} flows")
-        gen = _traffic(["gen", uri_a, "--rx", uri_b, "--flows", str(flows), "--size", str(size),
-                        "--duration", str(seconds), "--batch", str(batch)], traffic_cpu)
+        gen = _traffic(["gen", gen_uri, "--rx", sink_uri, "--flows", str(flows), "--size", str(size),
+                        "--duration", str(seconds), "--batch", str(gen_batch)], traffic_cpu)
         procs.append(gen)
         g = _finish(gen, seconds + 60)
         s = g.pop("rx")
@@ -81,7 +118,7 @@ def measure(flows=1, size=60, batch=256, seconds=5.0, slots=1024, tag=None, shar
         st = _delta(after, before)
         st["stage_ns_per_packet"] = {k: round(v / st["stage_packets"][k], 2) if st["stage_packets"][k] else None
                                      for k, v in st["stage_ns_total"].items()}
-        return {"flows": flows, "size": size, "batch": batch, "mpps": s["mpps"], "gen": g, "sink": s,
+        return {"flows": flows, "size": size, "batch": batch, "gen_batch": gen_batch, "mpps": s["mpps"], "gen": g, "sink": s,
                 "stats": st, "after": after, "warmup_s": round(warmup_s, 2)}
     finally:
         for p in procs:

@@ -1,10 +1,12 @@
 /* traffic.c — the generator copies prebuilt frames into a TX ring one batch per
  * publish; the sink counts and releases RX slots. Both yield the CPU when idle so a
- * generator and a sink can share one core. */
+ * generator and a sink can share one core. On a real netmap port the kernel moves
+ * tail only in a sync ioctl, so each step makes one, as pkt-gen does in its ioctl mode. */
 #include <string.h>
 #include <sched.h>
 #include <arpa/inet.h>
 #include "traffic.h"
+#include "../bindings/netmap/port.h"
 
 static uint16_t csum(const uint8_t *p, uint32_t n) {
     uint32_t s = 0;
@@ -62,6 +64,8 @@ static uint32_t gen_step(struct vp_gen *g, uint64_t now) {
         sent++;
     }
     if (sent) vp_ring_publish(r);
+    /* sends what was published and reclaims completed slots (tail) for the next step */
+    if (g->fd >= 0 && vp_netmap_sync(g->fd, 1)) g->sync_errors++;
     g->sent += sent;
     if (!sent) g->ring_full++;
     return sent;
@@ -70,7 +74,10 @@ static uint32_t gen_step(struct vp_gen *g, uint64_t now) {
 /* one sink step: count and release what the ring holds (up to a batch) */
 static uint32_t sink_step(struct vp_sink *s, uint64_t now) {
     struct vp_ring *r = s->ring;
-    uint32_t n = vp_ring_avail(r), got = 0;
+    uint32_t n, got = 0;
+    /* returns the slots released last step and brings in what arrived since */
+    if (s->fd >= 0 && vp_netmap_sync(s->fd, 0)) s->sync_errors++;
+    n = vp_ring_avail(r);
     if (n > s->batch) n = s->batch;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t idx, si = r->cons;

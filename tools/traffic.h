@@ -1,8 +1,11 @@
-/* traffic.h — pkt-gen-style generator and sink kernels for a shm: port's user side. */
+/* traffic.h — pkt-gen-style generator and sink kernels for a port's user side: shm: rings,
+ * or real netmap rings (fd >= 0: NIOCTXSYNC/NIOCRXSYNC once per batch). */
 #include "../pipeline/stages/batch.h"
 /* cdef-begin */
 struct vp_gen {
     struct vp_ring *ring;
+    int fd;                   /* /dev/netmap fd of a real netmap port, else -1 */
+    uint32_t pad;
     uint8_t *frames;          /* nframes prebuilt frames, `stride` bytes apart */
     uint32_t nframes;
     uint32_t stride;
@@ -15,17 +18,19 @@ struct vp_gen {
     uint64_t bytes;
     uint64_t start_ns;
     uint64_t ring_full;       /* polls that found no room */
+    uint64_t sync_errors;     /* sync ioctls the kernel refused */
 };
 struct vp_sink {
     struct vp_ring *ring;
+    int fd;                   /* /dev/netmap fd of a real netmap port, else -1 */
     uint32_t batch;
-    uint32_t pad;
     uint64_t count;           /* stop after this many; 0 = no limit */
     uint64_t packets;
     uint64_t bytes;
     uint64_t first_ns;
     uint64_t last_ns;
     uint64_t empty_polls;
+    uint64_t sync_errors;
 };
 int vp_gen_build(uint8_t *frames, uint32_t stride, uint32_t nflows, uint32_t len, const uint8_t *dst_mac, const uint8_t *src_mac);
 uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns);

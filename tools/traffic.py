@@ -1,5 +1,6 @@
-"""pkt-gen-style traffic on a shm: port's user side: `Generator` sends prebuilt frames,
-`Sink` counts what arrives. The per-packet loops are C (traffic.c); Python only paces."""
+"""pkt-gen-style traffic on a port's user side (shm:, or netmap:/valeX: on a netmap host):
+`Generator` sends prebuilt frames, `Sink` counts what arrives. The per-packet loops are C
+(traffic.c); Python only paces."""
 import os
 import time
 
@@ -10,14 +11,23 @@ DEFAULT_DST = bytes.fromhex("020000000002")
 DEFAULT_SRC = bytes.fromhex("020000000001")
 
 
+def is_netmap(uri):
+    return uri.startswith(("netmap:", "vale"))
+
+
 def attach(uri, wait_s=10.0):
-    """Attach as the user side of a shm: port, waiting for its pipeline to create it."""
+    """Become the user side of a port: (what to close, its RingPort, netmap fd or -1).
+    shm: waits for its pipeline to create the region; netmap:/valeX: registers at once."""
+    if is_netmap(uri):
+        from bindings.netmap.port import NetmapPort
+        p = NetmapPort(uri)
+        return p, p.ring_port, p.fd
     name, region = parse_shm_uri(uri)
     deadline = time.monotonic() + wait_s
     while True:
         try:
             reg = Region.attach(region)
-            return reg, reg.port(name, ROLE_USER)
+            return reg, reg.port(name, ROLE_USER), -1
         except RegionError:
             if time.monotonic() >= deadline:
                 raise
@@ -36,16 +46,17 @@ class Generator:
             raise ValueError(f"frame size {size} must be 42..2048 (60 = 64-byte frames with FCS)")
         if not 1 <= flows <= 4_000_000:
             raise ValueError("flows must be 1..4000000")
-        self.region, self.port = attach(uri, wait_s)
         self.stride = (size + 63) & ~63
         self._frames = ffi.new("uint8_t[]", flows * self.stride)
         if lib.vp_gen_build(self._frames, self.stride, flows, size, dst_mac, src_mac) != 0:
             raise ValueError("cannot build frames")
+        self.region, self.port, fd = attach(uri, wait_s)
         self.g = ffi.new("struct vp_gen *", dict(
-            ring=self.port.tx_ring(), frames=self._frames, nframes=flows, stride=self.stride,
+            ring=self.port.tx_ring(), fd=fd, frames=self._frames, nframes=flows, stride=self.stride,
             frame_len=size, batch=batch, rate_pps=int(rate), count=int(count)))
         self.sent_end = None                    # when sending stopped (a sink may drain on)
         if size > self.port.c.tx[0].buf_size:
+            self.close()
             raise ValueError(f"frame size {size} exceeds the port's buffer size {self.port.c.tx[0].buf_size}")
 
     def frame(self, i):
@@ -84,7 +95,8 @@ class Generator:
         end = self.sent_end or lib.vp_now_ns()
         el = (end - self.g.start_ns) / 1e9 if self.g.start_ns else 0.0
         return {"sent": self.g.sent, "bytes": self.g.sent * self.g.frame_len, "seconds": round(el, 6),
-                "mpps": round(self.g.sent / el / 1e6, 4) if el else 0.0, "ring_full_polls": self.g.ring_full}
+                "mpps": round(self.g.sent / el / 1e6, 4) if el else 0.0, "ring_full_polls": self.g.ring_full,
+                "sync_errors": self.g.sync_errors}
 
     def close(self):
         self.region.close()
@@ -92,8 +104,8 @@ class Generator:
 
 class Sink:
     def __init__(self, uri, count=0, batch=1024, wait_s=10.0):
-        self.region, self.port = attach(uri, wait_s)
-        self.s = ffi.new("struct vp_sink *", dict(ring=self.port.rx_ring(), batch=batch, count=int(count)))
+        self.region, self.port, fd = attach(uri, wait_s)
+        self.s = ffi.new("struct vp_sink *", dict(ring=self.port.rx_ring(), fd=fd, batch=batch, count=int(count)))
 
     def run(self, duration=None, slice_s=0.1, idle_stop_s=None, on_slice=None):
         """Count until count/duration is reached or, with idle_stop_s, traffic has stopped."""
@@ -116,7 +128,7 @@ class Sink:
         el = (self.s.last_ns - self.s.first_ns) / 1e9 if self.s.first_ns else 0.0
         return {"received": self.s.packets, "bytes": self.s.bytes, "seconds": round(el, 6),
                 "mpps": round(self.s.packets / el / 1e6, 4) if el > 0 else 0.0,
-                "errors": self.port.ring_stats()["rx"]}
+                "errors": self.port.ring_stats()["rx"], "sync_errors": self.s.sync_errors}
 
     def close(self):
         self.region.close()

@@ -1,6 +1,7 @@
 """netmap port names as libnetmap's nmport_open reads them (../shared/netmap-abi.md §4.1):
 `subsystem:vpname[{|}pipe][mode][/flags][@memid][@option...]` -> what NIOCCTRL/REGISTER
-needs (kernel name, nr_mode, nr_ringid, nr_flags, nr_mem_id, ring/slot counts)."""
+needs (kernel name, nr_mode, nr_ringid, nr_flags, nr_mem_id, ring/slot counts). One option
+is valepipe's own: `@netns=NS`, the network namespace whose interface netmap:IF names."""
 import re
 from dataclasses import dataclass, field
 
@@ -13,9 +14,10 @@ FLAGS = {"x": lib.NR_EXCLUSIVE, "z": lib.NR_ZCOPY_MON, "t": lib.NR_MONITOR_TX, "
 CONF_KEYS = ("rings", "host_rings", "slots", "tx_rings", "rx_rings", "host_tx_rings", "host_rx_rings",
              "tx_slots", "rx_slots")
 OPTIONS = {"share": ("port",), "conf": CONF_KEYS,
-           "extmem": ("file", "if_num", "if_size", "ring_num", "ring_size", "buf_num", "buf_size")}
-DEFAULT_KEY = {"share": "port", "extmem": "file"}
-MANDATORY = {"share": "port", "extmem": "file"}
+           "extmem": ("file", "if_num", "if_size", "ring_num", "ring_size", "buf_num", "buf_size"),
+           "netns": ("name",)}
+DEFAULT_KEY = {"share": "port", "extmem": "file", "netns": "name"}
+MANDATORY = {"share": "port", "extmem": "file", "netns": "name"}
 
 
 class NameError_(ValueError):

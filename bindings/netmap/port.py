@@ -4,6 +4,7 @@ through the same ring/ code as shm: ports, and a message for every errno."""
 import errno
 import os
 
+from bindings.adapter import AdapterError, in_netns
 from bindings.netmap.names import NameError_, parse
 from pipeline._native import ffi, lib
 from ring.region import ROLE_USER, RingPort
@@ -84,26 +85,37 @@ class NetmapPort:
         except NameError_ as e:
             raise NetmapError(str(e)) from None
         self.uri = uri
-        self.fd = open_device()
+        self.fd = -1
+        # netmap looks an interface up in the caller's namespace; the fd stays bound to it
+        netns = self.name.options.get("netns", {}).get("name")
         try:
-            reg = ffi.new("struct nmreq_register *")
-            reg.nr_mode, reg.nr_ringid, reg.nr_flags = self.name.mode, self.name.ringid, self.name.flags
-            reg.nr_mem_id = self.name.mem_id or self._shared_mem_id()
-            for k, v in self.name.conf().items():
-                setattr(reg, k, v)
-            _request(self.fd, lib.NETMAP_REQ_REGISTER, self.name.kernel_name, reg)
-            self.info = {"mem_id": reg.nr_mem_id, "memsize": reg.nr_memsize, "tx_rings": reg.nr_tx_rings,
-                         "rx_rings": reg.nr_rx_rings, "tx_slots": reg.nr_tx_slots, "rx_slots": reg.nr_rx_slots}
-            self.map = _Mapping.get(self.fd, reg.nr_memsize, reg.nr_mem_id)
-            self.ring_port = RingPort(self.name.kernel_name, None)
-            err = ffi.new("char[256]")
-            if lib.vp_port_bind(self.ring_port.c, self.map.base, self.map.size, reg.nr_offset, ROLE_USER,
-                                reg.nr_mem_id, err, 256):
-                raise NetmapError(f"{uri}: {ffi.string(err).decode()}")
-            self.ring_port.c.fd = self.fd
+            with in_netns(netns):
+                self._register()
+        except AdapterError as e:
+            self.close()
+            raise NetmapError(f"{uri}: {e}") from None
         except Exception:
             self.close()
             raise
+
+    def _register(self):
+        uri = self.uri
+        self.fd = open_device()
+        reg = ffi.new("struct nmreq_register *")
+        reg.nr_mode, reg.nr_ringid, reg.nr_flags = self.name.mode, self.name.ringid, self.name.flags
+        reg.nr_mem_id = self.name.mem_id or self._shared_mem_id()
+        for k, v in self.name.conf().items():
+            setattr(reg, k, v)
+        _request(self.fd, lib.NETMAP_REQ_REGISTER, self.name.kernel_name, reg)
+        self.info = {"mem_id": reg.nr_mem_id, "memsize": reg.nr_memsize, "tx_rings": reg.nr_tx_rings,
+                     "rx_rings": reg.nr_rx_rings, "tx_slots": reg.nr_tx_slots, "rx_slots": reg.nr_rx_slots}
+        self.map = _Mapping.get(self.fd, reg.nr_memsize, reg.nr_mem_id)
+        self.ring_port = RingPort(self.name.kernel_name, None)
+        err = ffi.new("char[256]")
+        if lib.vp_port_bind(self.ring_port.c, self.map.base, self.map.size, reg.nr_offset, ROLE_USER,
+                            reg.nr_mem_id, err, 256):
+            raise NetmapError(f"{uri}: {ffi.string(err).decode()}")
+        self.ring_port.c.fd = self.fd
 
     def fds(self):
         return [self.fd] if self.fd >= 0 else []
