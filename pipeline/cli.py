@@ -343,8 +343,8 @@ def ports(name: str = typer.Option("valepipe", help="pipeline name"),
         io = p.get("io")
         if io:
             counts = {k: io[k] for k in ("rx_truncated", "rx_kernel_drops", "rx_errors", "tx_errors", "tx_again",
-                                         "tx_discarded") if io.get(k)}
-            extra = {k: io[k] for k in ("xdp_mode", "zerocopy", "queues", "netns") if io.get(k) is not None}
+                                         "tx_discarded", "sync_errors") if io.get(k)}
+            extra = {k: io[k] for k in ("xdp_mode", "zerocopy", "queues", "netns", "mem_id") if io.get(k) is not None}
             print(f"    io: {json.dumps(counts)} {json.dumps(extra)}"
                   + (f" last error: {io['last_error']}" if io.get("last_error") else ""))
         if p.get("mirror"):

@@ -88,6 +88,9 @@ struct vp_port {
     uint32_t nrx;
     int fd;                   /* /dev/netmap fd for sync ioctls; -1 for shm */
     uint32_t faulty;
+    uint64_t sync_errors;     /* sync ioctls the netmap module refused */
+    int sync_errno;           /* the last one's errno */
+    uint32_t pad;
     void *io;                 /* struct vp_io of an emulated adapter (bindings/), or NULL */
     void *mirror;             /* struct vp_pcap_out receiving a copy of what is sent, or NULL */
     struct vp_ring tx[4];

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -211,3 +212,24 @@ def test_pipeline_between_nic_and_host_stack(lab, pipeline_factory):
     assert wire["rx_packets"] == stack["tx_packets"] and stack["rx_packets"] == wire["tx_packets"], st["ports"]
     assert sum(st["drops"].values()) == 0, st["drops"]
     assert wire["io"]["mem_id"] == stack["io"]["mem_id"] and st["tx_swapped"] > 0     # one region: swaps
+
+
+
+@NETMAP
+@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and veth need root")
+def test_link_down_under_a_netmap_port(lab, pipeline_factory):
+    """The peer's link goes down and up while the pipeline runs on netmap:h0 and h0^: the
+    pipeline survives, any refused sync is counted (never a crash), and traffic resumes."""
+    L = lab(HOST_RING_LAB)
+    nic = f"netmap:{L.name('h0')}@netns={L.name('nH')}"
+    p = pipeline_factory(two_ports("nd" + L.tag, nic, nic.replace("@", "^@", 1),
+                                   flows=("in_port=1,actions=output:2", "in_port=2,actions=output:1")))
+    assert L.ping("nP", "10.64.0.1")[0]
+    for state in ("down", "up"):
+        subprocess.run(["ip", "-n", L.name("nH"), "link", "set", L.name("h0"), state], check=True, timeout=30)
+        time.sleep(0.5)
+    assert wait_for(lambda: L.ping("nP", "10.64.0.1", count=1)[0], timeout=20, step=0.2)
+    st = p.stats()
+    assert p.proc.poll() is None and isinstance(st["ports"][0]["io"]["sync_errors"], int)
+    p.stop()
+    assert "Traceback" not in p.proc.stderr.read()

@@ -15,6 +15,16 @@ int vp_netmap_sync(int fd, int tx) {
     return ioctl(fd, tx ? NIOCTXSYNC : NIOCRXSYNC) < 0 ? errno : 0;
 }
 
+/* the pipeline's sync on a port: a refusal (interface gone, ring reset) is counted on the
+ * port and reported by the worker, and the next batch tries again */
+void vp_netmap_port_sync(struct vp_port *p, int tx) {
+    int e = vp_netmap_sync(p->fd, tx);
+    if (e) {
+        p->sync_errors++;
+        p->sync_errno = e;
+    }
+}
+
 /* what the compiler made of the macros, for the test that compares them with ioctl.py */
 unsigned long vp_netmap_ioctl_number(int which) {
     return which == 0 ? (unsigned long)NIOCCTRL : which == 1 ? (unsigned long)NIOCTXSYNC : (unsigned long)NIOCRXSYNC;

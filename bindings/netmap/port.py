@@ -86,11 +86,13 @@ class NetmapPort:
             raise NetmapError(str(e)) from None
         self.uri = uri
         self.fd = -1
+        self._errors_seen = 0
         # netmap looks an interface up in the caller's namespace; the fd stays bound to it
         netns = self.name.options.get("netns", {}).get("name")
         try:
             with in_netns(netns):
                 self._register()
+            self.info["netns"] = netns
         except AdapterError as e:
             self.close()
             raise NetmapError(f"{uri}: {e}") from None
@@ -121,11 +123,18 @@ class NetmapPort:
         return [self.fd] if self.fd >= 0 else []
 
     def stats(self):
-        return dict(self.info, kernel_name=self.name.kernel_name)
+        c = self.ring_port.c
+        return dict(self.info, kernel_name=self.name.kernel_name, sync_errors=c.sync_errors,
+                    last_error=os.strerror(c.sync_errno) if c.sync_errno else None)
 
     def new_error(self):
-        """The kernel repairs and reports ring errors itself; nothing to log here yet."""
-        return None
+        """A new sync refusal since the last call, for the worker's log (else None)."""
+        c = self.ring_port.c
+        if c.sync_errors == self._errors_seen:
+            return None
+        n, self._errors_seen = c.sync_errors - self._errors_seen, c.sync_errors
+        return (f"{self.uri}: the netmap module refused a sync: {REASONS.get(c.sync_errno, os.strerror(c.sync_errno))} "
+                f"({n} new, sync_errors={c.sync_errors})")
 
     def _shared_mem_id(self):
         """@share=PORT: the memory region of another port (PORT_INFO_GET on its name)."""

@@ -36,7 +36,7 @@ uint32_t vp_receive(struct vp_dp *dp, struct vp_batch *b, uint32_t budget) {
      * and retries frames an earlier txsync could not hand to the interface */
     for (uint32_t i = 0; i < dp->nports; i++) {
         struct vp_io *io = dp->ports[i]->io;
-        if (dp->ports[i]->fd >= 0) vp_netmap_sync(dp->ports[i]->fd, 0);    /* a real netmap port */
+        if (dp->ports[i]->fd >= 0) vp_netmap_port_sync(dp->ports[i], 0);    /* a real netmap port */
         if (!io) continue;
         if (io->tx_backlog) vp_io_txsync(io);
         vp_io_rxsync(io);

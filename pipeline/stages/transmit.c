@@ -18,7 +18,7 @@ static inline struct vp_ring *in_ring(struct vp_port *p, uint32_t i) {
  * emulated adapter or a real netmap port) and write out its mirror. */
 static void tx_sync(struct vp_port *p) {
     if (p->io) vp_io_txsync(p->io);
-    if (p->fd >= 0) vp_netmap_sync(p->fd, 1);
+    if (p->fd >= 0) vp_netmap_port_sync(p, 1);
     if (p->mirror) vp_pcap_flush(p->mirror);
 }
 
