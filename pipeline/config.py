@@ -98,6 +98,9 @@ def parse(text, path="<config>"):
             raise ConfigError(f"{where}: ofport {spec['ofport']} or uri {spec['uri']!r} used twice")
         if not 2 <= spec["slots"] <= 65536:
             raise ConfigError(f"{where}: slots must be 2..65536")
+        if "slots" in p and spec["uri"].startswith(("netmap:", "vale")):
+            raise ConfigError(f"{where}: the netmap module sizes {spec['uri']}'s rings; ask for a size in "
+                              "its name instead (@conf:slots=N)")
         seen_of.add(spec["ofport"])
         seen_uri.add(spec["uri"])
         cfg.ports.append(spec)

@@ -29,6 +29,7 @@ def cli(*args, timeout=60):
     ("[[port]]\nuri='shm:a'\n[slowpath]\nflows=[1]", "must be a string"),
     ("[[port]\n", "not valid TOML"),
     ("[extra]\n", "unknown section"),
+    ("[[port]]\nuri='vale0:a'\nslots=512", "@conf:slots=N"),
 ])
 def test_config_errors_name_the_problem(text, msg):
     with pytest.raises(config.ConfigError) as e:
