@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -233,3 +234,34 @@ def test_link_down_under_a_netmap_port(lab, pipeline_factory):
     assert p.proc.poll() is None and isinstance(st["ports"][0]["io"]["sync_errors"], int)
     p.stop()
     assert "Traceback" not in p.proc.stderr.read()
+
+
+@NETMAP
+def test_pipeline_on_netmap_pipes():
+    """netmap pipes: the pipeline holds the `{1` ends, a sender and a receiver the `}1` ends;
+    frames cross master -> slave -> pipeline -> master -> slave, in order."""
+    from bindings.netmap.port import NetmapPort
+    sw = f"valep{os.getpid() % 10000}"
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "p.toml")
+        with open(cfg, "w") as f:
+            f.write(two_ports("np", f"{sw}:a{{1", f"{sw}:b{{1", flows=("in_port=1,actions=output:2",), run_dir=f"{tmp}/run"))
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", cfg, "-q", "--duration", "60"],
+                                cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_for(lambda: os.path.exists(f"{tmp}/run/worker.ctl"), timeout=30), proc.stderr
+            tx, rx = NetmapPort(f"{sw}:a}}1"), NetmapPort(f"{sw}:b}}1")
+            try:
+                frames = [bytes.fromhex("020000000002020000000001") + b"\x88\xb5" + bytes([i]) * 46 for i in range(20)]
+                got = []
+                assert tx.ring_port.send(frames) == 20
+                lib.vp_netmap_sync(tx.fd, 1)
+                wait_for(lambda: (lib.vp_netmap_sync(rx.fd, 0), got.extend(rx.ring_port.recv()))[0] or len(got) >= 20,
+                         timeout=15)
+                assert got == frames
+            finally:
+                tx.close()
+                rx.close()
+        finally:
+            proc.terminate()
+            proc.wait(30)
