@@ -113,3 +113,13 @@ def test_pcap_not_a_capture_is_refused(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(cfg), "-q", "--duration", "1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "not a pcap file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_pcap_writer_closed_when_the_port_cannot_be_made(tmp_path):
+    """A port refused after its output file was opened leaves no file descriptor behind."""
+    from bindings.adapter import AdapterError
+    from bindings.pcap import PcapAdapter
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(AdapterError, match="bad geometry"):
+        PcapAdapter(f"pcap:{tmp_path}/out.pcap@write", slots=1)
+    assert len(os.listdir("/proc/self/fd")) == before

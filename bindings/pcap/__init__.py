@@ -75,7 +75,12 @@ class PcapAdapter(Adapter):
         self.writer = PcapWriter(path) if opt["write"] else None
         if not opt["write"]:
             self.data, swapped, ns = read_pcap(path)
-        super().__init__(uri, os.path.basename(path)[:48] or "pcap", slots=slots)
+        try:
+            super().__init__(uri, os.path.basename(path)[:48] or "pcap", slots=slots)
+        except AdapterError:
+            if self.writer:              # no region, so no close() will come for the file
+                self.writer.close()
+            raise
         if self.writer:
             lib.vp_pcap_out_init(self.io, self.writer.c)
             self.info = {"file": path, "direction": "write"}
