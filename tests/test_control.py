@@ -33,8 +33,7 @@ def _raw(path, payload, wait=5.0):
 def test_control_sockets_under_misuse(uniq, pipeline_factory):
     pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")))
     run = os.path.join(pipe.dir, "run")
-    ps = peers(uniq, "ab")
-    try:
+    with peers(uniq, "ab") as ps:
         for path in (os.path.join(run, "worker.ctl"), os.path.join(run, "slowpath.ctl")):
             st = os.stat(path)
             assert st.st_mode & 0o777 == 0o600 and st.st_uid == os.geteuid()
@@ -59,6 +58,3 @@ def test_control_sockets_under_misuse(uniq, pipeline_factory):
         # the fast path never stopped, and the sockets still answer
         assert pipe.stats()["drops"]["tx_ring_full"] == 0
         assert control.request(os.path.join(run, "slowpath.ctl"), "dump-flows")
-    finally:
-        for p in ps.values():
-            p.close()

@@ -60,8 +60,20 @@ class Peer:
         self.region.close()
 
 
+class Peers(dict):
+    """name -> Peer; `with peers(...) as ps:` closes them all at the end."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.values():
+            p.close()
+
+
 def peers(tag, names="abc", share=False):
-    return {n: Peer(f"shm:{tag}{n}" + (f"@share={tag}a" if share and n != "a" else "")) for n in names}
+    """The user sides of shm: ports {tag}{name}."""
+    return Peers({n: Peer(f"shm:{tag}{n}" + (f"@share={tag}a" if share and n != "a" else "")) for n in names})
 
 
 def run_flows(pipe, ps, nflows, npkts):
@@ -83,8 +95,7 @@ def test_n_packets_m_flows(uniq, pipeline_factory, share):
     nflows, npkts = 60, 3000
     pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2", "in_port=2,actions=output:1,output:3",
                                        "in_port=3,actions=drop"], share=share))
-    ps = peers(uniq, share=share)
-    try:
+    with peers(uniq, share=share) as ps:
         first, rest = run_flows(pipe, ps, nflows, npkts)
         b = ps["b"].got
         assert len(b) == npkts
@@ -107,16 +118,12 @@ def test_n_packets_m_flows(uniq, pipeline_factory, share):
             assert st["tx_swapped"] == npkts - nflows and st["tx_copied"] == 0
         else:
             assert st["tx_copied"] == npkts - nflows and st["tx_swapped"] == 0
-    finally:
-        for p in ps.values():
-            p.close()
 
 
 def test_multi_output_and_drop(uniq, pipeline_factory):
     pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2", "in_port=2,actions=output:1,output:3",
                                        "in_port=3,actions=drop"]))
-    ps = peers(uniq)
-    try:
+    with peers(uniq) as ps:
         a, b, c = ps["a"], ps["b"], ps["c"]
         frames = [frame(3, i) for i in range(200)]
         b.send_all(frames[:1], others=(a, c))
@@ -129,15 +136,11 @@ def test_multi_output_and_drop(uniq, pipeline_factory):
         assert st, pipe.stats()["drops"]
         time.sleep(0.1)
         assert a.drain() == 200 and b.drain() == 0
-    finally:
-        for p in ps.values():
-            p.close()
 
 
 def test_packets_of_a_pending_flow_are_not_lost(uniq, pipeline_factory):
     pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")))
-    ps = peers(uniq, "ab")
-    try:
+    with peers(uniq, "ab") as ps:
         burst = [frame(1, i) for i in range(40)]        # all sent before any answer can come back
         ps["a"].send_all(burst)
         assert wait_for(lambda: ps["b"].drain() >= 40)
@@ -145,15 +148,11 @@ def test_packets_of_a_pending_flow_are_not_lost(uniq, pipeline_factory):
         st = pipe.stats()
         assert st["upcall"]["upcall_flows"] == 1        # the flow went up once
         assert st["upcall"]["upcall_packets"] + st["hits"] == 40
-    finally:
-        for p in ps.values():
-            p.close()
 
 
 def test_slow_path_killed_hits_keep_flowing(uniq, pipeline_factory):
     pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")))
-    ps = peers(uniq, "ab")
-    try:
+    with peers(uniq, "ab") as ps:
         a, b = ps["a"], ps["b"]
         a.send_all([frame(1, 0)])
         assert wait_for(lambda: b.drain() >= 1)
@@ -169,16 +168,12 @@ def test_slow_path_killed_hits_keep_flowing(uniq, pipeline_factory):
         a.send_all([frame(2, 999)])
         assert wait_for(lambda: b.drain() >= 502, 10)
         assert pipe.stats()["upcall"]["slowpath_restarts"] >= 1
-    finally:
-        for p in ps.values():
-            p.close()
 
 
 def test_slow_path_answers_garbage_with_errors(uniq, pipeline_factory):
     pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")))
-    ps = peers(uniq, "ab")
     path = os.path.join(pipe.dir, "run", "slowpath.sock")
-    try:
+    with peers(uniq, "ab") as ps:
         for bad in (b"\xc1garbage", msgpack.packb([1, 2, 3]), msgpack.packb({"v": 99, "t": "upcall"}),
                     msgpack.packb({"v": 1, "t": "upcall", "flows": [{"id": "x"}], "packets": []}),
                     msgpack.packb({"v": 1, "t": "upcall", "flows": [], "packets": [[1, 2]]})):
@@ -192,22 +187,15 @@ def test_slow_path_answers_garbage_with_errors(uniq, pipeline_factory):
         assert oct(os.stat(path).st_mode & 0o777) == "0o600"
         ps["a"].send_all([frame(5, 1)])               # the worker's channel was never disturbed
         assert wait_for(lambda: ps["b"].drain() >= 1)
-    finally:
-        for p in ps.values():
-            p.close()
 
 
 def test_no_rule_drops_are_counted(uniq, pipeline_factory):
     pipe = pipeline_factory(cfg(uniq, [], ports=("a", "b")))
-    ps = peers(uniq, "ab")
-    try:
+    with peers(uniq, "ab") as ps:
         ps["a"].send_all([frame(1, i) for i in range(30)])
         st = wait_for(lambda: (lambda s: s if s["drops"]["action_drop"] == 30 else None)(pipe.stats()))
         assert st, pipe.stats()
         assert ps["b"].drain() == 0
-    finally:
-        for p in ps.values():
-            p.close()
 
 
 def test_openflow_tables_through_the_pipeline(uniq, pipeline_factory):
@@ -220,8 +208,7 @@ def test_openflow_tables_through_the_pipeline(uniq, pipeline_factory):
         "table=1,metadata=0x1,actions=output:2",
         "table=2,in_port=1,ip,nw_dst=10.2.0.0/16,actions=mod_nw_dst:10.9.9.9,mod_vlan_vid:7,output:3",
     ]))
-    ps = peers(uniq)
-    try:
+    with peers(uniq) as ps:
         a, b, c = ps["a"], ps["b"], ps["c"]
         dns = [frame(1, i) for i in range(20)]                   # UDP to port 53 -> table 1 -> port 2
         a.send_all(dns[:1], others=(b,))
@@ -246,9 +233,6 @@ def test_openflow_tables_through_the_pipeline(uniq, pipeline_factory):
         assert st["upcall"]["installed"] == 2                     # both flows cached
         assert st["upcall"]["slow_path_flows"] == 0
         assert st["hits"] == 19 + 4                               # first packets went up, the rest hit
-    finally:
-        for p in ps.values():
-            p.close()
 
 
 def test_rule_changes_take_effect_on_cached_traffic(uniq, pipeline_factory):
@@ -265,8 +249,7 @@ def test_rule_changes_take_effect_on_cached_traffic(uniq, pipeline_factory):
         r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--name", uniq, "--run-dir", run_dir],
                            cwd=ROOT, capture_output=True, text=True, timeout=30)
         return r
-    ps = peers(uniq)
-    try:
+    with peers(uniq) as ps:
         a, b, c = ps["a"], ps["b"], ps["c"]
         a.send_all([frame(1, 0)], others=(b,))
         assert wait_for(lambda: b.drain() >= 1)
@@ -291,18 +274,12 @@ def test_rule_changes_take_effect_on_cached_traffic(uniq, pipeline_factory):
         assert r.returncode == 0 and "deleted 2" in r.stdout
         r = vp("add-flow", "in_port=1,tp_dst=80,actions=drop")
         assert r.returncode == 2 and "tp_dst requires tcp, udp or sctp" in r.stderr and "Traceback" not in r.stderr
-    finally:
-        for p in ps.values():
-            p.close()
 
 
 def test_controller_packets_are_queued_and_not_cached(uniq, pipeline_factory):
-    import subprocess
-    import sys
     from pipeline import control
     pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=CONTROLLER,output:2"], ports=("a", "b")))
-    ps = peers(uniq, "ab")
-    try:
+    with peers(uniq, "ab") as ps:
         for i in range(5):
             ps["a"].send_all([frame(1, i)])
             assert wait_for(lambda: ps["b"].drain() >= i + 1)
@@ -310,6 +287,3 @@ def test_controller_packets_are_queued_and_not_cached(uniq, pipeline_factory):
         assert st["upcall"]["upcall_packets"] == 5 and st["hits"] == 0        # every packet went up
         sp = control.request(os.path.join(pipe.dir, "run", "slowpath.ctl"), "stats")
         assert sp["controller_queued"] == 5 and sp["controller"] == 5
-    finally:
-        for p in ps.values():
-            p.close()

@@ -29,9 +29,8 @@ while True:                       # until killed, at whatever point of a batch t
 def test_misbehaving_peers(uniq, pipeline_factory):
     pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:3", "in_port=2,actions=output:3",
                                        "in_port=3,actions=drop", "in_port=4,actions=drop"], ports=("a", "b", "c", "d")))
-    ps = peers(uniq, "bc")
-    b, c = ps["b"], ps["c"]
-    try:
+    with peers(uniq, "bc") as ps:
+        b, c = ps["b"], ps["c"]
         # 1. shrinking the region: the seals refuse it (no SIGBUS for the pipeline)
         r = Region.attach(f"{uniq}d")
         with pytest.raises(PermissionError):
@@ -73,6 +72,3 @@ def test_misbehaving_peers(uniq, pipeline_factory):
         finally:
             r2.close()
         assert pipe.proc.poll() is None
-    finally:
-        for p in ps.values():
-            p.close()

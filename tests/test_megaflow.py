@@ -23,8 +23,7 @@ def test_new_flows_hit_the_megaflow(uniq, pipeline_factory):
     pipe = pipeline_factory(cfg(uniq, ["priority=10,udp,tp_dst=53,actions=output:2",
                                        "priority=5,udp,actions=output:3"]).replace(
         "[pipeline]\n", "[pipeline]\nrevalidate_interval = 0\n"))
-    ps = peers(uniq)
-    try:
+    with peers(uniq) as ps:
         a, b, c = ps["a"], ps["b"], ps["c"]
         a.send_all([pkt("192.168.1.1")], others=(b,))
         assert wait_for(lambda: b.drain() >= 1)
@@ -71,6 +70,3 @@ def test_new_flows_hit_the_megaflow(uniq, pipeline_factory):
         assert wait_for(lambda: c.drain() >= 202)
         time.sleep(0.1)
         assert b.drain() == 401
-    finally:
-        for p in ps.values():
-            p.close()

@@ -65,12 +65,11 @@ def test_mac_move_revalidates_cached_flows(uniq, pipeline_factory):
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
     pipe = pipeline_factory(cfg(uniq, ["actions=NORMAL"]).replace("[pipeline]\n", "[pipeline]\nrevalidate_interval = 0\n"))
-    ps = peers(uniq)
 
     def pkt(src, dst, i):
         return bytes(Ether(src=src, dst=dst) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / (bytes([i]) * 20))
     ma, mb = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
-    try:
+    with peers(uniq) as ps:
         a, b, c = ps["a"], ps["b"], ps["c"]
         a.send_all([pkt(ma, mb, 0)], others=(b, c))               # b unknown: flooded to b and c
         assert wait_for(lambda: b.drain() >= 1 and c.drain() >= 1)
@@ -91,6 +90,3 @@ def test_mac_move_revalidates_cached_flows(uniq, pipeline_factory):
         a.send_all([pkt(ma, mb, 50)], others=(c,))
         assert wait_for(lambda: c.drain() >= 2)
         assert b.drain() == 11
-    finally:
-        for p in ps.values():
-            p.close()

@@ -55,13 +55,9 @@ def test_sigterm_cleans_up_and_restart_after_kill(uniq, tmp_path):
         # ... which the next run replaces, and it forwards
         p = _start(str(cfg))
         _up(str(run), p)
-        ps = peers(uniq, "ab")
-        try:
+        with peers(uniq, "ab") as ps:
             ps["a"].send_all([frame(1, i) for i in range(10)])
             assert wait_for(lambda: ps["b"].drain() >= 10)
-        finally:
-            for q in ps.values():
-                q.close()
         assert lab.xdp_attached("vS", "a1") and os.path.exists(f"/sys/class/net/{tap}")
         # the same pipeline twice: the second says so and touches nothing of the first
         r = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(cfg), "-q", "--duration", "1"],

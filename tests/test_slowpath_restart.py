@@ -30,8 +30,7 @@ def test_slow_path_killed_under_load(uniq, pipeline_factory):
                             .replace("[pipeline]\n", "[pipeline]\nrevalidate_interval = 0\n"))
     # a run-time rule: without it, tp_dst=99 would go to port 3
     _cli(pipe, uniq, "add-flow", "priority=20,udp,tp_dst=99,actions=output:2")
-    ps = peers(uniq)
-    try:
+    with peers(uniq) as ps:
         a, b, c = ps["a"], ps["b"], ps["c"]
         cached = [pkt(i, 53) for i in range(20)] + [pkt(i, 99) for i in range(20)]
         a.send_all(cached, others=(b, c))
@@ -61,6 +60,3 @@ def test_slow_path_killed_under_load(uniq, pipeline_factory):
         a.send_all(fresh, others=(b, c))
         assert wait_for(lambda: b.drain() >= 250 and c.drain() >= 20 - lost)
         assert b.got[240:] == fresh[:10] and sorted(c.got[-10:]) == sorted(fresh[10:])
-    finally:
-        for p in ps.values():
-            p.close()

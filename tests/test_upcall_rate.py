@@ -33,8 +33,7 @@ def _flood(uniq, rate, nflows, seconds):
 def run_case(uniq, pipeline_factory, upcall_rate):
     pipe = pipeline_factory(cfg(uniq, RULES).replace(
         "[pipeline]\n", f"[pipeline]\nupcall_rate = {upcall_rate}\nflow_limit = 20000\nrevalidate_interval = 0\n"))
-    ps = peers(uniq, "bc")
-    try:
+    with peers(uniq, "bc") as ps:
         b, c = ps["b"], ps["c"]
         st0 = pipe.stats()
         rss0 = rss_kb(pipe.proc.pid), rss_kb(st0["upcall"]["slowpath_pid"])
@@ -52,9 +51,6 @@ def run_case(uniq, pipeline_factory, upcall_rate):
         st = pipe.stats()
         rss1 = rss_kb(pipe.proc.pid), rss_kb(st["upcall"]["slowpath_pid"])
         return st, sum(1 for f in c.got if f in mine), rss0, rss1
-    finally:
-        for p in ps.values():
-            p.close()
 
 
 def test_flooding_port_is_held_to_its_rate(uniq, pipeline_factory):

@@ -23,14 +23,10 @@ def test_crashed_worker_is_restarted(uniq, pipeline_factory):
     new = pipe.stats()
     assert new["worker_restarts"] == 1 and new["upcall"]["slowpath_pid"] != st["upcall"]["slowpath_pid"]
     # the run-time rule survived the crash: port 1 still goes to 3, not 2 as in the config
-    ps = peers(uniq)
-    try:
+    with peers(uniq) as ps:
         ps["a"].send_all([frame(1, i) for i in range(30)], others=(ps["c"],))
         assert wait_for(lambda: ps["c"].drain() >= 30)
         assert ps["b"].drain() == 0
-    finally:
-        for p in ps.values():
-            p.close()
     pipe.proc.send_signal(signal.SIGTERM)
     assert pipe.proc.wait(15) == 0
     assert "restarting it with its ports" in pipe.proc.stderr.read()
