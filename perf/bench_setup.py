@@ -30,13 +30,7 @@ def run(flows, rate, rules):
     pipe = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", cfg, "--quiet", "--cpu", str(pc)])
     ctl = os.path.join(tmp, "run", "worker.ctl")
     try:
-        for _ in range(200):
-            try:
-                if control.request(ctl, "stats")["upcall"]["channel_up"]:
-                    break
-            except (OSError, RuntimeError):
-                pass
-            time.sleep(0.05)
+        control.wait_ready(ctl, pipe, timeout=10)
         g = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "gen", f"shm:{tag}a", "--rx", f"shm:{tag}b",
                               "--flows", str(flows), "--count", str(flows), "--rate", str(rate), "--json",
                               "--cpu", str(tc), "--idle-stop", "2"], stdout=subprocess.PIPE, text=True)

@@ -13,7 +13,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="valepipe: a packet pipeline and virtual switch on netmap rings.\n\n"
                        "Ports are URIs: shm:NAME (netmap rings in shared memory; a generator, sink "
                        "or test attaches as the other end), afxdp:IFNAME, packet:IFNAME, tap:NAME, "
-                       "pcap:FILE.")
+                       "pcap:FILE, and on a netmap host netmap:IF and valeX:PORT.")
 
 
 def _fail(msg, code=2):
@@ -62,7 +62,8 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     """Start the slow path and one worker, forward until SIGINT/SIGTERM, print counters.
 
     Port uris: shm:NAME, afxdp:IFNAME[:QUEUE], packet:IFNAME, tap:NAME, pcap:FILE[@write],
-    each with @options (queues=N, netns=NS, ...; the README's Ports section lists them)."""
+    each with @options (queues=N, netns=NS, ...); netmap:IF[^] and valeX:PORT as libnetmap
+    names them (the README's Ports section lists them all)."""
     from pipeline import config as cfgmod
     from pipeline.supervisor import supervise
     try:
@@ -328,7 +329,7 @@ def ports(name: str = typer.Option("valepipe", help="pipeline name"),
           run_dir: Optional[str] = typer.Option(None, help="the pipeline's run directory"),
           as_json: bool = typer.Option(False, "--json", help="everything, as JSON")):
     """Ports of a running pipeline with their counters and fault state; for interface ports
-    (afxdp, packet, tap, pcap) also what the binding counted (io) and its last error."""
+    (afxdp, packet, tap, pcap, netmap) also what the binding counted (io) and its last error."""
     from pipeline import control
     try:
         ps = control.request(_ctl(run_dir, name), "ports")

@@ -4,6 +4,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from bindings.netmap.names import is_netmap
+
 
 class ConfigError(Exception):
     pass
@@ -98,7 +100,7 @@ def parse(text, path="<config>"):
             raise ConfigError(f"{where}: ofport {spec['ofport']} or uri {spec['uri']!r} used twice")
         if not 2 <= spec["slots"] <= 65536:
             raise ConfigError(f"{where}: slots must be 2..65536")
-        if "slots" in p and spec["uri"].startswith(("netmap:", "vale")):
+        if "slots" in p and is_netmap(spec["uri"]):
             raise ConfigError(f"{where}: the netmap module sizes {spec['uri']}'s rings; ask for a size in "
                               "its name instead (@conf:slots=N)")
         seen_of.add(spec["ofport"])

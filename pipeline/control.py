@@ -153,3 +153,22 @@ def request(path, cmd, timeout=5.0, **args):
                 return rep["result"]
     finally:
         s.close()
+
+
+def wait_ready(path, proc=None, timeout=20.0):
+    """Client side: the worker's stats once it answers on `path` with its slow path connected
+    (a starting pipeline); RuntimeError if `proc` exits first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read() if getattr(proc, "stderr", None) else ""
+            raise RuntimeError(f"pipeline exited {proc.returncode}: {err}")
+        try:
+            st = request(path, "stats")
+            if st["upcall"]["channel_up"]:
+                return st
+        except (OSError, RuntimeError):
+            pass
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"pipeline did not come up within {timeout:g} s ({path})")
+        time.sleep(0.05)

@@ -113,8 +113,7 @@ KINDS = {"shm": open_shm, "tap": adapter_kind(TapAdapter), "packet": adapter_kin
 
 
 def kind_of(uri):
-    kind = uri.split(":", 1)[0]
-    return "vale" if kind.startswith("vale") else kind
+    return "vale" if uri.startswith("vale") else uri.split(":", 1)[0]
 
 
 def open_ports(specs):

@@ -37,17 +37,7 @@ class Pipeline:
                                       "--stats-json", os.path.join(tmp, "final.json")],
                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      start_new_session=True)     # killpg() ends supervisor, worker, slow path
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"pipeline exited {self.proc.returncode}: {self.proc.stderr.read()}")
-            try:
-                if self.stats()["upcall"]["channel_up"]:
-                    return
-            except (OSError, RuntimeError):
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("pipeline did not come up")
+        control.wait_ready(self.ctl, self.proc, timeout=20)
 
     def stats(self):
         return control.request(self.ctl, "stats")

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -109,43 +108,44 @@ def test_without_netmap_the_port_says_why(tmp_path):
     assert r.returncode == 2 and "netmap kernel module is not loaded" in r.stderr and "Traceback" not in r.stderr
 
 
+def _through(tx_uri, rx_uri, frames, chunk=10):
+    """Frames sent by a netmap user of tx_uri (a TXSYNC per chunk), as received by a netmap
+    user of rx_uri (RXSYNC until they are all there, or 10 s per chunk)."""
+    from bindings.netmap.port import NetmapPort
+    tx, rx = NetmapPort(tx_uri), NetmapPort(rx_uri)
+    got = []
+    try:
+        for i in range(0, len(frames), chunk):
+            assert tx.ring_port.send(frames[i:i + chunk]) == len(frames[i:i + chunk])
+            lib.vp_netmap_sync(tx.fd, 1)
+            wait_for(lambda: (lib.vp_netmap_sync(rx.fd, 0), got.extend(rx.ring_port.recv()))[0]
+                     or len(got) >= min(i + chunk, len(frames)), timeout=10)
+    finally:
+        tx.close()
+        rx.close()
+    return got
+
+
+def _frames(n, size=64):
+    return [bytes.fromhex("020000000002020000000001") + b"\x88\xb5" + bytes([i]) * (size - 14) for i in range(n)]
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/netmap"), reason="no /dev/netmap: the netmap module is not loaded")
 @pytest.mark.parametrize("share", [False, True], ids=["copy", "zero-copy"])
-def test_pipeline_between_two_vale_switches(tmp_path, share):
+def test_pipeline_between_two_vale_switches(pipeline_factory, share):
     """A sender on VALE switch vp0, the pipeline joining vp0 and vp1, a receiver on vp1:
     every frame arrives, through real netmap rings and sync ioctls. With @share= both of the
     pipeline's ports live in one memory region and it swaps buffers instead of copying."""
-    from bindings.netmap.port import NetmapPort
     from pipeline import control
-    cfg = tmp_path / "p.toml"
     second = "valevp1:sw@share=valevp0:sw" if share else "valevp1:sw"
-    cfg.write_text(f'[pipeline]\nname = "nmv"\nrun_dir = "{tmp_path}/run"\n[[port]]\nuri = "valevp0:sw"\n'
-                   f'[[port]]\nuri = "{second}"\n[slowpath]\nflows = ["in_port=1,actions=output:2"]\n')
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(cfg), "-q", "--duration", "60"],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    try:
-        assert wait_for(lambda: os.path.exists(tmp_path / "run" / "worker.ctl"), timeout=30)
-        tx, rx = NetmapPort("valevp0:gen"), NetmapPort("valevp1:sink")
-        try:
-            frames = [bytes.fromhex("020000000002020000000001") + b"\x88\xb5" + bytes([i]) * 50 for i in range(100)]
-            got = []
-            for i in range(0, 100, 10):
-                assert tx.ring_port.send(frames[i:i + 10]) == 10
-                lib.vp_netmap_sync(tx.fd, 1)
-                wait_for(lambda: (lib.vp_netmap_sync(rx.fd, 0), got.extend(rx.ring_port.recv()))[0] or len(got) >= i + 10,
-                         timeout=10)
-            assert got == frames
-            st = control.request(str(tmp_path / "run" / "worker.ctl"), "stats")
-            ports = control.request(str(tmp_path / "run" / "worker.ctl"), "ports")
-            assert (ports[0]["io"]["mem_id"] == ports[1]["io"]["mem_id"]) == share
-            # the first frame went through the slow path; the fast path moved the rest
-            assert (st["tx_swapped"] >= 90) if share else (st["tx_copied"] >= 90 and st["tx_swapped"] == 0), st
-        finally:
-            tx.close()
-            rx.close()
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    p = pipeline_factory(two_ports("nmv", "valevp0:sw", second, flows=("in_port=1,actions=output:2",)))
+    frames = _frames(100)
+    assert _through("valevp0:gen", "valevp1:sink", frames) == frames
+    st = p.stats()
+    ports = control.request(p.ctl, "ports")
+    assert (ports[0]["io"]["mem_id"] == ports[1]["io"]["mem_id"]) == share
+    # the first frame went through the slow path; the fast path moved the rest
+    assert (st["tx_swapped"] >= 90) if share else (st["tx_copied"] >= 90 and st["tx_swapped"] == 0), st
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/netmap"), reason="no /dev/netmap: the netmap module is not loaded")
@@ -237,31 +237,10 @@ def test_link_down_under_a_netmap_port(lab, pipeline_factory):
 
 
 @NETMAP
-def test_pipeline_on_netmap_pipes():
+def test_pipeline_on_netmap_pipes(pipeline_factory):
     """netmap pipes: the pipeline holds the `{1` ends, a sender and a receiver the `}1` ends;
     frames cross master -> slave -> pipeline -> master -> slave, in order."""
-    from bindings.netmap.port import NetmapPort
     sw = f"valep{os.getpid() % 10000}"
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = os.path.join(tmp, "p.toml")
-        with open(cfg, "w") as f:
-            f.write(two_ports("np", f"{sw}:a{{1", f"{sw}:b{{1", flows=("in_port=1,actions=output:2",), run_dir=f"{tmp}/run"))
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", cfg, "-q", "--duration", "60"],
-                                cwd=ROOT, stderr=subprocess.PIPE, text=True)
-        try:
-            assert wait_for(lambda: os.path.exists(f"{tmp}/run/worker.ctl"), timeout=30), proc.stderr
-            tx, rx = NetmapPort(f"{sw}:a}}1"), NetmapPort(f"{sw}:b}}1")
-            try:
-                frames = [bytes.fromhex("020000000002020000000001") + b"\x88\xb5" + bytes([i]) * 46 for i in range(20)]
-                got = []
-                assert tx.ring_port.send(frames) == 20
-                lib.vp_netmap_sync(tx.fd, 1)
-                wait_for(lambda: (lib.vp_netmap_sync(rx.fd, 0), got.extend(rx.ring_port.recv()))[0] or len(got) >= 20,
-                         timeout=15)
-                assert got == frames
-            finally:
-                tx.close()
-                rx.close()
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    pipeline_factory(two_ports("np", f"{sw}:a{{1", f"{sw}:b{{1", flows=("in_port=1,actions=output:2",)))
+    frames = _frames(20, size=60)
+    assert _through(f"{sw}:a}}1", f"{sw}:b}}1", frames, chunk=20) == frames

@@ -21,15 +21,7 @@ def _start(cfg_path):
 
 def _up(run_dir, proc):
     from pipeline import control
-    def ready():
-        if proc.poll() is not None:
-            raise AssertionError(proc.stderr.read())
-        try:
-            return control.request(os.path.join(run_dir, "worker.ctl"), "stats")["upcall"]["channel_up"]
-        except (OSError, RuntimeError):
-            return False
-    assert wait_for(ready, timeout=20, step=0.05)
-    return control.request(os.path.join(run_dir, "worker.ctl"), "stats")
+    return control.wait_ready(os.path.join(run_dir, "worker.ctl"), proc, timeout=20)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="veth and TAP need root")

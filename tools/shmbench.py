@@ -42,21 +42,6 @@ def _finish(p, timeout):
     return json.loads(out)
 
 
-def _wait_started(pipe, ctl, timeout=60):
-    """A VALE sender does not wait for the pipeline (its switch exists without it), so
-    the warm-up starts once the pipeline answers on its control socket."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pipe.poll() is not None:
-            raise RuntimeError(f"the pipeline exited with status {pipe.returncode}")
-        try:
-            control.request(ctl, "stats")
-            return
-        except (OSError, RuntimeError):
-            time.sleep(0.1)
-    raise RuntimeError("the pipeline did not start")
-
-
 DEFAULT_RULES = ["in_port=1,actions=output:2", "in_port=2,actions=output:1"]
 
 
@@ -98,8 +83,8 @@ def measure(flows=1, size=60, batch=256, seconds=5.0, slots=1024, tag=None, shar
     procs = []
     try:
         t0 = time.monotonic()
-        if vale:
-            _wait_started(pipe, ctl)
+        if vale:      # a VALE sender does not wait for the pipeline: its switch exists without it
+            control.wait_ready(ctl, pipe, timeout=60)
         warm = _traffic(["gen", gen_uri, "--rx", sink_uri, "--flows", str(flows), "--size", str(size),
                          "--count", str(flows), "--rate", str(warmup_pps)], traffic_cpu)
         procs.append(warm)

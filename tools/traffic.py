@@ -4,15 +4,12 @@
 import os
 import time
 
+from bindings.netmap.names import is_netmap
 from pipeline._native import ffi, lib
 from ring.region import ROLE_USER, Region, RegionError, parse_shm_uri
 
 DEFAULT_DST = bytes.fromhex("020000000002")
 DEFAULT_SRC = bytes.fromhex("020000000001")
-
-
-def is_netmap(uri):
-    return uri.startswith(("netmap:", "vale"))
 
 
 def attach(uri, wait_s=10.0):

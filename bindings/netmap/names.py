@@ -20,6 +20,11 @@ DEFAULT_KEY = {"share": "port", "extmem": "file", "netns": "name"}
 MANDATORY = {"share": "port", "extmem": "file", "netns": "name"}
 
 
+def is_netmap(uri):
+    """Whether a port uri names a netmap or VALE port (netmap:IF, valeX:PORT)."""
+    return uri.startswith(("netmap:", "vale"))
+
+
 class NameError_(ValueError):
     """A port name libnetmap would refuse; the message says where."""
 
