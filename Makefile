@@ -30,7 +30,10 @@ native: pipeline/.native-stamp
 demo: native
 	$(PY) -m pipeline.cli demo
 
+# the tests' own packages (Open vSwitch, ping, ethtool, clang, ...) are installed here, not
+# only by CI: `make test` alone on a fresh machine runs every test
 test: native
+	tools/system-packages --test
 	$(PY) -m pytest tests
 
 bench: native

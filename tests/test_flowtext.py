@@ -75,7 +75,7 @@ def same(a, b):
     return (a.match, a.actions, a.priority, a.table) == (b.match, b.actions, b.priority, b.table)
 
 
-@pytest.mark.skipif(not OVS, reason="ovs-ofctl not installed (Debian openvswitch-switch; .ci/run installs it)")
+@pytest.mark.skipif(not OVS, reason="ovs-ofctl not installed (Debian openvswitch-switch; `make test` installs it)")
 def test_agrees_with_ovs_ofctl(tmp_path):
     rng = random.Random(2026)
     rules = [rand_rule(rng) for _ in range(600)]

@@ -19,7 +19,7 @@ from pipeline.slowpath.ofproto import OFProto
 from pipeline.slowpath.trace import attrs_of_packet
 from tests import ovs_oracle
 
-pytestmark = pytest.mark.skipif(not ovs_oracle.available(), reason="Open vSwitch not installed (.ci/run installs it)")
+pytestmark = pytest.mark.skipif(not ovs_oracle.available(), reason="Open vSwitch not installed (`make test` installs it)")
 PORTS = [1, 2, 3, 4]
 LOCAL = 65534
 MACS = ["02:00:00:00:00:01", "02:00:00:00:00:02", "ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01"]
