@@ -11,7 +11,8 @@ from pipeline._native import ffi
 
 VERSION = 1
 MAX_MESSAGE = 16 << 20          # a batch of 1024 jumbo-less packets fits with room to spare
-TYPES = {"hello", "upcall", "upcall_reply", "revalidate", "revalidate_reply", "revalidate_request", "error"}
+# "echo": the slow path's keepalive, each second (a worker restarts a slow path it stops hearing)
+TYPES = {"hello", "upcall", "upcall_reply", "revalidate", "revalidate_reply", "revalidate_request", "error", "echo"}
 
 
 class ChannelError(Exception):

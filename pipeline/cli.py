@@ -222,7 +222,9 @@ def add_flows(file: str = typer.Argument(..., help="file with one rule per line 
         lines = [ln.strip() for ln in open(file, encoding="utf-8")]
     except OSError as e:
         _fail(f"{file}: {e.strerror}")
-    n = _slowpath(name, run_dir, "add-flows", flows=[ln for ln in lines if ln and not ln.startswith("#")])
+    flows = [ln for ln in lines if ln and not ln.startswith("#")]
+    # loaded in steps while the slow path answers upcalls: a large set takes a while
+    n = _slowpath(name, run_dir, "add-flows", timeout=30 + len(flows) / 1000, flows=flows)
     print(f"added {n} rule(s)")
 
 

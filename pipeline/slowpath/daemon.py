@@ -1,6 +1,8 @@
 """The slow-path process: answers each worker's upcall batches with flows to install and
 packets to execute. It trusts no message: every field is checked, bad ones are counted
-and answered with an error, and one bad worker never stops the others."""
+and answered with an error, and one bad worker never stops the others. It never blocks
+on one client: writes are queued per client, long translations and rule loads pause
+between steps to serve the control socket, and every worker hears from it each second."""
 import argparse
 import os
 import time
@@ -15,6 +17,11 @@ from pipeline.slowpath.flowtext import FlowError, format_rule, parse_actions, pa
 from pipeline.slowpath.ofproto import OFProto
 
 RECENT_FLOWS = 65536
+KEEPALIVE_S = 1.0             # a worker that hears nothing for a few of these restarts us
+SERVICE_S = 0.02              # longest stretch of translation between two turns of the control socket
+MAX_CLIENT_OUT = 64 << 20     # replies queued for a worker that does not read: past it, dropped
+MAX_RULES_REQUEST = 256 << 20 # add-flows of a few hundred thousand rules in one request
+STEP_RULES = 1000             # rules parsed or inserted per step of a large add-flows
 RULES_HEADER = "# valepipe slow-path rules (ovs-ofctl syntax), rewritten on every change;\n" \
                "# a restarted slow path of this pipeline loads them instead of the config's flows\n"
 
@@ -22,9 +29,12 @@ RULES_HEADER = "# valepipe slow-path rules (ovs-ofctl syntax), rewritten on ever
 class Client:
     def __init__(self, sock):
         self.sock = sock
+        sock.setblocking(False)
         self.unpacker = channel.unpacker()
         self.recent = OrderedDict()         # upcall id -> actions, for packets of pending flows
         self.worker = None
+        self.out = bytearray()              # encoded messages the socket has not taken yet
+        self.gone = False
 
 
 class SlowPath:
@@ -34,8 +44,9 @@ class SlowPath:
         self.st = dict(upcalls=0, flows=0, packets=0, bad_messages=0, unknown_flow_packets=0, slow_flows=0,
                        revalidated=0, rule_changes=0)
         self.clients = {}
+        self.ctl = None             # the control server, served between translation steps too
         self.macs_seen = 0          # MAC table change count last revalidated for
-        self.last_reval = self.last_expire = 0.0
+        self.last_reval = self.last_expire = self.last_keepalive = self.last_service = 0.0
 
     # -- control requests (valepipe add-flow / del-flows / mod-flows / dump-flows) -------------
     def control_handlers(self):
@@ -46,16 +57,32 @@ class SlowPath:
             return n
 
         def add_flows(req):
+            """In steps of STEP_RULES rules: upcalls are answered while a large set loads."""
             texts = req.get("flows")
             if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
                 raise ValueError("add-flows takes a list of flow strings")
-            rules = [parse_flow(t) for t in texts]     # all or nothing
-            for r in rules:
+            rules = []
+            for t in texts:                            # all or nothing: every rule parses first
+                rules.append(parse_flow(t))
+                if len(rules) % STEP_RULES == 0:
+                    yield None
+            for k, r in enumerate(rules, 1):
                 self.ofproto.add_flow(r)
+                if k % STEP_RULES == 0:
+                    yield None
             return changed(len(rules))
 
+        def dump_flows(req):
+            rules = list(self.ofproto.rules())
+            for k in range(0, len(rules), STEP_RULES):
+                yield self.ofproto.dump(rules[k:k + STEP_RULES])
+
         def del_flows(req):
-            return changed(self.ofproto.del_flows(parse_flow(_text(req, "match"), mode="match")))
+            gone = self.ofproto.matching(parse_flow(_text(req, "match"), mode="match"))
+            for k in range(0, len(gone), STEP_RULES):
+                self.ofproto.remove(gone[k:k + STEP_RULES])
+                yield None
+            return changed(len(gone))
 
         def mod_flows(req):
             text = _text(req, "flow")
@@ -76,8 +103,8 @@ class SlowPath:
                 flow = flow_of_text(text)
             return render(self.ofproto, flow)[0]
 
-        return {"add-flows": _errors(add_flows), "trace": _errors(trace), "del-flows": _errors(del_flows), "mod-flows": _errors(mod_flows),
-                "dump-flows": lambda req: self.ofproto.dump(),
+        return {"add-flows": add_flows, "trace": _errors(trace), "del-flows": _errors(del_flows), "mod-flows": _errors(mod_flows),
+                "dump-flows": dump_flows,
                 "fdb-show": lambda req: self.ofproto.macs.show(),
                 "stats": lambda req: dict(self.st, **self.ofproto.st)}
 
@@ -102,6 +129,7 @@ class SlowPath:
         for f in flows:
             if not (isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("key"), dict)):
                 raise channel.ChannelError("upcall: a flow needs an integer id and a key map")
+            self.between()
             res = self.ofproto.translate(f["key"], may_learn=True)
             client.recent[f["id"]] = (res.actions, res.rules)
             if len(client.recent) > RECENT_FLOWS:
@@ -152,11 +180,78 @@ class SlowPath:
         """Workers re-translate what they cached (after rules or MAC entries changed)."""
         self.macs_seen = self.ofproto.macs.changes
         self.last_reval = time.monotonic()
-        for cl in self.clients.values():
+        for cl in list(self.clients.values()):
+            self.send(cl, {"v": channel.VERSION, "t": "revalidate_request"})
+
+    # -- clients: queued writes, never blocking ----------------------------------------------
+    def send(self, cl, msg):
+        if cl.gone:
+            return
+        cl.out += channel.encode(msg)
+        self.flush(cl)
+        if len(cl.out) > MAX_CLIENT_OUT:
+            self.st["clients_dropped"] = self.st.get("clients_dropped", 0) + 1
+            self.drop(cl)                 # it reads nothing: it sees the channel go down
+
+    def flush(self, cl):
+        while cl.out and not cl.gone:
             try:
-                cl.sock.sendall(channel.encode({"v": channel.VERSION, "t": "revalidate_request"}))
+                n = cl.sock.send(cl.out[:1 << 20])
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError:
-                pass
+                return self.drop(cl)
+            del cl.out[:n]
+
+    def drop(self, cl):
+        if not cl.gone:
+            cl.gone = True
+            self.clients.pop(cl.sock, None)
+            cl.sock.close()
+
+    def read(self, cl):
+        """Answer what a worker sent; a message that breaks the protocol ends its channel."""
+        try:
+            data = cl.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return self.drop(cl)
+        try:
+            cl.unpacker.feed(data)
+            for msg in cl.unpacker:
+                reply = self.handle(cl, msg)
+                if cl.gone:
+                    return
+                if reply is not None:
+                    self.send(cl, reply)
+        except (channel.ChannelError, ValueError, TypeError) as e:
+            self.st["bad_messages"] += 1
+            why = str(e) if isinstance(e, channel.ChannelError) else f"malformed msgpack ({type(e).__name__}: {e})"
+            self.send(cl, {"v": channel.VERSION, "t": "error", "error": why})
+            self.flush(cl)
+            self.drop(cl)
+
+    def service(self):
+        """A turn of everything but reading upcalls: timers, keepalives, queued writes and the
+        control socket. Between translation steps too, so none of them waits on an upcall."""
+        now = time.monotonic()
+        self.last_service = now
+        self.housekeep()
+        if now - self.last_keepalive >= KEEPALIVE_S:
+            self.last_keepalive = now
+            for cl in list(self.clients.values()):
+                self.send(cl, {"v": channel.VERSION, "t": "echo"})
+        for cl in list(self.clients.values()):
+            self.flush(cl)
+        if self.ctl:
+            self.ctl.poll(budget_s=0.005)
+
+    def between(self):
+        if time.monotonic() - self.last_service >= SERVICE_S:
+            self.service()
 
     def housekeep(self):
         """MAC aging, and one revalidation per 100 ms at most for MAC table changes."""
@@ -214,7 +309,9 @@ def _errors(fn):
 def serve(path, slow, stop=lambda: False, control_path=None):
     if os.path.exists(path):
         os.unlink(path)
-    ctl = control.ControlServer(control_path, slow.control_handlers()) if control_path else None
+    ctl = control.ControlServer(control_path, slow.control_handlers(), max_request=MAX_RULES_REQUEST) \
+        if control_path else None
+    slow.ctl = ctl
     ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
@@ -222,49 +319,26 @@ def serve(path, slow, stop=lambda: False, control_path=None):
     finally:
         os.umask(old)
     ls.listen(16)
+    ls.setblocking(False)
     clients = slow.clients
     try:
         while not stop():
-            r, _, _ = select.select([ls] + list(clients) + ([ctl.sock] if ctl else []), [], [], 0.05)
-            slow.housekeep()
-            for s in r:
-                if ctl and s is ctl.sock:
-                    ctl.poll()
-                    continue
-                if s is ls:
+            wl = [s for s, c in clients.items() if c.out] + (ctl.writers() if ctl else [])
+            r, _, _ = select.select([ls] + list(clients) + (ctl.fds() if ctl else []), wl, [], 0.05)
+            slow.service()
+            if ls in r:
+                try:
                     c, _ = ls.accept()
                     clients[c] = Client(c)
-                    continue
-                cl = clients[s]
-                try:
-                    data = s.recv(1 << 20)
                 except OSError:
-                    data = b""
-                if not data:
-                    del clients[s]
-                    s.close()
-                    continue
-                try:
-                    cl.unpacker.feed(data)
-                    for msg in cl.unpacker:
-                        reply = slow.handle(cl, msg)
-                        if reply is not None:
-                            s.sendall(channel.encode(reply))
-                except (channel.ChannelError, ValueError, TypeError) as e:
-                    slow.st["bad_messages"] += 1
-                    why = str(e) if isinstance(e, channel.ChannelError) else f"malformed msgpack ({type(e).__name__}: {e})"
-                    try:
-                        s.sendall(channel.encode({"v": channel.VERSION, "t": "error", "error": why}))
-                    except OSError:
-                        pass
-                    del clients[s]
-                    s.close()
-                except OSError:
-                    del clients[s]
-                    s.close()
+                    pass
+            for s in r:
+                cl = clients.get(s)
+                if cl is not None:
+                    slow.read(cl)
     finally:
-        for s in clients:
-            s.close()
+        for cl in list(clients.values()):
+            slow.drop(cl)
         ls.close()
         if ctl:
             ctl.close()

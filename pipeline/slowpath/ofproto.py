@@ -26,10 +26,10 @@ class OFProto:
 
     def add_flow(self, rule):
         t = self.tables.setdefault(rule.table, Table(rule.table))
-        for old in list(t.rules()):                 # same table, priority and match: replace
-            if old.key() == rule.key():
-                t.remove(old)
-                self.created.pop(id(old), None)
+        old = t.by_key.get(rule.key())              # same table, priority and match: replace
+        if old is not None:
+            t.remove(old)
+            self.created.pop(id(old), None)
         t.insert(rule)
         self.created[id(rule)] = rule.used = time.monotonic()
 
@@ -54,11 +54,18 @@ class OFProto:
         return len(gone)
 
     def del_flows(self, match):
-        gone = [r for r in self.rules() if match.covers(r)]
-        for r in gone:
+        gone = self.matching(match)
+        self.remove(gone)
+        return len(gone)
+
+    def matching(self, match):
+        """The rules a non-strict match covers (del-flows, mod-flows)."""
+        return [r for r in self.rules() if match.covers(r)]
+
+    def remove(self, rules):
+        for r in rules:
             self.tables[r.table].remove(r)
             self.created.pop(id(r), None)
-        return len(gone)
 
     def mod_flows(self, match, actions):
         hit = [r for r in self.rules() if match.covers(r)]
@@ -66,10 +73,12 @@ class OFProto:
             r.actions = list(actions)
         return len(hit)
 
-    def dump(self):
+    def dump(self, rules=None):
+        """`rules` (default: all) as ovs-ofctl dump-flows lines."""
         from pipeline.slowpath.flowtext import format_rule
         now = time.monotonic()
-        return [format_rule(r, {"duration": now - self.created.get(id(r), now)}) for r in self.rules()]
+        return [format_rule(r, {"duration": now - self.created.get(id(r), now)})
+                for r in (self.rules() if rules is None else rules)]
 
     def rules(self):
         for tid in sorted(self.tables):
