@@ -74,10 +74,20 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     deadline = time.monotonic() + duration if duration else None
     if not supervised:
         raise typer.Exit(_run_worker(cfg, deadline, interval, quiet, stats_json, cpu, 0))
-    raise typer.Exit(supervise(lambda restarts: _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts)))
+    from pipeline.ports import PortError
+    from pipeline.takeover import Takeover
+    try:    # the shm: rings and the counters' journal outlive each worker
+        held = Takeover(cfg)
+    except (PortError, RuntimeError, OSError) as e:
+        _fail(str(e))
+    try:
+        code = supervise(lambda restarts: _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts, held))
+    finally:
+        held.close()
+    raise typer.Exit(code)
 
 
-def _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts):
+def _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts, takeover=None):
     """One worker's life (in the supervisor's child); returns the exit code."""
     from pipeline.ports import PortError
     from pipeline.worker import Worker
@@ -85,7 +95,7 @@ def _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts):
         _pin(cpu)
         try:
             # a restarted worker keeps the slow path's rules of this run
-            w = Worker(cfg, keep_rules=restarts > 0)
+            w = Worker(cfg, keep_rules=restarts > 0, takeover=takeover)
         except (PortError, RuntimeError, OSError) as e:
             _fail(str(e))
     except typer.Exit as e:          # the child's exit code, for the supervisor
@@ -106,11 +116,15 @@ def _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts):
         tick = None
     try:
         w.run(duration=max(0.001, deadline - time.monotonic()) if deadline else None, on_tick=tick, tick_s=interval)
-    finally:
+    except BaseException:
         if live:
             live.stop()
-        final = w.stats()
-        w.close()
+        w.close(crashed=True)        # as a crash: what the next worker takes over stays
+        raise
+    if live:
+        live.stop()
+    final = w.stats()
+    w.close()
     if stats_json:
         with open(stats_json, "w") as f:
             json.dump(final, f, indent=1)

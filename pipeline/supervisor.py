@@ -1,8 +1,9 @@
 """The supervisor: `valepipe run` forks the worker and, if a crash kills it, starts it
 again with its ports and the slow path's current rules; stop signals are passed on.
 
-A worker that exits by itself (done, or refusing its config) is not restarted; one that
-crashes more than MAX_RESTARTS times in WINDOW_S seconds is given up on.
+A worker that exits by itself (done: 0, or refusing its config: 2) is not restarted; one
+that crashes — killed by a signal, or ending with another status (an exception) — is, and
+one that crashes more than MAX_RESTARTS times in WINDOW_S seconds is given up on.
 """
 import ctypes
 import os
@@ -12,6 +13,7 @@ import time
 import traceback
 
 MAX_RESTARTS = 5
+EXIT_REFUSED = 2              # the worker refused its config or ports at start: restarting would not help
 WINDOW_S = 60.0
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -56,10 +58,15 @@ def supervise(start_worker):
         _, status = os.waitpid(pid, 0)
         child[0] = 0
         if os.WIFEXITED(status):
-            return os.WEXITSTATUS(status)
-        sig = os.WTERMSIG(status)
-        if stopping or sig in (signal.SIGTERM, signal.SIGINT):
-            return 128 + sig
+            code = os.WEXITSTATUS(status)
+            if code in (0, EXIT_REFUSED) or stopping:
+                return code
+            how = f"exited with status {code}"
+        else:
+            sig = os.WTERMSIG(status)
+            if stopping or sig in (signal.SIGTERM, signal.SIGINT):
+                return 128 + sig
+            how = f"died of {signal.Signals(sig).name}"
         now = time.monotonic()
         crashes = [t for t in crashes if now - t < WINDOW_S] + [now]
         if len(crashes) > MAX_RESTARTS:
@@ -67,6 +74,6 @@ def supervise(start_worker):
                   file=sys.stderr, flush=True)
             return 1
         restarts += 1
-        print(f"valepipe: worker {pid} died of {signal.Signals(sig).name}; restarting it with its ports "
+        print(f"valepipe: worker {pid} {how}; restarting it with its ports "
               f"(restart {restarts})", file=sys.stderr, flush=True)
         time.sleep(0.2)

@@ -154,7 +154,9 @@ class SlowPath:
                     self.ofproto.packet_in(p[1], a[1], p[2])
             if len(rest) < len(actions) and not any(a[0] == "output" for a in rest):
                 continue                              # consumed by the controller queue, counted there
-            execute.append([rest, p[2]])              # a drop comes back too: the fast path counts it
+            # a drop comes back too (the fast path counts it), with the port it came in on:
+            # the worker settles each packet it sent up by port
+            execute.append([rest, p[2], p[1]])
         self.st["packets"] += len(execute)
         return {"v": channel.VERSION, "t": "upcall_reply", "flows": out_flows, "execute": execute}
 

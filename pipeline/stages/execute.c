@@ -1,6 +1,6 @@
 /* execute.c — datapath actions: outputs are grouped per port for transmit; a flow whose
  * actions modify packets (masked set with checksum updates, push/pop VLAN) runs its
- * action program in order, sending a copy at each output that later actions would change. */
+ * action program in order on a copy of the packet, copying it into each output's ring. */
 #include <string.h>
 #include <arpa/inet.h>
 #include "execute.h"
@@ -147,48 +147,34 @@ uint32_t vp_op_apply(const struct vp_op *op, uint8_t *p, uint32_t len, uint32_t 
     return len;
 }
 
-static int modifies_after(const struct vp_actions *a, uint32_t i) {
-    for (uint32_t j = i + 1; j < a->nops; j++)
-        if (a->ops[j].kind != VP_OP_OUTPUT) return 1;
-    return 0;
-}
-
-/* run a modifying program on one packet held in `buf` (capacity cap), in order */
+/* run a modifying program on one packet held in `buf` (capacity cap), in order; each
+ * output copies the packet as it is at that point into the port's ring */
 static void run_ops(struct vp_dp *dp, const struct vp_actions *a, uint8_t *buf, uint32_t len, uint32_t cap,
-                    struct vp_batch *b, uint32_t bi) {
+                    uint32_t in_port) {
     for (uint32_t i = 0; i < a->nops; i++) {
         const struct vp_op *op = &a->ops[i];
         if (op->kind == VP_OP_OUTPUT) {
-            if (op->port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT]++; continue; }
-            if (b && !modifies_after(a, i)) {   /* final form: let transmit take it */
-                struct vp_outq *q = &dp->outq[op->port];
-                if (q->n == VP_BATCH_MAX) { dp->st.drops[VP_DROP_TX_FULL]++; continue; }
-                q->pkt[q->n++] = bi;
-                b->pkt[bi].nout = 2;            /* never swapped: more than one user, or moved */
-                b->pkt[bi].len = (uint16_t)len;
-            } else {
-                vp_inject(dp, op->port, buf, (const uint16_t *)&(uint16_t){(uint16_t)len}, 1);
-            }
+            vp_inject(dp, op->port, buf, len, in_port);
             continue;
         }
         uint32_t n = vp_op_apply(op, buf, len, cap);
-        if (n == 0) { dp->st.drops[VP_DROP_NO_ROOM]++; return; }
+        if (n == 0) { VP_DROP(dp, VP_DROP_NO_ROOM, in_port, 1); return; }
         len = n;
     }
 }
 
-uint32_t vp_execute_packet(struct vp_dp *dp, uint32_t id, const uint8_t *data, uint32_t len) {
+uint32_t vp_execute_packet(struct vp_dp *dp, uint32_t id, const uint8_t *data, uint32_t len, uint32_t in_port) {
     uint8_t buf[65536];
     const struct vp_actions *a;
-    if (id >= dp->nactions || len > sizeof(buf) - 8) return 0;
+    if (id >= dp->nactions || len > sizeof(buf) - 8) { VP_DROP(dp, VP_DROP_BAD_REPLY, in_port, 1); return 0; }
     a = &dp->actions[id];
-    if (a->nout == 0) { dp->st.drops[VP_DROP_ACTION]++; return 0; }
+    if (a->nout == 0) { VP_DROP(dp, VP_DROP_ACTION, in_port, 1); return 0; }
     memcpy(buf, data, len);
     if (!a->nops) {
-        for (uint32_t o = 0; o < a->nout; o++) vp_inject(dp, a->out[o], buf, (const uint16_t *)&(uint16_t){(uint16_t)len}, 1);
+        for (uint32_t o = 0; o < a->nout; o++) vp_inject(dp, a->out[o], buf, len, in_port);
         return a->nout;
     }
-    run_ops(dp, a, buf, len, sizeof(buf), NULL, 0);
+    run_ops(dp, a, buf, len, sizeof(buf), in_port);
     return a->nout;
 }
 
@@ -199,23 +185,24 @@ void vp_execute(struct vp_dp *dp, struct vp_batch *b) {
         const struct vp_actions *a;
         pk->nout = 0;
         if (pk->action < 0) continue;              /* miss: the upcall owns it */
-        if ((uint32_t)pk->action >= dp->nactions) { dp->st.drops[VP_DROP_ACTION]++; continue; }
+        if ((uint32_t)pk->action >= dp->nactions) { VP_DROP(dp, VP_DROP_ACTION, pk->port, 1); continue; }
         a = &dp->actions[pk->action];
         if (a->nops) {
-            /* modified in place: the buffer is ours until the next receive releases it */
-            struct vp_port *p = dp->ports[pk->port];
-            struct vp_ring *r = p->tx[0].role == VP_ROLE_KERNEL ? &p->tx[pk->ring] : &p->rx[pk->ring];
-            run_ops(dp, a, (uint8_t *)pk->data, pk->len, r->buf_size, b, i);
-            if (a->nout == 0) dp->st.drops[VP_DROP_ACTION]++;
+            /* on a copy: the frame in the ring stays as it came until the batch commits, so
+             * a batch cut short by a crash replays on the same bytes */
+            uint8_t buf[65536];
+            memcpy(buf, pk->data, pk->len);
+            run_ops(dp, a, buf, pk->len, sizeof(buf), pk->port);
+            if (a->nout == 0) VP_DROP(dp, VP_DROP_ACTION, pk->port, 1);
             continue;
         }
-        if (a->nout == 0) { dp->st.drops[VP_DROP_ACTION]++; continue; }
+        if (a->nout == 0) { VP_DROP(dp, VP_DROP_ACTION, pk->port, 1); continue; }
         for (uint32_t o = 0; o < a->nout; o++) {
             uint16_t port = a->out[o];
-            if (port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT]++; continue; }
+            if (port >= dp->nports) { VP_DROP(dp, VP_DROP_NO_PORT, pk->port, 1); continue; }
             struct vp_outq *q = &dp->outq[port];
             /* one batch fits a queue; repeated outputs to one port could overrun it */
-            if (q->n == VP_BATCH_MAX) { dp->st.drops[VP_DROP_TX_FULL]++; continue; }
+            if (q->n == VP_BATCH_MAX) { VP_DROP(dp, VP_DROP_TX_FULL, pk->port, 1); continue; }
             q->pkt[q->n++] = i;
             pk->nout++;
         }

@@ -1,7 +1,9 @@
 /* transmit.c — per output port: swap buffer indexes when the packet's buffer lives in
- * the same region as the out ring (zero copy), else copy once; then publish the ring. */
+ * the same region as the out ring (zero copy), else copy once. The frames are published
+ * at the batch's commit (pipeline/journal.c), not here. */
 #include <string.h>
 #include "transmit.h"
+#include "../journal.h"
 #include "../../bindings/adapter.h"
 #include "../../bindings/netmap/port.h"
 #include "../../bindings/pcap/pcap.h"
@@ -14,9 +16,9 @@ static inline struct vp_ring *in_ring(struct vp_port *p, uint32_t i) {
     return p->tx[0].role == VP_ROLE_KERNEL ? &p->tx[i] : &p->rx[i];
 }
 
-/* After frames were put in a port's out ring: hand them on (netmap's txsync, for an
+/* After frames were published in a port's out ring: hand them on (netmap's txsync, for an
  * emulated adapter or a real netmap port) and write out its mirror. */
-static void tx_sync(struct vp_port *p) {
+void vp_tx_sync(struct vp_port *p) {
     if (p->io) vp_io_txsync(p->io);
     if (p->fd >= 0) vp_netmap_port_sync(p, 1);
     if (p->mirror) vp_pcap_flush(p->mirror);
@@ -34,13 +36,19 @@ uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
             struct vp_pkt *pk = &b->pkt[q->pkt[i]];
             struct netmap_slot *ts = vp_slot(r, vp_ring_produce(r));
             uint32_t tidx = ts->buf_idx;
-            if (!vp_buf_ok(r, tidx)) { r->st.bad_buf++; r->faulty = 1; continue; }
-            if (pk->len > r->buf_size) { dp->st.drops[VP_DROP_TOO_BIG]++; continue; }
+            if (!vp_buf_ok(r, tidx)) {
+                r->st.bad_buf++;
+                r->faulty = 1;
+                VP_DROP(dp, VP_DROP_TX_BAD_SLOT, pk->port, 1);
+                continue;
+            }
+            if (pk->len > r->buf_size) { VP_DROP(dp, VP_DROP_TOO_BIG, pk->port, 1); continue; }
             struct vp_ring *ir = in_ring(dp->ports[pk->port], pk->ring);
-            if (pk->nout == 1 && ir->bufs == r->bufs && ir->buf_size == r->buf_size && ir->mem_id == r->mem_id) {
+            int same = pk->nout == 1 && ir->bufs == r->bufs && ir->buf_size == r->buf_size && ir->mem_id == r->mem_id;
+            uint32_t ridx = same ? (uint32_t)((pk->data - ir->bufs) / ir->buf_size) : 0;
+            if (same && vp_journal_swap(dp, pk->port, pk->ring, pk->slot, ridx, port, vp_ring_produce(r), tidx) == 0) {
                 /* same region: hand the buffer over, give the rx slot the empty one */
                 struct netmap_slot *rs = vp_slot(ir, pk->slot);
-                uint32_t ridx = (uint32_t)((pk->data - ir->bufs) / ir->buf_size);
                 rs->buf_idx = tidx;
                 rs->flags = NS_BUF_CHANGED;
                 ts->buf_idx = ridx;
@@ -61,31 +69,29 @@ uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
         }
         if (i < q->n) {
             r->st.full += q->n - i;
-            dp->st.drops[VP_DROP_TX_FULL] += q->n - i;
+            for (; i < q->n; i++) VP_DROP(dp, VP_DROP_TX_FULL, b->pkt[q->pkt[i]].port, 1);
         }
-        vp_ring_publish(r);
-        tx_sync(dp->ports[port]);
+        dp->tx_dirty |= 1ull << port;
         q->n = 0;
     }
     VP_TIME_END(dp, VP_ST_TRANSMIT, sent);
     return sent;
 }
 
-uint32_t vp_inject(struct vp_dp *dp, uint32_t port, const uint8_t *blob, const uint16_t *lens, uint32_t n) {
+/* One frame the slow path or an action program sends (copied); published at the commit. */
+uint32_t vp_inject(struct vp_dp *dp, uint32_t port, const uint8_t *frame, uint32_t len, uint32_t in_port) {
     struct vp_ring *r;
-    uint32_t sent;
     uint64_t full0;
-    if (port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT] += n; return 0; }
+    uint16_t l = (uint16_t)len;
+    if (port >= dp->nports) { VP_DROP(dp, VP_DROP_NO_PORT, in_port, 1); return 0; }
     r = out_ring(dp->ports[port]);
+    if (len == 0 || len > r->buf_size) { VP_DROP(dp, VP_DROP_TOO_BIG, in_port, 1); return 0; }
     full0 = r->st.full;
-    sent = vp_ring_send(r, blob, lens, n);
-    if (dp->ports[port]->mirror) {
-        /* the frames the ring took: the first `sent` with a length it accepts */
-        size_t off = 0;
-        for (uint32_t i = 0, m = 0; i < n && m < sent; off += lens[i], i++)
-            if (lens[i] && lens[i] <= r->buf_size) { vp_pcap_mirror(dp->ports[port]->mirror, (const char *)blob + off, lens[i]); m++; }
+    if (vp_ring_put(r, frame, &l, 1) == 0) {
+        VP_DROP(dp, r->st.full != full0 ? VP_DROP_TX_FULL : VP_DROP_TX_BAD_SLOT, in_port, 1);
+        return 0;
     }
-    tx_sync(dp->ports[port]);
-    dp->st.drops[VP_DROP_TX_FULL] += r->st.full - full0;
-    return sent;
+    if (dp->ports[port]->mirror) vp_pcap_mirror(dp->ports[port]->mirror, (const char *)frame, len);
+    dp->tx_dirty |= 1ull << port;
+    return 1;
 }
