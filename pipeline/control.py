@@ -66,6 +66,15 @@ def claim_run_dir(path, keep=()):
     return removed
 
 
+def remove_own(path, ino):
+    """Unlink a socket this process bound (inode `ino`), not one a successor bound there since."""
+    try:
+        if os.stat(path).st_ino == ino:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def remove_run_dirs(created):
     for d in reversed(created):
         try:
@@ -89,9 +98,11 @@ class ControlServer:
             self.sock.bind(path)
         finally:
             os.umask(old)
+        self.ino = os.stat(path).st_ino
         self.sock.listen(64)
         self.sock.setblocking(False)
         self.clients = {}                          # socket -> _Client
+        self.orphans = []                          # work whose client left before it was done
 
     def fds(self):
         """What to watch for reading (the listening socket and the clients)."""
@@ -100,6 +111,10 @@ class ControlServer:
     def writers(self):
         """Clients with output waiting, or work that continues without input."""
         return [s for s, c in self.clients.items() if c.out or c.work is not None]
+
+    def busy(self):
+        """Work goes on without any socket being ready: poll again soon."""
+        return bool(self.orphans) or any(c.work is not None for c in self.clients.values())
 
     def poll(self, budget_s=0.002):
         """Accept, read, run and write a step for each client, for about budget_s."""
@@ -121,8 +136,23 @@ class ControlServer:
             del self.clients[c.sock]
             if not c.closed:
                 self.clients[c.sock] = c           # to the back: the next poll starts with others
+            elif c.work is not None:
+                # the client went away: a stream is abandoned, but work that changes state
+                # (a rule set half loaded) is finished
+                if c.streaming:
+                    c.work.close()
+                else:
+                    self.orphans.append(c.work)
+                c.work = None
             if time.monotonic() >= deadline:
                 break
+        for w in list(self.orphans):
+            try:
+                if next(w, StopIteration) is StopIteration:
+                    self.orphans.remove(w)
+            except Exception as e:
+                print(f"valepipe: control request failed after its client left: {e!r}", file=sys.stderr)
+                self.orphans.remove(w)
 
     def _accept(self):
         for _ in range(MAX_CLIENTS):
@@ -150,8 +180,7 @@ class ControlServer:
             c.close()
         self.clients.clear()
         self.sock.close()
-        if os.path.exists(self.path):
-            os.unlink(self.path)
+        remove_own(self.path, self.ino)
 
 
 class _Client:
@@ -252,9 +281,6 @@ class _Client:
             self.close()
 
     def close(self):
-        if self.work is not None:
-            self.work.close()
-            self.work = None
         self.closed = True
         self.sock.close()
 

@@ -320,13 +320,15 @@ def serve(path, slow, stop=lambda: False, control_path=None):
         ls.bind(path)
     finally:
         os.umask(old)
+    ino = os.stat(path).st_ino
     ls.listen(16)
     ls.setblocking(False)
     clients = slow.clients
     try:
         while not stop():
             wl = [s for s, c in clients.items() if c.out] + (ctl.writers() if ctl else [])
-            r, _, _ = select.select([ls] + list(clients) + (ctl.fds() if ctl else []), wl, [], 0.05)
+            r, _, _ = select.select([ls] + list(clients) + (ctl.fds() if ctl else []), wl, [],
+                                    0 if ctl and ctl.busy() else 0.05)
             slow.service()
             if ls in r:
                 try:
@@ -344,8 +346,7 @@ def serve(path, slow, stop=lambda: False, control_path=None):
         ls.close()
         if ctl:
             ctl.close()
-        if os.path.exists(path):
-            os.unlink(path)
+        control.remove_own(path, ino)           # a successor may have bound there since
 
 
 def main(argv=None):
