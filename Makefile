@@ -5,10 +5,11 @@ PY     := $(VENV)/bin/python
 NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h \
                           bindings/*.c bindings/*.h bindings/*/*.c bindings/*/*.h tools/*.c tools/*.h) pipeline/native_build.py
 
-.PHONY: demo test bench bench-veth fuzz native clean help
+.PHONY: demo test soak bench bench-veth fuzz native clean help
 help:
 	@echo "make demo   - set up, then run gen -> pipeline -> sink on shm: ports and print Mpps"
 	@echo "make test   - set up, then run the test suite"
+	@echo "make soak   - SOAK_SECONDS (180) of traffic under random kills/stops, a hostile peer, bad clients; exact books per port"
 	@echo "make bench  - set up, then run perf/bench_shm.py (Mpps by flows and batch, ns/packet by stage)"
 	@echo "make bench-veth - valepipe vs Linux bridge vs Open vSwitch on veth with trafgen (root)"
 	@echo "make fuzz   - libFuzzer+ASan on extract, atheris on the parsers, FUZZ_SECONDS each (default 120)"
@@ -35,6 +36,11 @@ demo: native
 test: native
 	tools/system-packages --test
 	$(PY) -m pytest tests
+
+# the soak of tests/soak.py for minutes (make test runs it for seconds); SOAK_SEED repeats a run
+SOAK_SECONDS ?= 180
+soak: native
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/test_soak.py -s -q
 
 bench: native
 	$(PY) perf/bench_shm.py
