@@ -42,11 +42,11 @@ def run(n, rate):
         gen = subprocess.Popen(cli + ["gen", f"shm:{tag}a", "--flows", "1000000", "--rate", str(rate),
                                       "--duration", "3600"], cwd=ROOT, stdout=subprocess.DEVNULL)
         time.sleep(2)
-        r0, t0 = control.request(ctl, "stats")["upcall"]["replies"], time.monotonic()
+        u0, t0 = control.request(ctl, "stats")["upcall"], time.monotonic()
         add = subprocess.run(cli + ["add-flows", rules, "--name", tag, "--run-dir", os.path.join(tmp, "run")],
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
         load_s = time.monotonic() - t0
-        replies = control.request(ctl, "stats")["upcall"]["replies"] - r0
+        u1 = control.request(ctl, "stats")["upcall"]
         assert add.returncode == 0, add.stderr
         old = control.request(ctl, "stats")["upcall"]["slowpath_pid"]
         os.kill(old, signal.SIGKILL)
@@ -58,7 +58,8 @@ def run(n, rate):
             time.sleep(0.05)
         restart_s = time.monotonic() - t1
         return {"rules": n, "add_flows_s": round(load_s, 2), "rules_per_s": round(n / load_s),
-                "upcall_replies_while_loading": replies, "offered_new_flows_per_s": rate,
+                "offered_new_flows_per_s": rate, "new_flows_set_up_while_loading": u1["installed"] - u0["installed"],
+                "upcall_replies_while_loading": u1["replies"] - u0["replies"],
                 "slowpath_restart_with_rules_s": round(restart_s, 2)}
     finally:
         if gen:
