@@ -65,7 +65,7 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     each with @options (queues=N, netns=NS, ...); netmap:IF[^] and valeX:PORT as libnetmap
     names them (the README's Ports section lists them all)."""
     from pipeline import config as cfgmod
-    from pipeline.supervisor import supervise
+    from pipeline.supervisor import crash_leftovers, supervise
     try:
         cfg = cfgmod.load(config)
         cfgmod.add_mirrors(cfg, mirror)
@@ -74,7 +74,8 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     deadline = time.monotonic() + duration if duration else None
     if not supervised:
         raise typer.Exit(_run_worker(cfg, deadline, interval, quiet, stats_json, cpu, 0))
-    raise typer.Exit(supervise(lambda restarts: _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts)))
+    raise typer.Exit(supervise(lambda restarts: _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts),
+                               give_up=crash_leftovers(cfg)))
 
 
 def _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts):

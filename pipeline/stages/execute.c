@@ -32,7 +32,9 @@ int vp_actions_set_ops(struct vp_dp *dp, uint32_t id, const struct vp_op *ops, u
 
 /* --- header editing ----------------------------------------------------------------- */
 
-static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return ntohs(v); }
+/* The packet may sit in a buffer its sender can still write: each byte that decides an
+ * offset is loaded once (ring/shared.h); edits are computed in private copies. */
+static inline uint16_t rd16(const uint8_t *p) { return ntohs(vp_pkt_u16(p)); }
 static inline void wr16(uint8_t *p, uint16_t v) { v = htons(v); memcpy(p, &v, 2); }
 
 /* RFC 1624: HC' = ~(~HC + ~m + m') over the 16-bit words that changed */
@@ -59,12 +61,12 @@ static struct layers find_layers(const uint8_t *p, uint32_t len) {
     }
     L.l3 = off + 2;
     if (L.et == 0x0800 && len >= L.l3 + 20) {
-        uint32_t ihl = (p[L.l3] & 15) * 4u;
-        L.proto = p[L.l3 + 9];
+        uint32_t ihl = (vp_pkt_u8(p + L.l3) & 15) * 4u;
+        L.proto = vp_pkt_u8(p + L.l3 + 9);
         L.l4 = L.l3 + ihl;
         L.l4ok = ihl >= 20 && !(rd16(p + L.l3 + 6) & 0x1fff) && len >= L.l4 + 8;
     } else if (L.et == 0x86dd && len >= L.l3 + 40) {
-        L.proto = p[L.l3 + 6];
+        L.proto = vp_pkt_u8(p + L.l3 + 6);
         L.l4 = L.l3 + 40;
         L.l4ok = (L.proto == 6 || L.proto == 17) && len >= L.l4 + 8;
     } else {
@@ -87,9 +89,10 @@ static void write_field(uint8_t *pkt, uint32_t at, uint32_t w, const uint8_t *va
     uint8_t before[20], after[20];
     uint32_t s = at & ~1u, e = (at + w + 1) & ~1u;
     memcpy(before, pkt + s, e - s);
+    memcpy(after, before, e - s);
     for (uint32_t i = 0; i < w; i++)
-        pkt[at + i] = (uint8_t)((pkt[at + i] & ~mask[16 - w + i]) | (value[16 - w + i] & mask[16 - w + i]));
-    memcpy(after, pkt + s, e - s);
+        after[at - s + i] = (uint8_t)((before[at - s + i] & ~mask[16 - w + i]) | (value[16 - w + i] & mask[16 - w + i]));
+    memcpy(pkt + s, after, e - s);
     if (c1) csum_update(c1, before, after, e - s);
     if (c2) csum_update(c2, before, after, e - s);
 }
@@ -129,10 +132,11 @@ uint32_t vp_op_apply(const struct vp_op *op, uint8_t *p, uint32_t len, uint32_t 
         if (L.et == 0x0800) {
             write_field(p, L.l3 + 1, 1, op->value, op->mask, ipc, NULL);
         } else if (L.et == 0x86dd) {          /* traffic class straddles the first two bytes */
-            uint8_t tc = (uint8_t)(((p[L.l3] & 0x0f) << 4) | (p[L.l3 + 1] >> 4));
+            uint8_t b0 = vp_pkt_u8(p + L.l3), b1 = vp_pkt_u8(p + L.l3 + 1);
+            uint8_t tc = (uint8_t)(((b0 & 0x0f) << 4) | (b1 >> 4));
             tc = (uint8_t)((tc & ~op->mask[15]) | (op->value[15] & op->mask[15]));
-            p[L.l3] = (uint8_t)((p[L.l3] & 0xf0) | (tc >> 4));
-            p[L.l3 + 1] = (uint8_t)((p[L.l3 + 1] & 0x0f) | (tc << 4));
+            p[L.l3] = (uint8_t)((b0 & 0xf0) | (tc >> 4));
+            p[L.l3 + 1] = (uint8_t)((b1 & 0x0f) | (tc << 4));
         }
         break;
     case VP_F_NW_TTL:
