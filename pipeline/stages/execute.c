@@ -1,33 +1,66 @@
 /* execute.c — datapath actions: outputs are grouped per port for transmit; a flow whose
  * actions modify packets (masked set with checksum updates, push/pop VLAN) runs its
  * action program in order, sending a copy at each output that later actions would change. */
+#include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
 #include "execute.h"
 #include "transmit.h"
 
+/* An action set's own memory: what a replaced or freed set held is released. */
+static void actions_clear(struct vp_actions *a) {
+    free(a->more);
+    free(a->ops);
+    memset(a, 0, sizeof(*a));
+}
+
 int vp_actions_set(struct vp_dp *dp, uint32_t id, const uint16_t *out, uint32_t nout) {
-    if (id >= dp->max_actions || nout > VP_MAX_OUTPUTS) return -1;
-    dp->actions[id].nout = (uint16_t)nout;
-    dp->actions[id].nops = 0;
-    for (uint32_t i = 0; i < nout; i++) dp->actions[id].out[i] = out[i];
+    struct vp_actions *a;
+    uint16_t *more = NULL;
+    if (id >= dp->max_actions || nout > VP_MAX_PROGRAM) return -1;
+    if (nout > VP_INLINE_OUTPUTS) {
+        if (!(more = malloc(nout * sizeof(*more)))) return -1;
+        memcpy(more, out, nout * sizeof(*more));
+    }
+    a = &dp->actions[id];
+    actions_clear(a);
+    a->nout = nout;
+    if (more) a->more = more;
+    else memcpy(a->out, out, nout * sizeof(*out));
     if (id >= dp->nactions) dp->nactions = id + 1;
     return 0;
 }
 
 int vp_actions_set_ops(struct vp_dp *dp, uint32_t id, const struct vp_op *ops, uint32_t nops) {
-    uint32_t nout = 0;
-    if (id >= dp->max_actions || nops == 0 || nops > VP_MAX_OPS) return -1;
+    struct vp_actions *a;
+    struct vp_op *prog;
+    uint32_t nout = 0, final_from = 0;
+    if (id >= dp->max_actions || nops == 0 || nops > VP_MAX_PROGRAM) return -1;
     for (uint32_t i = 0; i < nops; i++) {
         if (ops[i].kind < VP_OP_OUTPUT || ops[i].kind > VP_OP_POP_VLAN) return -1;
         if (ops[i].kind == VP_OP_SET && (ops[i].field < VP_F_DL_SRC || ops[i].field > VP_F_TP_DST)) return -1;
         if (ops[i].kind == VP_OP_OUTPUT) nout++;
+        else final_from = i + 1;
     }
-    memcpy(dp->actions[id].ops, ops, nops * sizeof(*ops));
-    dp->actions[id].nops = (uint16_t)nops;
-    dp->actions[id].nout = (uint16_t)(nout ? nout : 0);
+    if (!(prog = malloc(nops * sizeof(*prog)))) return -1;
+    memcpy(prog, ops, nops * sizeof(*ops));
+    a = &dp->actions[id];
+    actions_clear(a);
+    a->ops = prog;
+    a->nops = nops;
+    a->nout = nout;
+    a->final_from = final_from;
     if (id >= dp->nactions) dp->nactions = id + 1;
     return 0;
+}
+
+void vp_actions_free(struct vp_dp *dp) {
+    for (uint32_t i = 0; i < dp->nactions; i++) actions_clear(&dp->actions[i]);
+    dp->nactions = 0;
+}
+
+static inline const uint16_t *outputs(const struct vp_actions *a) {
+    return a->nout <= VP_INLINE_OUTPUTS ? a->out : a->more;
 }
 
 /* --- header editing ----------------------------------------------------------------- */
@@ -151,12 +184,6 @@ uint32_t vp_op_apply(const struct vp_op *op, uint8_t *p, uint32_t len, uint32_t 
     return len;
 }
 
-static int modifies_after(const struct vp_actions *a, uint32_t i) {
-    for (uint32_t j = i + 1; j < a->nops; j++)
-        if (a->ops[j].kind != VP_OP_OUTPUT) return 1;
-    return 0;
-}
-
 /* run a modifying program on one packet held in `buf` (capacity cap), in order */
 static void run_ops(struct vp_dp *dp, const struct vp_actions *a, uint8_t *buf, uint32_t len, uint32_t cap,
                     struct vp_batch *b, uint32_t bi) {
@@ -164,7 +191,7 @@ static void run_ops(struct vp_dp *dp, const struct vp_actions *a, uint8_t *buf, 
         const struct vp_op *op = &a->ops[i];
         if (op->kind == VP_OP_OUTPUT) {
             if (op->port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT]++; continue; }
-            if (b && !modifies_after(a, i)) {   /* final form: let transmit take it */
+            if (b && i >= a->final_from) {       /* final form: let transmit take it */
                 struct vp_outq *q = &dp->outq[op->port];
                 if (q->n == VP_BATCH_MAX) { dp->st.drops[VP_DROP_TX_FULL]++; continue; }
                 q->pkt[q->n++] = bi;
@@ -189,7 +216,8 @@ uint32_t vp_execute_packet(struct vp_dp *dp, uint32_t id, const uint8_t *data, u
     if (a->nout == 0) { dp->st.drops[VP_DROP_ACTION]++; return 0; }
     memcpy(buf, data, len);
     if (!a->nops) {
-        for (uint32_t o = 0; o < a->nout; o++) vp_inject(dp, a->out[o], buf, (const uint16_t *)&(uint16_t){(uint16_t)len}, 1);
+        const uint16_t *out = outputs(a);
+        for (uint32_t o = 0; o < a->nout; o++) vp_inject(dp, out[o], buf, (const uint16_t *)&(uint16_t){(uint16_t)len}, 1);
         return a->nout;
     }
     run_ops(dp, a, buf, len, sizeof(buf), NULL, 0);
@@ -214,8 +242,9 @@ void vp_execute(struct vp_dp *dp, struct vp_batch *b) {
             continue;
         }
         if (a->nout == 0) { dp->st.drops[VP_DROP_ACTION]++; continue; }
+        const uint16_t *out = outputs(a);
         for (uint32_t o = 0; o < a->nout; o++) {
-            uint16_t port = a->out[o];
+            uint16_t port = out[o];
             if (port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT]++; continue; }
             struct vp_outq *q = &dp->outq[port];
             /* one batch fits a queue; repeated outputs to one port could overrun it */
