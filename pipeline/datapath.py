@@ -137,6 +137,7 @@ class Datapath:
             "stage_ns_total": {k: s.stage_ns[i] for i, k in enumerate(STAGES)},
             "stage_packets": {k: s.stage_pkts[i] for i, k in enumerate(STAGES)},
             "tx_swapped": s.tx_swapped, "tx_copied": s.tx_copied,
+            "flow_hash": "crc32c-sse4.2" if lib.vp_crc32c_used() else "crc32c-portable",
         }
 
 

@@ -1,9 +1,14 @@
 /* extract.c — Ethernet, 802.1Q/802.1ad, ARP, IPv4, IPv6 (bounded extension headers),
  * TCP/UDP/SCTP, ICMP/ICMPv6 (ND) into struct vp_flow_key. Never reads past len;
  * a truncated or malformed header ends parsing at the last layer that was whole. */
+#include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include "extract.h"
+#include "keyhash.h"
 
 #define ETH_IPV4 0x0800
 #define ETH_ARP 0x0806
@@ -204,49 +209,57 @@ void vp_extract_one(const uint8_t *p, uint32_t len, uint32_t in_port, struct vp_
     }
 }
 
-#if defined(__SSE4_2__)
-#include <nmmintrin.h>
-/* CRC32C over the key's words, one instruction per word (as Open vSwitch does on x86) */
-uint32_t vp_key_hash(const struct vp_flow_key *k) {
-    const uint64_t *w = (const uint64_t *)k;
-    uint64_t a = 0x243f6a88, b = 0x85a308d3;
-    size_t i;
-    for (i = 0; i + 1 < sizeof(*k) / 8; i += 2) {   /* two chains overlap their latency */
-        a = _mm_crc32_u64(a, w[i]);
-        b = _mm_crc32_u64(b, w[i + 1]);
+/* --- the key hash (keyhash.h): its path is chosen once, when the extension loads ------- */
+int vp_crc32c_hw;
+uint32_t vp_crc32c_table[8][256];
+static int crc32c_cpu;
+
+__attribute__((constructor)) static void keyhash_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int j = 0; j < 8; j++) c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+        vp_crc32c_table[0][i] = c;
     }
-    if (i < sizeof(*k) / 8) a = _mm_crc32_u64(a, w[i]);
-    return (uint32_t)(a ^ (b << 15 | b >> 17)) * 0x9e3779b1u;
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            vp_crc32c_table[t][i] = (vp_crc32c_table[t - 1][i] >> 8) ^ vp_crc32c_table[0][vp_crc32c_table[t - 1][i] & 0xff];
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    crc32c_cpu = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_SSE4_2);
+#endif
+    const char *want = getenv("VALEPIPE_CRC32C");
+    vp_crc32c_hw = crc32c_cpu && !(want && strcmp(want, "portable") == 0);
 }
-#else
-/* Pairs of key words are multiplied independently and summed, so the CPU overlaps
- * them; a serial multiply chain over 15 words cost ~30 ns per packet. */
-static inline uint64_t mum(uint64_t a, uint64_t b) {
-    __uint128_t r = (__uint128_t)a * b;
-    return (uint64_t)r ^ (uint64_t)(r >> 64);
-}
+
+#define KEY_WORDS (sizeof(struct vp_flow_key) / 8)
 
 uint32_t vp_key_hash(const struct vp_flow_key *k) {
-    const uint64_t *w = (const uint64_t *)k;
-    const size_t n = sizeof(*k) / 8;
-    uint64_t acc = 0x243f6a8885a308d3ull;
-    size_t i;
-    for (i = 0; i + 1 < n; i += 2)
-        acc += mum(w[i] ^ 0xa0761d6478bd642full, w[i + 1] ^ (0xe7037ed1a0b428dbull + i));
-    if (i < n) acc += mum(w[i] ^ 0x8ebc6af09c88c6e3ull, 0x589965cc75374cc3ull);
-    acc = mum(acc, 0x1d8e4e27c47d124full);
-    return (uint32_t)(acc ^ (acc >> 32));
+    return vp_crc32c_hw ? vp_hash_words((const uint64_t *)k, KEY_WORDS, 1)
+                        : vp_hash_words((const uint64_t *)k, KEY_WORDS, 0);
 }
-#endif
 
-void vp_extract(struct vp_dp *dp, struct vp_batch *b) {
-    VP_TIME_BEGIN(dp);
+/* one path on demand (hw = 1 gives 0 on a CPU without the instruction), for comparing them */
+uint32_t vp_key_hash_path(const struct vp_flow_key *k, int hw) {
+    if (hw && !crc32c_cpu) return 0;
+    return hw ? vp_hash_words((const uint64_t *)k, KEY_WORDS, 1) : vp_hash_words((const uint64_t *)k, KEY_WORDS, 0);
+}
+
+int vp_crc32c_cpu(void) { return crc32c_cpu; }
+int vp_crc32c_used(void) { return vp_crc32c_hw; }
+
+static inline __attribute__((always_inline)) void extract_batch(struct vp_dp *dp, struct vp_batch *b, const int hw) {
     for (uint32_t i = 0; i < b->n && i < 16; i++) __builtin_prefetch(b->pkt[i].data);
     for (uint32_t i = 0; i < b->n; i++) {
         struct vp_pkt *pk = &b->pkt[i];
         if (i + 16 < b->n) __builtin_prefetch(b->pkt[i + 16].data);
         vp_extract_one((const uint8_t *)pk->data, pk->len, pk->port, &b->key[i], dp->st.parse_err);
-        pk->hash = vp_key_hash(&b->key[i]);
+        pk->hash = vp_hash_words((const uint64_t *)&b->key[i], KEY_WORDS, hw);
     }
+}
+
+void vp_extract(struct vp_dp *dp, struct vp_batch *b) {
+    VP_TIME_BEGIN(dp);
+    if (vp_crc32c_hw) extract_batch(dp, b, 1);      /* one branch per batch, not per packet */
+    else extract_batch(dp, b, 0);
     VP_TIME_END(dp, VP_ST_EXTRACT, b->n);
 }
