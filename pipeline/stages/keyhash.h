@@ -15,7 +15,7 @@ extern uint32_t vp_crc32c_table[8][256]; /* slicing-by-8 tables of the Castagnol
 static inline uint64_t vp_crc32c_u64(uint64_t crc, uint64_t w, const int hw) {
 #if defined(__x86_64__)
     if (hw) {
-        __asm__("crc32q %1, %0" : "+r"(crc) : "rm"(w));
+        __asm__("crc32q %1, %0" : "+r"(crc) : "r"(w));
         return crc;
     }
 #endif
