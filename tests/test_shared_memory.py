@@ -10,11 +10,12 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 
 from pipeline._native import ffi, lib
+from ring.region import _pid_alive
 from tests.conftest import ROOT, wait_for
 from tests.test_e2e import frame, peers
+from tests.test_worker_restart import _restarted
 from tools.traffic import DEFAULT_DST, DEFAULT_SRC
 
 SCRIBBLE_S = 8          # the unfixed worker (a re-read buf_idx) died within 0.3-2 s of this
@@ -136,26 +137,10 @@ def test_given_up_worker_leaves_nothing(uniq, pipeline_factory):
         slowpaths.append(st["upcall"]["slowpath_pid"])
         os.kill(st["pid"], signal.SIGSEGV)               # as a crash would
         if crash < MAX_RESTARTS:
-            assert wait_for(lambda: _serving(pipe, st["pid"]), timeout=30, step=0.1), crash
+            assert wait_for(lambda: _restarted(pipe, st["pid"]), timeout=30, step=0.1), crash
     assert pipe.proc.wait(30) == 1
     err = pipe.proc.stderr.read()
     assert "giving up" in err and "SIGSEGV" in err and "Traceback" not in err
     assert glob.glob(f"/dev/shm/valepipe.{uniq}*") == []
     assert not os.path.exists(run)
-    assert wait_for(lambda: not any(_running(p) for p in slowpaths), timeout=10)
-
-
-def _serving(pipe, old_pid):
-    try:
-        st = pipe.stats()
-    except (OSError, RuntimeError):
-        return False
-    return st["pid"] != old_pid and st["upcall"]["channel_up"]
-
-
-def _running(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
+    assert wait_for(lambda: not any(_pid_alive(p) for p in slowpaths), timeout=10)
