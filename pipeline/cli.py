@@ -1,5 +1,6 @@
 """`valepipe`: run and inspect pipelines, generate and count traffic (typer)."""
 import json
+import math
 import os
 import signal
 import sys
@@ -71,6 +72,9 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
         cfgmod.add_mirrors(cfg, mirror)
     except cfgmod.ConfigError as e:
         _fail(str(e))
+    for opt, v in (("--duration", duration), ("--interval", interval)):
+        if v is not None and not (math.isfinite(v) and 0 < v <= 1e9):
+            _fail(f"{opt} must be a number of seconds above 0, not {v}")
     deadline = time.monotonic() + duration if duration else None
     if not supervised:
         raise typer.Exit(_run_worker(cfg, deadline, interval, quiet, stats_json, cpu, 0))
@@ -210,14 +214,22 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
 
 
 def _ctl(run_dir, name, which="worker.ctl"):
-    from pipeline.config import default_run_dir
-    return os.path.join(run_dir or default_run_dir(name), which)
+    """The control socket `which` of pipeline `name`, in a run directory no other user
+    could have prepared (else we might be talking to their sockets)."""
+    from pipeline import config, rundir
+    try:
+        path = run_dir or rundir.default(config.check_name(name, "--name"))
+        rundir.check(path)
+    except (config.ConfigError, rundir.RunDirError) as e:
+        _fail(str(e))
+    return os.path.join(path, which)
 
 
 def _slowpath(name, run_dir, cmd, **args):
     from pipeline import control
+    path = _ctl(run_dir, name, "slowpath.ctl")
     try:
-        return control.request(_ctl(run_dir, name, "slowpath.ctl"), cmd, **args)
+        return control.request(path, cmd, **args)
     except RuntimeError as e:
         _fail(str(e))
     except OSError as e:
@@ -225,7 +237,8 @@ def _slowpath(name, run_dir, cmd, **args):
 
 
 NAME = typer.Option("valepipe", "--name", help="pipeline name ([pipeline].name)")
-RUN_DIR = typer.Option(None, "--run-dir", help="the pipeline's run directory (default /run/valepipe/NAME)")
+RUN_DIR = typer.Option(None, "--run-dir", help="the pipeline's run directory (default /run/valepipe/NAME for "
+                                               "root, else $XDG_RUNTIME_DIR/valepipe/NAME or /tmp/valepipe-UID/NAME)")
 
 
 @app.command("add-flow")
@@ -275,8 +288,9 @@ def trace(flow: str = typer.Argument(..., help="'in_port=1,tcp,nw_dst=10.0.0.1,t
 def dump_megaflows(name: str = NAME, run_dir: Optional[str] = RUN_DIR):
     """The fast path's megaflows: masked key, counters, actions (as ovs-appctl dpctl/dump-flows)."""
     from pipeline import control
+    path = _ctl(run_dir, name)
     try:
-        flows = control.request(_ctl(run_dir, name), "megaflows")
+        flows = control.request(path, "megaflows")
     except (OSError, RuntimeError) as e:
         _fail(f"cannot reach pipeline {name!r}: {e}")
     for f in flows:
@@ -339,8 +353,9 @@ def stats(name: str = typer.Option("valepipe", help="pipeline name ([pipeline].n
           as_json: bool = typer.Option(False, "--json")):
     """Counters of a running pipeline: per port, per stage, hits/misses/upcalls, drops by reason."""
     from pipeline import control
+    path = _ctl(run_dir, name)
     try:
-        st = control.request(_ctl(run_dir, name), "stats")
+        st = control.request(path, "stats")
     except (OSError, RuntimeError) as e:
         _fail(f"cannot reach pipeline {name!r}: {e}")
     print(json.dumps(st, indent=1) if as_json else _render(st))
@@ -353,8 +368,9 @@ def ports(name: str = typer.Option("valepipe", help="pipeline name"),
     """Ports of a running pipeline with their counters and fault state; for interface ports
     (afxdp, packet, tap, pcap, netmap) also what the binding counted (io) and its last error."""
     from pipeline import control
+    path = _ctl(run_dir, name)
     try:
-        ps = control.request(_ctl(run_dir, name), "ports")
+        ps = control.request(path, "ports")
     except (OSError, RuntimeError) as e:
         _fail(f"cannot reach pipeline {name!r}: {e}")
     if as_json:

@@ -80,10 +80,10 @@ def crash_leftovers(cfg):
     its worker), remove the run-directory files and directories and the shm descriptors
     that name no running pipeline. Decided before the first worker starts (which of the
     run directory's parents this run creates)."""
-    from pipeline import control
+    from pipeline import rundir
     from ring.region import parse_shm_uri, remove_stale
     run_dir = os.path.abspath(cfg.run_dir)
-    created = control.missing_dirs(run_dir) or [run_dir]
+    created = rundir.missing(run_dir) or [run_dir]
 
     def clean():
         _wait_closed(os.path.join(run_dir, "slowpath.ctl"), timeout=5.0)
@@ -91,10 +91,10 @@ def crash_leftovers(cfg):
             if spec["uri"].startswith("shm:"):
                 remove_stale(parse_shm_uri(spec["uri"])[1])
         try:
-            control.claim_run_dir(run_dir)
+            rundir.claim(run_dir)
         except (RuntimeError, OSError):
             return                          # a pipeline answers there now: not ours to clear
-        control.remove_run_dirs(created)
+        rundir.remove_dirs(created)
     return clean
 
 
