@@ -22,6 +22,15 @@ def _fail(msg, code=2):
     raise typer.Exit(code)
 
 
+def _numbers(above_zero=(), at_least_zero=()):
+    """(option, value) pairs: finite, and above 0 (or at least 0); None is "not given".
+    nan, inf and negative counts were tracebacks (or a run that never ended)."""
+    for group, ok, what in ((above_zero, lambda v: v > 0, "above 0"), (at_least_zero, lambda v: v >= 0, "0 or more")):
+        for opt, v in group:
+            if v is not None and not (math.isfinite(v) and ok(v) and v <= 1e12):
+                _fail(f"{opt} must be a finite number {what} (at most 1e12), not {v}")
+
+
 def _pin(cpu):
     if cpu is not None:
         try:
@@ -72,9 +81,7 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
         cfgmod.add_mirrors(cfg, mirror)
     except cfgmod.ConfigError as e:
         _fail(str(e))
-    for opt, v in (("--duration", duration), ("--interval", interval)):
-        if v is not None and not (math.isfinite(v) and 0 < v <= 1e9):
-            _fail(f"{opt} must be a number of seconds above 0, not {v}")
+    _numbers(above_zero=(("--duration", duration), ("--interval", interval)))
     deadline = time.monotonic() + duration if duration else None
     if not supervised:
         raise typer.Exit(_run_worker(cfg, deadline, interval, quiet, stats_json, cpu, 0))
@@ -161,6 +168,8 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
     from bindings.netmap.port import NetmapError
     from ring.region import RegionError
     from tools.traffic import Generator, Sink
+    _numbers(above_zero=(("--duration", duration), ("--idle-stop", idle_stop), ("--batch", batch)),
+             at_least_zero=(("--rate", rate), ("--count", count)))
     _pin(cpu)
     uid = _owner_uid(owner)
     if count == 0 and duration is None:
@@ -199,6 +208,7 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
     from bindings.netmap.port import NetmapError
     from ring.region import RegionError
     from tools.traffic import Sink
+    _numbers(above_zero=(("--duration", duration), ("--idle-stop", idle_stop)), at_least_zero=(("--count", count),))
     _pin(cpu)
     uid = _owner_uid(owner)
     try:

@@ -217,6 +217,15 @@ def test_run_options_are_finite_positive_seconds(tmp_path, uniq, opt):
     assert r.returncode == 2 and opt[0] in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.parametrize("args", [("gen", "--rate", "inf"), ("gen", "--rate", "-5"), ("gen", "--count", "-1"),
+                                  ("gen", "--duration", "nan"), ("gen", "--batch", "0"), ("gen", "--idle-stop", "nan"),
+                                  ("sink", "--count", "-1"), ("sink", "--duration", "inf"), ("sink", "--idle-stop", "-1")])
+def test_traffic_options_are_finite(uniq, args):
+    """Tracebacks (inf, negative counts) or a generator that never stopped (--duration nan)."""
+    r = cli(args[0], f"shm:{uniq}", *args[1:], timeout=30)
+    assert r.returncode == 2 and args[1] in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 @pytest.mark.parametrize("uri,msg", [("tap:vx0@queues=\u0662", "queues must be a number"),
                                      ("tap:vx0@queues= 2", "queues must be a number"),
                                      ("tap:vx0@queues=+2", "queues must be a number"),
