@@ -116,9 +116,10 @@ def test_a_users_pipeline_lives_in_xdg_runtime_dir_or_its_own_tmp_dir(other_user
         assert json.loads(r.stdout)["upcall"]["channel_up"]
         r = user.run("add-flow", "priority=9,in_port=2,actions=output:1", "--name", name, **env)
         assert r.returncode == 0, r.stderr
-        with peers(uniq, "ab") as ps:
-            ps["a"].send_all([frame(1, i) for i in range(10)])
-            assert wait_for(lambda: ps["b"].drain() >= 10)
+        # and forwards what the user sends (the user's own generator and sink)
+        r = user.run("gen", f"shm:{uniq}a", "--count", "10", "--rx", f"shm:{uniq}b", "--json", **env)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["rx"]["received"] == 10
         p.send_signal(signal.SIGTERM)
         assert p.wait(20) == 0, p.stderr.read()
         assert not os.path.exists(run_dir)
