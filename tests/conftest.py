@@ -154,32 +154,47 @@ def lab(tmp_path):
 
 
 class User:
-    """An unprivileged uid with no account (setpriv), running this tree's Python and
-    valepipe's CLI as that user: `user.run("stats", "--name", n)`, `user.start(...)`."""
+    """An unprivileged uid with no account (setpriv), running this tree's Python:
+    `user.run(*python_args)`, `user.cli("stats", ...)`, `user.start(...)` (stopped after the
+    test), `user.py(code)`; `user.home` is a 0700 directory of its own."""
 
     def __init__(self, uid, python, env, processes):
-        self.uid, self.python, self.env, self._processes = uid, python, env, processes
+        self.uid, self.python, self._processes = uid, python, processes
         self.made = []                         # paths to remove after the test
         self.procs = []
+        self.home = self.mkdtemp()
+        self.env = dict(env, HOME=self.home)
 
-    def cmd(self, *args):
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--", *args]
+    def argv(self, *args):
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--inh-caps=-all", "--",
+                self.python, *args]
 
-    def env_with(self, **extra):
+    def _env(self, extra):
         return {**self.env, **{k: v for k, v in extra.items() if v is not None}}
 
-    def run(self, *cli_args, timeout=60, **env):
-        return subprocess.run(self.cmd(self.python, "-m", "pipeline.cli", *cli_args), cwd=ROOT, capture_output=True,
-                              text=True, timeout=timeout, env=self.env_with(**env))
+    def run(self, *args, timeout=60, **env):
+        """This tree's Python with `args`, as this user (env: extra variables)."""
+        return subprocess.run(self.argv(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                              env=self._env(env))
 
-    def python_c(self, code, *args, timeout=60, **env):
-        return subprocess.run(self.cmd(self.python, "-c", code, *args), cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout, env=self.env_with(**env))
+    def cli(self, *args, timeout=60, **env):
+        return self.run("-m", "pipeline.cli", *args, timeout=timeout, **env)
 
     def start(self, *args, env=None, **kw):
-        """A process of this user (args[0] "-m"/"-c" run this tree's Python), stopped after the test."""
-        self.procs.append(self._processes(self.cmd(self.python, *args), env=self.env_with(**(env or {})), **kw))
+        """A process of this user (pipes for stdin, stdout and stderr unless given),
+        stopped with its process group after the test."""
+        for k in ("stdin", "stdout", "stderr"):
+            kw.setdefault(k, subprocess.PIPE)
+        kw.setdefault("text", True)
+        self.procs.append(self._processes(self.argv(*args), env=self._env(env or {}), **kw))
         return self.procs[-1]
+
+    def py(self, code):
+        """A Python snippet as this user, once it printed "ready" (set up)."""
+        p = self.start("-c", code)
+        line = p.stdout.readline().strip()
+        assert line == "ready", line + p.stderr.read()
+        return p
 
     def mkdtemp(self, mode=0o700):
         """A fresh directory under /tmp owned by this user (removed after the test)."""
@@ -190,12 +205,19 @@ class User:
         return d
 
 
+_PYTHON_FOR_OTHERS = []
+
+
 def _python_for(uid):
-    """A Python this uid can run with this tree importable: ours, or the system's of the
-    same version with our site-packages on PYTHONPATH (ours may sit under /root)."""
-    base = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+    """A Python other users can run with this tree importable: ours, or the system's of
+    the same version with our site-packages on PYTHONPATH (ours may sit under /root);
+    (None, None) if there is none. Probed once."""
+    if _PYTHON_FOR_OTHERS:
+        return _PYTHON_FOR_OTHERS[0]
+    base = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
     site = sysconfig.get_paths()["purelib"]
     ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    found = None, None
     for py, env in ((sys.executable, base),
                     (shutil.which(ver, path="/usr/bin:/usr/local/bin") or "", dict(base, PYTHONPATH=f"{ROOT}:{site}"))):
         if not py:
@@ -206,13 +228,15 @@ def _python_for(uid):
                             "subprocess.run([sys.executable, '-c', 'import pipeline._native'], check=True)"],
                            cwd=ROOT, env=env, capture_output=True, timeout=60)
         if r.returncode == 0:
-            return py, env
-    return None, None
+            found = py, env
+            break
+    _PYTHON_FOR_OTHERS.append(found)
+    return found
 
 
-def _free_uid(rng):
-    """A uid no account has and no process runs as."""
-    taken = {int(line.split(":")[2]) for line in open("/etc/passwd") if line.count(":") >= 3}
+def _free_uid(rng, taken):
+    """A uid no account has, no process runs as, and not in `taken`."""
+    taken = taken | {int(line.split(":")[2]) for line in open("/etc/passwd") if line.count(":") >= 3}
     for _ in range(100):
         uid = rng.randrange(61000, 64000)
         if uid not in taken and not _pids_of(uid):
@@ -234,7 +258,8 @@ def _pids_of(uid):
 
 @pytest.fixture
 def other_users(processes):
-    """other_users(n) -> n User objects with uids of their own (root only; setpriv)."""
+    """other_users(n) -> n User objects with uids of their own (root only; setpriv); their
+    processes, files under /tmp and in /dev/shm are removed after the test."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv (util-linux) to act as other users")
     users = []
@@ -242,10 +267,10 @@ def other_users(processes):
     def make(n):
         rng = random.Random()
         for _ in range(n):
-            uid = _free_uid(rng)
+            uid = _free_uid(rng, {u.uid for u in users})
             py, env = _python_for(uid)
             if py is None:
-                pytest.skip(f"no Python that uid {uid} may run with {ROOT} importable")
+                pytest.skip(f"no Python that an unprivileged user may run with {ROOT} importable")
             users.append(User(uid, py, env, processes))
         return users[-n:]
     yield make

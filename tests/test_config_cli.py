@@ -9,6 +9,7 @@ import pytest
 
 from pipeline import channel, config
 from pipeline.worker import Worker
+from ring.region import desc_path
 from tests.conftest import ROOT
 from tools.traffic import attach
 
@@ -205,7 +206,7 @@ def test_unusable_timeouts_are_refused_at_start(tmp_path, uniq, value):
     r = cli("run", str(path), "-q", "--duration", "3")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "idle_timeout must be" in r.stderr and "Traceback" not in r.stderr
-    assert not os.path.exists(f"/dev/shm/valepipe.{uniq}a") and not os.path.exists(tmp_path / "run")
+    assert not os.path.exists(desc_path(f"{uniq}a")) and not os.path.exists(tmp_path / "run")
 
 
 @pytest.mark.parametrize("opt", [("--duration", "nan"), ("--duration", "inf"), ("--duration", "-1"),

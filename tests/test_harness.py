@@ -1,11 +1,13 @@
 """The test harness itself: a pipeline that fails to come up in time is stopped, with
 every process it started, before the error reaches the test (a leaked one kept its port
 names and corrupted the next test)."""
+import glob
 import os
 import signal
 
 import pytest
 
+from ring.region import desc_path
 from tests.conftest import wait_for
 from tests.test_e2e import cfg
 
@@ -31,7 +33,7 @@ def test_a_pipeline_that_times_out_at_start_is_stopped(uniq, pipeline_factory, m
             pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")), ready_timeout=0.01)
         # supervisor, worker and slow path: all gone, and nothing of theirs left behind
         assert wait_for(lambda: not _marked(mark), timeout=20), _marked(mark)
-        assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"valepipe.{uniq}")]
+        assert not glob.glob(desc_path(uniq) + "*")
     finally:
         for pid in _marked(mark):                      # only what this test started
             os.kill(pid, signal.SIGKILL)

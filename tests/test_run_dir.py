@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from pipeline import control
+from ring.region import desc_path
 from tests.conftest import ROOT, wait_for
 from tests.test_e2e import cfg, frame, peers
 from tests.test_worker_restart import _restarted
@@ -69,27 +70,27 @@ def test_a_run_directory_prepared_by_another_user_is_refused(other_users, uniq):
     # the attacker prepares the victim's default run directory, world-writable, with a
     # listening "pipeline" in it
     base = f"/tmp/valepipe-{victim.uid}"
-    r = attacker.python_c(f"import os; os.umask(0); os.mkdir({base!r}, 0o777); os.mkdir({base + '/' + name!r}, 0o777)")
+    r = attacker.run("-c", f"import os; os.umask(0); os.mkdir({base!r}, 0o777); os.mkdir({base + '/' + name!r}, 0o777)")
     assert r.returncode == 0, r.stderr
-    fake = attacker.start("-c", FAKE_PIPELINE, f"{base}/{name}", stdout=subprocess.PIPE, text=True)
+    fake = attacker.start("-c", FAKE_PIPELINE, f"{base}/{name}")
     assert fake.stdout.readline().strip() == "listening"
     log = f"{base}/{name}/connections.log"
     # the victim's commands refuse the directory instead of talking to the attacker
     for args in (("stats", "--json"), ("add-flow", "in_port=1,actions=drop"), ("dump-flows",), ("ports",)):
-        r = victim.run(*args, "--name", name)
+        r = victim.cli(*args, "--name", name)
         assert _one_line_refusal(r), (args, r.returncode, r.stdout, r.stderr)
         assert base in r.stderr and f"uid {attacker.uid}" in r.stderr, r.stderr
         assert "attacker" not in r.stdout
     assert open(log).read() == ""
     # and so does `run`, leaving nothing of the victim's there
     conf = _pipeline_cfg(victim, name, uniq)
-    r = victim.run("run", conf, "-q", "--duration", "2")
+    r = victim.cli("run", conf, "-q", "--duration", "2")
     assert _one_line_refusal(r) and base in r.stderr, r.stderr
-    assert _owned_by(victim.uid, base) == [] and not os.path.exists(f"/dev/shm/valepipe.{uniq}a")
+    assert _owned_by(victim.uid, base) == [] and not os.path.exists(desc_path(f"{uniq}a", victim.uid))
     # a run_dir given explicitly inside a directory others may write is refused too
     shared = attacker.mkdtemp(mode=0o777)
     conf = _pipeline_cfg(victim, name, uniq, run_dir=f"{shared}/run")
-    r = victim.run("run", conf, "-q", "--duration", "2")
+    r = victim.cli("run", conf, "-q", "--duration", "2")
     assert _one_line_refusal(r) and shared in r.stderr and "other users" in r.stderr, r.stderr
     assert not os.path.exists(f"{shared}/run")
     assert open(log).read() == ""
@@ -102,8 +103,7 @@ def test_a_users_pipeline_lives_in_xdg_runtime_dir_or_its_own_tmp_dir(other_user
     conf = _pipeline_cfg(user, name, uniq)
     for env in ({"XDG_RUNTIME_DIR": xdg}, {}):
         run_dir = f"{xdg}/valepipe/{name}" if env else f"/tmp/valepipe-{user.uid}/{name}"
-        p = user.start("-m", "pipeline.cli", "run", conf, "-q", env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
+        p = user.start("-m", "pipeline.cli", "run", conf, "-q", env=env, stdout=subprocess.DEVNULL)
         control.wait_ready(f"{run_dir}/worker.ctl", p, timeout=30)
         st = os.lstat(run_dir)
         assert st.st_uid == user.uid and st.st_mode & 0o777 == 0o700
@@ -111,13 +111,13 @@ def test_a_users_pipeline_lives_in_xdg_runtime_dir_or_its_own_tmp_dir(other_user
             st = os.lstat(os.path.dirname(run_dir))
             assert st.st_uid == user.uid and st.st_mode & 0o777 == 0o700
         # the user's CLI finds it without being told where
-        r = user.run("stats", "--json", "--name", name, **env)
+        r = user.cli("stats", "--json", "--name", name, **env)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["upcall"]["channel_up"]
-        r = user.run("add-flow", "priority=9,in_port=2,actions=output:1", "--name", name, **env)
+        r = user.cli("add-flow", "priority=9,in_port=2,actions=output:1", "--name", name, **env)
         assert r.returncode == 0, r.stderr
         # and forwards what the user sends (the user's own generator and sink)
-        r = user.run("gen", f"shm:{uniq}a", "--count", "10", "--rx", f"shm:{uniq}b", "--json", **env)
+        r = user.cli("gen", f"shm:{uniq}a", "--count", "10", "--rx", f"shm:{uniq}b", "--json", **env)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["rx"]["received"] == 10
         p.send_signal(signal.SIGTERM)
@@ -164,9 +164,9 @@ def test_bad_names_are_refused_by_every_command(cmd):
 def test_a_dot_dot_name_never_reaches_the_run_directory(other_users, uniq):
     user, = other_users(1)
     conf = _pipeline_cfg(user, "..", uniq)
-    r = user.run("run", conf, "-q", "--duration", "2")
+    r = user.cli("run", conf, "-q", "--duration", "2")
     assert _one_line_refusal(r) and "name" in r.stderr and "[A-Za-z0-9_.-]" in r.stderr, r.stderr
-    assert not os.path.exists(f"/dev/shm/valepipe.{uniq}a")
+    assert not os.path.exists(desc_path(f"{uniq}a", user.uid))
 
 
 def _gone(pid):
