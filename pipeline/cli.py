@@ -1,5 +1,6 @@
 """`valepipe`: run and inspect pipelines, generate and count traffic (typer)."""
 import json
+import math
 import os
 import signal
 import sys
@@ -19,6 +20,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 def _fail(msg, code=2):
     typer.echo(f"valepipe: {msg}", err=True)
     raise typer.Exit(code)
+
+
+def _numbers(above_zero=(), at_least_zero=()):
+    """(option, value) pairs: finite, and above 0 (or at least 0); None is "not given".
+    nan, inf and negative counts were tracebacks (or a run that never ended)."""
+    for group, ok, what in ((above_zero, lambda v: v > 0, "above 0"), (at_least_zero, lambda v: v >= 0, "0 or more")):
+        for opt, v in group:
+            if v is not None and not (math.isfinite(v) and ok(v) and v <= 1e12):
+                _fail(f"{opt} must be a finite number {what} (at most 1e12), not {v}")
 
 
 def _pin(cpu):
@@ -65,23 +75,26 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     each with @options (queues=N, netns=NS, ...); netmap:IF[^] and valeX:PORT as libnetmap
     names them (the README's Ports section lists them all)."""
     from pipeline import config as cfgmod
-    from pipeline.supervisor import supervise
+    from pipeline.supervisor import crash_leftovers, supervise
     try:
         cfg = cfgmod.load(config)
         cfgmod.add_mirrors(cfg, mirror)
     except cfgmod.ConfigError as e:
         _fail(str(e))
+    _numbers(above_zero=(("--duration", duration), ("--interval", interval)))
     deadline = time.monotonic() + duration if duration else None
     if not supervised:
         raise typer.Exit(_run_worker(cfg, deadline, interval, quiet, stats_json, cpu, 0))
     from pipeline.ports import PortError
     from pipeline.takeover import Takeover
+    give_up = crash_leftovers(cfg)              # decided before anything of this run exists
     try:    # the shm: rings and the counters' journal outlive each worker
         held = Takeover(cfg)
     except (PortError, RuntimeError, OSError) as e:
         _fail(str(e))
     try:
-        code = supervise(lambda restarts: _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts, held))
+        code = supervise(lambda restarts: _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts, held),
+                         give_up=give_up)
     finally:
         held.close()
     raise typer.Exit(code)
@@ -133,6 +146,23 @@ def _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts, takeo
     return 0
 
 
+OWNER = typer.Option(None, "--owner", help="shm: attach to a pipeline of this user (name or uid); by "
+                     "default only to one of your own")
+
+
+def _owner_uid(owner):
+    """--owner USER as a uid (None: this process's user)."""
+    import pwd
+    if owner is None:
+        return None
+    if owner.isascii() and owner.isdigit():
+        return int(owner)
+    try:
+        return pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        _fail(f"--owner {owner!r}: no such user")
+
+
 @app.command()
 def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pipeline must be running), "
                                        "or netmap:IF / valeX:PORT on a netmap host"),
@@ -146,18 +176,22 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
                                           "loop (pkt-gen txrx: one core, no scheduler in between)"),
         idle_stop: float = typer.Option(1.0, help="with --rx: stop once nothing arrived for this long"),
         cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
+        owner: Optional[str] = OWNER,
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON")):
     """pkt-gen-style generator: prebuilt UDP/IPv4 frames, C batch loop (one sync ioctl per
     batch on netmap ports)."""
     from bindings.netmap.port import NetmapError
     from ring.region import RegionError
     from tools.traffic import Generator, Sink
+    _numbers(above_zero=(("--duration", duration), ("--idle-stop", idle_stop), ("--batch", batch)),
+             at_least_zero=(("--rate", rate), ("--count", count)))
     _pin(cpu)
+    uid = _owner_uid(owner)
     if count == 0 and duration is None:
         duration = 10.0
     try:
-        g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch)
-        s = Sink(rx, count=count) if rx else None
+        g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch, owner=uid)
+        s = Sink(rx, count=count, owner=uid) if rx else None
     except (RegionError, NetmapError, ValueError) as e:
         _fail(str(e))
     try:
@@ -183,14 +217,17 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
          duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
          idle_stop: Optional[float] = typer.Option(None, help="stop once nothing arrived for this many seconds"),
          cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
+         owner: Optional[str] = OWNER,
          as_json: bool = typer.Option(False, "--json", help="print the result as JSON")):
     """Count packets arriving on a port (C batch loop) and report the rate."""
     from bindings.netmap.port import NetmapError
     from ring.region import RegionError
     from tools.traffic import Sink
+    _numbers(above_zero=(("--duration", duration), ("--idle-stop", idle_stop)), at_least_zero=(("--count", count),))
     _pin(cpu)
+    uid = _owner_uid(owner)
     try:
-        s = Sink(port, count=count)
+        s = Sink(port, count=count, owner=uid)
     except (RegionError, NetmapError) as e:
         _fail(str(e))
     try:
@@ -202,14 +239,22 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
 
 
 def _ctl(run_dir, name, which="worker.ctl"):
-    from pipeline.config import default_run_dir
-    return os.path.join(run_dir or default_run_dir(name), which)
+    """The control socket `which` of pipeline `name`, in a run directory no other user
+    could have prepared (else we might be talking to their sockets)."""
+    from pipeline import config, rundir
+    try:
+        path = run_dir or rundir.default(config.check_name(name, "--name"))
+        rundir.check(path)
+    except (config.ConfigError, rundir.RunDirError) as e:
+        _fail(str(e))
+    return os.path.join(path, which)
 
 
 def _slowpath(name, run_dir, cmd, **args):
     from pipeline import control
+    path = _ctl(run_dir, name, "slowpath.ctl")
     try:
-        return control.request(_ctl(run_dir, name, "slowpath.ctl"), cmd, **args)
+        return control.request(path, cmd, **args)
     except RuntimeError as e:
         _fail(str(e))
     except OSError as e:
@@ -217,7 +262,8 @@ def _slowpath(name, run_dir, cmd, **args):
 
 
 NAME = typer.Option("valepipe", "--name", help="pipeline name ([pipeline].name)")
-RUN_DIR = typer.Option(None, "--run-dir", help="the pipeline's run directory (default /run/valepipe/NAME)")
+RUN_DIR = typer.Option(None, "--run-dir", help="the pipeline's run directory (default /run/valepipe/NAME for "
+                                               "root, else $XDG_RUNTIME_DIR/valepipe/NAME or /tmp/valepipe-UID/NAME)")
 
 
 @app.command("add-flow")
@@ -269,8 +315,9 @@ def trace(flow: str = typer.Argument(..., help="'in_port=1,tcp,nw_dst=10.0.0.1,t
 def dump_megaflows(name: str = NAME, run_dir: Optional[str] = RUN_DIR):
     """The fast path's megaflows: masked key, counters, actions (as ovs-appctl dpctl/dump-flows)."""
     from pipeline import control
+    path = _ctl(run_dir, name)
     try:
-        flows = control.request(_ctl(run_dir, name), "megaflows")
+        flows = control.request(path, "megaflows")
     except (OSError, RuntimeError) as e:
         _fail(f"cannot reach pipeline {name!r}: {e}")
     for f in flows:
@@ -333,8 +380,9 @@ def stats(name: str = typer.Option("valepipe", help="pipeline name ([pipeline].n
           as_json: bool = typer.Option(False, "--json")):
     """Counters of a running pipeline: per port, per stage, hits/misses/upcalls, drops by reason."""
     from pipeline import control
+    path = _ctl(run_dir, name)
     try:
-        st = control.request(_ctl(run_dir, name), "stats")
+        st = control.request(path, "stats")
     except (OSError, RuntimeError) as e:
         _fail(f"cannot reach pipeline {name!r}: {e}")
     print(json.dumps(st, indent=1) if as_json else _render(st))
@@ -347,8 +395,9 @@ def ports(name: str = typer.Option("valepipe", help="pipeline name"),
     """Ports of a running pipeline with their counters and fault state; for interface ports
     (afxdp, packet, tap, pcap, netmap) also what the binding counted (io) and its last error."""
     from pipeline import control
+    path = _ctl(run_dir, name)
     try:
-        ps = control.request(_ctl(run_dir, name), "ports")
+        ps = control.request(path, "ports")
     except (OSError, RuntimeError) as e:
         _fail(f"cannot reach pipeline {name!r}: {e}")
     if as_json:

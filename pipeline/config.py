@@ -1,10 +1,14 @@
 """Pipeline configuration: one TOML file, validated up front with messages that name the
 offending key, so a bad file never gets as far as the fast path."""
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 
 from bindings.netmap.names import is_netmap
+from pipeline import rundir
+from pipeline.slowpath.flowtext import FlowError, parse_flow
 
 
 class ConfigError(Exception):
@@ -33,9 +37,22 @@ PORT_KEYS = {"uri": str, "ofport": int, "slots": int, "mirror": str}
 SLOWPATH_KEYS = {"flows": list}
 
 
-def default_run_dir(name):
-    base = "/run/valepipe" if os.geteuid() == 0 else f"/tmp/valepipe-{os.getuid()}"
-    return os.path.join(base, name)
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_SECONDS = 365 * 86400     # longest idle_timeout / revalidate_interval: a year (ns fit 64 bits)
+
+
+def check_name(name, where="name"):
+    """A pipeline name becomes a directory name: ASCII letters, digits and '_.-', never
+    '.' or '..' (which would make the run directory its parent or the base itself)."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"{where} {name!r}: a pipeline name is 1-64 of [A-Za-z0-9_.-], and not '.' or '..'")
+    return name
+
+
+def _seconds(cfg, key, path, meaning):
+    v = getattr(cfg, key)
+    if not (math.isfinite(v) and 0 <= v <= MAX_SECONDS):
+        raise ConfigError(f"{path}: [pipeline].{key} must be 0..{MAX_SECONDS} seconds ({meaning}), not {v!r}")
 
 
 def _check_table(tbl, keys, where):
@@ -48,6 +65,8 @@ def _check_table(tbl, keys, where):
             t = keys[k]
             tn = t.__name__ if isinstance(t, type) else "/".join(x.__name__ for x in t)
             raise ConfigError(f"{where}.{k}: expected {tn}, got {type(v).__name__} {v!r}")
+        if isinstance(v, str) and "\0" in v:
+            raise ConfigError(f"{where}.{k}: a NUL character in {v!r}")
 
 
 def parse(text, path="<config>"):
@@ -67,8 +86,7 @@ def parse(text, path="<config>"):
     _check_table(pl, PIPELINE_KEYS, f"{path}: [pipeline]")
     for k, v in pl.items():
         setattr(cfg, k, v)
-    if not cfg.name or not all(c.isalnum() or c in "_-." for c in cfg.name):
-        raise ConfigError(f"{path}: [pipeline].name {cfg.name!r} must be letters, digits, '_-.'")
+    check_name(cfg.name, f"{path}: [pipeline].name")
     if not 1 <= cfg.batch <= 1024:
         raise ConfigError(f"{path}: [pipeline].batch must be 1..1024, not {cfg.batch}")
     if not 1 <= cfg.flow_limit <= 10_000_000:
@@ -77,11 +95,13 @@ def parse(text, path="<config>"):
         raise ConfigError(f"{path}: [pipeline].emc_limit must be 0..flow_limit (0 = flow_limit)")
     if not 0 <= cfg.upcall_rate <= 10_000_000:
         raise ConfigError(f"{path}: [pipeline].upcall_rate must be 0..10000000 new flows/s per port (0 = no limit)")
-    if cfg.revalidate_interval < 0:
-        raise ConfigError(f"{path}: [pipeline].revalidate_interval must be >= 0 (0 = only when rules change)")
-    if cfg.idle_timeout < 0:
-        raise ConfigError(f"{path}: [pipeline].idle_timeout must be >= 0 (0 = never)")
-    cfg.run_dir = cfg.run_dir or default_run_dir(cfg.name)
+    _seconds(cfg, "revalidate_interval", path, "0 = only when rules change")
+    _seconds(cfg, "idle_timeout", path, "0 = never")
+    cfg.run_dir = cfg.run_dir or rundir.default(cfg.name)
+    longest = len(os.fsencode(os.path.join(os.path.abspath(cfg.run_dir), rundir.LONGEST_SOCKET)))
+    if longest > rundir.MAX_SOCKET_PATH:
+        raise ConfigError(f"{path}: run directory {cfg.run_dir} is too long for its unix sockets ({longest} > "
+                          f"{rundir.MAX_SOCKET_PATH} bytes); set a shorter [pipeline] run_dir")
     ports = doc.get("port", [])
     if not isinstance(ports, list) or not ports:
         raise ConfigError(f"{path}: at least one [[port]] with a uri is needed")
@@ -111,6 +131,10 @@ def parse(text, path="<config>"):
     for j, f in enumerate(sp.get("flows", [])):
         if not isinstance(f, str):
             raise ConfigError(f"{path}: [slowpath].flows[{j}] must be a string like \"in_port=1,actions=output:2\"")
+        try:
+            parse_flow(f)           # refused here, in one line, not by a slow path that then exits
+        except FlowError as e:
+            raise ConfigError(f"{path}: [slowpath].flows[{j}]: {e}") from None
     cfg.flows = list(sp.get("flows", []))
     return cfg
 

@@ -5,7 +5,6 @@ arrives over several turns, long work and large replies proceed in steps (a hand
 returns a generator) while forwarding goes on. Oversized or malformed requests get an
 error reply.
 """
-import os
 import select
 import socket
 import sys
@@ -13,6 +12,8 @@ import time
 import types
 
 import msgpack
+
+from pipeline import rundir
 
 MAX_REQUEST = 64 << 10
 # a client that sends nothing for this long is answered with an error and dropped (it
@@ -22,65 +23,8 @@ MAX_CLIENTS = 64
 STEP_BUFFER = 1 << 20         # a streaming handler waits while this much is unsent
 
 
-def make_run_dir(path):
-    """Create the run directory owner-only; returns the directories this call created,
-    outermost first, so the caller can remove exactly those."""
-    created, p = [], os.path.abspath(path)
-    while not os.path.exists(p):
-        created.append(p)
-        p = os.path.dirname(p)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid != os.geteuid():
-        raise PermissionError(f"run directory {path} belongs to uid {st.st_uid}, not to us")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return created[::-1]
-
-
-# what a pipeline keeps in its run directory while it runs
-RUN_FILES = ("worker.ctl", "slowpath.sock", "slowpath.ctl", "rules.flows", "rules.flows.tmp")
-
-
-def claim_run_dir(path, keep=()):
-    """Clear a run directory of a pipeline that is gone (but the files in `keep`); refuse
-    one whose pipeline answers. Returns the files removed."""
-    ctl = os.path.join(path, "worker.ctl")
-    if os.path.exists(ctl):
-        try:
-            request(ctl, "stats", timeout=1.0)
-        except (OSError, RuntimeError):
-            pass                                   # nobody home: left by a run that died
-        else:
-            raise RuntimeError(f"a pipeline is already running with run directory {path} "
-                               "(stop it, or give this one another [pipeline] name or run_dir)")
-    removed = []
-    for f in RUN_FILES:
-        if f in keep:
-            continue
-        try:
-            os.unlink(os.path.join(path, f))
-            removed.append(f)
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def remove_own(path, ino):
-    """Unlink a socket this process bound (inode `ino`), not one a successor bound there since."""
-    try:
-        if os.stat(path).st_ino == ino:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def remove_run_dirs(created):
-    for d in reversed(created):
-        try:
-            os.rmdir(d)
-        except OSError:
-            break   # not empty: something else lives there now
+class RequestFailed(Exception):
+    """A handler's refusal, told to the client as it is (not as a bad request or a bug)."""
 
 
 class ControlServer:
@@ -90,15 +34,8 @@ class ControlServer:
 
     def __init__(self, path, handlers, max_request=MAX_REQUEST):
         self.path, self.handlers, self.max_request = path, handlers, max_request
-        if os.path.exists(path):
-            os.unlink(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            self.sock.bind(path)
-        finally:
-            os.umask(old)
-        self.ino = os.stat(path).st_ino
+        self.ident = rundir.bind_unix(self.sock, path)
         self.sock.listen(64)
         self.sock.setblocking(False)
         self.clients = {}                          # socket -> _Client
@@ -175,12 +112,16 @@ class ControlServer:
                                                  f"{', '.join(sorted(self.handlers))})"})
         c.run(lambda: h(req))
 
+    def owns_path(self):
+        """Our socket is still the one at self.path (no successor replaced it)."""
+        return rundir.is_own(self.path, self.ident)
+
     def close(self):
         for c in self.clients.values():
             c.close()
         self.clients.clear()
         self.sock.close()
-        remove_own(self.path, self.ino)
+        rundir.unlink_own(self.path, self.ident)
 
 
 class _Client:
@@ -253,7 +194,9 @@ class _Client:
         self._put(list(item))
 
     def fail(self, e):
-        if isinstance(e, (ValueError, OSError)):
+        if isinstance(e, RequestFailed):
+            msg = str(e)
+        elif isinstance(e, (ValueError, OSError)):
             msg = f"bad request: {e}"
         else:                                      # a handler's bug must not stop the switch
             print(f"valepipe: control request failed: {e!r}", file=sys.stderr)

@@ -59,7 +59,10 @@ def open_shm(specs):
     """shm: ports; ports naming the same region with @share= are created in one region."""
     groups = {}
     for spec in specs:
-        name, region = parse_shm_uri(spec["uri"])
+        try:
+            name, region = parse_shm_uri(spec["uri"])
+        except RegionError as e:
+            raise PortError(str(e)) from None
         groups.setdefault(region, []).append((name, spec))
     ports, regions = [], []
     try:

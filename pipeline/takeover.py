@@ -5,7 +5,7 @@ a count, and peers keep their rings (they never see the port go away)."""
 import mmap
 import os
 
-from pipeline import control
+from pipeline import rundir
 from pipeline._native import ffi, lib
 from pipeline.ports import close_ports, kind_of, open_ports, open_shm
 
@@ -15,13 +15,13 @@ class Takeover:
         self.run_dir = cfg.run_dir
         # the run directory first: a pipeline of this name that is running is refused
         # before anything of it is touched
-        self.created_dirs = control.make_run_dir(cfg.run_dir)
+        self.created_dirs = rundir.make(cfg.run_dir)
         try:
-            control.claim_run_dir(cfg.run_dir)
+            rundir.claim(cfg.run_dir)
             shm = [s for s in cfg.ports if kind_of(s["uri"]) == "shm"]
             self.ports = {p.uri: p for p in open_shm(shm)} if shm else {}
         except Exception:
-            control.remove_run_dirs(self.created_dirs)
+            rundir.remove_dirs(self.created_dirs)
             raise
         # shared (not copied) with every worker the supervisor forks
         self._mem = mmap.mmap(-1, lib.vp_journal_size(), flags=mmap.MAP_SHARED)
@@ -40,5 +40,8 @@ class Takeover:
         close_ports(self.ports.values())
         self.ports = {}
         if os.path.isdir(self.run_dir):
-            control.claim_run_dir(self.run_dir)
-        control.remove_run_dirs([d for d in self.created_dirs if os.path.isdir(d)])
+            try:
+                rundir.claim(self.run_dir)
+            except RuntimeError:
+                return                  # a pipeline answers there now: not ours to clear
+        rundir.remove_dirs([d for d in self.created_dirs if os.path.isdir(d)])

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from pipeline import control
+from pipeline import control, rundir
 from pipeline.datapath import Datapath
 from bindings.adapter import AdapterError
 from bindings.pcap import PcapWriter
@@ -42,18 +42,18 @@ class Worker:
         self.stopping = False
         # the run directory first: it tells whether this pipeline already runs, and what a
         # crashed run of it left there is cleared (its shm regions are replaced when opened)
-        self.created_dirs = control.make_run_dir(self.run_dir)
+        self.created_dirs = rundir.make(self.run_dir)
         try:
-            control.claim_run_dir(self.run_dir, keep=("rules.flows",) if keep_rules else ())
+            rundir.claim(self.run_dir, keep=rundir.KEPT_FILES if keep_rules else ())
         except RuntimeError:
-            control.remove_run_dirs(self.created_dirs)
+            rundir.remove_dirs(self.created_dirs)
             raise
         # this run's to remove at exit, also when an earlier run created it
         self.created_dirs = self.created_dirs or [os.path.abspath(self.run_dir)]
         try:
             self.ports = takeover.open_ports(cfg.ports) if takeover else open_ports(cfg.ports)
         except Exception:
-            control.remove_run_dirs(self.created_dirs)
+            rundir.remove_dirs(self.created_dirs)
             raise
         try:
             for spec, port in zip(cfg.ports, self.ports):
@@ -62,7 +62,7 @@ class Worker:
                     port.ring_port.c.mirror = port.mirror.c
         except AdapterError as e:
             self._close_ports()
-            control.remove_run_dirs(self.created_dirs)
+            rundir.remove_dirs(self.created_dirs)
             raise PortError(str(e)) from None
         try:
             self.dp = Datapath(self.ports, flow_limit=cfg.flow_limit, batch=cfg.batch, emc_limit=cfg.emc_limit or None)
@@ -81,7 +81,7 @@ class Worker:
                 "megaflows": lambda r: self.megaflows()})
         except Exception:
             self._close_ports()
-            control.remove_run_dirs(self.created_dirs)
+            rundir.remove_dirs(self.created_dirs)
             raise
         # idle: sleep in epoll on the ports' fds when every port has one (AF_XDP, AF_PACKET,
         # TAP), so a frame wakes the worker at once; else (shm:, pcap:) nap briefly
@@ -95,9 +95,13 @@ class Worker:
         self.next_revalidation = self.started + cfg.revalidate_interval
         self.slow_hangs = 0
         if start_slowpath:
-            # a worker's start waits for its slow path, so the first packets (after a crash:
-            # those waiting in the rings, every flow new to the empty caches) find it
-            self.start_slowpath(wait=True, refuse=not keep_rules)
+            try:
+                # a worker's start waits for its slow path, so the first packets (after a
+                # crash: those waiting in the rings, every flow new to the empty caches) find it
+                self.start_slowpath(wait=True, refuse=not keep_rules)
+            except BaseException:
+                self.close()                # regions, sockets, run directory: nothing left
+                raise
 
     def _close_ports(self):
         """Close what this worker opened; the takeover's ports stay with the supervisor."""
@@ -249,6 +253,7 @@ class Worker:
     def close(self, crashed=False):
         """Stop and clean up. crashed (under a supervisor): leave the run directory (rules,
         sockets) and the takeover's ports as they are, for the worker it starts next."""
+        owner = self.control.owns_path()
         self.upcalls.close()
         lib.vp_commit(self.dp.c)
         if self.slow is not None and self.slow.poll() is None:
@@ -264,8 +269,9 @@ class Worker:
         self._close_ports()
         if crashed and self.takeover:
             return
-        control.claim_run_dir(self.run_dir)          # the slow path's rules file, sockets
-        control.remove_run_dirs(self.created_dirs)
+        if owner:        # else a successor runs here now (we were stopped, then resumed): its files
+            rundir.remove_files(self.run_dir)        # the slow path's rules, sockets
+            rundir.remove_dirs(self.created_dirs)
 
 
 def _describe_actions(key, ports):
