@@ -101,6 +101,43 @@ def close_books(st, lanes):
     return rows
 
 
+@dataclass
+class Traffic:
+    """`valepipe gen` on shm:SRC (dp port `port`) for `seconds`, `after` seconds in, counted
+    on shm:DST by a sink of its own."""
+    port: int
+    src: str
+    dst: str
+    flows: int
+    rate: int
+    seconds: float
+    after: float = 0.0
+
+
+def run_books(ctl, traffic, during=lambda: None):
+    """Send `traffic`, run during() meanwhile (the faults), then wait until the pipeline
+    has settled and close the books. Returns (rows, final stats); prints the books."""
+    sinks = {t.dst: SinkThread(f"shm:{t.dst}") for t in traffic}
+    t0, procs = time.monotonic(), []
+    try:
+        for t in sorted(traffic, key=lambda t: t.after):
+            time.sleep(max(0.0, t0 + t.after - time.monotonic()))
+            procs.append((t, gen(f"shm:{t.src}", flows=t.flows, rate=t.rate, duration=t.seconds)))
+        during()
+        lanes = [Lane(t.port, sinks[t.dst], gen_sent(p, timeout=t.seconds + 120)) for t, p in procs]
+        st = settle(ctl, lanes)
+    finally:
+        for _, p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for s in sinks.values():
+            s.close()
+    rows = close_books(st, sorted(lanes, key=lambda ln: ln.port))
+    print(books_text(rows))
+    return rows, st
+
+
 def books_text(rows):
     return "\n".join(f"{r['port']}: sent {r['sent']} = delivered {r['delivered']} + "
                      + " + ".join(f"{k} {v}" for k, v in sorted(r["drops"].items()))

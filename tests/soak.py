@@ -14,7 +14,7 @@ import msgpack
 
 from pipeline import control
 from ring.region import ROLE_USER, Region
-from tests.ledger import Lane, SinkThread, books_text, close_books, gen, gen_sent, settle
+from tests.ledger import Traffic, books_text, run_books
 from tests.test_e2e import cfg
 
 # port 1 -> 2: a few established flows; 3 -> 4: a new flow per packet (each source its own
@@ -167,37 +167,28 @@ class BadClients(threading.Thread):
 
 
 def run(pipeline_factory, tag, seconds, seed):
-    """The soak; returns (books rows, report dict). Asserts nothing itself."""
-    rng = random.Random(seed)
+    """The soak; returns (books rows, report, final stats). Asserts nothing itself."""
     pipe = pipeline_factory(config(tag))
     run_dir = os.path.join(pipe.dir, "run")
-    sinks = {out: SinkThread(f"shm:{tag}{out}") for _, out, _, _, _ in TRAFFIC}
     hostile = HostilePeer(f"{tag}h", random.Random(seed + 1))
     until = time.monotonic() + seconds - 2
     faults = Faults(pipe, random.Random(seed + 2), until)
     clients = BadClients([pipe.ctl, os.path.join(run_dir, "slowpath.ctl")], random.Random(seed + 3), until)
-    gens = [(inp, out, port, gen(f"shm:{tag}{inp}", flows=flows, rate=rate, duration=seconds))
-            for inp, out, port, flows, rate in TRAFFIC]
-    try:
-        hostile.start()
-        faults.start()
-        clients.start()
-        lanes = [Lane(port, sinks[out], gen_sent(g, timeout=seconds + 120)) for _, out, port, g in gens]
-        faults.join(30)
-        clients.join(30)
-    finally:
-        faults.resume()
-        hostile.close()
-    try:
-        st = settle(pipe.ctl, lanes, timeout=120)
-    finally:
-        for s in sinks.values():
-            s.close()
-    rows = close_books(st, lanes)
+
+    def misbehave():
+        try:
+            for t in (hostile, faults, clients):
+                t.start()
+            faults.join(seconds + 30)
+            clients.join(30)
+        finally:
+            faults.resume()
+            hostile.close()
+    rows, st = run_books(pipe.ctl, [Traffic(port, f"{tag}{inp}", f"{tag}{out}", flows, rate, seconds)
+                                    for inp, out, port, flows, rate in TRAFFIC], during=misbehave)
     report = dict(faults.done, seconds=seconds, seed=seed, hostile_writes=hostile.writes, bad_clients=clients.tries,
                   worker_restarts=st["worker_restarts"], takeovers=st["takeovers"],
-                  hostile_port=st["ports"][6]["drops"],
-                  supervisor_alive=pipe.proc.poll() is None)
+                  hostile_port=st["ports"][6]["drops"], supervisor_alive=pipe.proc.poll() is None)
     return rows, report, st
 
 

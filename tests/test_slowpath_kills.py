@@ -11,7 +11,7 @@ import time
 from pipeline import control
 from pipeline.supervisor import supervise
 from tests.conftest import wait_for
-from tests.ledger import Lane, SinkThread, books_text, close_books, gen, gen_sent, settle
+from tests.ledger import Traffic, books_text, run_books
 from tests.test_e2e import cfg
 
 # every source address its own megaflow: each new address is an upcall
@@ -20,29 +20,24 @@ RULES = ["priority=20,udp,nw_src=198.18.255.255,actions=drop", "priority=10,in_p
 
 def test_worker_survives_slow_path_kills_and_counts_every_packet(uniq, pipeline_factory):
     pipe = pipeline_factory(cfg(uniq, RULES, ports=("a", "b")).replace("[pipeline]\n", "[pipeline]\nupcall_rate = 0\n"))
-    first = pipe.stats()
-    sink = SinkThread(f"shm:{uniq}b")
-    try:
-        g = gen(f"shm:{uniq}a", flows=1_000_000, rate=70_000, duration=10)
-        rng, kills, end = random.Random(), 0, time.monotonic() + 9
+    first, kills = pipe.stats(), []
+
+    def kill_slow_paths():
+        rng, end = random.Random(), time.monotonic() + 9
         while time.monotonic() < end:
             time.sleep(rng.uniform(0.8, 1.6))
             st = pipe.stats()
             assert st["pid"] == first["pid"], "the worker died"
             try:
                 os.kill(st["upcall"]["slowpath_pid"], signal.SIGKILL)
-                kills += 1
+                kills.append(1)
             except ProcessLookupError:
                 pass                             # between a death and its restart
-        lane = Lane(0, sink, gen_sent(g))
-        st = settle(pipe.ctl, [lane])
-    finally:
-        sink.close()
-    rows = close_books(st, [lane])
-    print(books_text(rows))
+    rows, st = run_books(pipe.ctl, [Traffic(0, f"{uniq}a", f"{uniq}b", flows=1_000_000, rate=70_000, seconds=10)],
+                         during=kill_slow_paths)
     assert st["pid"] == first["pid"] and st["worker_restarts"] == 0      # one worker throughout
-    assert kills >= 5 and st["upcall"]["slowpath_restarts"] >= kills - 1
-    assert lane.sent > 100_000 and lane.sink.received > 0
+    assert len(kills) >= 5 and st["upcall"]["slowpath_restarts"] >= len(kills) - 1
+    assert rows[0]["sent"] > 100_000 and rows[0]["delivered"] > 0
     # the slow paths died holding upcalls: counted, by reason, on the port they came in on
     assert rows[0]["drops"].get("upcall_disconnect", 0) > 0
     assert rows[0]["unexplained"] == 0, books_text(rows)

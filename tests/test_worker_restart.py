@@ -9,7 +9,7 @@ import sys
 import time
 
 from tests.conftest import ROOT, wait_for
-from tests.ledger import Lane, SinkThread, books_text, close_books, gen, gen_sent, settle
+from tests.ledger import Traffic, books_text, run_books
 from tests.test_e2e import cfg, frame, peers
 
 
@@ -53,27 +53,22 @@ def test_worker_killed_under_traffic_loses_nothing(uniq, pipeline_factory):
              "priority=10,in_port=3,actions=output:4"]
     pipe = pipeline_factory(cfg(uniq, rules, ports=("a", "b", "c", "d")).replace(
         "[pipeline]\n", "[pipeline]\nupcall_rate = 0\n"))
-    sinks = [SinkThread(f"shm:{uniq}b"), SinkThread(f"shm:{uniq}d")]
-    try:
-        gens = [gen(f"shm:{uniq}a", flows=64, rate=30_000, duration=9),
-                gen(f"shm:{uniq}c", flows=1_000_000, rate=20_000, duration=9)]
-        rng, pids = random.Random(), []
+    pids = []
+
+    def kill_workers():
+        rng = random.Random()
         for _ in range(3):
             time.sleep(rng.uniform(1.5, 2.5))
             st = pipe.stats()
             pids.append(st["pid"])
             os.kill(st["pid"], signal.SIGKILL)
             assert wait_for(lambda: _restarted(pipe, pids[-1]), timeout=30, step=0.1)
-        lanes = [Lane(0, sinks[0], gen_sent(gens[0])), Lane(2, sinks[1], gen_sent(gens[1]))]
-        st = settle(pipe.ctl, lanes)
-    finally:
-        for s in sinks:
-            s.close()
-    rows = close_books(st, lanes)
-    print(books_text(rows))
+    lanes = [Traffic(0, f"{uniq}a", f"{uniq}b", flows=64, rate=30_000, seconds=9),
+             Traffic(2, f"{uniq}c", f"{uniq}d", flows=1_000_000, rate=20_000, seconds=9)]
+    rows, st = run_books(pipe.ctl, lanes, during=kill_workers)
     assert st["worker_restarts"] == 3 and st["takeovers"] == 3 and st["pid"] not in pids
     # totals go on across the three workers: every packet sent was taken, and counted once
-    assert [st["ports"][ln.port]["rx_packets"] for ln in lanes] == [ln.sent for ln in lanes]
-    assert st["packets"] == sum(ln.sent for ln in lanes)
+    assert [st["ports"][t.port]["rx_packets"] for t in lanes] == [r["sent"] for r in rows]
+    assert st["packets"] == sum(r["sent"] for r in rows)
     assert rows[0]["delivered"] > 0 and rows[1]["delivered"] > 0
     assert [r["unexplained"] for r in rows] == [0, 0], books_text(rows)
