@@ -53,8 +53,10 @@ class ControlServer:
         """Work goes on without any socket being ready: poll again soon."""
         return bool(self.orphans) or any(c.work is not None for c in self.clients.values())
 
-    def poll(self, budget_s=0.002):
-        """Accept, read, run and write a step for each client, for about budget_s."""
+    def poll(self, budget_s=0.002, advance=True):
+        """Accept, read, answer and write for each client, for about budget_s; with advance,
+        also a step of each handler that works in steps (not when called from the middle of
+        other work, which would then wait on those steps)."""
         deadline = time.monotonic() + budget_s
         waiting = [s for s, c in self.clients.items() if c.done is None and c.work is None]
         try:
@@ -66,7 +68,7 @@ class ControlServer:
         for c in list(self.clients.values()):
             if c.done is None and c.work is None:
                 c.read(self._start) if c.sock in readable else c.check_idle()
-            if c.work is not None and len(c.out) < STEP_BUFFER:
+            if advance and c.work is not None and len(c.out) < STEP_BUFFER:
                 c.advance()
             if c.out or c.done:
                 c.write()
@@ -83,7 +85,7 @@ class ControlServer:
                 c.work = None
             if time.monotonic() >= deadline:
                 break
-        for w in list(self.orphans):
+        for w in list(self.orphans) if advance else ():
             try:
                 if next(w, StopIteration) is StopIteration:
                     self.orphans.remove(w)

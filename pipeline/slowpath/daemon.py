@@ -23,7 +23,7 @@ KEEPALIVE_S = 1.0             # a worker that hears nothing for a few of these r
 SERVICE_S = 0.02              # longest stretch of translation between two turns of the control socket
 MAX_CLIENT_OUT = 64 << 20     # replies queued for a worker that does not read: past it, dropped
 MAX_RULES_REQUEST = 256 << 20 # add-flows of a few hundred thousand rules in one request
-STEP_RULES = 1000             # rules parsed or inserted per step of a large add-flows
+STEP_RULES = 500              # rules parsed, inserted or written per step of a large rule change
 STATE_EVERY_S = 1.0          # rule counters written to rules.state at most this often
 MAX_RULES_FILE = 1 << 30
 RULES_HEADER = "# valepipe slow-path rules (ovs-ofctl syntax), rewritten on every change;\n" \
@@ -187,7 +187,7 @@ class SlowPath:
         self.ofproto.begin()
         try:
             n = yield from steps
-            self.save_rules()
+            yield from self.save_rules_steps()
         except OSError as e:
             self.ofproto.rollback()
             self.st["changes_refused"] += 1
@@ -207,11 +207,20 @@ class SlowPath:
         """The rule tables as ovs-ofctl text (rules.flows) and their counters and times
         (rules.state), rewritten atomically and synced on every change, so a slow path
         restarted after a crash comes back with the rules it had. Raises OSError."""
+        for _ in self.save_rules_steps():
+            pass
+
+    def save_rules_steps(self):
+        """save_rules, the rules formatted STEP_RULES at a time (a generator)."""
         if not self.rules_file:
             return
         if not self.owner():
             raise OSError(f"{self.rules_file} belongs to a newer slow path of this pipeline")
-        text = RULES_HEADER + "".join(format_rule(r) + "\n" for r in self.ofproto.rules())
+        parts, rules = [RULES_HEADER], list(self.ofproto.rules())
+        for k in range(0, len(rules), STEP_RULES):
+            parts.extend(format_rule(r) + "\n" for r in rules[k:k + STEP_RULES])
+            yield None
+        text = "".join(parts)
         try:
             rundir.write_files({self.rules_file: text.encode(), self.state_file: self._state()})
         except OSError:
@@ -320,9 +329,10 @@ class SlowPath:
             self.flush(cl)
             self.drop(cl)
 
-    def service(self):
+    def service(self, advance=True):
         """A turn of everything but reading upcalls: timers, keepalives, queued writes and the
-        control socket. Between translation steps too, so none of them waits on an upcall."""
+        control socket (with advance, a step of a long change or dump too). Between two
+        translations as well, so none of them waits on an upcall."""
         now = time.monotonic()
         self.last_service = now
         self.housekeep()
@@ -333,11 +343,12 @@ class SlowPath:
         for cl in list(self.clients.values()):
             self.flush(cl)
         if self.ctl:
-            self.ctl.poll(budget_s=0.005)
+            self.ctl.poll(budget_s=0.005, advance=advance)
 
     def between(self):
+        # long control work goes on between upcall batches, not inside one
         if time.monotonic() - self.last_service >= SERVICE_S:
-            self.service()
+            self.service(advance=False)
 
     def housekeep(self):
         """MAC aging, and one revalidation per 100 ms at most for MAC table changes."""
