@@ -114,6 +114,20 @@ class Datapath:
             start = nxt[0]
         return out
 
+    def exact_flows(self):
+        """Exact-match entries installed by upcalls (not the ones cached from a megaflow,
+        whose hits the megaflow counts itself) as (key bytes, packets, bytes, used_ns)."""
+        out, start, buf, nxt = [], 0, ffi.new("uint32_t[]", 1024), ffi.new("uint32_t *")
+        t, size = self.c.flows, ffi.sizeof("struct vp_flow_key")
+        while start < t.limit:
+            n = lib.vp_flow_dump(self.c, start, buf, 1024, nxt)
+            for j in range(n):
+                f = t.entries[buf[j]]
+                if f.action >= 0 and not f.mf:
+                    out.append((bytes(ffi.buffer(ffi.addressof(f, "key"), size)), f.packets, f.bytes, f.used_ns))
+            start = nxt[0]
+        return out
+
     def stats(self):
         s = self.c.st
         stage = {}

@@ -17,8 +17,9 @@ PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def supervise(start_worker):
-    """start_worker(restarts) runs a worker in a child process and returns its exit code."""
+def supervise(start_worker, on_hup=None):
+    """start_worker(restarts) runs a worker in a child process and returns its exit code;
+    on_hup() runs here (not in the worker) on SIGHUP."""
     restarts, crashes, stopping = 0, [], []
     child = [0]
 
@@ -31,6 +32,8 @@ def supervise(start_worker):
                 pass
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    if on_hup:
+        signal.signal(signal.SIGHUP, lambda *_: on_hup())
     while True:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -40,6 +43,7 @@ def supervise(start_worker):
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)     # the supervisor reloads
                 _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)   # never outlive the supervisor
                 code = start_worker(restarts)
             except SystemExit as e:

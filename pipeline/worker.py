@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from pipeline import control
+from pipeline import control, registry
 from pipeline.datapath import Datapath
 from bindings.adapter import AdapterError
 from bindings.pcap import PcapWriter
@@ -36,7 +36,11 @@ class Worker:
         self.stopping = False
         # the run directory first: it tells whether this pipeline already runs, and what a
         # crashed run of it left there is cleared (its shm regions are replaced when opened)
-        self.created_dirs = control.make_run_dir(self.run_dir)
+        try:
+            self.created_dirs = control.make_run_dir(self.run_dir)
+        except OSError as e:
+            raise RuntimeError(f"[pipeline].run_dir {self.run_dir!r}: cannot use it: "
+                               f"{e.strerror or e}") from None
         try:
             control.claim_run_dir(self.run_dir, keep=("rules.flows",) if keep_rules else ())
         except RuntimeError:
@@ -84,10 +88,16 @@ class Worker:
         self.started = time.monotonic()
         self.next_revalidation = self.started + cfg.revalidate_interval
         if start_slowpath:
-            self.start_slowpath()
+            try:
+                self.start_slowpath()
+            except BaseException:
+                self.close()            # nothing of this run is left behind: regions, sockets, run dir
+                raise
+        registry.register(cfg.name, self.run_dir, config=os.path.abspath(cfg.path) if cfg.path else None,
+                          ports=[s["uri"] for s in cfg.ports])
 
     def start_slowpath(self):
-        cmd = [sys.executable, "-m", "pipeline.slowpath", "--socket", self.slow_sock]
+        cmd = [sys.executable, "-m", "pipeline.slowpath", "--socket", self.slow_sock, "--name", self.cfg.name]
         if self.cfg.path and os.path.exists(self.cfg.path):
             cmd += ["--config", self.cfg.path]
         cpus = set(range(os.cpu_count() or 1))
@@ -112,7 +122,25 @@ class Worker:
         names = {aid: key for key, aid in self.dp._action_ids.items()}
         out, now = [], self.dp.c.now_ns
         ofport = self.dp.ofport_of
-        for _, kb, mb, aid, st in self.dp.megaflows():
+        mflows = self.dp.megaflows()
+        # the exact-match entries an upcall installed beside its megaflow carry that flow's
+        # packets: counted into the megaflow, as OVS's dump shows EMC hits in its dpcls rule
+        by_mask = {}
+        for j, (_, kb, mb, _, _) in enumerate(mflows):
+            m = int.from_bytes(mb, "little")
+            by_mask.setdefault(m, {})[int.from_bytes(kb, "little") & m] = j
+        extra = [[0, 0, 0] for _ in mflows]
+        for kb, packets, nbytes, used in self.dp.exact_flows():
+            k = int.from_bytes(kb, "little")
+            for m, keys in by_mask.items():
+                j = keys.get(k & m)
+                if j is not None:
+                    e = extra[j]
+                    e[0], e[1], e[2] = e[0] + packets, e[1] + nbytes, max(e[2], used if packets else 0)
+                    break
+        for (_, kb, mb, aid, st), (xp, xb, xu) in zip(mflows, extra):
+            st = {"packets": st["packets"] + xp, "bytes": st["bytes"] + xb,
+                  "used_ns": max(st["used_ns"] if st["packets"] else 0, xu)}
             key, mask = channel.key_attrs(kb, ofport), channel.key_attrs(mb, lambda i: 0xFFFF, like=kb)
             out.append({"key": {k: (v.hex() if isinstance(v, bytes) else v) for k, v in key.items()},
                         "mask": {k: (v.hex() if isinstance(v, bytes) else v) for k, v in mask.items()
@@ -185,6 +213,7 @@ class Worker:
     def stats(self):
         st = self.dp.stats()
         st["uptime_s"] = round(time.monotonic() - self.started, 3)
+        st["name"], st["run_dir"], st["config"] = self.cfg.name, os.path.abspath(self.run_dir), self.cfg.path
         st["pid"] = os.getpid()
         st["worker_restarts"] = getattr(self, "restarts", 0)
         st["upcall"] = dict(self.upcalls.st, channel_up=self.upcalls.up,
@@ -195,6 +224,7 @@ class Worker:
         return st
 
     def close(self):
+        registry.unregister(self.cfg.name)
         self.upcalls.close()
         if self.slow is not None and self.slow.poll() is None:
             self.slow.send_signal(signal.SIGTERM)

@@ -53,19 +53,6 @@ class OFProto:
         self.st["expired_rules"] = self.st.get("expired_rules", 0) + len(gone)
         return len(gone)
 
-    def del_flows(self, match):
-        gone = [r for r in self.rules() if match.covers(r)]
-        for r in gone:
-            self.tables[r.table].remove(r)
-            self.created.pop(id(r), None)
-        return len(gone)
-
-    def mod_flows(self, match, actions):
-        hit = [r for r in self.rules() if match.covers(r)]
-        for r in hit:
-            r.actions = list(actions)
-        return len(hit)
-
     def dump(self):
         from pipeline.slowpath.flowtext import format_rule
         now = time.monotonic()

@@ -1,0 +1,88 @@
+"""The index of running pipelines: each worker records its name, pid and run directory in
+an owner-only folder beside the default run directories, so `--name` finds a pipeline
+whatever its run_dir, and `valepipe list` shows every one."""
+import json
+import os
+import time
+
+from pipeline.config import default_run_dir
+
+INDEX = ".pipelines"          # not a valid pipeline name's directory: names cannot start with '.'
+
+
+def index_dir():
+    return os.path.join(os.path.dirname(default_run_dir("x")), INDEX)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def register(name, run_dir, pid=None, **info):
+    """Record (or update) a running pipeline; returns the entry's path."""
+    d = index_dir()
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    path = os.path.join(d, name + ".json")
+    entry = dict(info, name=name, pid=pid or os.getpid(), run_dir=os.path.abspath(run_dir),
+                 started=info.get("started") or time.time())
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(entry, f)
+    os.replace(tmp, path)
+    return path
+
+
+def unregister(name, pid=None):
+    """Remove a pipeline's entry if it is still this process's (a restarted worker may
+    have replaced it)."""
+    path = os.path.join(index_dir(), name + ".json")
+    e = _read(path)
+    if e is not None and e.get("pid") in (pid or os.getpid(), None):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            e = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return e if isinstance(e, dict) and isinstance(e.get("pid"), int) and isinstance(e.get("run_dir"), str) else None
+
+
+def entries():
+    """Entries of pipelines whose worker is alive, by name."""
+    out = []
+    try:
+        names = sorted(os.listdir(index_dir()))
+    except OSError:
+        return out
+    for f in names:
+        if not f.endswith(".json"):
+            continue
+        e = _read(os.path.join(index_dir(), f))
+        if e is not None and _alive(e["pid"]):
+            out.append(e)
+    return out
+
+
+def find(name):
+    """The entry of running pipeline `name`, or None."""
+    e = _read(os.path.join(index_dir(), name + ".json"))
+    return e if e is not None and _alive(e["pid"]) else None
+
+
+def run_dir_of(name):
+    """Where pipeline `name`'s sockets are: its registered run directory, else the default."""
+    e = find(name)
+    return e["run_dir"] if e else default_run_dir(name)
