@@ -420,7 +420,8 @@ def _unreachable(name, run_dir, path, e):
     """Why a pipeline cannot be reached, and what is running instead."""
     from pipeline import registry
     running = [x["name"] for x in registry.entries()]
-    hint = (f"running: {', '.join(running)}; pick one with --name NAME" if running else "no pipeline is running")
+    hint = (f"running: {', '.join(running)}; pick one with --name NAME" if running
+            else "no pipeline is running; valepipe list shows them, --name picks one")
     if isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
         where = f" in {run_dir}" if run_dir else ""
         return (f"no pipeline {name!r} is running{where} ({hint})" if isinstance(e, FileNotFoundError)

@@ -196,7 +196,11 @@ def add_mirrors(cfg, mirrors):
         if not hits:
             raise ConfigError(f"--mirror {m!r}: no port {port!r} (ports: "
                               + ", ".join(f"{s['ofport']}={s['uri']}" for s in cfg.ports) + ")")
-        hits[0]["mirror"] = path
+        if hits[0].get("mirror") and hits[0].get("_mirror_given"):
+            raise ConfigError(f"--mirror {m!r}: port {port} is mirrored twice (one file per port)")
+        hits[0]["mirror"], hits[0]["_mirror_given"] = path, True
+    for s in cfg.ports:
+        s.pop("_mirror_given", None)
     errors = []
     _check_outputs(cfg.ports, errors.append, "--mirror: ")
     if errors:

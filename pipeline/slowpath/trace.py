@@ -26,6 +26,8 @@ def trace_input(text):
     other fields followed by a packet in hex (spaces allowed, any length) -> a flow."""
     from pipeline.slowpath.fields import flow_from_attrs
     text = text.strip()
+    if text and set("".join(text.split())) <= HEX:
+        raise FlowError(f"{text[:40]!r}: a packet needs its input port first: in_port=N <hex>")
     # the packet is the longest tail of hex digits and blanks after the first blank
     for i, ch in enumerate(text):
         if ch.isspace():
