@@ -735,6 +735,39 @@ def ports(name: str = NAME, run_dir: Optional[str] = RUN_DIR,
             print(f"    mirror: {p['mirror']['file']} ({p['mirror']['packets']} packets)")
 
 
+@app.command("add-port")
+def add_port(uri: str = typer.Argument(..., help="port uri, as in [[port]] (shm:NAME, afxdp:IF, packet:IF, "
+                                                 "tap:NAME, ...)"),
+             ofport: Optional[int] = typer.Option(None, help="its OpenFlow number (default: the next free one)"),
+             slots: int = typer.Option(1024, help="ring size"),
+             name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """Add a port to a running pipeline (as ovs-vsctl add-port); cached flows are
+    revalidated (NORMAL and FLOOD include it at once). It lasts until the pipeline stops."""
+    r = _request(name, run_dir, "add-port", uri=uri, ofport=ofport, slots=slots)
+    print(f"added port {r['ofport']} ({r['uri']})")
+
+
+@app.command("del-port")
+def del_port(port: str = typer.Argument(..., help="the port: its ofport or uri"),
+             name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """Remove a port from a running pipeline (as ovs-vsctl del-port); traffic on the other
+    ports goes on, and outputs to it become drops."""
+    r = _request(name, run_dir, "del-port", port=port)
+    print(f"removed port {r['ofport']} ({r['uri']})")
+
+
+@app.command("port-mod")
+def port_mod(port: str = typer.Argument(..., help="the port: its ofport or uri"),
+             up: Optional[bool] = typer.Option(None, "--up/--down", help="bring the port up or take it down"),
+             name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """Take a port down (it neither receives nor sends; floods leave it out) or bring it
+    back up, as ovs-ofctl mod-port PORT down/up."""
+    if up is None:
+        _fail("port-mod needs --up or --down")
+    r = _request(name, run_dir, "port-mod", port=port, up=up)
+    print(f"port {r['ofport']} ({r['uri']}) is {'up' if r['up'] else 'down'}")
+
+
 @app.command("list")
 def list_(as_json: bool = JSON):
     """The running pipelines: name, pid, uptime, ports, run directory."""

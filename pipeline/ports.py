@@ -29,9 +29,12 @@ class Port:
     options: dict = field(default_factory=dict)
     adapter: object = None                # bindings.adapter.Adapter of an emulated port
     mirror: object = None                 # bindings.pcap.PcapWriter copying what it sends
+    up: bool = True                       # administratively up (valepipe port-mod)
 
     def describe(self):
-        return {"uri": self.uri, "ofport": self.ofport, "kind": self.kind}
+        # a port that is down or gone has no OpenFlow number for the slow path: it is left
+        # out of floods and outputs to it are dropped
+        return {"uri": self.uri, "ofport": self.ofport if self.up else None, "kind": self.kind}
 
     def fds(self):
         return self.adapter.fds() if self.adapter else []
@@ -49,7 +52,8 @@ class Port:
         c = self.ring_port.c
         per = {"tx": [c.tx[i].st.packets for i in range(c.ntx)], "rx": [c.rx[i].st.packets for i in range(c.nrx)]}
         extra["rings"] = {"rx": per["tx"], "tx": per["rx"]} if self.kind == "shm" else per
-        return {"uri": self.uri, "ofport": self.ofport, "kind": self.kind, "faulty": rs["faulty"], **extra,
+        return {"uri": self.uri, "ofport": self.ofport, "kind": self.kind, "faulty": rs["faulty"], "up": self.up,
+                **extra,
                 "rx_packets": rx["packets"], "rx_bytes": rx["bytes"],
                 "tx_packets": tx["packets"], "tx_bytes": tx["bytes"],
                 "drops": {"rx_bad_index": rx["bad_index"], "rx_bad_buf": rx["bad_buf"],

@@ -17,6 +17,7 @@ from bindings.adapter import AdapterError
 from bindings.pcap import PcapWriter
 from pipeline.ports import PortError, close_ports, open_ports
 from pipeline.stages import Execute, Extract, Lookup, Receive, Transmit
+from pipeline.runtime_ports import PortOps
 from pipeline.upcall import Upcalls
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -67,12 +68,15 @@ class Worker:
             self.dp.idle_ns = int(cfg.idle_timeout * 1e9)
             self.dp.ofport_of = lambda i: self.ports[i].ofport
             self.upcalls = Upcalls(self.dp, self.slow_sock, rate=cfg.upcall_rate)
+            self.portops = PortOps(self)
             self.stages = [Receive(self.dp), Extract(self.dp), Lookup(self.dp, self.upcalls),
                            Execute(self.dp), Transmit(self.dp)]
             self.control = control.ControlServer(self.ctl_path, {
-                "stats": lambda r: self.stats(), "ports": lambda r: [p.stats() for p in self.ports],
+                "stats": lambda r: self.stats(), "ports": lambda r: [p.stats() for p in self.portops.live()],
                 "stop": lambda r: self.stop(), "revalidate": lambda r: self.revalidate_now(),
-                "megaflows": lambda r: self.megaflows()})
+                "megaflows": lambda r: self.megaflows(),
+                "add-port": self._port_op("add"), "del-port": self._port_op("delete"),
+                "port-mod": self._port_op("mod")})
         except Exception:
             close_ports(self.ports)
             control.remove_run_dirs(self.created_dirs)
@@ -86,6 +90,7 @@ class Worker:
                 for fd in p.fds():
                     self.epoll.register(fd, select.EPOLLIN)
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self.next_revalidation = self.started + cfg.revalidate_interval
         if start_slowpath:
             try:
@@ -93,8 +98,21 @@ class Worker:
             except BaseException:
                 self.close()            # nothing of this run is left behind: regions, sockets, run dir
                 raise
-        registry.register(cfg.name, self.run_dir, config=os.path.abspath(cfg.path) if cfg.path else None,
-                          ports=[s["uri"] for s in cfg.ports])
+        self.reregister()
+
+    def reregister(self):
+        """This pipeline's entry in the index of running pipelines (valepipe list, --name)."""
+        registry.register(self.cfg.name, self.run_dir, config=os.path.abspath(self.cfg.path) if self.cfg.path else None,
+                          ports=[p.uri for p in self.portops.live()], started=self.started_wall)
+
+    def _port_op(self, op):
+        """A control handler for add-port/del-port/port-mod (pipeline/runtime_ports.py)."""
+        def run(req):
+            try:
+                return getattr(self.portops, op)(req)
+            except (PortError, AdapterError) as e:
+                raise ValueError(str(e)) from None
+        return run
 
     def start_slowpath(self):
         cmd = [sys.executable, "-m", "pipeline.slowpath", "--socket", self.slow_sock, "--name", self.cfg.name]
@@ -220,7 +238,7 @@ class Worker:
                             pending=len(self.upcalls.keys), slowpath_restarts=getattr(self, "slow_restarts", 0),
                             slowpath_pid=self.slow.pid if self.slow else None)
         st["ports"] = [dict(p.stats(), upcall_rate_limited=self.upcalls.c.rate_limited[i])
-                       for i, p in enumerate(self.ports)]
+                       for i, p in enumerate(self.ports) if p.kind != "removed"]
         return st
 
     def close(self):
@@ -237,6 +255,7 @@ class Worker:
         if self.epoll:
             self.epoll.close()
         close_ports(self.ports)
+        self.portops.close()
         control.claim_run_dir(self.run_dir)          # the slow path's rules file, sockets
         control.remove_run_dirs(self.created_dirs)
 
