@@ -16,6 +16,7 @@ from pipeline import config
 from pipeline.worker import Worker
 from tests.conftest import ROOT, wait_for
 from tests.test_e2e import cfg, frame, peers
+from tests.test_worker_restart import _restarted
 
 
 def cli(*args, input=None, timeout=60):
@@ -210,14 +211,6 @@ def test_trace_inputs_and_output(uniq, pipeline_factory):
     text = cli("trace", "--name", uniq, "--file", "-", input=many).stdout
     assert text.count("Datapath actions:") == 150
     assert pipe.stats()["ports"][0]["rx_packets"] == 0           # tracing sends nothing
-
-
-def _restarted(pipe, old_pid):
-    try:
-        st = pipe.stats()
-    except (OSError, RuntimeError):
-        return False
-    return st["pid"] != old_pid and st["upcall"]["channel_up"]
 
 
 def test_tools_follow_a_restarted_pipeline_and_stop_when_it_is_gone(uniq, pipeline_factory):

@@ -111,7 +111,7 @@ def test_live_rates_stream(uniq, tmp_path):
 
 
 def test_ofctl_habits(uniq, pipeline_factory, tmp_path):
-    pipe = pipeline_factory(cfg(uniq, ["priority=10,in_port=1,actions=output:2", "priority=20,in_port=1,udp,actions=output:2",
+    pipeline_factory(cfg(uniq, ["priority=10,in_port=1,actions=output:2", "priority=20,in_port=1,udp,actions=output:2",
                                        "priority=30,in_port=2,actions=drop", "table=1,priority=5,actions=drop"],
                                 ports=("a", "b")))
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT
 from tests.netlab import _host_veth, _netns, two_ports
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and veth need root")

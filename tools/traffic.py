@@ -5,7 +5,7 @@ import os
 import time
 
 from pipeline._native import ffi, lib
-from pipeline.peer import PeerGone, PortPeer, attach  # noqa: F401  (attach: tests and tools use it from here)
+from pipeline.peer import PeerGone, PortPeer, attach  # noqa: F401  (re-exported: tools and tests use them from here)
 
 DEFAULT_DST = bytes.fromhex("020000000002")
 DEFAULT_SRC = bytes.fromhex("020000000001")
@@ -16,7 +16,18 @@ def pin(cpu):
         os.sched_setaffinity(0, {cpu})
 
 
-class Generator:
+class _OnPeer:
+    """A tool on a port's user side that follows its pipeline through a restart."""
+
+    def _follow_pipeline(self):
+        if self.peer.stale():
+            self.peer.reattach(self.wait_s)         # PeerGone if it does not come back
+            self.port = self.peer.port
+            self._bind()
+            self.reattached += 1
+
+
+class Generator(_OnPeer):
     def __init__(self, uri, size=60, flows=1, rate=0, count=0, batch=256,
                  dst_mac=DEFAULT_DST, src_mac=DEFAULT_SRC, wait_s=10.0):
         if not 42 <= size <= 2048:
@@ -80,12 +91,8 @@ class Generator:
                     break
         return self.result()
 
-    def _follow_pipeline(self):
-        if self.peer.stale():
-            self.peer.reattach(self.wait_s)
-            self.port = self.peer.port
-            self.g.ring, self.g.fd = self.port.tx_ring(), self.peer.fd
-            self.reattached += 1
+    def _bind(self):
+        self.g.ring, self.g.fd = self.port.tx_ring(), self.peer.fd
 
     def result(self):
         end = self.sent_end or lib.vp_now_ns()
@@ -98,7 +105,7 @@ class Generator:
         self.peer.close()
 
 
-class Sink:
+class Sink(_OnPeer):
     def __init__(self, uri, count=0, batch=1024, wait_s=10.0):
         if count < 0:
             raise ValueError(f"count must be >= 0 (0 = no limit), not {count}")
@@ -107,12 +114,8 @@ class Sink:
         self.s = ffi.new("struct vp_sink *", dict(ring=self.port.rx_ring(), fd=self.peer.fd, batch=batch,
                                                   count=int(count)))
 
-    def _follow_pipeline(self):
-        if self.peer.stale():
-            self.peer.reattach(self.wait_s)
-            self.port = self.peer.port
-            self.s.ring, self.s.fd = self.port.rx_ring(), self.peer.fd
-            self.reattached += 1
+    def _bind(self):
+        self.s.ring, self.s.fd = self.port.rx_ring(), self.peer.fd
 
     def run(self, duration=None, slice_s=0.1, idle_stop_s=None, on_slice=None, stop=lambda: False):
         """Count until count/duration is reached, `stop()`, or, with idle_stop_s, nothing
