@@ -47,7 +47,9 @@ def test_metrics_endpoint_scraped(uniq, tmp_path):
     try:
         ready = _ready_line(p)
         with peers(uniq, "ab") as ps:
-            ps["a"].send_all([frame(1, i) for i in range(200)], others=(ps["b"],))
+            ps["a"].send_all([frame(1, 0)])            # the flow set up first: nothing waits on the slow path
+            assert wait_for(lambda: ps["b"].drain() >= 1)
+            ps["a"].send_all([frame(1, i) for i in range(1, 200)], others=(ps["b"],))
             assert wait_for(lambda: ps["b"].drain() >= 200)
             ps["b"].send_all([frame(2, i) for i in range(30)])
         st = wait_for(lambda: (lambda s: s if s["drops"]["action_drop"] == 30 else None)(
@@ -118,7 +120,9 @@ def test_ofctl_habits(uniq, pipeline_factory, tmp_path):
     def vp(*args, **kw):
         return cli(*args, "--name", uniq, **kw)
     with peers(uniq, "ab") as ps:
-        ps["a"].send_all([frame(1, i) for i in range(40)], others=(ps["b"],))
+        ps["a"].send_all([frame(1, 0)])
+        assert wait_for(lambda: ps["b"].drain() >= 1)
+        ps["a"].send_all([frame(1, i) for i in range(1, 40)], others=(ps["b"],))
         assert wait_for(lambda: ps["b"].drain() >= 40)
     rules = json.loads(vp("dump-flows", "in_port=1", "--json").stdout)
     assert [r["priority"] for r in rules] == [20, 10]
