@@ -279,3 +279,12 @@ def test_ready_line_and_ready_file(uniq, tmp_path):
         p.terminate()
         p.wait(20)
     assert not ready.exists()
+
+
+def test_version_and_completion():
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("valepipe ")
+    env = dict(os.environ, _VALEPIPE_COMPLETE="complete_bash", COMP_WORDS="valepipe dump-f", COMP_CWORD="1")
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.stdout.split() == ["dump-flows"] or set(r.stdout.split()) == {"dump-flows", "dump-megaflows"}, r
