@@ -70,9 +70,15 @@ def entries():
     for f in names:
         if not f.endswith(".json"):
             continue
-        e = _read(os.path.join(index_dir(), f))
+        path = os.path.join(index_dir(), f)
+        e = _read(path)
         if e is not None and _alive(e["pid"]):
             out.append(e)
+        elif e is not None:
+            try:                    # left by a worker that was killed: tidied by whoever reads
+                os.unlink(path)
+            except OSError:
+                pass
     return out
 
 
