@@ -71,7 +71,7 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     `ready name=... pid=... run_dir=...` (scripts wait for it, or for --ready-file).
     SIGHUP reloads the rules from the config's [slowpath] flows."""
     from pipeline import config as cfgmod
-    from pipeline.supervisor import supervise
+    from pipeline.supervisor import crash_leftovers, supervise
     if duration is not None and duration <= 0:
         _fail(f"--duration must be > 0 seconds, not {duration:g}")
     if interval < 0.1:
@@ -99,7 +99,7 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
             signal.signal(signal.SIGHUP, lambda *_: _reload_rules(cfg))
             code = run_one(0)
         else:
-            code = supervise(run_one, on_hup=lambda: _reload_rules(cfg))
+            code = supervise(run_one, give_up=crash_leftovers(cfg), on_hup=lambda: _reload_rules(cfg))
     finally:
         if metrics:
             metrics.stop()
@@ -310,6 +310,23 @@ def _check_run_time(duration, count, default=None):
     return default if count == 0 and duration is None else duration
 
 
+OWNER = typer.Option(None, "--owner", help="shm: attach to a pipeline of this user (name or uid); by "
+                     "default only to one of your own")
+
+
+def _owner_uid(owner):
+    """--owner USER as a uid (None: this process's user)."""
+    import pwd
+    if owner is None:
+        return None
+    if owner.isascii() and owner.isdigit():
+        return int(owner)
+    try:
+        return pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        _fail(f"--owner {owner!r}: no such user")
+
+
 @app.command()
 def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pipeline must be running), "
                                        "or netmap:IF / valeX:PORT on a netmap host"),
@@ -324,6 +341,7 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
                                           "loop (pkt-gen txrx: one core, no scheduler in between)"),
         idle_stop: float = typer.Option(1.0, help="with --rx: stop once nothing arrived for this long"),
         cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
+        owner: Optional[str] = OWNER,
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no line per second, only the summary"),
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON (no lines per second)")):
     """pkt-gen-style generator: prebuilt UDP/IPv4 frames, C batch loop (one sync ioctl per
@@ -340,9 +358,10 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
     if idle_stop <= 0:
         _fail(f"--idle-stop must be > 0 seconds, not {idle_stop:g}")
     _pin(cpu)
+    uid = _owner_uid(owner)
     try:
-        g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch)
-        s = Sink(rx, count=count) if rx else None
+        g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch, owner=uid)
+        s = Sink(rx, count=count, owner=uid) if rx else None
     except (RegionError, NetmapError, ValueError) as e:
         _fail(str(e))
     line = _traffic_lines("tx", lambda t: (t.g.sent, t.g.sent * t.g.frame_len), quiet or as_json)
@@ -376,6 +395,7 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
          idle_stop: Optional[float] = typer.Option(None, help="stop once nothing arrived for this many seconds "
                                                    "(counted from the start until the first packet)"),
          cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
+         owner: Optional[str] = OWNER,
          quiet: bool = typer.Option(False, "--quiet", "-q", help="no line per second, only the summary"),
          as_json: bool = typer.Option(False, "--json", help="print the summary as JSON (no lines per second)")):
     """Count packets arriving on a port (C batch loop): a line per second, a summary at the
@@ -387,8 +407,9 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
     if idle_stop is not None and idle_stop <= 0:
         _fail(f"--idle-stop must be > 0 seconds, not {idle_stop:g}")
     _pin(cpu)
+    uid = _owner_uid(owner)
     try:
-        s = Sink(port, count=count)
+        s = Sink(port, count=count, owner=uid)
     except (RegionError, NetmapError, ValueError) as e:
         _fail(str(e))
     line = _traffic_lines("rx", lambda t: (t.s.packets, t.s.bytes), quiet or as_json)

@@ -3,14 +3,14 @@
 notice when the pipeline behind it went away or was restarted.
 
     from pipeline.peer import PortPeer
-    with PortPeer("shm:vm1") as p:       # waits for the pipeline to create the port
+    with PortPeer("shm:vm1") as p:       # waits for the pipeline (of this user) to create the port
         p.send([frame])                  # into the port's TX ring: the pipeline receives it
         got = p.recv()                   # what the pipeline sent to this port
 """
 import time
 
 from bindings.netmap.names import is_netmap
-from ring.region import ROLE_USER, Region, RegionError, parse_shm_uri
+from ring.region import ROLE_USER, Region, RegionError, RegionNotReady, parse_shm_uri
 
 __all__ = ["PortPeer", "PeerGone", "attach"]
 
@@ -19,9 +19,10 @@ class PeerGone(RegionError):
     """The pipeline that owned the port stopped and no new one came back in time."""
 
 
-def attach(uri, wait_s=10.0):
+def attach(uri, wait_s=10.0, owner=None):
     """Become the user side of a port: (what to close, its RingPort, netmap fd or -1).
-    shm: waits for its pipeline to create the region; netmap:/valeX: registers at once."""
+    shm: waits for its pipeline to create the region (a pipeline of user `owner`, a uid;
+    by default this process's user); netmap:/valeX: registers at once."""
     if is_netmap(uri):
         from bindings.netmap.port import NetmapPort
         p = NetmapPort(uri)
@@ -30,9 +31,9 @@ def attach(uri, wait_s=10.0):
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            reg = Region.attach(region)
+            reg = Region.attach(region, owner)
             return reg, reg.port(name, ROLE_USER), -1
-        except RegionError:
+        except RegionNotReady:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.05)
@@ -42,9 +43,9 @@ class PortPeer:
     """One port's user side. `send`/`recv` copy frames in and out of its rings; `port` is
     the bound ring.RingPort (C tools drive its rings directly), `fd` a netmap port's fd."""
 
-    def __init__(self, uri, wait_s=10.0):
-        self.uri = uri
-        self.region, self.port, self.fd = attach(uri, wait_s)
+    def __init__(self, uri, wait_s=10.0, owner=None):
+        self.uri, self.owner = uri, owner
+        self.region, self.port, self.fd = attach(uri, wait_s, owner)
 
     def send(self, frames):
         """Queue frames (bytes) for the pipeline; returns how many fitted in the ring."""
@@ -68,11 +69,11 @@ class PortPeer:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                self.region, self.port, self.fd = attach(self.uri, 0)
+                self.region, self.port, self.fd = attach(self.uri, 0, self.owner)
                 if not self.stale():
                     return
                 self.close()
-            except RegionError:
+            except RegionNotReady:
                 pass
             if time.monotonic() >= deadline:
                 raise PeerGone(f"{self.uri}: its pipeline stopped and did not come back within {wait_s:g} s")

@@ -19,6 +19,12 @@ from tests.test_e2e import cfg, frame, peers
 from tests.test_worker_restart import _restarted
 
 
+def _published(region):
+    """The /dev/shm name a region of this user is published under."""
+    from ring.region import desc_path
+    return os.path.basename(desc_path(region))
+
+
 def cli(*args, input=None, timeout=60):
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, input=input)
@@ -127,7 +133,7 @@ def test_check_reports_every_error_with_its_place(tmp_path):
     for place in ("[pipeline].batch", "[[port]] #1", "[[port]] #2", "flows[1]", "flows[2]", "[metrics].listen"):
         assert sum(place in ln for ln in lines) == 1, (place, lines)
     assert len(lines) == 6 and all(str(bad) in ln for ln in lines)
-    assert not any(f.startswith("valepipe.a") for f in os.listdir("/dev/shm"))      # nothing was started
+    assert not any(f.startswith(_published("a")) for f in os.listdir("/dev/shm"))      # nothing was started
     j = json.loads(cli("check", str(bad), "--json").stdout)
     assert j["ok"] is False and len(j["errors"]) == 6
     good = tmp_path / "good.toml"
@@ -145,11 +151,11 @@ def test_refused_rule_at_start_leaves_nothing_behind(uniq, tmp_path):
     (tmp_path / "p.toml").write_text(text)
     with pytest.raises(RuntimeError):
         Worker(config.parse(text, str(tmp_path / "p.toml")))         # rules not checked up front here
-    assert not [f for f in os.listdir("/dev/shm") if f.startswith("valepipe." + uniq)]
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(_published(uniq))]
     assert not run_dir.exists()
     err = one_line_error(cli("run", str(tmp_path / "p.toml")))          # checked before anything starts
     assert "tp_dst requires" in err
-    assert not [f for f in os.listdir("/dev/shm") if f.startswith("valepipe." + uniq)] and not run_dir.exists()
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(_published(uniq))] and not run_dir.exists()
 
 
 def _cpu_of(args, timeout=60):

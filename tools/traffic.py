@@ -29,7 +29,7 @@ class _OnPeer:
 
 class Generator(_OnPeer):
     def __init__(self, uri, size=60, flows=1, rate=0, count=0, batch=256,
-                 dst_mac=DEFAULT_DST, src_mac=DEFAULT_SRC, wait_s=10.0):
+                 dst_mac=DEFAULT_DST, src_mac=DEFAULT_SRC, wait_s=10.0, owner=None):
         if not 42 <= size <= 2048:
             raise ValueError(f"frame size {size} must be 42..2048 (60 = 64-byte frames with FCS)")
         if not 1 <= flows <= 4_000_000:
@@ -42,7 +42,7 @@ class Generator(_OnPeer):
         self._frames = ffi.new("uint8_t[]", flows * self.stride)
         if lib.vp_gen_build(self._frames, self.stride, flows, size, dst_mac, src_mac) != 0:
             raise ValueError("cannot build frames")
-        self.peer = PortPeer(uri, wait_s)
+        self.peer = PortPeer(uri, wait_s, owner)
         self.port, fd = self.peer.port, self.peer.fd
         self.reattached = 0
         self.g = ffi.new("struct vp_gen *", dict(
@@ -106,10 +106,10 @@ class Generator(_OnPeer):
 
 
 class Sink(_OnPeer):
-    def __init__(self, uri, count=0, batch=1024, wait_s=10.0):
+    def __init__(self, uri, count=0, batch=1024, wait_s=10.0, owner=None):
         if count < 0:
             raise ValueError(f"count must be >= 0 (0 = no limit), not {count}")
-        self.peer = PortPeer(uri, wait_s)
+        self.peer = PortPeer(uri, wait_s, owner)
         self.port, self.wait_s, self.reattached = self.peer.port, wait_s, 0
         self.s = ffi.new("struct vp_sink *", dict(ring=self.port.rx_ring(), fd=self.peer.fd, batch=batch,
                                                   count=int(count)))
