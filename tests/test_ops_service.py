@@ -15,13 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, wait_for
 from tests.test_e2e import cfg, frame, peers
-from tests.test_ops_cli import cli
-
-
-def _published(region):
-    """The /dev/shm name a region of this user is published under."""
-    from ring.region import desc_path
-    return os.path.basename(desc_path(region))
+from tests.test_ops_cli import _published, cli
 
 
 def _ready_line(proc):
