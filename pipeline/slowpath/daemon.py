@@ -13,7 +13,8 @@ from collections import OrderedDict
 import msgpack
 
 from pipeline import channel, config, control, rundir
-from pipeline.slowpath.flowtext import FlowError, format_rule, parse_actions, parse_flow
+from pipeline.slowpath.flowtext import FlowError, format_rule, parse_flow
+from pipeline.slowpath import ofctl
 from pipeline.slowpath.ofproto import OFProto
 
 RECENT_FLOWS = 65536
@@ -32,6 +33,8 @@ class Client:
 
 
 class SlowPath:
+    name = "valepipe"                   # the pipeline's name, the bridge `trace` shows
+
     def __init__(self, ofproto, rules_file=None):
         self.ofproto = ofproto
         self.rules_file = rules_file
@@ -61,38 +64,28 @@ class SlowPath:
                 return len(rules)
             return self.change(add_all)
 
-        def del_flows(req):
-            match = parse_flow(_text(req, "match"), mode="match")
-            return self.change(lambda: self.ofproto.del_flows(match))
+        of = self.ofproto
 
-        def mod_flows(req):
-            text = _text(req, "flow")
-            m = parse_flow(text, mode="match")
-            if "actions=" not in text:
-                raise ValueError("mod-flows needs actions=")
-            actions = parse_actions(text.split("actions=", 1)[1], m.table, text)
-            return self.change(lambda: self.ofproto.mod_flows(m, actions))
-
-        def dump_flows(req):
-            self.save_state()                         # what it shows is what a restart keeps
-            return self.ofproto.dump()
+        def dump(show):
+            def run(req):
+                self.save_state()                     # what it shows is what a restart keeps
+                return show(req)
+            return run
 
         def trace(req):
-            from pipeline.slowpath.fields import flow_from_attrs
-            from pipeline.slowpath.trace import attrs_of_packet, flow_of_text, render
-            text = _text(req, "flow").strip()
-            head, _, tail = text.rpartition(" ")
-            if head and all(c in "0123456789abcdefABCDEF" for c in tail) and len(tail) >= 28:
-                port = parse_flow(head, mode="match").match.get("in_port", (0, 0))[0]
-                flow = flow_from_attrs(attrs_of_packet(tail, port))
-            else:
-                flow = flow_of_text(text)
-            return render(self.ofproto, flow)[0]
+            from pipeline.slowpath.trace import render, trace_input
+            return render(self.ofproto, trace_input(_text(req, "flow")), bridge=self.name)[0]
 
-        return {"add-flows": _errors(add_flows), "trace": _errors(trace), "del-flows": _errors(del_flows), "mod-flows": _errors(mod_flows),
-                "dump-flows": dump_flows,
+        return {"add-flows": _errors(add_flows), "trace": _errors(trace),
+                "del-flows": _errors(lambda req: self.change(lambda: ofctl.delete(of, req))),
+                "mod-flows": _errors(lambda req: self.change(lambda: ofctl.modify(of, req))),
+                "dump-flows": dump(lambda req: of.dump()),
                 "fdb-show": lambda req: self.ofproto.macs.show(),
-                "stats": lambda req: dict(self.st, **self.ofproto.st)}
+                "stats": lambda req: dict(self.st, **self.ofproto.st),
+                # ovs-ofctl habits (pipeline/slowpath/ofctl.py): filters, --strict, replace, batch trace
+                "dump-rules": _errors(dump(lambda req: ofctl.dump(of, req))),
+                "replace-flows": _errors(lambda req: self.change(lambda: ofctl.replace(of, req))),
+                "trace-many": _errors(lambda req: ofctl.trace(self, req))}
 
     def handle(self, client, msg):
         t = channel.check(msg)
@@ -359,6 +352,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="valepipe-slowpath", description="valepipe slow-path daemon")
     ap.add_argument("--socket", required=True, help="unix socket path to listen on")
     ap.add_argument("--config", help="pipeline config whose [slowpath] flows to load")
+    ap.add_argument("--name", default="valepipe", help="the pipeline's name (trace shows it as the bridge)")
     ap.add_argument("--control", help="control socket for add-flow/del-flows/mod-flows/dump-flows "
                                       "(default: slowpath.ctl beside --socket)")
     ap.add_argument("--rules", help="file the rules are kept in across restarts (default: rules.flows "
@@ -385,6 +379,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     ctl = a.control or os.path.join(here, "slowpath.ctl")
     slow = SlowPath(ofproto, rules_file)
+    slow.name = a.name
     if text is not None:
         slow.load_state()
     slow.try_save_rules("at start")
