@@ -42,7 +42,7 @@ class Datapath:
         self.c.max_actions = MAX_ACTIONS
         # long output lists and programs live in memory the C side allocates
         weakref.finalize(self, lib.vp_actions_free, self.c)
-        self._outq = ffi.new("struct vp_outq[]", len(ports))
+        self._outq = ffi.new("struct vp_outq[]", lib.VP_MAX_PORTS)     # room for ports added at run time
         self.c.outq = self._outq
         # exact-match entries (a cache capped at emc_limit when megaflows exist) and megaflows
         if lib.vp_flows_init(self.c, flow_limit) != 0 or lib.vp_megaflows_init(self.c, flow_limit) != 0:

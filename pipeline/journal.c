@@ -35,15 +35,18 @@ void vp_commit(struct vp_dp *dp) {
         uint64_t seq = j->seq + 1;
         struct vp_jrec *r = &j->rec[seq & 1];
         r->st = dp->st;
+        r->nports = dp->nports;
         memcpy(r->port_drops, dp->port_drops, dp->nports * sizeof(dp->port_drops[0]));
         memcpy(r->upcall_inflight, dp->upcall_inflight, dp->nports * sizeof(dp->upcall_inflight[0]));
-        for (uint32_t i = 0; i < dp->nports; i++)
+        for (uint32_t i = 0; i < dp->nports; i++) {
+            r->mem_id[i] = dp->ports[i]->mem_id;
             for (uint32_t k = 0; k < VP_JOURNAL_RINGS; k++) {
                 struct vp_ring *rg = ring_at(dp->ports[i], k);
                 if (!rg) continue;
                 r->rings[i][k] = rg->st;
                 r->pos[i][k] = cursor(rg);
             }
+        }
         r->seq = seq;
         STORE(&j->seq, seq);                    /* the commit */
     }
@@ -116,7 +119,8 @@ int vp_journal_takeover(struct vp_dp *dp, uint64_t resume_ports) {
     struct vp_journal *j = dp->journal;
     const struct vp_jrec *r;
     if (!j) return 0;
-    if (j->magic != VP_JOURNAL_MAGIC || j->nports != dp->nports || j->seq == 0) {
+    if (j->magic != VP_JOURNAL_MAGIC || j->nports != dp->nports || j->seq == 0 ||
+        j->rec[j->seq & 1].nports < dp->nports) {
         memset(j, 0, sizeof(*j));
         j->magic = VP_JOURNAL_MAGIC;
         j->nports = dp->nports;
@@ -130,11 +134,14 @@ int vp_journal_takeover(struct vp_dp *dp, uint64_t resume_ports) {
     memcpy(dp->port_drops, r->port_drops, dp->nports * sizeof(dp->port_drops[0]));
     memcpy(dp->upcall_inflight, r->upcall_inflight, dp->nports * sizeof(dp->upcall_inflight[0]));
     for (uint32_t i = 0; i < dp->nports; i++) {
+        /* the cursors are of this port's ring only if it was the same region then (not a
+         * placeholder for a port that was down) */
+        int resume = (resume_ports >> i & 1) && i < r->nports && r->mem_id[i] == dp->ports[i]->mem_id;
         for (uint32_t k = 0; k < VP_JOURNAL_RINGS; k++) {
             struct vp_ring *rg = ring_at(dp->ports[i], k);
             if (!rg) continue;
             rg->st = r->rings[i][k];
-            if (resume_ports >> i & 1) resume_ring(rg, r->pos[i][k]);
+            if (resume) resume_ring(rg, r->pos[i][k]);
         }
         /* what the old worker had handed to its slow path went with that channel */
         if (dp->upcall_inflight[i]) {
@@ -142,6 +149,10 @@ int vp_journal_takeover(struct vp_dp *dp, uint64_t resume_ports) {
             dp->upcall_inflight[i] = 0;
         }
     }
+    /* ports added at run time are not in the config the new worker starts from: what
+     * they had with the slow path is counted in the totals */
+    for (uint32_t i = dp->nports; i < r->nports && i < VP_MAX_PORTS; i++)
+        dp->st.drops[VP_DROP_WORKER_RESTART] += r->upcall_inflight[i];
     j->takeovers++;
     vp_commit(dp);
     return 1;

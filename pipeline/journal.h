@@ -19,6 +19,9 @@ struct vp_jswap {
 };
 struct vp_jrec {
     uint64_t seq;
+    uint32_t nports;                     /* the worker's ports then (run-time ones included) */
+    uint32_t pad;
+    uint32_t mem_id[64];                 /* per port: the region its cursors are of */
     struct vp_dp_stats st;
     uint64_t port_drops[64][14];
     uint64_t upcall_inflight[64];

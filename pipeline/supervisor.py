@@ -20,9 +20,10 @@ PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def supervise(start_worker, give_up=lambda: None):
+def supervise(start_worker, give_up=lambda: None, on_hup=None):
     """start_worker(restarts) runs a worker in a child process and returns its exit code;
-    give_up() clears what a crashed worker leaves behind, when no worker will follow."""
+    give_up() clears what a crashed worker leaves behind, when no worker will follow;
+    on_hup() runs here (not in the worker) on SIGHUP."""
     restarts, crashes, stopping = 0, [], []
     child = [0]
 
@@ -35,6 +36,8 @@ def supervise(start_worker, give_up=lambda: None):
                 pass
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    if on_hup:
+        signal.signal(signal.SIGHUP, lambda *_: on_hup())
     while True:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -44,6 +47,7 @@ def supervise(start_worker, give_up=lambda: None):
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)     # the supervisor reloads
                 _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)   # never outlive the supervisor
                 code = start_worker(restarts)
             except SystemExit as e:

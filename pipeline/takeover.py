@@ -15,7 +15,7 @@ class Takeover:
         self.run_dir = cfg.run_dir
         # the run directory first: a pipeline of this name that is running is refused
         # before anything of it is touched
-        self.created_dirs = rundir.make(cfg.run_dir)
+        self.created_dirs = rundir.make_for_config(cfg.run_dir)
         try:
             rundir.claim(cfg.run_dir)
             shm = [s for s in cfg.ports if kind_of(s["uri"]) == "shm"]

@@ -11,13 +11,14 @@ import subprocess
 import sys
 import time
 
-from pipeline import control, rundir
+from pipeline import control, registry, rundir
 from pipeline.datapath import Datapath
 from bindings.adapter import AdapterError
 from bindings.pcap import PcapWriter
 from pipeline.ports import PortError, close_ports, open_ports
 from pipeline.stages import Execute, Extract, Lookup, Receive, Transmit
 from pipeline._native import lib
+from pipeline.runtime_ports import PortOps
 from pipeline.upcall import HEARTBEAT_S, Upcalls
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -42,7 +43,7 @@ class Worker:
         self.stopping = False
         # the run directory first: it tells whether this pipeline already runs, and what a
         # crashed run of it left there is cleared (its shm regions are replaced when opened)
-        self.created_dirs = rundir.make(self.run_dir)
+        self.created_dirs = rundir.make_for_config(self.run_dir)
         try:
             rundir.claim(self.run_dir, keep=rundir.KEPT_FILES if keep_rules else ())
         except RuntimeError:
@@ -73,12 +74,15 @@ class Worker:
                 self.dp.c.journal = takeover.journal
                 lib.vp_journal_takeover(self.dp.c, sum(1 << i for i, p in enumerate(self.ports) if takeover.owns(p)))
             self.upcalls = Upcalls(self.dp, self.slow_sock, rate=cfg.upcall_rate)
+            self.portops = PortOps(self)
             self.stages = [Receive(self.dp), Extract(self.dp), Lookup(self.dp, self.upcalls),
                            Execute(self.dp), Transmit(self.dp)]
             self.control = control.ControlServer(self.ctl_path, {
-                "stats": lambda r: self.stats(), "ports": lambda r: [p.stats() for p in self.ports],
+                "stats": lambda r: self.stats(), "ports": lambda r: [p.stats() for p in self.portops.live()],
                 "stop": lambda r: self.stop(), "revalidate": lambda r: self.revalidate_now(),
-                "megaflows": lambda r: self.megaflows()})
+                "megaflows": lambda r: self.megaflows(),
+                "add-port": self._port_op("add"), "del-port": self._port_op("delete"),
+                "port-mod": self._port_op("mod")})
         except Exception:
             self._close_ports()
             rundir.remove_dirs(self.created_dirs)
@@ -92,6 +96,7 @@ class Worker:
                 for fd in p.fds():
                     self.epoll.register(fd, select.EPOLLIN)
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self.next_revalidation = self.started + cfg.revalidate_interval
         self.slow_hangs = 0
         if start_slowpath:
@@ -100,8 +105,23 @@ class Worker:
                 # crash: those waiting in the rings, every flow new to the empty caches) find it
                 self.start_slowpath(wait=True, refuse=not keep_rules)
             except BaseException:
-                self.close()                # regions, sockets, run directory: nothing left
+                self.close()            # nothing of this run is left behind: regions, sockets, run dir
                 raise
+        self.reregister()
+
+    def reregister(self):
+        """This pipeline's entry in the index of running pipelines (valepipe list, --name)."""
+        registry.register(self.cfg.name, self.run_dir, config=os.path.abspath(self.cfg.path) if self.cfg.path else None,
+                          ports=[p.uri for p in self.portops.live()], started=self.started_wall)
+
+    def _port_op(self, op):
+        """A control handler for add-port/del-port/port-mod (pipeline/runtime_ports.py)."""
+        def run(req):
+            try:
+                return getattr(self.portops, op)(req)
+            except (PortError, AdapterError) as e:
+                raise ValueError(str(e)) from None
+        return run
 
     def _close_ports(self):
         """Close what this worker opened; the takeover's ports stay with the supervisor."""
@@ -111,7 +131,7 @@ class Worker:
         """Start the slow path. wait: until it takes connections (at the worker's start; later
         the loop connects when it is ready, forwarding never waits for it); refuse: raise if
         it exits meanwhile (a first start with a bad rule set)."""
-        cmd = [sys.executable, "-m", "pipeline.slowpath", "--socket", self.slow_sock]
+        cmd = [sys.executable, "-m", "pipeline.slowpath", "--socket", self.slow_sock, "--name", self.cfg.name]
         if self.cfg.path and os.path.exists(self.cfg.path):
             cmd += ["--config", self.cfg.path]
         cpus = set(range(os.cpu_count() or 1))
@@ -152,6 +172,7 @@ class Worker:
                             "packets": st["packets"], "bytes": st["bytes"],
                             "used_s": round((now - st["used_ns"]) / 1e9, 3) if st["packets"] else None})
             yield out
+        return []                           # the result when there was nothing to stream
 
     def revalidate_now(self):
         """Start a revalidation round (pushes flow stats to the slow path); returns its number."""
@@ -236,6 +257,7 @@ class Worker:
     def stats(self):
         st = self.dp.stats()
         st["uptime_s"] = round(time.monotonic() - self.started, 3)
+        st["name"], st["run_dir"], st["config"] = self.cfg.name, os.path.abspath(self.run_dir), self.cfg.path
         st["pid"] = os.getpid()
         st["worker_restarts"] = getattr(self, "restarts", 0)
         st["upcall"] = dict(self.upcalls.st, channel_up=self.upcalls.up,
@@ -247,13 +269,14 @@ class Worker:
         # with the slow path (upcall_inflight)
         st["ports"] = [dict(p.stats(), upcall_rate_limited=self.upcalls.c.rate_limited[i],
                             in_drops=self.dp.port_drops(i), upcall_inflight=self.dp.c.upcall_inflight[i])
-                       for i, p in enumerate(self.ports)]
+                       for i, p in enumerate(self.ports) if p.kind != "removed"]
         return st
 
     def close(self, crashed=False):
         """Stop and clean up. crashed (under a supervisor): leave the run directory (rules,
         sockets) and the takeover's ports as they are, for the worker it starts next."""
         owner = self.control.owns_path()
+        registry.unregister(self.cfg.name)           # only if the entry is still this process's
         self.upcalls.close()
         lib.vp_commit(self.dp.c)
         if self.slow is not None and self.slow.poll() is None:
@@ -267,6 +290,7 @@ class Worker:
         if self.epoll:
             self.epoll.close()
         self._close_ports()
+        self.portops.close()
         if crashed and self.takeover:
             return
         if owner:        # else a successor runs here now (we were stopped, then resumed): its files

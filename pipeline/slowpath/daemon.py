@@ -15,7 +15,8 @@ from collections import OrderedDict
 import msgpack
 
 from pipeline import channel, config, control, rundir
-from pipeline.slowpath.flowtext import FlowError, format_rule, parse_actions, parse_flow
+from pipeline.slowpath.flowtext import FlowError, format_rule, parse_flow
+from pipeline.slowpath import ofctl
 from pipeline.slowpath.ofproto import OFProto
 
 RECENT_FLOWS = 65536
@@ -42,6 +43,8 @@ class Client:
 
 
 class SlowPath:
+    name = "valepipe"                   # the pipeline's name, the bridge `trace` shows
+
     def __init__(self, ofproto, rules_file=None):
         self.ofproto = ofproto
         self.rules_file = rules_file
@@ -81,47 +84,52 @@ class SlowPath:
                 return len(rules)
             return (yield from self.change(add_all()))
 
-        def del_flows(req):
-            match = parse_flow(_text(req, "match"), mode="match")
+        of = self.ofproto
 
+        def del_flows(req):
             def remove_all():
-                gone = self.ofproto.matching(match)
+                gone = ofctl.selected(of, _text(req, "match"), req.get("strict") is True)
                 for k in range(0, len(gone), STEP_RULES):
-                    self.ofproto.remove(gone[k:k + STEP_RULES])
+                    for r in gone[k:k + STEP_RULES]:
+                        of.remove(r)
                     yield None
                 return len(gone)
             return (yield from self.change(remove_all()))
 
-        def mod_flows(req):
-            text = _text(req, "flow")
-            m = parse_flow(text, mode="match")
-            if "actions=" not in text:
-                raise ValueError("mod-flows needs actions=")
-            actions = parse_actions(text.split("actions=", 1)[1], m.table, text)
-            return (yield from self.change(_at_once(lambda: self.ofproto.mod_flows(m, actions))))
+        def at_once(fn):
+            """A change made in one step (mod-flows, replace-flows)."""
+            def run(req):
+                return (yield from self.change(_at_once(lambda: fn(of, req))))
+            return run
 
-        def dump_flows(req):
-            self.save_state()                         # what it shows is what a restart keeps
-            rules = list(self.ofproto.rules())
-            for k in range(0, len(rules), STEP_RULES):
-                yield self.ofproto.dump(rules[k:k + STEP_RULES])
+        def dump(show):
+            """A dump streamed STEP_RULES rules at a time; it shows what a restart keeps."""
+            def run(req):
+                self.save_state()
+                rules = show(req)
+                for k in range(0, len(rules), STEP_RULES):
+                    yield rules[k:k + STEP_RULES]
+                return []                       # the result when there was nothing to stream
+            return run
+
+        def dump_rules(req):
+            now = time.monotonic()
+            rules = ofctl.selected(of, _text(req, "match"), req.get("strict") is True)
+            return _Rendered(rules, lambda r: ofctl.rule_data(of, r, now))
 
         def trace(req):
-            from pipeline.slowpath.fields import flow_from_attrs
-            from pipeline.slowpath.trace import attrs_of_packet, flow_of_text, render
-            text = _text(req, "flow").strip()
-            head, _, tail = text.rpartition(" ")
-            if head and all(c in "0123456789abcdefABCDEF" for c in tail) and len(tail) >= 28:
-                port = parse_flow(head, mode="match").match.get("in_port", (0, 0))[0]
-                flow = flow_from_attrs(attrs_of_packet(tail, port))
-            else:
-                flow = flow_of_text(text)
-            return render(self.ofproto, flow)[0]
+            from pipeline.slowpath.trace import render, trace_input
+            return render(self.ofproto, trace_input(_text(req, "flow")), bridge=self.name)[0]
 
-        return {"add-flows": _errors(add_flows), "trace": _errors(trace), "del-flows": _errors(del_flows), "mod-flows": _errors(mod_flows),
-                "dump-flows": dump_flows,
+        return {"add-flows": _errors(add_flows), "trace": _errors(trace),
+                "del-flows": _errors(del_flows), "mod-flows": _errors(at_once(ofctl.modify)),
+                "dump-flows": dump(lambda req: _Rendered(list(of.rules()), lambda r: of.dump([r])[0])),
                 "fdb-show": lambda req: self.ofproto.macs.show(),
-                "stats": lambda req: dict(self.st, **self.ofproto.st)}
+                "stats": lambda req: dict(self.st, **self.ofproto.st),
+                # ovs-ofctl habits (pipeline/slowpath/ofctl.py): filters, --strict, replace, batch trace
+                "dump-rules": _errors(dump(dump_rules)),
+                "replace-flows": _errors(at_once(ofctl.replace)),
+                "trace-many": _errors(lambda req: ofctl.trace(self, req))}
 
     def handle(self, client, msg):
         t = channel.check(msg)
@@ -396,6 +404,19 @@ def _text(req, key):
     return v
 
 
+class _Rendered:
+    """Rules rendered only when a slice of them is taken (a dump streams in slices)."""
+
+    def __init__(self, rules, render):
+        self.rules, self.render = rules, render
+
+    def __len__(self):
+        return len(self.rules)
+
+    def __getitem__(self, part):
+        return [self.render(r) for r in self.rules[part]]
+
+
 def _at_once(fn):
     """A change done in one step, as the generator change() takes."""
     return fn()
@@ -461,6 +482,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="valepipe-slowpath", description="valepipe slow-path daemon")
     ap.add_argument("--socket", required=True, help="unix socket path to listen on")
     ap.add_argument("--config", help="pipeline config whose [slowpath] flows to load")
+    ap.add_argument("--name", default="valepipe", help="the pipeline's name (trace shows it as the bridge)")
     ap.add_argument("--control", help="control socket for add-flow/del-flows/mod-flows/dump-flows "
                                       "(default: slowpath.ctl beside --socket)")
     ap.add_argument("--rules", help="file the rules are kept in across restarts (default: rules.flows "
@@ -487,6 +509,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     ctl = a.control or os.path.join(here, "slowpath.ctl")
     slow = SlowPath(ofproto, rules_file)
+    slow.name = a.name
     if text is not None:
         slow.load_state()
     slow.try_save_rules("at start")

@@ -42,10 +42,19 @@ class OFProto:
         if self.undo_log is not None:
             self.undo_log.append(fn)
 
-    def _remove(self, r):
+    def remove(self, r):
         self.tables[r.table].remove(r)
         created = self.created.pop(id(r), None)
         self._undo(lambda: self._insert(r, created))
+
+    def modify(self, r, actions, reset_counts=False):
+        """New actions for rule `r` (mod-flows), its counters cleared with reset_counts."""
+        old = (r.actions, r.n_packets, r.n_bytes)
+        self._undo(lambda: (setattr(r, "actions", old[0]), setattr(r, "n_packets", old[1]),
+                            setattr(r, "n_bytes", old[2])))
+        r.actions = list(actions)
+        if reset_counts:
+            r.n_packets = r.n_bytes = 0
 
     def _insert(self, r, created):
         self.tables.setdefault(r.table, Table(r.table)).insert(r)
@@ -56,7 +65,7 @@ class OFProto:
         t = self.tables.setdefault(rule.table, Table(rule.table))
         old = t.by_key.get(rule.key())              # same table, priority and match: replace
         if old is not None:
-            self._remove(old)
+            self.remove(old)
         t.insert(rule)
         self.created[id(rule)] = rule.used = time.monotonic()
         self._undo(lambda: (t.remove(rule), self.created.pop(id(rule), None)))
@@ -80,26 +89,6 @@ class OFProto:
             self.created.pop(id(r), None)
         self.st["expired_rules"] = self.st.get("expired_rules", 0) + len(gone)
         return len(gone)
-
-    def del_flows(self, match):
-        gone = self.matching(match)
-        self.remove(gone)
-        return len(gone)
-
-    def matching(self, match):
-        """The rules a non-strict match covers (del-flows, mod-flows)."""
-        return [r for r in self.rules() if match.covers(r)]
-
-    def remove(self, rules):
-        for r in rules:
-            self._remove(r)
-
-    def mod_flows(self, match, actions):
-        hit = [r for r in self.rules() if match.covers(r)]
-        for r in hit:
-            self._undo(lambda r=r, old=r.actions: setattr(r, "actions", old))
-            r.actions = list(actions)
-        return len(hit)
 
     def dump(self, rules=None):
         """`rules` (default: all) as ovs-ofctl dump-flows lines."""
