@@ -120,7 +120,7 @@ class Upcalls:
             if n > 0:
                 c.st.drops[reason] += n
                 c.port_drops[i][reason] += n
-                c.upcall_inflight[i] -= n
+                c.upcall_inflight[i] = max(0, c.upcall_inflight[i] - n)
         owed.clear()
 
     def silent_for(self):
@@ -245,14 +245,14 @@ class Upcalls:
         port ([actions, frame, in_port]); one it does not owe is refused."""
         c = self.dp.c
         for it in items:
-            i = self.dp.ofport_to_index.get(it[2], -1) if isinstance(it, list) and len(it) == 3 else -1
+            i = self.dp.ofport_to_index.get(it[2], -1) if isinstance(it, list) and len(it) == 3 and _is_int(it[2]) else -1
             if i < 0:      # an older slow path names no port: the first one still owed
                 i = next((k for k, n in owed.items() if n > 0), -1)
             if owed.get(i, 0) <= 0:
                 self.st["bad_messages"] += 1
                 continue
             owed[i] -= 1
-            c.upcall_inflight[i] -= 1
+            c.upcall_inflight[i] = max(0, c.upcall_inflight[i] - 1)
             if not (isinstance(it, list) and len(it) in (2, 3) and isinstance(it[1], bytes)
                     and channel.actions_ok(it[0]) and channel.fast_path_runs(it[0]) and 14 <= len(it[1]) <= 65535):
                 self.st["bad_messages"] += 1
@@ -353,7 +353,7 @@ class Upcalls:
             aid = self.dp.action_id(f["actions"])
             if aid != ent.action:
                 ent.action = aid
-                ent.gen += 1                    # its exact-match caches are stale now
+                ent.gen = (ent.gen + 1) & 0xFFFFFFFF    # its exact-match caches are stale now
                 self.st["revalidated_changed"] += 1
             return
         lib.vp_megaflow_remove_entry(self.dp.c, e)
