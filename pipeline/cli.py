@@ -37,8 +37,9 @@ def _render(st):
     lines.append("ns/packet  " + "  ".join(f"{k} {v if v is not None else '-'}" for k, v in ns.items()))
     for p in st["ports"]:
         d = {k: v for k, v in p["drops"].items() if v}
+        link = f"  LINK {p['link'].upper()}" if p.get("link", "up") != "up" else ""
         lines.append(f"  {p['ofport']:>3} {p['uri']:<24} rx {p['rx_packets']:>12} tx {p['tx_packets']:>12}"
-                     f"{'  FAULTY' if p['faulty'] else ''}{'  drops ' + str(d) if d else ''}")
+                     f"{'  FAULTY' if p['faulty'] else ''}{link}{'  drops ' + str(d) if d else ''}")
     drops = {k: v for k, v in st["drops"].items() if v}
     perr = {k: v for k, v in st["parse_errors"].items() if v}
     if drops:
@@ -339,13 +340,17 @@ def ports(name: str = typer.Option("valepipe", help="pipeline name"),
         print(json.dumps(ps, indent=1))
         return
     for p in ps:
-        print(f"{p['ofport']:>3} {p['uri']:<28} {'FAULTY' if p['faulty'] else 'ok':<7} rx {p['rx_packets']} "
+        # a port is "ok" only while its interface's link is up (link: up/down/no-carrier/gone)
+        state = "FAULTY" if p["faulty"] else (p.get("link", "up") if p.get("link", "up") != "up" else "ok")
+        io = p.get("io") or {}
+        speed = f" {io['speed_mbps']}Mb/s" if io.get("link") == "up" and io.get("speed_mbps") else ""
+        print(f"{p['ofport']:>3} {p['uri']:<28} {state + speed:<10} rx {p['rx_packets']} "
               f"tx {p['tx_packets']} drops {json.dumps({k: v for k, v in p['drops'].items() if v})}")
-        io = p.get("io")
         if io:
             counts = {k: io[k] for k in ("rx_truncated", "rx_kernel_drops", "rx_errors", "tx_errors", "tx_again",
-                                         "tx_discarded", "sync_errors") if io.get(k)}
-            extra = {k: io[k] for k in ("xdp_mode", "zerocopy", "queues", "netns", "mem_id") if io.get(k) is not None}
+                                         "tx_discarded", "sync_errors", "rx_gso", "rx_csum_partial") if io.get(k)}
+            extra = {k: io[k] for k in ("xdp_mode", "zerocopy", "queues", "netns", "mem_id", "mtu", "offload")
+                     if io.get(k) is not None}
             print(f"    io: {json.dumps(counts)} {json.dumps(extra)}"
                   + (f" last error: {io['last_error']}" if io.get("last_error") else ""))
         if p.get("mirror"):

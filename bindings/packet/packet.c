@@ -29,7 +29,7 @@ struct vp_packet {
     struct iovec iov[TX_BATCH];
 };
 
-int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, char *err, size_t errlen) {
+int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, int vnet, char *err, size_t errlen) {
     struct vp_packet *pk = io->priv;
     struct tpacket_req3 req = {0};
     struct sockaddr_ll sll = {0};
@@ -52,6 +52,12 @@ int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, char *
     req.tp_frame_size = FRAME_SIZE;
     req.tp_frame_nr = BLOCK_SIZE / FRAME_SIZE * NBLOCKS;
     req.tp_retire_blk_tov = 1;     /* ms: a partly filled block reaches us this soon */
+    /* frames come and go with a virtio_net_hdr: super-frames (GSO) and partial checksums
+     * stay whole; it must be asked for before the ring exists */
+    if (vnet && setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) < 0) {
+        what = "PACKET_VNET_HDR";
+        goto fail;
+    }
     if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof(v)) < 0 ||
         setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)) < 0) {
         what = "TPACKET_V3 rx ring";
@@ -95,48 +101,6 @@ fail:
     return -e;
 }
 
-/* The stack hands a veth's peer frames whose L4 checksum is left to "hardware"
- * (TP_STATUS_CSUMNOTREADY); nothing downstream of a switch would finish it, so we do. */
-static uint32_t sum16(const uint8_t *p, uint32_t n, uint32_t s) {
-    for (; n > 1; p += 2, n -= 2) s += (uint32_t)p[0] << 8 | p[1];
-    if (n) s += (uint32_t)p[0] << 8;
-    return s;
-}
-static void complete_csum(uint8_t *f, uint32_t len) {
-    uint32_t off = 12, s = 0, l4, l4len;
-    uint16_t type;
-    uint8_t proto;
-    if (len < 14) return;
-    type = f[12] << 8 | f[13];
-    while ((type == 0x8100 || type == 0x88a8) && off + 6 <= len) { off += 4; type = f[off] << 8 | f[off + 1]; }
-    off += 2;
-    if (type == 0x0800 && off + 20 <= len) {
-        uint32_t ihl = (f[off] & 15) * 4, tot = f[off + 2] << 8 | f[off + 3];
-        if (ihl < 20 || tot < ihl || off + tot > len) return;
-        proto = f[off + 9];
-        l4 = off + ihl; l4len = tot - ihl;
-        s = sum16(f + off + 12, 8, 0);
-    } else if (type == 0x86dd && off + 40 <= len) {
-        uint32_t pl = f[off + 4] << 8 | f[off + 5];
-        proto = f[off + 6];
-        l4 = off + 40; l4len = pl;
-        if (l4 + l4len > len) return;
-        s = sum16(f + off + 8, 32, 0);
-    } else {
-        return;
-    }
-    uint32_t at = proto == 6 ? 16 : proto == 17 ? 6 : 0;
-    if (!at || l4len < at + 2) return;
-    s += proto + l4len;
-    f[l4 + at] = f[l4 + at + 1] = 0;
-    s = sum16(f + l4, l4len, s);
-    while (s >> 16) s = (s & 0xffff) + (s >> 16);
-    s = ~s & 0xffff;
-    if (proto == 17 && s == 0) s = 0xffff;
-    f[l4 + at] = s >> 8;
-    f[l4 + at + 1] = s & 0xff;
-}
-
 static uint32_t packet_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint32_t space) {
     struct pq *q = &((struct vp_packet *)io->priv)->q[qi];
     uint32_t n = 0;
@@ -153,18 +117,31 @@ static uint32_t packet_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint
         }
         h = (struct tpacket3_hdr *)q->pkt;
         {
-            uint32_t snap = h->tp_snaplen, vlan = (h->tp_status & TP_STATUS_VLAN_VALID) ? 4 : 0;
+            uint32_t snap = h->tp_snaplen, vlan = (h->tp_status & TP_STATUS_VLAN_VALID) ? 4 : 0, hl = io->vnet_hdr;
             const uint8_t *fr = q->pkt + h->tp_mac;
             char *buf = vp_io_rx_buf(k);
-            if ((size_t)(q->pkt - (uint8_t *)bd) + h->tp_mac + snap > BLOCK_SIZE || snap < 14) {
+            if ((size_t)(q->pkt - (uint8_t *)bd) + h->tp_mac + snap > BLOCK_SIZE || snap < 14 || h->tp_mac < hl) {
                 io->st.rx_errors++;
-            } else if (h->tp_len > snap || snap + vlan > k->buf_size) {
-                io->st.rx_truncated++;        /* a GSO/GRO super-frame or a jumbo frame */
+            } else if (h->tp_len > snap || hl + snap + vlan > k->buf_size) {
+                io->st.rx_truncated++;        /* a super-frame without PACKET_VNET_HDR, or a jumbo frame */
             } else if (!buf) {
                 k->st.bad_buf++;
                 k->faulty = 1;
                 break;
             } else {
+                /* the virtio_net_hdr the kernel put in front of the frame */
+                if (hl) {
+                    struct vp_offload ol;
+                    memcpy(buf, fr - hl, hl);
+                    vp_vnet_parse((const uint8_t *)buf, snap + vlan, &ol);   /* checked by receive */
+                    if (vlan && ol.flags & VP_OL_CSUM) {
+                        ol.csum_start += 4;
+                        vp_vnet_write((uint8_t *)buf, &ol);
+                    }
+                    io->st.rx_gso += ol.gso_type != VP_GSO_NONE;
+                    io->st.rx_csum_partial += (ol.flags & VP_OL_CSUM) != 0;
+                    buf += hl;
+                }
                 /* the kernel took the VLAN tag off into metadata: put it back on the wire */
                 memcpy(buf, fr, 12);
                 if (vlan) {
@@ -173,8 +150,16 @@ static uint32_t packet_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint
                     buf[14] = h->hv1.tp_vlan_tci >> 8; buf[15] = h->hv1.tp_vlan_tci & 0xff;
                 }
                 memcpy(buf + 12 + vlan, fr + 12, snap - 12);
-                if (h->tp_status & TP_STATUS_CSUMNOTREADY) complete_csum((uint8_t *)buf, snap + vlan);
-                vp_io_rx_commit(io, k, snap + vlan);
+                if (!hl && h->tp_status & TP_STATUS_CSUMNOTREADY) {
+                    /* a partial checksum and no header to say so: nothing downstream of a
+                     * switch would finish it, so we do */
+                    struct vp_offload ol;
+                    if (vp_vnet_infer((uint8_t *)buf, snap + vlan, 0, &ol) && ol.flags & VP_OL_CSUM) {
+                        vp_csum_complete((uint8_t *)buf, snap + vlan, &ol);
+                        io->st.rx_csum_partial++;
+                    }
+                }
+                vp_io_rx_commit(io, k, hl + snap + vlan);
                 n++;
             }
         }
@@ -225,7 +210,7 @@ static uint32_t packet_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
             io->st.tx_errors++;
             sent = 1;
         } else {
-            for (int i = 0; i < sent; i++) { io->st.tx_packets++; io->st.tx_bytes += pk->iov[i].iov_len; }
+            for (int i = 0; i < sent; i++) { io->st.tx_packets++; io->st.tx_bytes += pk->iov[i].iov_len - io->vnet_hdr; }
         }
         {
             uint32_t adv = (uint32_t)sent == m ? scanned : upto[sent - 1];
