@@ -5,10 +5,11 @@ PY     := $(VENV)/bin/python
 NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h \
                           bindings/*.c bindings/*.h bindings/*/*.c bindings/*/*.h tools/*.c tools/*.h) pipeline/native_build.py
 
-.PHONY: demo test bench bench-veth fuzz native clean help
+.PHONY: demo test test-vm bench bench-veth bench-vm fuzz native clean help
 help:
 	@echo "make demo   - set up, then run gen -> pipeline -> sink on shm: ports and print Mpps"
 	@echo "make test   - set up, then run the test suite"
+	@echo "make test-vm - two QEMU guests (TCG, offloads on) through the pipeline on packet:, afxdp:, tap: (root; minutes)"
 	@echo "make bench  - set up, then run perf/bench_shm.py (Mpps by flows and batch, ns/packet by stage)"
 	@echo "make bench-veth - valepipe vs Linux bridge vs Open vSwitch on veth with trafgen (root)"
 	@echo "make fuzz   - libFuzzer+ASan on extract, atheris on the parsers, FUZZ_SECONDS each (default 120)"
@@ -35,6 +36,12 @@ demo: native
 test: native
 	tools/system-packages --test
 	$(PY) -m pytest tests
+
+# Real QEMU guests: the kernel and a busybox initramfs are built from Debian packages on first
+# use and cached in /var/cache/valepipe-vm (VALEPIPE_VM_CACHE); a few minutes under TCG
+test-vm: native
+	tools/system-packages --test
+	VALEPIPE_VM_TESTS=1 $(PY) -m pytest tests/test_vm.py
 
 bench: native
 	$(PY) perf/bench_shm.py
