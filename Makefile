@@ -12,6 +12,7 @@ help:
 	@echo "make test-vm - two QEMU guests (TCG, offloads on) through the pipeline on packet:, afxdp:, tap: (root; minutes)"
 	@echo "make bench  - set up, then run perf/bench_shm.py (Mpps by flows and batch, ns/packet by stage)"
 	@echo "make bench-veth - valepipe vs Linux bridge vs Open vSwitch on veth with trafgen (root)"
+	@echo "make bench-vm - guest-to-guest TCP and ping through valepipe, the Linux bridge and Open vSwitch (root)"
 	@echo "make fuzz   - libFuzzer+ASan on extract, atheris on the parsers, FUZZ_SECONDS each (default 120)"
 
 $(VENV)/.installed: pyproject.toml setup.py
@@ -45,6 +46,10 @@ test-vm: native
 
 bench: native
 	$(PY) perf/bench_shm.py
+
+bench-vm: native
+	tools/system-packages --bench
+	$(PY) perf/bench_vm.py
 
 bench-veth: native
 	tools/system-packages --bench
