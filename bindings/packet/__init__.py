@@ -1,4 +1,4 @@
-"""packet: ports — any Linux interface through AF_PACKET (TPACKET_V3 rx ring, sendmmsg tx).
+"""packet: ports — any Linux interface through AF_PACKET (TPACKET_V2 rx ring, sendmmsg tx).
 
 `packet:IFNAME[@queues=N,fanout=GROUP,offload=yes|no,up=yes|no,netns=NS]`: with queues > 1
 or a fanout group the sockets join a PACKET_FANOUT (hash) group, so frames of a flow stay

@@ -1,5 +1,8 @@
-/* packet.c — AF_PACKET: the kernel fills TPACKET_V3 blocks in a mapped ring, rx copies
- * frames from them into the port's netmap slots; tx sends a batch with one sendmmsg. */
+/* packet.c — AF_PACKET: the kernel fills TPACKET_V2 frames in a mapped ring, rx copies
+ * them into the port's netmap slots; tx sends a batch with one sendmmsg. V2, not V3: a
+ * V3 block reaches user space only when full or after its timer (1 ms at least), which
+ * adds up to a millisecond to every frame of a quiet flow (a guest's TCP, a ping); a V2
+ * frame is handed over as it arrives. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
@@ -12,16 +15,20 @@
 #include <linux/if_packet.h>
 #include "packet.h"
 
-#define BLOCK_SIZE (1u << 20)
-#define NBLOCKS 16
-#define FRAME_SIZE 2048
 #define TX_BATCH 256
+/* frames of the rx ring: 2 KB (4096 of them), or with the virtio-net header one 64 KB
+ * super-frame each (17 pages; 512 of them) */
+#define SMALL_FRAME 2048u
+#define SMALL_BLOCK (1u << 20)
+#define SMALL_FRAMES 8192u
+#define BIG_FRAME (17u * 4096u)
+#define BIG_FRAMES 512u
 
 struct pq {                        /* one socket's rx ring walk */
     uint8_t *map;
-    uint32_t blk;                  /* block being read */
-    uint32_t left;                 /* frames left in it; 0 = not entered yet */
-    uint8_t *pkt;
+    size_t size;
+    uint32_t frame_size, block_size, per_block, nframes;
+    uint32_t cur;                  /* next frame to read */
 };
 struct vp_packet {
     struct pq q[4];
@@ -31,15 +38,17 @@ struct vp_packet {
 
 int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, int vnet, char *err, size_t errlen) {
     struct vp_packet *pk = io->priv;
-    struct tpacket_req3 req = {0};
+    struct tpacket_req req = {0};
     struct sockaddr_ll sll = {0};
-    int fd, e, one = 1, v = TPACKET_V3;
+    struct pq *pq;
+    int fd, e, one = 1, v = TPACKET_V2;
     const char *what;
     char group[48];
     if (!pk) {
         pk = io->priv = calloc(1, sizeof(*pk));
         if (!pk) { snprintf(err, errlen, "out of memory"); return -ENOMEM; }
     }
+    pq = &pk->q[q];
     fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         int e = errno;
@@ -47,11 +56,16 @@ int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, int vn
                                          : "socket(AF_PACKET): %s", strerror(e));
         return -e;
     }
-    req.tp_block_size = BLOCK_SIZE;
-    req.tp_block_nr = NBLOCKS;
-    req.tp_frame_size = FRAME_SIZE;
-    req.tp_frame_nr = BLOCK_SIZE / FRAME_SIZE * NBLOCKS;
-    req.tp_retire_blk_tov = 1;     /* ms: a partly filled block reaches us this soon */
+    pq->frame_size = vnet ? BIG_FRAME : SMALL_FRAME;
+    pq->block_size = vnet ? BIG_FRAME : SMALL_BLOCK;
+    pq->per_block = pq->block_size / pq->frame_size;
+    pq->nframes = vnet ? BIG_FRAMES : SMALL_FRAMES;
+    pq->size = (size_t)pq->block_size * (pq->nframes / pq->per_block);
+    pq->cur = 0;
+    req.tp_block_size = pq->block_size;
+    req.tp_block_nr = pq->nframes / pq->per_block;
+    req.tp_frame_size = pq->frame_size;
+    req.tp_frame_nr = pq->nframes;
     /* frames come and go with a virtio_net_hdr: super-frames (GSO) and partial checksums
      * stay whole; it must be asked for before the ring exists */
     if (vnet && setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) < 0) {
@@ -60,18 +74,18 @@ int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, int vn
     }
     if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof(v)) < 0 ||
         setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)) < 0) {
-        what = "TPACKET_V3 rx ring";
+        what = "TPACKET_V2 rx ring";
         goto fail;
     }
     /* our own transmissions must not come back as receptions; skipping the qdisc is
      * what a switch port wants (the pipeline does its own queueing) */
     setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one));
     setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one));
-    pk->q[q].map = mmap(NULL, (size_t)BLOCK_SIZE * NBLOCKS, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, fd, 0);
-    if (pk->q[q].map == MAP_FAILED)
-        pk->q[q].map = mmap(NULL, (size_t)BLOCK_SIZE * NBLOCKS, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (pk->q[q].map == MAP_FAILED) {
-        pk->q[q].map = NULL;
+    pq->map = mmap(NULL, pq->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, fd, 0);
+    if (pq->map == MAP_FAILED)
+        pq->map = mmap(NULL, pq->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (pq->map == MAP_FAILED) {
+        pq->map = NULL;
         what = "mmap of the rx ring";
         goto fail;
     }
@@ -95,8 +109,8 @@ int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, int vn
 fail:
     e = errno;
     snprintf(err, errlen, "%s on interface %d: %s", what, ifindex, strerror(e));
-    if (pk->q[q].map) munmap(pk->q[q].map, (size_t)BLOCK_SIZE * NBLOCKS);
-    pk->q[q].map = NULL;
+    if (pq->map) munmap(pq->map, pq->size);
+    pq->map = NULL;
     close(fd);
     return -e;
 }
@@ -105,76 +119,54 @@ static uint32_t packet_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint
     struct pq *q = &((struct vp_packet *)io->priv)->q[qi];
     uint32_t n = 0;
     while (n < space) {
-        struct tpacket_block_desc *bd = (void *)(q->map + (size_t)q->blk * BLOCK_SIZE);
-        struct tpacket3_hdr *h;
-        if (!q->left) {
-            uint32_t first;
-            if (!(__atomic_load_n(&bd->hdr.bh1.block_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER)) break;
-            q->left = bd->hdr.bh1.num_pkts;
-            first = bd->hdr.bh1.offset_to_first_pkt;
-            q->pkt = (uint8_t *)bd + first;
-            if (!q->left || first >= BLOCK_SIZE) goto next_block;
-        }
-        h = (struct tpacket3_hdr *)q->pkt;
-        {
-            uint32_t snap = h->tp_snaplen, vlan = (h->tp_status & TP_STATUS_VLAN_VALID) ? 4 : 0, hl = io->vnet_hdr;
-            const uint8_t *fr = q->pkt + h->tp_mac;
-            char *buf = vp_io_rx_buf(k);
-            if ((size_t)(q->pkt - (uint8_t *)bd) + h->tp_mac + snap > BLOCK_SIZE || snap < 14 || h->tp_mac < hl) {
-                io->st.rx_errors++;
-            } else if (h->tp_len > snap || hl + snap + vlan > k->buf_size) {
-                io->st.rx_truncated++;        /* a super-frame without PACKET_VNET_HDR, or a jumbo frame */
-            } else if (!buf) {
-                k->st.bad_buf++;
-                k->faulty = 1;
-                break;
-            } else {
-                /* the virtio_net_hdr the kernel put in front of the frame */
-                if (hl) {
-                    struct vp_offload ol;
-                    memcpy(buf, fr - hl, hl);
-                    vp_vnet_parse((const uint8_t *)buf, snap + vlan, &ol);   /* checked by receive */
-                    if (vlan && ol.flags & VP_OL_CSUM) {
-                        ol.csum_start += 4;
-                        vp_vnet_write((uint8_t *)buf, &ol);
-                    }
-                    io->st.rx_gso += ol.gso_type != VP_GSO_NONE;
-                    io->st.rx_csum_partial += (ol.flags & VP_OL_CSUM) != 0;
-                    buf += hl;
+        uint8_t *fp = q->map + (size_t)(q->cur / q->per_block) * q->block_size + (size_t)(q->cur % q->per_block) * q->frame_size;
+        struct tpacket2_hdr *h = (struct tpacket2_hdr *)fp;
+        uint32_t status = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
+        uint32_t snap = h->tp_snaplen, mac = h->tp_mac, vlan = (status & TP_STATUS_VLAN_VALID) ? 4 : 0, hl = io->vnet_hdr;
+        const uint8_t *fr = fp + mac;
+        char *buf = vp_io_rx_buf(k);
+        if (!(status & TP_STATUS_USER)) break;
+        if (!buf) { k->st.bad_buf++; k->faulty = 1; break; }
+        if ((size_t)mac + snap > q->frame_size || snap < 14 || mac < hl + sizeof(*h)) {
+            io->st.rx_errors++;
+        } else if (h->tp_len > snap || hl + snap + vlan > k->buf_size) {
+            io->st.rx_truncated++;        /* a super-frame without PACKET_VNET_HDR, or a jumbo frame */
+        } else {
+            /* the virtio_net_hdr the kernel put in front of the frame */
+            if (hl) {
+                struct vp_offload ol;
+                memcpy(buf, fr - hl, hl);
+                vp_vnet_parse((const uint8_t *)buf, snap + vlan, &ol);   /* checked by receive */
+                if (vlan && ol.flags & VP_OL_CSUM) {
+                    ol.csum_start += 4;
+                    vp_vnet_write((uint8_t *)buf, &ol);
                 }
-                /* the kernel took the VLAN tag off into metadata: put it back on the wire */
-                memcpy(buf, fr, 12);
-                if (vlan) {
-                    uint16_t tpid = (h->tp_status & TP_STATUS_VLAN_TPID_VALID) ? h->hv1.tp_vlan_tpid : 0x8100;
-                    buf[12] = tpid >> 8; buf[13] = tpid & 0xff;
-                    buf[14] = h->hv1.tp_vlan_tci >> 8; buf[15] = h->hv1.tp_vlan_tci & 0xff;
-                }
-                memcpy(buf + 12 + vlan, fr + 12, snap - 12);
-                if (!hl && h->tp_status & TP_STATUS_CSUMNOTREADY) {
-                    /* a partial checksum and no header to say so: nothing downstream of a
-                     * switch would finish it, so we do */
-                    struct vp_offload ol;
-                    if (vp_vnet_infer((uint8_t *)buf, snap + vlan, 0, &ol) && ol.flags & VP_OL_CSUM) {
-                        vp_csum_complete((uint8_t *)buf, snap + vlan, &ol);
-                        io->st.rx_csum_partial++;
-                    }
-                }
-                vp_io_rx_commit(io, k, hl + snap + vlan);
-                n++;
+                io->st.rx_gso += ol.gso_type != VP_GSO_NONE;
+                io->st.rx_csum_partial += (ol.flags & VP_OL_CSUM) != 0;
+                buf += hl;
             }
-        }
-        if (--q->left) {
-            q->pkt += h->tp_next_offset;
-            if (h->tp_next_offset == 0 || (size_t)(q->pkt - (uint8_t *)bd) >= BLOCK_SIZE) {
-                io->st.rx_errors++;
-                goto next_block;
+            /* the kernel took the VLAN tag off into metadata: put it back on the wire */
+            memcpy(buf, fr, 12);
+            if (vlan) {
+                uint16_t tpid = (status & TP_STATUS_VLAN_TPID_VALID) ? h->tp_vlan_tpid : 0x8100;
+                buf[12] = tpid >> 8; buf[13] = tpid & 0xff;
+                buf[14] = h->tp_vlan_tci >> 8; buf[15] = h->tp_vlan_tci & 0xff;
             }
-            continue;
+            memcpy(buf + 12 + vlan, fr + 12, snap - 12);
+            if (!hl && status & TP_STATUS_CSUMNOTREADY) {
+                /* a partial checksum and no header to say so: nothing downstream of a
+                 * switch would finish it, so we do */
+                struct vp_offload ol;
+                if (vp_vnet_infer((uint8_t *)buf, snap + vlan, 0, &ol) && ol.flags & VP_OL_CSUM) {
+                    vp_csum_complete((uint8_t *)buf, snap + vlan, &ol);
+                    io->st.rx_csum_partial++;
+                }
+            }
+            vp_io_rx_commit(io, k, hl + snap + vlan);
+            n++;
         }
-    next_block:
-        q->left = 0;
-        __atomic_store_n(&bd->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
-        q->blk = (q->blk + 1) % NBLOCKS;
+        __atomic_store_n(&h->tp_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+        q->cur = (q->cur + 1) % q->nframes;
     }
     return n;
 }
@@ -229,7 +221,7 @@ void vp_packet_init(struct vp_io *io) {
 /* the kernel's drop count for frames it had no block for (read-and-reset by the kernel) */
 void vp_packet_poll_stats(struct vp_io *io) {
     for (uint32_t q = 0; q < io->nq; q++) {
-        struct tpacket_stats_v3 st;
+        struct tpacket_stats st;
         socklen_t len = sizeof(st);
         if (io->fd[q] >= 0 && getsockopt(io->fd[q], SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0)
             io->st.rx_kernel_drops += st.tp_drops;
@@ -239,7 +231,7 @@ void vp_packet_poll_stats(struct vp_io *io) {
 void vp_packet_close(struct vp_io *io) {
     struct vp_packet *pk = io->priv;
     for (uint32_t q = 0; q < 4; q++) {
-        if (pk && pk->q[q].map) munmap(pk->q[q].map, (size_t)BLOCK_SIZE * NBLOCKS);
+        if (pk && pk->q[q].map) munmap(pk->q[q].map, pk->q[q].size);
         if (io->fd[q] >= 0) close(io->fd[q]);
         io->fd[q] = -1;
     }

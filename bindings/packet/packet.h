@@ -1,4 +1,4 @@
-/* packet.h — AF_PACKET sockets (TPACKET_V3 mmap rx ring, sendmmsg tx) as netmap rings. */
+/* packet.h — AF_PACKET sockets (TPACKET_V2 mmap rx ring, sendmmsg tx) as netmap rings. */
 #include "../adapter.h"
 /* cdef-begin */
 int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, int vnet, char *err, size_t errlen);
