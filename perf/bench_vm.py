@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from perf import bench_veth  # noqa: E402
 from pipeline import control  # noqa: E402
 from tools.guest import Guest  # noqa: E402
 
@@ -52,13 +52,12 @@ class Bridge:
         ns("ip", "link", "del", "vmbr", check=False)
 
 
-class OVS:
+class OVS(bench_veth.OVS):
     """ovsdb-server + ovs-vswitchd in the guests' namespace, netdev (userspace) datapath,
-    fail-mode standalone (NORMAL)."""
+    fail-mode standalone (NORMAL); stopped as bench_veth stops it."""
 
     def __init__(self, port_type):
-        self.type = port_type
-        self.name = f"Open vSwitch userspace, {'AF_XDP' if port_type == 'afxdp' else 'AF_PACKET'} ports"
+        super().__init__(port_type, NS, TAPS)
 
     def start(self):
         d = self.dir = tempfile.mkdtemp(prefix="vp-ovs-")
@@ -77,20 +76,6 @@ class OVS:
             if self.type == "afxdp":
                 args += ["type=afxdp", "options:xdp-mode=generic"]
         self.vsctl(*args)
-
-    def vsctl(self, *args):
-        sh("ovs-vsctl", f"--db=unix:{self.dir}/db.sock", "--timeout=30", *args, env=self.env)
-
-    def stop(self):
-        for pid in ("vswitchd.pid", "ovsdb.pid"):
-            try:
-                os.kill(int(open(os.path.join(self.dir, pid)).read()), signal.SIGTERM)
-            except (OSError, ValueError):
-                pass
-        time.sleep(1.0)
-        for t in TAPS:
-            ns("ip", "link", "set", "dev", t, "xdp", "off", check=False)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Valepipe:

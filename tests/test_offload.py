@@ -201,31 +201,36 @@ def test_tap_super_frames_to_afxdp(lab, pipeline_factory):
     assert sent == got
 
 
+def _tap_to_shm(lab, pipeline_factory, uniq, flows, sender, enough):
+    """Host A, on a TAP port with its offloads on, runs Python `sender` (UDP to 10.62.0.9);
+    the rules `flows` take it into a shm: peer. Returns (pipeline, the frames the peer got,
+    once enough(frames) or after 5 s)."""
+    from ring.region import ROLE_USER, Region
+    L = lab(TAP_LAB)
+    p = pipeline_factory(two_ports("ts" + L.tag, L.uri("tap", "ta", "vA"), f"shm:{uniq}s", flows))
+    with Region.attach(f"{uniq}s") as region:
+        peer = region.port(f"{uniq}s", ROLE_USER)
+        L.run("vA", "ip", "neigh", "add", "10.62.0.9", "lladdr", "02:00:00:00:00:09", "dev", L.name("ta"))
+        L.run("vA", "python3", "-c", "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+              + sender)
+        got = []
+        wait_for(lambda: got.extend(peer.recv()) or enough(got), timeout=5)
+    return p, got
+
+
 @root
 def test_super_frames_to_shm(lab, pipeline_factory, uniq):
     """A shm: peer gets segments of at most gso_size payload, each a valid frame."""
-    from ring.region import ROLE_USER, Region
-    L = lab(TAP_LAB)
-    pipeline_factory(two_ports("ts" + L.tag, L.uri("tap", "ta", "vA"), f"shm:{uniq}s",
-                               ["in_port=1,actions=output:2", "in_port=2,actions=drop"]))
-    region = Region.attach(f"{uniq}s")
-    try:
-        peer = region.port(f"{uniq}s", ROLE_USER)
-        L.run("vA", "ip", "neigh", "add", "10.62.0.9", "lladdr", "02:00:00:00:00:09", "dev", L.name("ta"))
-        # one 30000-byte UDP datagram with UDP GSO (USO) of 1200-byte segments
-        code = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-                "s.setsockopt(17, 103, 1200); s.sendto(bytes(range(256)) * 117 + b'x' * 48, ('10.62.0.9', 9))")
-        L.run("vA", "python3", "-c", code)
-        got = []
-        wait_for(lambda: got.extend(peer.recv()) or sum(len(f) for f in got) >= 30000, timeout=5)
-        udp = [f for f in got if f[12:14] == b"\x08\x00" and f[23] == 17]
-        assert len(udp) == 25 and all(len(f) <= 14 + 20 + 8 + 1200 for f in udp), [len(f) for f in got]
-        for f in udp:
-            assert _csum(f[14:34]) == 0xFFFF
-            assert (_pseudo_sum(f, 14, False, 17, len(f) - 34) + _csum(f[34:])) % 0xFFFF == 0
-        assert b"".join(f[42:] for f in udp) == bytes(range(256)) * 117 + b"x" * 48
-    finally:
-        region.close()
+    # one 30000-byte UDP datagram with UDP GSO (USO) of 1200-byte segments
+    _, got = _tap_to_shm(lab, pipeline_factory, uniq, ["in_port=1,actions=output:2", "in_port=2,actions=drop"],
+                         "s.setsockopt(17, 103, 1200); s.sendto(bytes(range(256)) * 117 + b'x' * 48, ('10.62.0.9', 9))",
+                         lambda got: sum(len(f) for f in got) >= 30000)
+    udp = [f for f in got if f[12:14] == b"\x08\x00" and f[23] == 17]
+    assert len(udp) == 25 and all(len(f) <= 14 + 20 + 8 + 1200 for f in udp), [len(f) for f in got]
+    for f in udp:
+        assert _csum(f[14:34]) == 0xFFFF
+        assert (_pseudo_sum(f, 14, False, 17, len(f) - 34) + _csum(f[34:])) % 0xFFFF == 0
+    assert b"".join(f[42:] for f in udp) == bytes(range(256)) * 117 + b"x" * 48
 
 
 @root
@@ -255,29 +260,18 @@ def test_partial_checksums_through_actions(lab, pipeline_factory, uniq):
     """Datagrams with partial checksums (a TAP offering checksum offload) rewritten on the way
     (addresses, port, a pushed VLAN tag) into a shm: peer: their checksums come out complete
     and right, for the first datagram (executed by the slow path) and the cached rest."""
-    from ring.region import ROLE_USER, Region
-    L = lab(TAP_LAB)
-    p = pipeline_factory(two_ports("tx" + L.tag, L.uri("tap", "ta", "vA"), f"shm:{uniq}x",
-                               ["in_port=1,udp,actions=mod_nw_src:10.9.8.7,mod_nw_dst:10.1.2.3,mod_tp_dst:4242,"
-                                "mod_vlan_vid:5,output:2", "actions=drop"]))
-    region = Region.attach(f"{uniq}x")
-    try:
-        peer = region.port(f"{uniq}x", ROLE_USER)
-        L.run("vA", "ip", "neigh", "add", "10.62.0.9", "lladdr", "02:00:00:00:00:09", "dev", L.name("ta"))
-        code = ("import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-                "for i in range(20): s.sendto(bytes([i]) * (100 + 37 * i), ('10.62.0.9', 9)); time.sleep(0.02)")
-        L.run("vA", "python3", "-c", code)
-        got = []
-        wait_for(lambda: got.extend(peer.recv()) or len(got) >= 20, timeout=5)
-        assert len(got) == 20, len(got)
-        for i, f in enumerate(got):
-            assert f[12:16] == b"\x81\x00\x00\x05" and f[16:18] == b"\x08\x00", f[:20].hex()
-            ip = f[18:38]
-            assert ip[12:16] == bytes([10, 9, 8, 7]) and ip[16:20] == bytes([10, 1, 2, 3]) and _csum(ip) == 0xFFFF
-            udp = f[38:]
-            assert struct.unpack_from("!H", udp, 2)[0] == 4242 and udp[8:] == bytes([i]) * (100 + 37 * i)
-            assert (_pseudo_sum(f, 18, False, 17, len(udp)) + _csum(udp)) % 0xFFFF == 0, i
-        st = p.stats()
-        assert st["ports"][0]["io"]["rx_csum_partial"] >= 20 and st["csum_completed"] >= 20, st
-    finally:
-        region.close()
+    p, got = _tap_to_shm(lab, pipeline_factory, uniq,
+                         ["in_port=1,udp,actions=mod_nw_src:10.9.8.7,mod_nw_dst:10.1.2.3,mod_tp_dst:4242,"
+                          "mod_vlan_vid:5,output:2", "actions=drop"],
+                         "for i in range(20): s.sendto(bytes([i]) * (100 + 37 * i), ('10.62.0.9', 9)); time.sleep(0.02)",
+                         lambda got: len(got) >= 20)
+    assert len(got) == 20, len(got)
+    for i, f in enumerate(got):
+        assert f[12:16] == b"\x81\x00\x00\x05" and f[16:18] == b"\x08\x00", f[:20].hex()
+        ip = f[18:38]
+        assert ip[12:16] == bytes([10, 9, 8, 7]) and ip[16:20] == bytes([10, 1, 2, 3]) and _csum(ip) == 0xFFFF
+        udp = f[38:]
+        assert struct.unpack_from("!H", udp, 2)[0] == 4242 and udp[8:] == bytes([i]) * (100 + 37 * i)
+        assert (_pseudo_sum(f, 18, False, 17, len(udp)) + _csum(udp)) % 0xFFFF == 0, i
+    st = p.stats()
+    assert st["ports"][0]["io"]["rx_csum_partial"] >= 20 and st["csum_completed"] >= 20, st

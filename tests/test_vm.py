@@ -7,12 +7,11 @@ TAPs, each guest on a macvtap over one). Runs with `make test-vm` (minutes under
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import wait_for
 from tests.netlab import two_ports
 
 pytestmark = [
@@ -40,13 +39,6 @@ def _macvtap_fd(ns, lower, name, workdir):
     node = os.path.join(workdir, f"tap{idx}")
     os.mknod(node, 0o600 | 0o020000, os.makedev(major, minor))
     return os.open(node, os.O_RDWR)
-
-
-def _cli(pipe, name, *args):
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--name", name,
-                        "--run-dir", os.path.join(pipe.dir, "run")], cwd=ROOT, capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 def _ifstats(ns, ifname):
@@ -95,13 +87,13 @@ def test_two_guests(lab, pipeline_factory, tmp_path, kind):
         tx = lambda: pipe.stats()["ports"][1]["io"]["tx_bytes"]  # noqa: E731
         assert wait_for(lambda: tx() > MB << 17, timeout=300, step=0.2), "the transfer did not start"
         # rules changed under the transfer: with none, nothing crosses; restored, it completes
-        _cli(pipe, name, "del-flows")
+        pipe.cli("del-flows")
         time.sleep(2)
         blocked = tx()
         time.sleep(3)
         assert tx() == blocked, "frames crossed with no rule"
         assert blocked < MB << 20, "the transfer finished before it could be blocked"
-        _cli(pipe, name, "add-flow", "actions=NORMAL")
+        pipe.cli("add-flow", "actions=NORMAL")
         rc, out = g2.result(token, timeout=900)
         assert rc == 0 and out.split()[0] == want, (rc, out, want)
 
