@@ -63,7 +63,7 @@ fuzz: native
 	tools/system-packages --test
 	mkdir -p build/fuzz/corpus-extract
 	$(PY) tests/fuzz/seeds.py build/fuzz/seeds
-	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -msse4.2 -I. \
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. \
 	    tests/fuzz/fuzz_extract.c pipeline/stages/extract.c -o build/fuzz/fuzz_extract
 	build/fuzz/fuzz_extract -max_total_time=$(FUZZ_SECONDS) -max_len=65535 -artifact_prefix=build/fuzz/ \
 	    build/fuzz/corpus-extract build/fuzz/seeds/extract

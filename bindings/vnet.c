@@ -151,7 +151,7 @@ uint32_t vp_gso_segment(const uint8_t *f, uint32_t len, const struct vp_offload 
         memcpy(o, f, h.hlen);
         memcpy(o + h.hlen, f + h.hlen + i * mss, chunk);
         if (!h.v6) {
-            uint32_t ihl = (o[h.l3] & 15) * 4u;
+            uint32_t ihl = h.l4 - h.l3;          /* from the input: o may be a peer's buffer */
             wr16(o + h.l3 + 2, seglen - h.l3);
             wr16(o + h.l3 + 4, (uint16_t)(id + i));
             wr16(o + h.l3 + 10, 0);

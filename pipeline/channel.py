@@ -7,10 +7,11 @@ import struct
 
 import msgpack
 
-from pipeline._native import ffi
+from pipeline._native import ffi, lib
 
 VERSION = 1
 MAX_MESSAGE = 16 << 20          # a batch of 1024 jumbo-less packets fits with room to spare
+MAX_ACTIONS = lib.VP_MAX_PROGRAM   # datapath actions of one flow: what a fast-path action set holds
 TYPES = {"hello", "upcall", "upcall_reply", "revalidate", "revalidate_reply", "revalidate_request", "error"}
 
 
@@ -49,7 +50,7 @@ FIELDS_SETTABLE = {"dl_src": 48, "dl_dst": 48, "nw_src": 32, "nw_dst": 32, "ipv6
 def actions_ok(actions):
     """Datapath actions as the channel carries them: ["output", port], ["drop"],
     ["set", field, value, mask], ["push_vlan", tpid, tci], ["pop_vlan"]."""
-    if not isinstance(actions, list) or len(actions) > 64:
+    if not isinstance(actions, list) or len(actions) > MAX_ACTIONS:
         return False
     for a in actions:
         if not isinstance(a, list) or not a or not isinstance(a[0], str):

@@ -66,7 +66,7 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     each with @options (queues=N, netns=NS, ...); netmap:IF[^] and valeX:PORT as libnetmap
     names them (the README's Ports section lists them all)."""
     from pipeline import config as cfgmod
-    from pipeline.supervisor import supervise
+    from pipeline.supervisor import crash_leftovers, supervise
     try:
         cfg = cfgmod.load(config)
         cfgmod.add_mirrors(cfg, mirror)
@@ -75,7 +75,8 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     deadline = time.monotonic() + duration if duration else None
     if not supervised:
         raise typer.Exit(_run_worker(cfg, deadline, interval, quiet, stats_json, cpu, 0))
-    raise typer.Exit(supervise(lambda restarts: _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts)))
+    raise typer.Exit(supervise(lambda restarts: _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts),
+                               give_up=crash_leftovers(cfg)))
 
 
 def _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts):
@@ -120,6 +121,23 @@ def _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts):
     return 0
 
 
+OWNER = typer.Option(None, "--owner", help="shm: attach to a pipeline of this user (name or uid); by "
+                     "default only to one of your own")
+
+
+def _owner_uid(owner):
+    """--owner USER as a uid (None: this process's user)."""
+    import pwd
+    if owner is None:
+        return None
+    if owner.isascii() and owner.isdigit():
+        return int(owner)
+    try:
+        return pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        _fail(f"--owner {owner!r}: no such user")
+
+
 @app.command()
 def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pipeline must be running), "
                                        "or netmap:IF / valeX:PORT on a netmap host"),
@@ -133,6 +151,7 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
                                           "loop (pkt-gen txrx: one core, no scheduler in between)"),
         idle_stop: float = typer.Option(1.0, help="with --rx: stop once nothing arrived for this long"),
         cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
+        owner: Optional[str] = OWNER,
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON")):
     """pkt-gen-style generator: prebuilt UDP/IPv4 frames, C batch loop (one sync ioctl per
     batch on netmap ports)."""
@@ -140,11 +159,12 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
     from ring.region import RegionError
     from tools.traffic import Generator, Sink
     _pin(cpu)
+    uid = _owner_uid(owner)
     if count == 0 and duration is None:
         duration = 10.0
     try:
-        g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch)
-        s = Sink(rx, count=count) if rx else None
+        g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch, owner=uid)
+        s = Sink(rx, count=count, owner=uid) if rx else None
     except (RegionError, NetmapError, ValueError) as e:
         _fail(str(e))
     try:
@@ -170,14 +190,16 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
          duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
          idle_stop: Optional[float] = typer.Option(None, help="stop once nothing arrived for this many seconds"),
          cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
+         owner: Optional[str] = OWNER,
          as_json: bool = typer.Option(False, "--json", help="print the result as JSON")):
     """Count packets arriving on a port (C batch loop) and report the rate."""
     from bindings.netmap.port import NetmapError
     from ring.region import RegionError
     from tools.traffic import Sink
     _pin(cpu)
+    uid = _owner_uid(owner)
     try:
-        s = Sink(port, count=count)
+        s = Sink(port, count=count, owner=uid)
     except (RegionError, NetmapError) as e:
         _fail(str(e))
     try:

@@ -16,20 +16,26 @@ MAX_REQUEST = 64 << 10
 REQUEST_TIME_S = 0.2
 
 
-def make_run_dir(path):
-    """Create the run directory owner-only; returns the directories this call created,
-    outermost first, so the caller can remove exactly those."""
+def missing_dirs(path):
+    """The directories of `path` that do not exist yet, outermost first."""
     created, p = [], os.path.abspath(path)
     while not os.path.exists(p):
         created.append(p)
         p = os.path.dirname(p)
+    return created[::-1]
+
+
+def make_run_dir(path):
+    """Create the run directory owner-only; returns the directories this call created,
+    outermost first, so the caller can remove exactly those."""
+    created = missing_dirs(path)
     os.makedirs(path, mode=0o700, exist_ok=True)
     st = os.stat(path)
     if st.st_uid != os.geteuid():
         raise PermissionError(f"run directory {path} belongs to uid {st.st_uid}, not to us")
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
-    return created[::-1]
+    return created
 
 
 # what a pipeline keeps in its run directory while it runs

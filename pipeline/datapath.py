@@ -3,6 +3,8 @@
 One `struct vp_dp` in C; this class owns its memory and translates between the
 slow path's names (OpenFlow port numbers, action lists) and the datapath's indexes.
 """
+import weakref
+
 from pipeline._native import ffi, lib
 
 MAX_ACTIONS = 65536
@@ -37,6 +39,8 @@ class Datapath:
         self._actions = ffi.new("struct vp_actions[]", MAX_ACTIONS)
         self.c.actions = self._actions
         self.c.max_actions = MAX_ACTIONS
+        # long output lists and programs live in memory the C side allocates
+        weakref.finalize(self, lib.vp_actions_free, self.c)
         self._outq = ffi.new("struct vp_outq[]", len(ports))
         self.c.outq = self._outq
         # exact-match entries (a cache capped at emc_limit when megaflows exist) and megaflows
@@ -51,10 +55,13 @@ class Datapath:
 
     def action_id(self, actions):
         """Intern a datapath action list (["output", ofport], ["drop"], ["set", f, v, m],
-        ["push_vlan", tpid, tci], ["pop_vlan"]) as a C action set; returns its id."""
+        ["push_vlan", tpid, tci], ["pop_vlan"]) as a C action set; returns its id. Lists
+        of any length up to VP_MAX_PROGRAM run whole; a longer one is refused, never cut."""
+        if len(actions) > lib.VP_MAX_PROGRAM:
+            raise DatapathError(f"{len(actions)} datapath actions, more than the {lib.VP_MAX_PROGRAM} "
+                                "an action set holds")
         if all(a[0] in ("output", "drop") for a in actions):
             key = tuple(self.ofport_to_index.get(a[1], lib.VP_MAX_PORTS) for a in actions if a[0] == "output")
-            key = key[: lib.VP_MAX_OUTPUTS]
         else:
             key = ("ops",) + tuple(tuple(a) for a in actions)
         aid = self._action_ids.get(key)
@@ -74,7 +81,7 @@ class Datapath:
         return aid
 
     def _ops(self, actions):
-        prog = [a for a in actions if a[0] != "drop"][: lib.VP_MAX_OPS]
+        prog = [a for a in actions if a[0] != "drop"]
         ops = ffi.new("struct vp_op[]", max(len(prog), 1))
         for op, a in zip(ops, prog):
             if a[0] == "output":
@@ -131,6 +138,7 @@ class Datapath:
             "stage_packets": {k: s.stage_pkts[i] for i, k in enumerate(STAGES)},
             "tx_swapped": s.tx_swapped, "tx_copied": s.tx_copied,
             "tx_segmented": s.tx_segmented, "tx_segments": s.tx_segments, "csum_completed": s.csum_completed,
+            "flow_hash": "crc32c-sse4.2" if lib.vp_crc32c_used() else "crc32c-portable",
         }
 
 

@@ -84,7 +84,11 @@ class Worker:
         self.started = time.monotonic()
         self.next_revalidation = self.started + cfg.revalidate_interval
         if start_slowpath:
-            self.start_slowpath()
+            try:
+                self.start_slowpath()
+            except BaseException:
+                self.close()                # regions, sockets, run directory: nothing left
+                raise
 
     def start_slowpath(self):
         cmd = [sys.executable, "-m", "pipeline.slowpath", "--socket", self.slow_sock]

@@ -19,10 +19,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture
 def uniq():
     """A prefix for shm names unique to this test; leftover regions are removed after."""
+    from ring.region import desc_path
     tag = "t" + uuid.uuid4().hex[:10]
     yield tag
+    prefix = os.path.basename(desc_path(tag))          # this user's descriptor names
     for f in os.listdir("/dev/shm"):
-        if f.startswith("valepipe." + tag):
+        if f.startswith(prefix):
             os.unlink(os.path.join("/dev/shm", f))
 
 

@@ -54,11 +54,11 @@ static uint32_t gen_step(struct vp_gen *g, uint64_t now) {
     }
     for (uint32_t i = 0; i < n; i++) {
         struct netmap_slot *s = vp_slot(r, vp_ring_produce(r));
-        uint32_t idx = s->buf_idx;
+        uint32_t idx = VP_READ_ONCE(s->buf_idx);
         if (!vp_buf_ok(r, idx)) { r->st.bad_buf++; r->faulty = 1; break; }
         memcpy(vp_buf(r, idx), g->frames + (size_t)g->next * g->stride, g->frame_len);
-        s->len = (uint16_t)g->frame_len;
-        s->flags = 0;
+        VP_WRITE_ONCE(s->len, (uint16_t)g->frame_len);
+        VP_WRITE_ONCE(s->flags, 0);
         vp_ring_produced(r);
         if (++g->next == g->nframes) g->next = 0;
         sent++;

@@ -6,15 +6,16 @@ import time
 
 from bindings.netmap.names import is_netmap
 from pipeline._native import ffi, lib
-from ring.region import ROLE_USER, Region, RegionError, parse_shm_uri
+from ring.region import ROLE_USER, Region, RegionNotReady, parse_shm_uri
 
 DEFAULT_DST = bytes.fromhex("020000000002")
 DEFAULT_SRC = bytes.fromhex("020000000001")
 
 
-def attach(uri, wait_s=10.0):
+def attach(uri, wait_s=10.0, owner=None):
     """Become the user side of a port: (what to close, its RingPort, netmap fd or -1).
-    shm: waits for its pipeline to create the region; netmap:/valeX: registers at once."""
+    shm: waits for its pipeline to create the region (a pipeline of user `owner`, a uid;
+    by default this process's user); netmap:/valeX: registers at once."""
     if is_netmap(uri):
         from bindings.netmap.port import NetmapPort
         p = NetmapPort(uri)
@@ -23,9 +24,9 @@ def attach(uri, wait_s=10.0):
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            reg = Region.attach(region)
+            reg = Region.attach(region, owner)
             return reg, reg.port(name, ROLE_USER), -1
-        except RegionError:
+        except RegionNotReady:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.05)
@@ -38,7 +39,7 @@ def pin(cpu):
 
 class Generator:
     def __init__(self, uri, size=60, flows=1, rate=0, count=0, batch=256,
-                 dst_mac=DEFAULT_DST, src_mac=DEFAULT_SRC, wait_s=10.0):
+                 dst_mac=DEFAULT_DST, src_mac=DEFAULT_SRC, wait_s=10.0, owner=None):
         if not 42 <= size <= 2048:
             raise ValueError(f"frame size {size} must be 42..2048 (60 = 64-byte frames with FCS)")
         if not 1 <= flows <= 4_000_000:
@@ -47,7 +48,7 @@ class Generator:
         self._frames = ffi.new("uint8_t[]", flows * self.stride)
         if lib.vp_gen_build(self._frames, self.stride, flows, size, dst_mac, src_mac) != 0:
             raise ValueError("cannot build frames")
-        self.region, self.port, fd = attach(uri, wait_s)
+        self.region, self.port, fd = attach(uri, wait_s, owner)
         self.g = ffi.new("struct vp_gen *", dict(
             ring=self.port.tx_ring(), fd=fd, frames=self._frames, nframes=flows, stride=self.stride,
             frame_len=size, batch=batch, rate_pps=int(rate), count=int(count)))
@@ -100,8 +101,8 @@ class Generator:
 
 
 class Sink:
-    def __init__(self, uri, count=0, batch=1024, wait_s=10.0):
-        self.region, self.port, fd = attach(uri, wait_s)
+    def __init__(self, uri, count=0, batch=1024, wait_s=10.0, owner=None):
+        self.region, self.port, fd = attach(uri, wait_s, owner)
         self.s = ffi.new("struct vp_sink *", dict(ring=self.port.rx_ring(), fd=fd, batch=batch, count=int(count)))
 
     def run(self, duration=None, slice_s=0.1, idle_stop_s=None, on_slice=None):

@@ -127,12 +127,14 @@ static void rx_frame(struct vp_io *io, struct xq *q, struct vp_ring *k, uint32_t
     struct vp_offload ol;
     if (!buf) { k->st.bad_buf++; k->faulty = 1; return; }
     for (uint32_t i = first; i < end; i++) {
+        /* the descriptor lives in memory the kernel shares: each field read once */
         const struct xdp_desc *d = xsk_ring_cons__rx_desc(&q->rx, idx_rx + i);
-        uint64_t addr = xsk_umem__extract_addr(d->addr), base = addr & ~(uint64_t)(FRAME - 1);
-        if (base >= (uint64_t)NRX * FRAME || addr + d->len > base + FRAME) { io->st.rx_errors++; return; }
-        if (hl + total + d->len > k->buf_size) { io->st.rx_truncated++; return; }
-        memcpy(buf + hl + total, q->area + addr, d->len);
-        total += d->len;
+        uint64_t addr = xsk_umem__extract_addr(VP_READ_ONCE(d->addr)), base = addr & ~(uint64_t)(FRAME - 1);
+        uint32_t len = VP_READ_ONCE(d->len);
+        if (base >= (uint64_t)NRX * FRAME || addr + len > base + FRAME) { io->st.rx_errors++; return; }
+        if (hl + total + len > k->buf_size) { io->st.rx_truncated++; return; }
+        memcpy(buf + hl + total, q->area + addr, len);
+        total += len;
     }
     if (total == 0) { io->st.rx_truncated++; return; }
     if (vp_vnet_infer((uint8_t *)buf + hl, total, hl ? io->mtu : 0, &ol)) {
@@ -157,7 +159,7 @@ static uint32_t afxdp_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint3
     while (used < got && n < space) {
         uint32_t end = used;
         /* a frame ends at the descriptor without XDP_PKT_CONTD; the kernel posts whole frames */
-        while (end < got && xsk_ring_cons__rx_desc(&q->rx, idx_rx + end)->options & XDP_PKT_CONTD) end++;
+        while (end < got && VP_READ_ONCE(xsk_ring_cons__rx_desc(&q->rx, idx_rx + end)->options) & XDP_PKT_CONTD) end++;
         if (end == got) break;
         end++;
         uint64_t before = io->st.rx_packets;
@@ -169,7 +171,8 @@ static uint32_t afxdp_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint3
      * frames it can hold: there is always room to give them back */
     if (used && xsk_ring_prod__reserve(&q->fill, used, &idx_fill) == used) {
         for (uint32_t i = 0; i < used; i++) {
-            uint64_t base = xsk_umem__extract_addr(xsk_ring_cons__rx_desc(&q->rx, idx_rx + i)->addr) & ~(uint64_t)(FRAME - 1);
+            uint64_t base = xsk_umem__extract_addr(VP_READ_ONCE(xsk_ring_cons__rx_desc(&q->rx, idx_rx + i)->addr)) &
+                            ~(uint64_t)(FRAME - 1);
             *xsk_ring_prod__fill_addr(&q->fill, idx_fill + i) = base < (uint64_t)NRX * FRAME ? base : 0;
         }
         xsk_ring_prod__submit(&q->fill, used);
@@ -184,7 +187,7 @@ static uint32_t afxdp_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint3
 static void reclaim(struct xq *q) {
     uint32_t idx, n = xsk_ring_cons__peek(&q->comp, NTX, &idx);
     for (uint32_t i = 0; i < n; i++) {
-        uint64_t a = *xsk_ring_cons__comp_addr(&q->comp, idx + i) & ~(uint64_t)(FRAME - 1);
+        uint64_t a = VP_READ_ONCE(*xsk_ring_cons__comp_addr(&q->comp, idx + i)) & ~(uint64_t)(FRAME - 1);
         if (a >= (uint64_t)NRX * FRAME && a < (uint64_t)(NRX + NTX) * FRAME && q->nfree < NTX) q->free[q->nfree++] = a;
     }
     xsk_ring_cons__release(&q->comp, n);
@@ -208,12 +211,14 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
             } else if (ok) {
                 /* the pipeline segmented and completed what the header described */
                 struct xdp_desc *d = xsk_ring_prod__tx_desc(&q->tx, idx + j++);
-                d->addr = q->free[--q->nfree];
-                d->len = len - io->vnet_hdr;
-                d->options = 0;
-                memcpy(q->area + d->addr, vp_buf(k, bi) + io->vnet_hdr, d->len);
+                uint64_t addr = q->free[--q->nfree];
+                uint32_t flen = len - io->vnet_hdr;
+                memcpy(q->area + addr, vp_buf(k, bi) + io->vnet_hdr, flen);
+                VP_WRITE_ONCE(d->addr, addr);
+                VP_WRITE_ONCE(d->len, flen);
+                VP_WRITE_ONCE(d->options, 0);
                 io->st.tx_packets++;
-                io->st.tx_bytes += d->len;
+                io->st.tx_bytes += flen;
             }
             k->cons = nm_ring_next(k->nslots, k->cons);
             done++;
@@ -226,7 +231,7 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
      * it has taken every posted descriptor (or says it is busy). EBUSY means the device
      * dropped one frame (completed, not sent): count it and go on. */
     for (int kick = 0; kick < 64 && xsk_ring_prod__needs_wakeup(&q->tx) &&
-                       __atomic_load_n(q->tx.consumer, __ATOMIC_ACQUIRE) != *q->tx.producer; kick++) {
+                       VP_LOAD_ACQUIRE(*q->tx.consumer) != VP_READ_ONCE(*q->tx.producer); kick++) {
         int rc = (int)sendto(io->fd[0], NULL, 0, MSG_DONTWAIT, NULL, 0);
         io->st.syscalls++;
         if (rc >= 0) continue;

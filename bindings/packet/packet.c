@@ -121,15 +121,17 @@ static uint32_t packet_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint
     while (n < space) {
         uint8_t *fp = q->map + (size_t)(q->cur / q->per_block) * q->block_size + (size_t)(q->cur % q->per_block) * q->frame_size;
         struct tpacket2_hdr *h = (struct tpacket2_hdr *)fp;
-        uint32_t status = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
-        uint32_t snap = h->tp_snaplen, mac = h->tp_mac, vlan = (status & TP_STATUS_VLAN_VALID) ? 4 : 0, hl = io->vnet_hdr;
+        uint32_t status = VP_LOAD_ACQUIRE(h->tp_status);
+        if (!(status & TP_STATUS_USER)) break;
+        /* the frame header is in memory the kernel shares: each field read once */
+        uint32_t snap = VP_READ_ONCE(h->tp_snaplen), mac = VP_READ_ONCE(h->tp_mac), wire = VP_READ_ONCE(h->tp_len);
+        uint32_t vlan = (status & TP_STATUS_VLAN_VALID) ? 4 : 0, hl = io->vnet_hdr;
         const uint8_t *fr = fp + mac;
         char *buf = vp_io_rx_buf(k);
-        if (!(status & TP_STATUS_USER)) break;
         if (!buf) { k->st.bad_buf++; k->faulty = 1; break; }
         if ((size_t)mac + snap > q->frame_size || snap < 14 || mac < hl + sizeof(*h)) {
             io->st.rx_errors++;
-        } else if (h->tp_len > snap || hl + snap + vlan > k->buf_size) {
+        } else if (wire > snap || hl + snap + vlan > k->buf_size) {
             io->st.rx_truncated++;        /* a super-frame without PACKET_VNET_HDR, or a jumbo frame */
         } else {
             /* the virtio_net_hdr the kernel put in front of the frame */
@@ -148,9 +150,10 @@ static uint32_t packet_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint
             /* the kernel took the VLAN tag off into metadata: put it back on the wire */
             memcpy(buf, fr, 12);
             if (vlan) {
-                uint16_t tpid = (status & TP_STATUS_VLAN_TPID_VALID) ? h->tp_vlan_tpid : 0x8100;
+                uint16_t tpid = (status & TP_STATUS_VLAN_TPID_VALID) ? VP_READ_ONCE(h->tp_vlan_tpid) : 0x8100;
+                uint16_t tci = VP_READ_ONCE(h->tp_vlan_tci);
                 buf[12] = tpid >> 8; buf[13] = tpid & 0xff;
-                buf[14] = h->tp_vlan_tci >> 8; buf[15] = h->tp_vlan_tci & 0xff;
+                buf[14] = tci >> 8; buf[15] = tci & 0xff;
             }
             memcpy(buf + 12 + vlan, fr + 12, snap - 12);
             if (!hl && status & TP_STATUS_CSUMNOTREADY) {
@@ -165,7 +168,7 @@ static uint32_t packet_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint
             vp_io_rx_commit(io, k, hl + snap + vlan);
             n++;
         }
-        __atomic_store_n(&h->tp_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+        VP_STORE_RELEASE(h->tp_status, TP_STATUS_KERNEL);
         q->cur = (q->cur + 1) % q->nframes;
     }
     return n;

@@ -6,6 +6,7 @@ Datapath actions: ["output", port], ["set", field, value, mask] (only the bits r
 right before the output that needs them, as Open vSwitch does."""
 from dataclasses import dataclass, field
 
+from pipeline.channel import MAX_ACTIONS
 from pipeline.slowpath.classifier import unwildcard
 from pipeline.slowpath.fields import ETH_IP, ETH_IPV6, FIELDS, VLAN_CFI
 from pipeline.slowpath.normal import MULTICAST
@@ -39,6 +40,10 @@ class Xlate:
         unwildcard(ctx.wc, "in_port", FIELDS["in_port"].full)   # a datapath flow is per input port
         ctx.table(0, 0)
         if not any(a[0] in ("output", "controller") for a in ctx.out):
+            ctx.out = [["drop"]]
+        elif len(ctx.out) > MAX_ACTIONS:
+            # as Open vSwitch: a translation too big for the datapath drops, with an error
+            ctx.error = f"{len(ctx.out)} datapath actions, more than the datapath's {MAX_ACTIONS}"
             ctx.out = [["drop"]]
         return Result(ctx.out, ctx.wc, ctx.trace, ctx.rules, ctx.controller, ctx.error)
 

@@ -1,39 +1,74 @@
 /* execute.c — datapath actions: outputs are grouped per port for transmit; a flow whose
  * actions modify packets (masked set with checksum updates, push/pop VLAN) runs its
  * action program in order, sending a copy at each output that later actions would change. */
+#include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
 #include "execute.h"
 #include "transmit.h"
 #include "../../bindings/adapter.h"
 
+/* An action set's own memory: what a replaced or freed set held is released. */
+static void actions_clear(struct vp_actions *a) {
+    free(a->more);
+    free(a->ops);
+    memset(a, 0, sizeof(*a));
+}
+
 int vp_actions_set(struct vp_dp *dp, uint32_t id, const uint16_t *out, uint32_t nout) {
-    if (id >= dp->max_actions || nout > VP_MAX_OUTPUTS) return -1;
-    dp->actions[id].nout = (uint16_t)nout;
-    dp->actions[id].nops = 0;
-    for (uint32_t i = 0; i < nout; i++) dp->actions[id].out[i] = out[i];
+    struct vp_actions *a;
+    uint16_t *more = NULL;
+    if (id >= dp->max_actions || nout > VP_MAX_PROGRAM) return -1;
+    if (nout > VP_INLINE_OUTPUTS) {
+        if (!(more = malloc(nout * sizeof(*more)))) return -1;
+        memcpy(more, out, nout * sizeof(*more));
+    }
+    a = &dp->actions[id];
+    actions_clear(a);
+    a->nout = nout;
+    if (more) a->more = more;
+    else memcpy(a->out, out, nout * sizeof(*out));
     if (id >= dp->nactions) dp->nactions = id + 1;
     return 0;
 }
 
 int vp_actions_set_ops(struct vp_dp *dp, uint32_t id, const struct vp_op *ops, uint32_t nops) {
-    uint32_t nout = 0;
-    if (id >= dp->max_actions || nops == 0 || nops > VP_MAX_OPS) return -1;
+    struct vp_actions *a;
+    struct vp_op *prog;
+    uint32_t nout = 0, final_from = 0;
+    if (id >= dp->max_actions || nops == 0 || nops > VP_MAX_PROGRAM) return -1;
     for (uint32_t i = 0; i < nops; i++) {
         if (ops[i].kind < VP_OP_OUTPUT || ops[i].kind > VP_OP_POP_VLAN) return -1;
         if (ops[i].kind == VP_OP_SET && (ops[i].field < VP_F_DL_SRC || ops[i].field > VP_F_TP_DST)) return -1;
         if (ops[i].kind == VP_OP_OUTPUT) nout++;
+        else final_from = i + 1;
     }
-    memcpy(dp->actions[id].ops, ops, nops * sizeof(*ops));
-    dp->actions[id].nops = (uint16_t)nops;
-    dp->actions[id].nout = (uint16_t)(nout ? nout : 0);
+    if (!(prog = malloc(nops * sizeof(*prog)))) return -1;
+    memcpy(prog, ops, nops * sizeof(*ops));
+    a = &dp->actions[id];
+    actions_clear(a);
+    a->ops = prog;
+    a->nops = nops;
+    a->nout = nout;
+    a->final_from = final_from;
     if (id >= dp->nactions) dp->nactions = id + 1;
     return 0;
 }
 
+void vp_actions_free(struct vp_dp *dp) {
+    for (uint32_t i = 0; i < dp->nactions; i++) actions_clear(&dp->actions[i]);
+    dp->nactions = 0;
+}
+
+static inline const uint16_t *outputs(const struct vp_actions *a) {
+    return a->nout <= VP_INLINE_OUTPUTS ? a->out : a->more;
+}
+
 /* --- header editing ----------------------------------------------------------------- */
 
-static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return ntohs(v); }
+/* The packet may sit in a buffer its sender can still write: each byte that decides an
+ * offset is loaded once (ring/shared.h); edits are computed in private copies. */
+static inline uint16_t rd16(const uint8_t *p) { return ntohs(vp_pkt_u16(p)); }
 static inline void wr16(uint8_t *p, uint16_t v) { v = htons(v); memcpy(p, &v, 2); }
 
 /* RFC 1624: HC' = ~(~HC + ~m + m') over the 16-bit words that changed. A partial
@@ -62,12 +97,12 @@ static struct layers find_layers(const uint8_t *p, uint32_t len) {
     }
     L.l3 = off + 2;
     if (L.et == 0x0800 && len >= L.l3 + 20) {
-        uint32_t ihl = (p[L.l3] & 15) * 4u;
-        L.proto = p[L.l3 + 9];
+        uint32_t ihl = (vp_pkt_u8(p + L.l3) & 15) * 4u;
+        L.proto = vp_pkt_u8(p + L.l3 + 9);
         L.l4 = L.l3 + ihl;
         L.l4ok = ihl >= 20 && !(rd16(p + L.l3 + 6) & 0x1fff) && len >= L.l4 + 8;
     } else if (L.et == 0x86dd && len >= L.l3 + 40) {
-        L.proto = p[L.l3 + 6];
+        L.proto = vp_pkt_u8(p + L.l3 + 6);
         L.l4 = L.l3 + 40;
         L.l4ok = (L.proto == 6 || L.proto == 17) && len >= L.l4 + 8;
     } else {
@@ -92,9 +127,10 @@ static void write_field(uint8_t *pkt, uint32_t at, uint32_t w, const uint8_t *va
     uint8_t before[20], after[20];
     uint32_t s = at & ~1u, e = (at + w + 1) & ~1u;
     memcpy(before, pkt + s, e - s);
+    memcpy(after, before, e - s);
     for (uint32_t i = 0; i < w; i++)
-        pkt[at + i] = (uint8_t)((pkt[at + i] & ~mask[16 - w + i]) | (value[16 - w + i] & mask[16 - w + i]));
-    memcpy(after, pkt + s, e - s);
+        after[at - s + i] = (uint8_t)((before[at - s + i] & ~mask[16 - w + i]) | (value[16 - w + i] & mask[16 - w + i]));
+    memcpy(pkt + s, after, e - s);
     if (c1 && (c1 != partial || pseudo)) csum_update(c1, before, after, e - s, c1 == partial);
     if (c2 && (c2 != partial || pseudo)) csum_update(c2, before, after, e - s, c2 == partial);
 }
@@ -138,10 +174,11 @@ static uint32_t op_apply(const struct vp_op *op, uint8_t *p, uint32_t len, uint3
         if (L.et == 0x0800) {
             write_field(p, L.l3 + 1, 1, op->value, op->mask, ipc, NULL, pc, 0);
         } else if (L.et == 0x86dd) {          /* traffic class straddles the first two bytes */
-            uint8_t tc = (uint8_t)(((p[L.l3] & 0x0f) << 4) | (p[L.l3 + 1] >> 4));
+            uint8_t b0 = vp_pkt_u8(p + L.l3), b1 = vp_pkt_u8(p + L.l3 + 1);
+            uint8_t tc = (uint8_t)(((b0 & 0x0f) << 4) | (b1 >> 4));
             tc = (uint8_t)((tc & ~op->mask[15]) | (op->value[15] & op->mask[15]));
-            p[L.l3] = (uint8_t)((p[L.l3] & 0xf0) | (tc >> 4));
-            p[L.l3 + 1] = (uint8_t)((p[L.l3 + 1] & 0x0f) | (tc << 4));
+            p[L.l3] = (uint8_t)((b0 & 0xf0) | (tc >> 4));
+            p[L.l3 + 1] = (uint8_t)((b1 & 0x0f) | (tc << 4));
         }
         break;
     case VP_F_NW_TTL:
@@ -160,12 +197,6 @@ uint32_t vp_op_apply(const struct vp_op *op, uint8_t *p, uint32_t len, uint32_t 
     return op_apply(op, p, len, cap, NULL);
 }
 
-static int modifies_after(const struct vp_actions *a, uint32_t i) {
-    for (uint32_t j = i + 1; j < a->nops; j++)
-        if (a->ops[j].kind != VP_OP_OUTPUT) return 1;
-    return 0;
-}
-
 /* run a modifying program on one packet held in `buf` (capacity cap), in order */
 static void run_ops(struct vp_dp *dp, const struct vp_actions *a, uint8_t *buf, uint32_t len, uint32_t cap,
                     struct vp_offload *ol, struct vp_batch *b, uint32_t bi) {
@@ -173,7 +204,7 @@ static void run_ops(struct vp_dp *dp, const struct vp_actions *a, uint8_t *buf, 
         const struct vp_op *op = &a->ops[i];
         if (op->kind == VP_OP_OUTPUT) {
             if (op->port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT]++; continue; }
-            if (b && !modifies_after(a, i)) {   /* final form: let transmit take it */
+            if (b && i >= a->final_from) {       /* final form: let transmit take it */
                 struct vp_outq *q = &dp->outq[op->port];
                 if (q->n == VP_BATCH_MAX) { dp->st.drops[VP_DROP_TX_FULL]++; continue; }
                 q->pkt[q->n++] = bi;
@@ -205,7 +236,8 @@ uint32_t vp_execute_packet(struct vp_dp *dp, uint32_t id, const uint8_t *data, u
     if (a->nout == 0) { dp->st.drops[VP_DROP_ACTION]++; return 0; }
     memcpy(buf, data, len);
     if (!a->nops) {
-        for (uint32_t o = 0; o < a->nout; o++) vp_emit(dp, a->out[o], buf, len, &ol);
+        const uint16_t *out = outputs(a);
+        for (uint32_t o = 0; o < a->nout; o++) vp_emit(dp, out[o], buf, len, &ol);
         return a->nout;
     }
     run_ops(dp, a, buf, len, sizeof(buf), &ol, NULL, 0);
@@ -231,8 +263,9 @@ void vp_execute(struct vp_dp *dp, struct vp_batch *b) {
             continue;
         }
         if (a->nout == 0) { dp->st.drops[VP_DROP_ACTION]++; continue; }
+        const uint16_t *out = outputs(a);
         for (uint32_t o = 0; o < a->nout; o++) {
-            uint16_t port = a->out[o];
+            uint16_t port = out[o];
             if (port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT]++; continue; }
             struct vp_outq *q = &dp->outq[port];
             /* one batch fits a queue; repeated outputs to one port could overrun it */

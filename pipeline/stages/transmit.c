@@ -32,8 +32,8 @@ static void tx_sync(struct vp_port *p) {
 
 static void produced(struct vp_port *p, struct vp_ring *r, struct netmap_slot *ts, const uint8_t *frame,
                      uint32_t len, uint32_t hdr) {
-    ts->len = (uint16_t)(len + hdr);
-    ts->flags = 0;
+    VP_WRITE_ONCE(ts->len, (uint16_t)(len + hdr));
+    VP_WRITE_ONCE(ts->flags, 0);
     if (p->mirror) vp_pcap_mirror(p->mirror, (const char *)frame, len);
     vp_ring_produced(r);
     r->st.packets++;
@@ -64,7 +64,9 @@ static uint32_t put_segments(struct vp_dp *dp, struct vp_port *p, struct vp_ring
     }
     si = vp_ring_produce(r);
     for (uint32_t i = 0; i < n; i++, si = nm_ring_next(r->nslots, si)) {
-        uint32_t idx = vp_slot(r, si)->buf_idx;
+        /* the peer can rewrite a slot at any time: its index is read once, checked, and
+         * only this private copy is used */
+        uint32_t idx = VP_READ_ONCE(vp_slot(r, si)->buf_idx);
         if (!vp_buf_ok(r, idx)) { r->st.bad_buf++; r->faulty = 1; return 0; }
         bufs[i] = (uint8_t *)vp_buf(r, idx) + hdr;
     }
@@ -90,7 +92,7 @@ static uint32_t put_copy(struct vp_dp *dp, struct vp_port *p, struct vp_ring *r,
     if (!ol) ol = &none;
     if (ol->gso_type != VP_GSO_NONE && !takes_offload(p)) return put_segments(dp, p, r, data, len, ol, space);
     ts = vp_slot(r, vp_ring_produce(r));
-    idx = ts->buf_idx;
+    idx = VP_READ_ONCE(ts->buf_idx);
     if (!vp_buf_ok(r, idx)) { r->st.bad_buf++; r->faulty = 1; return 0; }
     if (len + hdr > r->buf_size) { dp->st.drops[VP_DROP_TOO_BIG]++; return 0; }
     o = (uint8_t *)vp_buf(r, idx) + hdr;
@@ -125,14 +127,14 @@ uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
                 !vnet_hdr(op) && !vnet_hdr(ip)) {
                 /* same region: hand the buffer over, give the rx slot the empty one */
                 struct netmap_slot *ts = vp_slot(r, vp_ring_produce(r)), *rs = vp_slot(ir, pk->slot);
-                uint32_t tidx = ts->buf_idx, ridx = (uint32_t)((pk->data - ir->bufs) / ir->buf_size);
+                uint32_t tidx = VP_READ_ONCE(ts->buf_idx), ridx = (uint32_t)((pk->data - ir->bufs) / ir->buf_size);
                 if (!vp_buf_ok(r, tidx)) { r->st.bad_buf++; r->faulty = 1; continue; }
                 if (pk->len > r->buf_size) { dp->st.drops[VP_DROP_TOO_BIG]++; continue; }
-                rs->buf_idx = tidx;
-                rs->flags = NS_BUF_CHANGED;
-                ts->buf_idx = ridx;
+                VP_WRITE_ONCE(rs->buf_idx, tidx);
+                VP_WRITE_ONCE(rs->flags, NS_BUF_CHANGED);
+                VP_WRITE_ONCE(ts->buf_idx, ridx);
                 produced(op, r, ts, (const uint8_t *)pk->data, pk->len, 0);
-                ts->flags = NS_BUF_CHANGED;
+                VP_WRITE_ONCE(ts->flags, NS_BUF_CHANGED);
                 dp->st.tx_swapped++;
                 space--;
                 sent++;
