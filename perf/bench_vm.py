@@ -105,13 +105,18 @@ def measure(g1, g2, mb, pings):
     get through (the reason is printed)."""
     out = g2.check(f"ping -c {pings} -i 0.2 -W 2 {ADDR[0]}", timeout=60)
     rtts = [float(v) for v in re.findall(r"time=([0-9.]+) ms", out)]
-    out = g2.check(f"time -f 'XFER %e' sh -c 'wget -q -T 15 -O - http://{ADDR[0]}/data | wc -c' 2>&1", timeout=600)
-    got, secs = re.search(r"(\d+)\s+XFER ([0-9.]+)", out).groups()
+    # (busybox wget -T crashes: the whole transfer gets timeout's limit instead)
+    out = g2.run(f"time -f 'XFER %e' timeout 60 sh -c 'wget -q -O - http://{ADDR[0]}/data | wc -c' 2>&1",
+                 timeout=600)[1]
+    secs, count = re.search(r"XFER ([0-9.]+)", out), re.search(r"^(\d+)$", out, re.M)
+    if not secs:
+        raise RuntimeError(f"unexpected output of the transfer: {out!r}")
+    got, secs = int(count.group(1)) if count else 0, float(secs.group(1))
     rtt = statistics.median(rtts) if rtts else None
-    if int(got) != mb << 20:
+    if got != mb << 20:
         print(f"  TCP failed: {got} of {mb << 20} bytes: {out.splitlines()[0]}", file=sys.stderr)
         return None, rtt
-    return mb * 8 * 1.048576 / max(float(secs), 0.01), rtt
+    return mb * 8 * 1.048576 / max(secs, 0.01), rtt
 
 
 def main():
@@ -149,7 +154,7 @@ def main():
                 finally:
                     sw.stop()
                 results[key].append((mbps and round(mbps, 1), rtt))
-                print(f"run {r + 1} {key:<11} {mbps or 0:8.1f} Mbit/s  ping {rtt} ms", file=sys.stderr, flush=True)
+                print(f"run {r + 1} {key:<11} {mbps or 0:8.1f} Mbit/s  ping {rtt:.3f} ms", file=sys.stderr, flush=True)
     finally:
         for g in guests:
             g.close()
