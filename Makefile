@@ -67,6 +67,11 @@ fuzz: native
 	    tests/fuzz/fuzz_extract.c pipeline/stages/extract.c -o build/fuzz/fuzz_extract
 	build/fuzz/fuzz_extract -max_total_time=$(FUZZ_SECONDS) -max_len=65535 -artifact_prefix=build/fuzz/ \
 	    build/fuzz/corpus-extract build/fuzz/seeds/extract
+	mkdir -p build/fuzz/corpus-vnet
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. \
+	    tests/fuzz/fuzz_vnet.c bindings/vnet.c -o build/fuzz/fuzz_vnet
+	build/fuzz/fuzz_vnet -max_total_time=$(FUZZ_SECONDS) -max_len=65545 -artifact_prefix=build/fuzz/ \
+	    build/fuzz/corpus-vnet build/fuzz/seeds/vnet
 	for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/corpus-$$t; \
 	    VP_FUZZ_TAG=fzmake $(PY) tests/fuzz/fuzz_parsers.py $$t -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/fuzz/ \
 	        build/fuzz/corpus-$$t build/fuzz/seeds/$$t $$(ls -d tests/fuzz/regressions/$$t 2>/dev/null) \
