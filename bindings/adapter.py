@@ -137,8 +137,13 @@ class Adapter:
         port; bring it up first if it is a TAP and bring_up is set (uri option up=yes)."""
         try:
             self.link = Link(ifname, ifindex)
-            if bring_up and self.link.is_tap() and self.link.bring_up():
-                self.info["brought_up"] = True
+            try:
+                if bring_up and self.link.is_tap() and self.link.bring_up():
+                    self.info["brought_up"] = True
+            except PermissionError:
+                # a user's own persistent TAP opens without CAP_NET_ADMIN; it stays down
+                # and the link state says so
+                self.info["brought_up"] = False
             self.io.mtu = self.link.mtu()
         except OSError as e:
             if e.errno == errno.ENODEV:
