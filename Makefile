@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h \
                           bindings/*.c bindings/*.h bindings/*/*.c bindings/*/*.h tools/*.c tools/*.h) pipeline/native_build.py
 
-.PHONY: demo test test-vm bench bench-veth bench-vm fuzz native clean help
+.PHONY: demo test test-vm bench bench-veth bench-vm fuzz native install clean help
 help:
 	@echo "make demo   - set up, then run gen -> pipeline -> sink on shm: ports and print Mpps"
 	@echo "make test   - set up, then run the test suite"
@@ -14,6 +14,7 @@ help:
 	@echo "make bench-veth - valepipe vs Linux bridge vs Open vSwitch on veth with trafgen (root)"
 	@echo "make bench-vm - guest-to-guest TCP and ping through valepipe, the Linux bridge and Open vSwitch (root)"
 	@echo "make fuzz   - libFuzzer+ASan on extract, atheris on the parsers, FUZZ_SECONDS each (default 120)"
+	@echo "make install - set up, then link valepipe into PREFIX/bin (default /usr/local, ~/.local as non-root)"
 
 $(VENV)/.installed: pyproject.toml setup.py
 	tools/system-packages --build
@@ -28,6 +29,13 @@ pipeline/.native-stamp: $(VENV)/.installed $(NATIVE_SRC)
 	touch $@
 
 native: pipeline/.native-stamp
+
+# `valepipe` on PATH: a link to the venv's entry point (the venv stays where it is)
+PREFIX ?= $(if $(filter 0,$(shell id -u)),/usr/local,$(HOME)/.local)
+install: native
+	mkdir -p $(PREFIX)/bin
+	ln -sf $(abspath $(VENV))/bin/valepipe $(PREFIX)/bin/valepipe
+	@echo "valepipe -> $(PREFIX)/bin/valepipe ($$($(PREFIX)/bin/valepipe --version))"
 
 demo: native
 	$(PY) -m pipeline.cli demo

@@ -41,7 +41,7 @@ class Datapath:
         self.c.max_actions = MAX_ACTIONS
         # long output lists and programs live in memory the C side allocates
         weakref.finalize(self, lib.vp_actions_free, self.c)
-        self._outq = ffi.new("struct vp_outq[]", len(ports))
+        self._outq = ffi.new("struct vp_outq[]", lib.VP_MAX_PORTS)     # room for ports added at run time
         self.c.outq = self._outq
         # exact-match entries (a cache capped at emc_limit when megaflows exist) and megaflows
         if lib.vp_flows_init(self.c, flow_limit) != 0 or lib.vp_megaflows_init(self.c, flow_limit) != 0:
@@ -118,6 +118,20 @@ class Datapath:
                 out.append((buf[j], bytes(ffi.buffer(ffi.addressof(f, "key"), size)),
                             bytes(ffi.buffer(ffi.addressof(self.c.masks[f.upcall_id]), size)), f.action,
                             {"packets": f.packets, "bytes": f.bytes, "used_ns": f.used_ns}))
+            start = nxt[0]
+        return out
+
+    def exact_flows(self):
+        """Exact-match entries installed by upcalls (not the ones cached from a megaflow,
+        whose hits the megaflow counts itself) as (key bytes, packets, bytes, used_ns)."""
+        out, start, buf, nxt = [], 0, ffi.new("uint32_t[]", 1024), ffi.new("uint32_t *")
+        t, size = self.c.flows, ffi.sizeof("struct vp_flow_key")
+        while start < t.limit:
+            n = lib.vp_flow_dump(self.c, start, buf, 1024, nxt)
+            for j in range(n):
+                f = t.entries[buf[j]]
+                if f.action >= 0 and not f.mf:
+                    out.append((bytes(ffi.buffer(ffi.addressof(f, "key"), size)), f.packets, f.bytes, f.used_ns))
             start = nxt[0]
         return out
 

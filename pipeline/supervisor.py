@@ -18,9 +18,10 @@ PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def supervise(start_worker, give_up=lambda: None):
+def supervise(start_worker, give_up=lambda: None, on_hup=None):
     """start_worker(restarts) runs a worker in a child process and returns its exit code;
-    give_up() clears what a crashed worker leaves behind, when no worker will follow."""
+    give_up() clears what a crashed worker leaves behind, when no worker will follow;
+    on_hup() runs here (not in the worker) on SIGHUP."""
     restarts, crashes, stopping = 0, [], []
     child = [0]
 
@@ -33,6 +34,8 @@ def supervise(start_worker, give_up=lambda: None):
                 pass
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    if on_hup:
+        signal.signal(signal.SIGHUP, lambda *_: on_hup())
     while True:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -42,6 +45,7 @@ def supervise(start_worker, give_up=lambda: None):
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)     # the supervisor reloads
                 _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)   # never outlive the supervisor
                 code = start_worker(restarts)
             except SystemExit as e:
@@ -80,10 +84,10 @@ def crash_leftovers(cfg):
     its worker), remove the run-directory files and directories and the shm descriptors
     that name no running pipeline. Decided before the first worker starts (which of the
     run directory's parents this run creates)."""
-    from pipeline import control
+    from pipeline import rundir
     from ring.region import parse_shm_uri, remove_stale
     run_dir = os.path.abspath(cfg.run_dir)
-    created = control.missing_dirs(run_dir) or [run_dir]
+    created = rundir.missing(run_dir) or [run_dir]
 
     def clean():
         _wait_closed(os.path.join(run_dir, "slowpath.ctl"), timeout=5.0)
@@ -91,10 +95,10 @@ def crash_leftovers(cfg):
             if spec["uri"].startswith("shm:"):
                 remove_stale(parse_shm_uri(spec["uri"])[1])
         try:
-            control.claim_run_dir(run_dir)
+            rundir.claim(run_dir)
         except (RuntimeError, OSError):
             return                          # a pipeline answers there now: not ours to clear
-        control.remove_run_dirs(created)
+        rundir.remove_dirs(created)
     return clean
 
 

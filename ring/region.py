@@ -19,7 +19,7 @@ from pipeline._native import ffi, lib
 
 ROLE_KERNEL = lib.VP_ROLE_KERNEL
 ROLE_USER = lib.VP_ROLE_USER
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,48}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,48}")
 RING_STATS = ("packets", "bytes", "bad_index", "bad_buf", "bad_len", "bad_flags", "full")
 
 
@@ -44,7 +44,7 @@ def parse_shm_uri(uri):
         region = opt[len("share="):]
     region = region or body
     for part in (body, region):
-        if not NAME_RE.match(part):
+        if not NAME_RE.fullmatch(part):     # match() and $ would let "name\n" through
             raise RegionError(f"{uri!r}: name {part!r} must be 1-48 of [A-Za-z0-9_.-]")
     return body, region
 

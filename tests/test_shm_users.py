@@ -7,12 +7,9 @@ user's sealed ones) and say why they refuse, at once, without hanging or a SIGBU
 The other users are real: processes run by setpriv under uids no account uses."""
 import glob
 import os
-import pwd
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -24,93 +21,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv")
                                 reason="needs root and setpriv to act as other users")
 
 
-def _free_uids(n):
-    used = {p.pw_uid for p in pwd.getpwall()}
-    owners = set()
-    for d in glob.glob("/proc/[0-9]*"):
-        try:
-            owners.add(os.stat(d).st_uid)
-        except OSError:
-            pass
-    base = 61000 + int.from_bytes(os.urandom(2), "little") % 3000
-    return [u for u in range(base, base + 100) if u not in used and u not in owners][:n]
-
-
-def _python_for_others():
-    """An interpreter another user can run (a venv under /root is not reachable for them),
-    with this checkout and its packages on the path; None when there is none."""
-    site = [p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + site), PYTHONDONTWRITEBYTECODE="1")
-    v = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for exe in (sys.executable, shutil.which(v), f"/usr/bin/{v}"):
-        if not exe:
-            continue
-        probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", exe, "-c",
-                                "import subprocess, sys; import pipeline._native; "
-                                "subprocess.run([sys.executable, '-c', 'import pipeline._native'], check=True)"],
-                               cwd="/", env=env, capture_output=True, timeout=60)
-        if probe.returncode == 0:
-            return exe, env
-    return None
-
-
-class User:
-    """Processes of one unprivileged uid; everything it started is killed at the end."""
-
-    def __init__(self, uid, python):
-        self.uid, (self.exe, self.env) = uid, python
-        self.home = tempfile.mkdtemp(prefix=f"valepipe-u{uid}-")
-        os.chown(self.home, uid, uid)
-        self.env = dict(self.env, HOME=self.home)
-        self.procs = []
-
-    def argv(self, *args):
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--inh-caps=-all",
-                self.exe, *args]
-
-    def run(self, *args, timeout=60):
-        return subprocess.run(self.argv(*args), cwd=ROOT, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
-
-    def start(self, *args):
-        p = subprocess.Popen(self.argv(*args), cwd=ROOT, env=self.env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        self.procs.append(p)
-        return p
-
-    def py(self, code):
-        """A Python snippet as this user (it prints "ready" once set up)."""
-        p = self.start("-c", code)
-        line = p.stdout.readline().strip()
-        assert line == "ready", line + p.stderr.read()
-        return p
-
-    def close(self, tag):
-        for p in self.procs:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                if p.poll() is None:
-                    try:
-                        os.killpg(p.pid, sig)
-                    except ProcessLookupError:
-                        pass
-                    try:
-                        p.wait(10)
-                    except subprocess.TimeoutExpired:
-                        pass
-        for f in glob.glob(f"/dev/shm/valepipe-{self.uid}.{tag}*") + glob.glob(f"/dev/shm/valepipe.{tag}*"):
-            os.unlink(f)
-        shutil.rmtree(self.home, ignore_errors=True)
-
-
 @pytest.fixture
-def others(uniq):
-    python = _python_for_others()
-    if python is None:
-        pytest.skip("no Python interpreter that an unprivileged user may run")
-    users = [User(uid, python) for uid in _free_uids(2)]
-    yield users
-    for u in users:
-        u.close(uniq)
+def others(other_users):
+    return other_users(2)
 
 
 def _cli(*args, timeout=30):
