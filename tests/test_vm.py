@@ -107,7 +107,8 @@ def test_two_guests(lab, pipeline_factory, tmp_path, kind):
             # every frame a guest sent reached the port, or a kernel counter says where it
             # stopped (a TAP's or macvtap's queue, the socket); the same the other way
             if kind == "tap":       # guest -> macvtap -> (xmit) the pipeline's TAP -> port, and back
-                to_port, from_port = devs[0]["tx_dropped"] + devs[1]["tx_dropped"], devs[1]["rx_dropped"] + devs[0]["rx_dropped"]
+                to_port = devs[0]["tx_dropped"] + devs[1]["tx_dropped"]
+                from_port = devs[1]["rx_dropped"] + devs[0]["rx_dropped"]
             else:                   # guest -> (QEMU writes) the TAP -> socket, and back out of the TAP
                 to_port, from_port = devs[0]["rx_dropped"], devs[0]["tx_dropped"]
             assert gc["tx_packets"] == io["rx_packets"] + io["rx_kernel_drops"] + to_port, (kind, i, gc, io, devs)
