@@ -5,12 +5,14 @@ PY     := $(VENV)/bin/python
 NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h \
                           bindings/*.c bindings/*.h bindings/*/*.c bindings/*/*.h tools/*.c tools/*.h) pipeline/native_build.py
 
-.PHONY: demo test bench bench-veth fuzz native install clean help
+.PHONY: demo test test-vm bench bench-veth bench-vm fuzz native install clean help
 help:
 	@echo "make demo   - set up, then run gen -> pipeline -> sink on shm: ports and print Mpps"
 	@echo "make test   - set up, then run the test suite"
+	@echo "make test-vm - two QEMU guests (TCG, offloads on) through the pipeline on packet:, afxdp:, tap: (root; minutes)"
 	@echo "make bench  - set up, then run perf/bench_shm.py (Mpps by flows and batch, ns/packet by stage)"
 	@echo "make bench-veth - valepipe vs Linux bridge vs Open vSwitch on veth with trafgen (root)"
+	@echo "make bench-vm - guest-to-guest TCP and ping through valepipe, the Linux bridge and Open vSwitch (root)"
 	@echo "make fuzz   - libFuzzer+ASan on extract, atheris on the parsers, FUZZ_SECONDS each (default 120)"
 	@echo "make install - set up, then link valepipe into PREFIX/bin (default /usr/local, ~/.local as non-root)"
 
@@ -44,8 +46,18 @@ test: native
 	tools/system-packages --test
 	$(PY) -m pytest tests
 
+# Real QEMU guests: the kernel and a busybox initramfs are built from Debian packages on first
+# use and cached in /var/cache/valepipe-vm (VALEPIPE_VM_CACHE); a few minutes under TCG
+test-vm: native
+	tools/system-packages --test
+	VALEPIPE_VM_TESTS=1 $(PY) -m pytest tests/test_vm.py
+
 bench: native
 	$(PY) perf/bench_shm.py
+
+bench-vm: native
+	tools/system-packages --bench
+	$(PY) perf/bench_vm.py
 
 bench-veth: native
 	tools/system-packages --bench
@@ -63,6 +75,11 @@ fuzz: native
 	    tests/fuzz/fuzz_extract.c pipeline/stages/extract.c -o build/fuzz/fuzz_extract
 	build/fuzz/fuzz_extract -max_total_time=$(FUZZ_SECONDS) -max_len=65535 -artifact_prefix=build/fuzz/ \
 	    build/fuzz/corpus-extract build/fuzz/seeds/extract
+	mkdir -p build/fuzz/corpus-vnet
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. \
+	    tests/fuzz/fuzz_vnet.c bindings/vnet.c -o build/fuzz/fuzz_vnet
+	build/fuzz/fuzz_vnet -max_total_time=$(FUZZ_SECONDS) -max_len=65545 -artifact_prefix=build/fuzz/ \
+	    build/fuzz/corpus-vnet build/fuzz/seeds/vnet
 	for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/corpus-$$t; \
 	    VP_FUZZ_TAG=fzmake $(PY) tests/fuzz/fuzz_parsers.py $$t -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/fuzz/ \
 	        build/fuzz/corpus-$$t build/fuzz/seeds/$$t $$(ls -d tests/fuzz/regressions/$$t 2>/dev/null) \

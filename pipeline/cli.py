@@ -759,13 +759,18 @@ def ports(name: str = NAME, run_dir: Optional[str] = RUN_DIR,
         return
     for p in ps:
         io = p.get("io") or {}
-        state = "FAULTY" if p["faulty"] else ("down" if io.get("link") == "down" else "ok")
-        print(f"{p['ofport']:>3} {p['uri']:<28} {state:<7} rx {p['rx_packets']} "
+        link = io.get("link", "up")
+        # "ok" only while the port is up (port-mod) and so is its interface's link
+        # (up, down, no-carrier, gone)
+        state = "FAULTY" if p["faulty"] else "down" if not p.get("up", True) else "ok" if link == "up" else link
+        speed = f" {io['speed_mbps']}Mb/s" if link == "up" and io.get("speed_mbps") else ""
+        print(f"{p['ofport']:>3} {p['uri']:<28} {state + speed:<10} rx {p['rx_packets']} "
               f"tx {p['tx_packets']} drops {json.dumps({k: v for k, v in p['drops'].items() if v})}")
         if io:
             counts = {k: io[k] for k in ("rx_truncated", "rx_kernel_drops", "rx_errors", "tx_errors", "tx_again",
-                                         "tx_discarded", "sync_errors") if io.get(k)}
-            extra = {k: io[k] for k in ("link", "speed_mbps", "xdp_mode", "zerocopy", "queues", "netns", "mem_id")
+                                         "tx_discarded", "sync_errors", "rx_gso", "rx_csum_partial") if io.get(k)}
+            extra = {k: io[k] for k in ("link", "speed_mbps", "mtu", "offload", "xdp_mode", "zerocopy", "queues",
+                                        "netns", "mem_id")
                      if io.get(k) is not None}
             print(f"    io: {json.dumps(counts)} {json.dumps(extra)}"
                   + (f" last error: {io['last_error']}" if io.get("last_error") else ""))
@@ -777,7 +782,8 @@ def ports(name: str = NAME, run_dir: Optional[str] = RUN_DIR,
 def add_port(uri: str = typer.Argument(..., help="port uri, as in [[port]] (shm:NAME, afxdp:IF, packet:IF, "
                                                  "tap:NAME, ...)"),
              ofport: Optional[int] = typer.Option(None, help="its OpenFlow number (default: the next free one)"),
-             slots: int = typer.Option(1024, help="ring size"),
+             slots: Optional[int] = typer.Option(None, help="ring size (default: the kind's, 1024; 256 of 64 KB "
+                                                 "for ports that carry offloads)"),
              name: str = NAME, run_dir: Optional[str] = RUN_DIR):
     """Add a port to a running pipeline (as ovs-vsctl add-port); cached flows are
     revalidated (NORMAL and FLOOD include it at once). It lasts until the pipeline stops."""

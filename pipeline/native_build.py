@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = [
     "ring/netmap.h",
     "ring/region.h",
+    "bindings/vnet.h",
     "bindings/adapter.h",
     "bindings/tap/tap.h",
     "bindings/packet/packet.h",

@@ -52,8 +52,9 @@ class Port:
         c = self.ring_port.c
         per = {"tx": [c.tx[i].st.packets for i in range(c.ntx)], "rx": [c.rx[i].st.packets for i in range(c.nrx)]}
         extra["rings"] = {"rx": per["tx"], "tx": per["rx"]} if self.kind == "shm" else per
+        link = extra.get("io", {}).get("link")        # interface ports: up, down, no-carrier, gone
         return {"uri": self.uri, "ofport": self.ofport, "kind": self.kind, "faulty": rs["faulty"], "up": self.up,
-                **extra,
+                **({"link": link} if link else {}), **extra,
                 "rx_packets": rx["packets"], "rx_bytes": rx["bytes"],
                 "tx_packets": tx["packets"], "tx_bytes": tx["bytes"],
                 "drops": {"rx_bad_index": rx["bad_index"], "rx_bad_buf": rx["bad_buf"],
@@ -92,7 +93,7 @@ def adapter_kind(cls):
         ports = []
         try:
             for s in specs:
-                a = cls(s["uri"], slots=s.get("slots", 1024))
+                a = cls(s["uri"], slots=s.get("slots"))
                 ports.append(Port(s["uri"], s["ofport"], cls.kind, a.user, a.region, adapter=a))
         except Exception:
             close_ports(ports)

@@ -218,11 +218,15 @@ class Worker:
                 break
 
     def _report_port_errors(self):
-        """One line per port whose interface reported a new error (down, gone, refused)."""
+        """One line per port whose interface reported a new error (down, gone, refused),
+        and one whenever its link goes down or comes back."""
         for p in self.ports:
             msg = p.adapter.new_error() if p.adapter else None
             if msg:
                 print(f"valepipe: port {p.ofport} {msg}", file=sys.stderr, flush=True)
+            change = p.adapter.link_change() if p.adapter and hasattr(p.adapter, "link_change") else None
+            if change:
+                print(f"valepipe: port {p.ofport} {p.uri}: {change}", file=sys.stderr, flush=True)
 
     def _supervise(self):
         if self.slow is not None and self.slow.poll() is not None and not self.stopping:

@@ -99,6 +99,13 @@ class Pipeline:
     def stats(self):
         return control.request(self.ctl, "stats")
 
+    def cli(self, *args):
+        """`valepipe ARGS` against this pipeline (its run directory); returns stdout."""
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--run-dir", os.path.join(self.dir, "run")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
     def stop(self):
         stop(self.proc)
         path = os.path.join(self.dir, "final.json")
