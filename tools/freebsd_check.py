@@ -11,6 +11,7 @@ python tools/freebsd_check.py [--root TREE] [--out DIR]: exit 0 when all hold, e
 what failed. TREE (default: this checkout) needs its pipeline/_native built (ioctl.py).
 """
 import argparse
+import concurrent.futures
 import contextlib
 import importlib.util
 import io
@@ -67,19 +68,20 @@ def load_build(root):
 
 
 def compile_all(root, out, build, cc):
-    """Step 1: each source and cffi's module, -Werror; returns the objects."""
+    """Step 1: each source and cffi's module, -Werror (side by side); returns the objects."""
     flags = build.CFLAGS + ["-Werror", "-fPIC", "-fno-sanitize=all", "-I", root]
     module_c = os.path.join(out, "_native.c")
     with contextlib.redirect_stdout(io.StringIO()):        # cffi says "generating ..."
         build.ffibuilder.emit_c_code(module_c)
-    objs = []
-    for src in build.sources(build.TARGET) + [module_c]:
+
+    def one(src):
         obj = os.path.join(out, os.path.basename(src)[:-2] + ".o")
         inc = ["-I", sysconfig.get_paths()["include"]] if src == module_c else []
         run(cc + flags + inc + ["-c", os.path.join(root, src), "-o", obj],
             f"{src if src != module_c else 'the cffi module'} does not compile for FreeBSD")
-        objs.append(obj)
-    return objs
+        return obj
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return list(pool.map(one, build.sources(build.TARGET) + [module_c]))
 
 
 def link(out, build, objs, cc):
