@@ -1,69 +1,16 @@
 """A region's memory reaches its peers over the socket beside its descriptor
 (valepipe.NAME:sock, ring/fdpass.py: SCM_RIGHTS, the way FreeBSD has, used on Linux too).
-The socket's name is squatted like the descriptor's, and the socket is checked from both
-ends: a pipeline replaces other users' things at its socket's name when it may and says
-why when it may not; its socket hands the memfd to no other user; a peer takes the
+Its name is squatted like the descriptor's (test_shm_users: root's pipeline replaces
+another user's socket, FIFO or link there; a user's pipeline says why it cannot), and the
+socket is checked from both ends: it hands the memfd to no other user; a peer takes the
 memory only from a socket of the region's user, answered by a process of that user,
 handing over that region's memfd."""
-import glob
 import os
-import stat
 import subprocess
 import sys
 
-from tests.conftest import ROOT, wait_for
-from tests.test_e2e import frame, peers
+from tests.conftest import ROOT
 from tests.test_shm_users import _cli, _one_line_error, others, pytestmark  # noqa: F401  (fixture, skip rule)
-
-
-def test_squatted_socket_names_do_not_stop_roots_pipeline(uniq, others, pipeline_factory, tmp_path):
-    alice = others[0]
-    victim = tmp_path / "root-owned"
-    victim.write_text("untouched\n")
-    # alice takes the socket names of root's coming regions: a FIFO, a link to a root-owned
-    # file, a listening socket of her own
-    alice.py(f"""
-import os, socket, sys
-os.umask(0)
-os.mkfifo("/dev/shm/valepipe.{uniq}a:sock", 0o666)
-os.symlink("{victim}", "/dev/shm/valepipe.{uniq}b:sock")
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind("/dev/shm/valepipe.{uniq}c:sock")
-s.listen(8)
-print("ready", flush=True)
-sys.stdin.readline()
-""")
-    cfg = (f'[pipeline]\nname = "{uniq}"\nrun_dir = "@RUN@"\n'
-           + "".join(f'[[port]]\nuri = "shm:{uniq}{p}"\n' for p in "abc")
-           + '[slowpath]\nflows = ["in_port=1,actions=output:2"]\n')
-    pipe = pipeline_factory(cfg)
-    for p in "abc":
-        st = os.lstat(f"/dev/shm/valepipe.{uniq}{p}:sock")
-        assert stat.S_ISSOCK(st.st_mode) and st.st_uid == 0 and oct(st.st_mode & 0o777) == "0o600"
-    assert victim.read_text() == "untouched\n"
-    with peers(uniq, "abc") as ps:
-        ps["a"].send_all([frame(1, i) for i in range(50)])
-        assert wait_for(lambda: ps["b"].drain() >= 50)
-    pipe.stop()
-    assert glob.glob(f"/dev/shm/valepipe.{uniq}*") == []
-
-
-def test_a_users_socket_name_squatted_by_another_user(uniq, others):
-    alice, bob = others
-    bob.py(f"""
-import os
-os.mkfifo("/dev/shm/valepipe-{alice.uid}.{uniq}z:sock", 0o666)
-print("ready", flush=True)
-""")
-    cfg = os.path.join(alice.home, "p.toml")
-    with open(cfg, "w") as f:
-        f.write(f'[pipeline]\nname = "{uniq}"\nrun_dir = "{alice.home}/run"\n[[port]]\nuri = "shm:{uniq}z"\n')
-    os.chown(cfg, alice.uid, alice.uid)
-    err = _one_line_error(alice.run("-m", "pipeline.cli", "run", cfg, "-q", "--duration", "1", timeout=30))
-    assert "FIFO" in err and f"uid {bob.uid}" in err and "cannot be removed" in err, err
-    # nothing of alice's left behind: not her descriptor, not her run directory
-    assert not os.path.exists(f"/dev/shm/valepipe-{alice.uid}.{uniq}z")
-    assert not os.path.exists(f"{alice.home}/run")
 
 
 def test_the_socket_hands_nothing_to_another_user(uniq, others, pipeline_factory):
