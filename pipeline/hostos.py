@@ -3,6 +3,7 @@ shm: names live, a socket peer's uid, waiting on fds, the death signal, CPU pinn
 
 Linux keeps its calls (prctl, sched_setaffinity, SO_PEERCRED, epoll, /proc); FreeBSD's
 are in hostos.c, compiled only there (pipeline/native_build.py)."""
+import ctypes
 import errno
 import os
 import select
@@ -19,6 +20,8 @@ SHM_DIR = "/dev/shm" if LINUX else "/tmp"
 
 PR_SET_PDEATHSIG = 1
 _UCRED = struct.Struct("3i")                  # Linux's struct ucred: pid, uid, gid
+# loaded now, not in a child between fork and exec (die_with_parent is a preexec_fn there)
+_LIBC = ctypes.CDLL(None, use_errno=True) if LINUX else None
 
 
 def _lib():
@@ -34,8 +37,7 @@ def _check(err, what):
 def die_with_parent(sig):
     """Have `sig` sent to this process when its parent exits (never outlive it)."""
     if LINUX:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+        _LIBC.prctl(PR_SET_PDEATHSIG, sig)
     else:
         _check(_lib().vp_die_with_parent(sig), "procctl(PROC_PDEATHSIG_CTL)")
 
