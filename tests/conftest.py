@@ -129,6 +129,15 @@ def pipeline_factory():
         shutil.rmtree(p.dir, ignore_errors=True)
 
 
+def copy_checkout(dest, module=True):
+    """A copy of this checkout's sources at `dest` (a new directory), with its built native
+    module unless module=False; no venv, git, caches or build products."""
+    skip = [".venv", ".git", "build", "__pycache__", ".hypothesis", ".pytest_cache", "perf", "*.o", "_native.c",
+            "*.egg-info", ".native-stamp"] + ([] if module else ["*.so"])
+    shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(*skip))
+    return dest
+
+
 def wait_for(pred, timeout=10.0, step=0.01):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -13,16 +13,11 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, copy_checkout
 
 pytestmark = pytest.mark.skipif(shutil.which("nm") is None or subprocess.run(
     [sys.executable, "-c", "import ziglang"], capture_output=True).returncode != 0,
     reason="needs PyPI's ziglang (make check-freebsd installs it) and binutils")
-
-# what a tree needs to be checked: sources, and the built module (ioctl.py imports it)
-SKIP = shutil.ignore_patterns(".venv", ".git", "build", "__pycache__", ".hypothesis", ".pytest_cache", "perf",
-                              "*.o", "_native.c", "*.egg-info")
-
 
 def check(root, tmp_path):
     return subprocess.run([sys.executable, os.path.join(ROOT, "tools/freebsd_check.py"), "--root", str(root),
@@ -31,8 +26,7 @@ def check(root, tmp_path):
 
 def broken(tmp_path, path, old, new):
     """A copy of this tree with `old` replaced by `new` in `path` ("": put at its start)."""
-    tree = tmp_path / "tree"
-    shutil.copytree(ROOT, tree, ignore=SKIP)
+    tree = copy_checkout(tmp_path / "tree")          # with the built module: ioctl.py imports it
     f = tree / path
     text = f.read_text()
     assert old in text, (path, old)

@@ -6,23 +6,17 @@ ports whose peers (its own gen and sink) get the region's memory over its socket
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, copy_checkout, wait_for
 from tests.test_e2e import cfg
-
-SKIP = shutil.ignore_patterns(".venv", ".git", "build", "__pycache__", ".hypothesis", ".pytest_cache", "perf",
-                              "*.o", "*.so", "_native.c", "*.egg-info", ".native-stamp")
-
 
 @pytest.fixture(scope="module")
 def portable(tmp_path_factory):
-    tree = tmp_path_factory.mktemp("portable") / "tree"
-    shutil.copytree(ROOT, tree, ignore=SKIP)
+    tree = copy_checkout(tmp_path_factory.mktemp("portable") / "tree", module=False)
     r = subprocess.run([sys.executable, "pipeline/native_build.py"], cwd=tree, capture_output=True, text=True,
                        env=dict(os.environ, VP_TARGET_OS="portable"), timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
