@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h \
                           bindings/*.c bindings/*.h bindings/*/*.c bindings/*/*.h tools/*.c tools/*.h) pipeline/native_build.py
 
-.PHONY: demo test test-vm bench bench-veth bench-vm fuzz native install clean help
+.PHONY: demo test test-vm bench bench-veth bench-vm fuzz native install check-freebsd clean help
 help:
 	@echo "make demo   - set up, then run gen -> pipeline -> sink on shm: ports and print Mpps"
 	@echo "make test   - set up, then run the test suite"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench-vm - guest-to-guest TCP and ping through valepipe, the Linux bridge and Open vSwitch (root)"
 	@echo "make fuzz   - libFuzzer+ASan on extract, atheris on the parsers, FUZZ_SECONDS each (default 120)"
 	@echo "make install - set up, then link valepipe into PREFIX/bin (default /usr/local, ~/.local as non-root)"
+	@echo "make check-freebsd - compile and link the native build for x86_64-freebsd (zig cc, ~400 MB into the venv)"
 
 $(VENV)/.installed: pyproject.toml setup.py
 	tools/system-packages --build
@@ -84,6 +85,17 @@ fuzz: native
 	    VP_FUZZ_TAG=fzmake $(PY) tests/fuzz/fuzz_parsers.py $$t -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/fuzz/ \
 	        build/fuzz/corpus-$$t build/fuzz/seeds/$$t $$(ls -d tests/fuzz/regressions/$$t 2>/dev/null) \
 	        || { rm -f /dev/shm/valepipe.fzmake*; exit 1; }; done; rm -f /dev/shm/valepipe.fzmake*
+
+# The FreeBSD cross-check (not in `make test`: it installs PyPI's ziglang, ~400 MB, into the
+# venv): the FreeBSD build compiled and linked against FreeBSD's libc and compared with its
+# <net/netmap.h> (tools/freebsd_check.py), then shown to fail on broken copies of the tree
+$(VENV)/.ziglang: $(VENV)/.installed
+	$(PY) -m pip install -q --disable-pip-version-check "ziglang==0.17.1"
+	touch $@
+
+check-freebsd: native $(VENV)/.ziglang
+	$(PY) tools/freebsd_check.py
+	$(PY) -m pytest -q tests/test_freebsd_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info pipeline/_native* pipeline/*.o pipeline/.native-stamp

@@ -1,5 +1,5 @@
-/* adapter.h — emulated netmap adapters: a Linux packet interface (TAP, AF_PACKET,
- * AF_XDP, a pcap file) presented to the pipeline as a netmap port, as netmap's own
+/* adapter.h — emulated netmap adapters: a packet interface (TAP, AF_PACKET, AF_XDP on
+ * Linux; a pcap file anywhere) presented to the pipeline as a netmap port, as netmap's own
  * emulated adapters do. The pipeline holds the port's user side; a binding's rx/tx
  * functions play the kernel side of the same rings, called from rxsync/txsync. */
 #ifndef VP_ADAPTER_H
@@ -41,8 +41,6 @@ struct vp_io {
     struct vp_io_stats st;
 };
 
-#define CLONE_NEWNET 0x40000000
-int setns(int fd, int nstype);
 void vp_io_rxsync(struct vp_io *io);
 void vp_io_txsync(struct vp_io *io);
 /* cdef-end */

@@ -1,4 +1,4 @@
-"""Emulated adapters: a Linux interface presented to the pipeline as a netmap port.
+"""Emulated adapters: an OS interface presented to the pipeline as a netmap port.
 
 A private region holds the port's rings; the pipeline is their user, and a binding's C
 rx/tx (called from rxsync/txsync in the stages) is their kernel side. A kind subclasses
@@ -64,6 +64,8 @@ def in_netns(name):
         return
     if "/" in name or name in (".", ".."):
         raise AdapterError(f"netns {name!r}: not a namespace name")
+    if not hasattr(lib, "setns"):           # built without bindings/netns.h: not Linux
+        raise AdapterError(f"netns {name!r}: network namespaces are Linux's; not available on this OS")
     try:
         target = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:

@@ -60,7 +60,7 @@ class PortOps:
             return
         for fd in port.fds():
             try:
-                ep.register(fd, 1) if add else ep.unregister(fd)     # EPOLLIN
+                ep.register(fd, 1) if add else ep.unregister(fd)     # EPOLLIN, POLLIN (hostos.poller)
             except OSError:
                 pass
 
