@@ -1,16 +1,14 @@
 """Port registry: a port URI -> the binding that presents it to the pipeline as netmap rings.
 
-Kinds live in KINDS; to add one, write a function (specs) -> [Port] and register it
-(an emulated adapter: subclass bindings.adapter.Adapter and use `adapter_kind`).
+Kinds live in KINDS (those this build has: Linux's packet interfaces only on Linux); to add
+one, write a function (specs) -> [Port] and register it (an emulated adapter: subclass
+bindings.adapter.Adapter and use `adapter_kind`).
 """
 from dataclasses import dataclass, field
 
 from bindings.adapter import AdapterError
-from bindings.afxdp import AfxdpAdapter
 from bindings.netmap.port import NetmapError, NetmapPort
-from bindings.packet import PacketAdapter
 from bindings.pcap import PcapAdapter
-from bindings.tap import TapAdapter
 from pipeline._native import ffi, lib
 from ring.region import ROLE_KERNEL, Region, RegionError, parse_shm_uri
 
@@ -52,8 +50,9 @@ class Port:
         c = self.ring_port.c
         per = {"tx": [c.tx[i].st.packets for i in range(c.ntx)], "rx": [c.rx[i].st.packets for i in range(c.nrx)]}
         extra["rings"] = {"rx": per["tx"], "tx": per["rx"]} if self.kind == "shm" else per
+        link = extra.get("io", {}).get("link")        # interface ports: up, down, no-carrier, gone
         return {"uri": self.uri, "ofport": self.ofport, "kind": self.kind, "faulty": rs["faulty"], "up": self.up,
-                **extra,
+                **({"link": link} if link else {}), **extra,
                 "rx_packets": rx["packets"], "rx_bytes": rx["bytes"],
                 "tx_packets": tx["packets"], "tx_bytes": tx["bytes"],
                 "drops": {"rx_bad_index": rx["bad_index"], "rx_bad_buf": rx["bad_buf"],
@@ -92,7 +91,7 @@ def adapter_kind(cls):
         ports = []
         try:
             for s in specs:
-                a = cls(s["uri"], slots=s.get("slots", 1024))
+                a = cls(s["uri"], slots=s.get("slots"))
                 ports.append(Port(s["uri"], s["ofport"], cls.kind, a.user, a.region, adapter=a))
         except Exception:
             close_ports(ports)
@@ -114,31 +113,47 @@ def open_netmap(specs):
     return ports
 
 
-KINDS = {"shm": open_shm, "tap": adapter_kind(TapAdapter), "packet": adapter_kind(PacketAdapter),
-         "afxdp": adapter_kind(AfxdpAdapter), "pcap": adapter_kind(PcapAdapter), "netmap": open_netmap,
-         "vale": open_netmap}
+BUILD_OS = ffi.string(lib.vp_build_os()).decode()
+KINDS = {"shm": open_shm, "pcap": adapter_kind(PcapAdapter), "netmap": open_netmap, "vale": open_netmap}
+# TAP through /dev/net/tun, AF_PACKET, AF_XDP: Linux's own; their C is built only there
+LINUX_KINDS = ("tap", "packet", "afxdp")
+if BUILD_OS == "linux":
+    from bindings.afxdp import AfxdpAdapter
+    from bindings.packet import PacketAdapter
+    from bindings.tap import TapAdapter
+    KINDS.update(tap=adapter_kind(TapAdapter), packet=adapter_kind(PacketAdapter), afxdp=adapter_kind(AfxdpAdapter))
 
 
 def kind_of(uri):
     return "vale" if uri.startswith("vale") else uri.split(":", 1)[0]
 
 
+def known_kind(uri):
+    """The kind of a port uri this build has; PortError for another (Linux's on another
+    OS: "not available on this OS")."""
+    kind = kind_of(uri)
+    if kind in LINUX_KINDS and kind not in KINDS:
+        raise PortError(f"port {uri!r}: {kind}: ports are Linux's, not available on this OS "
+                        f"(this {BUILD_OS} build has {', '.join(sorted(KINDS))})")
+    if kind not in KINDS:
+        raise PortError(f"port {uri!r}: unknown kind {kind!r}; this build has {', '.join(sorted(KINDS))}")
+    return kind
+
+
 def check_uri(uri):
     """Refuse a port uri whose syntax its kind would refuse, without opening anything
     (what `valepipe check` and config loading use)."""
-    from bindings import afxdp, packet, pcap, tap
+    import importlib
     from bindings.adapter import check_ifname, parse_uri
     from bindings.netmap import names
-    kind = kind_of(uri)
-    if kind not in KINDS:
-        raise PortError(f"port {uri!r}: unknown kind {kind!r}; this build has {', '.join(sorted(KINDS))}")
+    kind = known_kind(uri)
     try:
         if kind == "shm":
             parse_shm_uri(uri)
         elif kind in ("netmap", "vale"):
             names.parse(uri)
         else:
-            mod = {"tap": tap, "packet": packet, "afxdp": afxdp, "pcap": pcap}[kind]
+            mod = importlib.import_module(f"bindings.{kind}")          # tap, packet, afxdp, pcap
             body, opts = parse_uri(uri, kind, mod.OPTIONS)
             if kind != "pcap":
                 name, _, queue = body.partition(":") if kind == "afxdp" else (body, "", "")
@@ -155,10 +170,7 @@ def open_ports(specs):
     """Open every port of a config (list of dicts with uri, ofport, options) in order."""
     by_kind = {}
     for s in specs:
-        kind = kind_of(s["uri"])
-        if kind not in KINDS:
-            raise PortError(f"port {s['uri']!r}: unknown kind {kind!r}; this build has {', '.join(sorted(KINDS))}")
-        by_kind.setdefault(kind, []).append(s)
+        by_kind.setdefault(known_kind(s["uri"]), []).append(s)
     opened = {}
     try:
         for kind, ss in by_kind.items():

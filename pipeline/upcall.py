@@ -20,6 +20,7 @@ PENDING_TIMEOUT_NS = 2_000_000_000
 RECONNECT_S = 0.05            # a failed connect to a unix socket costs microseconds
 REVALIDATE_CHUNK = 512        # flows per revalidate message
 HEARTBEAT_S = 5.0             # a connected slow path says something every second; silent this long: hung
+OFFLOAD_SIZE = ffi.sizeof("struct vp_offload")
 
 
 class Upcalls:
@@ -145,7 +146,10 @@ class Upcalls:
         pkts = []
         for j in range(n):
             pk = batch.pkt[u.pkt_idx[j]]
-            pkts.append([u.pkt_upcall[j], ofport(pk.port), bytes(ffi.buffer(pk.data, pk.len))])
+            item = [u.pkt_upcall[j], ofport(pk.port), bytes(ffi.buffer(pk.data, pk.len))]
+            if pk.ol.flags or pk.ol.gso_type:       # a super-frame or partial checksum: say so
+                item.append(bytes(ffi.buffer(ffi.addressof(pk, "ol"), OFFLOAD_SIZE)))
+            pkts.append(item)
         self.owed.append({i: u.port_pkts[i] for i in range(len(self.dp.ports)) if u.port_pkts[i]})
         self.outq += channel.encode({"v": channel.VERSION, "t": "upcall", "flows": flows, "packets": pkts})
         self.st["upcalls"] += 1
@@ -242,10 +246,12 @@ class Upcalls:
     def _execute(self, items, owed):
         """Run the packets the slow path returned through the C execute stage, one by one
         (only first packets of flows get here). Each is one the slow path owed for its input
-        port ([actions, frame, in_port]); one it does not owe is refused."""
+        port; one it does not owe is refused."""
         c = self.dp.c
         for it in items:
-            i = self.dp.ofport_to_index.get(it[2], -1) if isinstance(it, list) and len(it) == 3 and _is_int(it[2]) else -1
+            # [actions, frame, offload metadata or nil, in_port]; older slow paths send
+            # [actions, frame] or [actions, frame, metadata]
+            i = self.dp.ofport_to_index.get(it[3], -1) if isinstance(it, list) and len(it) == 4 and _is_int(it[3]) else -1
             if i < 0:      # an older slow path names no port: the first one still owed
                 i = next((k for k, n in owed.items() if n > 0), -1)
             if owed.get(i, 0) <= 0:
@@ -253,8 +259,10 @@ class Upcalls:
                 continue
             owed[i] -= 1
             c.upcall_inflight[i] = max(0, c.upcall_inflight[i] - 1)
-            if not (isinstance(it, list) and len(it) in (2, 3) and isinstance(it[1], bytes)
-                    and channel.actions_ok(it[0]) and channel.fast_path_runs(it[0]) and 14 <= len(it[1]) <= 65535):
+            meta = it[2] if isinstance(it, list) and len(it) > 2 else None
+            if not (isinstance(it, list) and len(it) in (2, 3, 4) and isinstance(it[1], bytes)
+                    and channel.actions_ok(it[0]) and channel.fast_path_runs(it[0]) and 14 <= len(it[1]) <= 65535
+                    and (meta is None or isinstance(meta, bytes) and len(meta) == OFFLOAD_SIZE)):
                 self.st["bad_messages"] += 1
                 c.st.drops[lib.VP_DROP_BAD_REPLY] += 1
                 c.port_drops[i][lib.VP_DROP_BAD_REPLY] += 1
@@ -264,7 +272,9 @@ class Upcalls:
                 aid = self.dp.action_id(it[0])
             except DatapathError:
                 aid = 0xFFFFFFFF            # refused by the datapath: counted as bad_reply below
-            sent = lib.vp_execute_packet(c, aid, it[1], len(it[1]), i)
+            # the C side checks the metadata against the packet before using it
+            ol = ffi.from_buffer("struct vp_offload *", meta) if meta is not None else ffi.NULL
+            sent = lib.vp_execute_packet(c, aid, it[1], len(it[1]), ol, i)
             self.st["executed"] += sent
             self.st["execute_dropped"] += sum(c.st.drops) - drops0
 

@@ -309,14 +309,6 @@ void vp_ring_publish(struct vp_ring *r) {
 }
 
 uint32_t vp_ring_send(struct vp_ring *r, const uint8_t *blob, const uint16_t *lens, uint32_t n) {
-    uint32_t sent = vp_ring_put(r, blob, lens, n);
-    vp_ring_publish(r);
-    return sent;
-}
-
-/* vp_ring_send without the publish: the frames stay invisible to the other side until the
- * caller publishes (the pipeline does at its commit point) */
-uint32_t vp_ring_put(struct vp_ring *r, const uint8_t *blob, const uint16_t *lens, uint32_t n) {
     uint32_t space = vp_ring_space(r), sent = 0;
     size_t off = 0;
     for (uint32_t i = 0; i < n; off += lens[i], i++) {
@@ -335,6 +327,7 @@ uint32_t vp_ring_put(struct vp_ring *r, const uint8_t *blob, const uint16_t *len
         r->st.bytes += lens[i];
         sent++;
     }
+    vp_ring_publish(r);
     return sent;
 }
 

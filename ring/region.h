@@ -114,7 +114,6 @@ void vp_ring_publish(struct vp_ring *r);
 
 /* user-side helpers for tools and tests (copying, one call per batch) */
 uint32_t vp_ring_send(struct vp_ring *r, const uint8_t *blob, const uint16_t *lens, uint32_t n);
-uint32_t vp_ring_put(struct vp_ring *r, const uint8_t *blob, const uint16_t *lens, uint32_t n);
 uint32_t vp_ring_recv(struct vp_ring *r, uint8_t *blob, uint32_t blob_cap, uint16_t *lens, uint32_t max);
 /* cdef-end */
 

@@ -3,6 +3,7 @@
 #ifndef VP_BATCH_H
 #define VP_BATCH_H
 #include "../../ring/region.h"
+#include "../../bindings/vnet.h"
 
 /* cdef-begin */
 #define VP_BATCH_MAX 1024
@@ -45,12 +46,13 @@
 #define VP_DROP_FLOW_LIMIT 6
 #define VP_DROP_NO_ROOM 7
 #define VP_DROP_UPCALL_RATE 8
-#define VP_DROP_UPCALL_DISCONNECT 9   /* handed to a slow path that went away before answering */
-#define VP_DROP_WORKER_RESTART 10     /* handed to the slow path by a worker that died before the answer */
-#define VP_DROP_SLOWPATH 11           /* the slow path kept it (controller, unknown flow) */
-#define VP_DROP_BAD_REPLY 12          /* the slow path's answer for it was refused */
-#define VP_DROP_TX_BAD_SLOT 13        /* the out ring's slot named no valid buffer (the peer wrote it) */
-#define VP_DROP_N 14
+#define VP_DROP_BAD_OFFLOAD 9   /* offload metadata that does not fit the frame, or cannot be segmented */
+#define VP_DROP_UPCALL_DISCONNECT 10  /* handed to a slow path that went away before answering */
+#define VP_DROP_WORKER_RESTART 11     /* handed to the slow path by a worker that died before the answer */
+#define VP_DROP_SLOWPATH 12           /* the slow path kept it (controller, unknown flow) */
+#define VP_DROP_BAD_REPLY 13          /* the slow path's answer for it was refused */
+#define VP_DROP_TX_BAD_SLOT 14        /* the out ring's slot named no valid buffer (the peer wrote it) */
+#define VP_DROP_N 15
 
 #define VP_ST_RECEIVE 0
 #define VP_ST_EXTRACT 1
@@ -101,6 +103,7 @@ struct vp_pkt {
     int32_t action;           /* action set id, or VP_ACT_MISS / VP_ACT_PENDING */
     uint32_t hash;
     uint32_t flow;            /* flow table entry, for stats */
+    struct vp_offload ol;     /* GSO / partial checksum it came with (all zero: none) */
 };
 
 struct vp_batch {
@@ -194,11 +197,14 @@ struct vp_dp_stats {
     uint64_t mf_hits;         /* exact-match misses that a megaflow answered */
     uint64_t misses;          /* went to the slow path */
     uint64_t parse_err[11];
-    uint64_t drops[14];
+    uint64_t drops[15];
     uint64_t stage_ns[5];
     uint64_t stage_pkts[5];
     uint64_t tx_swapped;
     uint64_t tx_copied;
+    uint64_t tx_segmented;    /* super-frames cut into segments for a port that takes no GSO */
+    uint64_t tx_segments;     /* the segments they became */
+    uint64_t csum_completed;  /* partial checksums completed for a port that takes none */
 };
 
 struct vp_dp {
@@ -221,7 +227,7 @@ struct vp_dp {
     uint32_t nmasks;
     /* the ledger by input port: every packet a port received is delivered, dropped with a
      * reason here, or still with the slow path (upcall_inflight) */
-    uint64_t port_drops[64][14];
+    uint64_t port_drops[64][15];
     uint64_t upcall_inflight[64];
     uint64_t tx_dirty;        /* ports whose out ring got frames since the last commit */
     void *journal;            /* struct vp_journal in memory that outlives this worker, or NULL */

@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include "execute.h"
 #include "transmit.h"
+#include "../../bindings/adapter.h"
 
 /* An action set's own memory: what a replaced or freed set held is released. */
 static void actions_clear(struct vp_actions *a) {
@@ -68,15 +69,17 @@ static inline const uint16_t *outputs(const struct vp_actions *a) {
 static inline uint16_t rd16(const uint8_t *p) { return ntohs(vp_pkt_u16(p)); }
 static inline void wr16(uint8_t *p, uint16_t v) { v = htons(v); memcpy(p, &v, 2); }
 
-/* RFC 1624: HC' = ~(~HC + ~m + m') over the 16-bit words that changed */
-static void csum_update(uint8_t *csum, const uint8_t *old, const uint8_t *new, uint32_t n) {
-    uint32_t s = (uint16_t)~rd16(csum);
+/* RFC 1624: HC' = ~(~HC + ~m + m') over the 16-bit words that changed. A partial
+ * checksum (the pseudo-header sum, left for the receiver or a port to complete) is not
+ * complemented: P' = P + ~m + m'. */
+static void csum_update(uint8_t *csum, const uint8_t *old, const uint8_t *new, uint32_t n, int partial) {
+    uint32_t s = partial ? rd16(csum) : (uint16_t)~rd16(csum);
     for (uint32_t i = 0; i < n; i += 2) {
         s += (uint16_t)~rd16(old + i);
         s += rd16(new + i);
     }
     while (s >> 16) s = (s & 0xffff) + (s >> 16);
-    wr16(csum, (uint16_t)~s);
+    wr16(csum, partial ? (uint16_t)s : (uint16_t)~s);
 }
 
 struct layers { uint32_t l3, l4; uint16_t et; uint8_t proto; uint8_t l4ok; };
@@ -114,9 +117,11 @@ static uint8_t *l4_csum(uint8_t *p, uint32_t len, const struct layers *L) {
     return NULL;
 }
 
-/* write value under mask at p[0..w), updating up to two checksums over the even-aligned span */
+/* write value under mask at p[0..w), updating up to two checksums over the even-aligned
+ * span; `partial` is the L4 checksum field when it holds a partial checksum: it covers
+ * only the pseudo-header (pseudo != 0), the rest is summed when it is completed */
 static void write_field(uint8_t *pkt, uint32_t at, uint32_t w, const uint8_t *value, const uint8_t *mask,
-                        uint8_t *c1, uint8_t *c2) {
+                        uint8_t *c1, uint8_t *c2, const uint8_t *partial, int pseudo) {
     uint8_t before[20], after[20];
     uint32_t s = at & ~1u, e = (at + w + 1) & ~1u;
     memcpy(before, pkt + s, e - s);
@@ -124,44 +129,48 @@ static void write_field(uint8_t *pkt, uint32_t at, uint32_t w, const uint8_t *va
     for (uint32_t i = 0; i < w; i++)
         after[at - s + i] = (uint8_t)((before[at - s + i] & ~mask[16 - w + i]) | (value[16 - w + i] & mask[16 - w + i]));
     memcpy(pkt + s, after, e - s);
-    if (c1) csum_update(c1, before, after, e - s);
-    if (c2) csum_update(c2, before, after, e - s);
+    if (c1 && (c1 != partial || pseudo)) csum_update(c1, before, after, e - s, c1 == partial);
+    if (c2 && (c2 != partial || pseudo)) csum_update(c2, before, after, e - s, c2 == partial);
 }
 
-/* apply one modifying op to a packet of `len` bytes in a buffer of `cap`; returns the new
- * length (unchanged when the packet has no such header), 0 when it does not fit */
-uint32_t vp_op_apply(const struct vp_op *op, uint8_t *p, uint32_t len, uint32_t cap) {
+/* apply one modifying op to a packet of `len` bytes in a buffer of `cap` (with its offload
+ * metadata, or NULL); returns the new length (unchanged when the packet has no such
+ * header), 0 when it does not fit */
+static uint32_t op_apply(const struct vp_op *op, uint8_t *p, uint32_t len, uint32_t cap, struct vp_offload *ol) {
     if (op->kind == VP_OP_PUSH_VLAN) {
         if (len < 14) return len;
         if (len + 4 > cap) return 0;
         memmove(p + 16, p + 12, len - 12);
         wr16(p + 12, op->tpid);
         wr16(p + 14, op->tci);
+        if (ol && ol->flags & VP_OL_CSUM) ol->csum_start += 4;
         return len + 4;
     }
     if (op->kind == VP_OP_POP_VLAN) {
         uint16_t et = len >= 18 ? rd16(p + 12) : 0;
         if (et != 0x8100 && et != 0x88a8) return len;
         memmove(p + 12, p + 16, len - 16);
+        if (ol && ol->flags & VP_OL_CSUM) ol->csum_start -= 4;
         return len - 4;
     }
     if (op->kind != VP_OP_SET) return len;
     struct layers L = find_layers(p, len);
     uint8_t *ipc = L.et == 0x0800 ? p + L.l3 + 10 : NULL;
+    const uint8_t *pc = ol && ol->flags & VP_OL_CSUM ? p + ol->csum_start + ol->csum_off : NULL;
     switch (op->field) {
-    case VP_F_DL_DST: if (len >= 14) write_field(p, 0, 6, op->value, op->mask, NULL, NULL); break;
-    case VP_F_DL_SRC: if (len >= 14) write_field(p, 6, 6, op->value, op->mask, NULL, NULL); break;
+    case VP_F_DL_DST: if (len >= 14) write_field(p, 0, 6, op->value, op->mask, NULL, NULL, NULL, 0); break;
+    case VP_F_DL_SRC: if (len >= 14) write_field(p, 6, 6, op->value, op->mask, NULL, NULL, NULL, 0); break;
     case VP_F_NW_SRC: case VP_F_NW_DST:
         if (L.et == 0x0800)
-            write_field(p, L.l3 + (op->field == VP_F_NW_SRC ? 12 : 16), 4, op->value, op->mask, ipc, l4_csum(p, len, &L));
+            write_field(p, L.l3 + (op->field == VP_F_NW_SRC ? 12 : 16), 4, op->value, op->mask, ipc, l4_csum(p, len, &L), pc, 1);
         break;
     case VP_F_IPV6_SRC: case VP_F_IPV6_DST:
         if (L.et == 0x86dd)
-            write_field(p, L.l3 + (op->field == VP_F_IPV6_SRC ? 8 : 24), 16, op->value, op->mask, l4_csum(p, len, &L), NULL);
+            write_field(p, L.l3 + (op->field == VP_F_IPV6_SRC ? 8 : 24), 16, op->value, op->mask, l4_csum(p, len, &L), NULL, pc, 1);
         break;
     case VP_F_NW_TOS:
         if (L.et == 0x0800) {
-            write_field(p, L.l3 + 1, 1, op->value, op->mask, ipc, NULL);
+            write_field(p, L.l3 + 1, 1, op->value, op->mask, ipc, NULL, pc, 0);
         } else if (L.et == 0x86dd) {          /* traffic class straddles the first two bytes */
             uint8_t b0 = vp_pkt_u8(p + L.l3), b1 = vp_pkt_u8(p + L.l3 + 1);
             uint8_t tc = (uint8_t)(((b0 & 0x0f) << 4) | (b1 >> 4));
@@ -171,46 +180,58 @@ uint32_t vp_op_apply(const struct vp_op *op, uint8_t *p, uint32_t len, uint32_t 
         }
         break;
     case VP_F_NW_TTL:
-        if (L.et == 0x0800) write_field(p, L.l3 + 8, 1, op->value, op->mask, ipc, NULL);
-        else if (L.et == 0x86dd) write_field(p, L.l3 + 7, 1, op->value, op->mask, NULL, NULL);
+        if (L.et == 0x0800) write_field(p, L.l3 + 8, 1, op->value, op->mask, ipc, NULL, pc, 0);
+        else if (L.et == 0x86dd) write_field(p, L.l3 + 7, 1, op->value, op->mask, NULL, NULL, NULL, 0);
         break;
     case VP_F_TP_SRC: case VP_F_TP_DST:
         if (L.l4ok && (L.proto == 6 || L.proto == 17))
-            write_field(p, L.l4 + (op->field == VP_F_TP_SRC ? 0 : 2), 2, op->value, op->mask, l4_csum(p, len, &L), NULL);
+            write_field(p, L.l4 + (op->field == VP_F_TP_SRC ? 0 : 2), 2, op->value, op->mask, l4_csum(p, len, &L), NULL, pc, 0);
         break;
     }
     return len;
 }
 
+uint32_t vp_op_apply(const struct vp_op *op, uint8_t *p, uint32_t len, uint32_t cap) {
+    return op_apply(op, p, len, cap, NULL);
+}
+
 /* run a modifying program on one packet held in `buf` (capacity cap), in order; each
  * output copies the packet as it is at that point into the port's ring */
 static void run_ops(struct vp_dp *dp, const struct vp_actions *a, uint8_t *buf, uint32_t len, uint32_t cap,
-                    uint32_t in_port) {
+                    struct vp_offload *ol, uint32_t in_port) {
     for (uint32_t i = 0; i < a->nops; i++) {
         const struct vp_op *op = &a->ops[i];
         if (op->kind == VP_OP_OUTPUT) {
-            vp_inject(dp, op->port, buf, len, in_port);
+            vp_emit(dp, op->port, buf, len, ol, in_port);
             continue;
         }
-        uint32_t n = vp_op_apply(op, buf, len, cap);
+        uint32_t n = op_apply(op, buf, len, cap, ol);
         if (n == 0) { VP_DROP(dp, VP_DROP_NO_ROOM, in_port, 1); return; }
         len = n;
     }
 }
 
-uint32_t vp_execute_packet(struct vp_dp *dp, uint32_t id, const uint8_t *data, uint32_t len, uint32_t in_port) {
+/* a packet the slow path returned, with the offload metadata it went up with (or NULL),
+ * for the port it came in on */
+uint32_t vp_execute_packet(struct vp_dp *dp, uint32_t id, const uint8_t *data, uint32_t len,
+                           const struct vp_offload *ol_in, uint32_t in_port) {
     uint8_t buf[65536];
+    struct vp_offload ol = {0};
     const struct vp_actions *a;
     if (id >= dp->nactions || len > sizeof(buf) - 8) { VP_DROP(dp, VP_DROP_BAD_REPLY, in_port, 1); return 0; }
+    if (ol_in) {
+        ol = *ol_in;
+        if (vp_vnet_check(&ol, len)) { VP_DROP(dp, VP_DROP_BAD_OFFLOAD, in_port, 1); return 0; }
+    }
     a = &dp->actions[id];
     if (a->nout == 0) { VP_DROP(dp, VP_DROP_ACTION, in_port, 1); return 0; }
     memcpy(buf, data, len);
     if (!a->nops) {
         const uint16_t *out = outputs(a);
-        for (uint32_t o = 0; o < a->nout; o++) vp_inject(dp, out[o], buf, len, in_port);
+        for (uint32_t o = 0; o < a->nout; o++) vp_emit(dp, out[o], buf, len, &ol, in_port);
         return a->nout;
     }
-    run_ops(dp, a, buf, len, sizeof(buf), in_port);
+    run_ops(dp, a, buf, len, sizeof(buf), &ol, in_port);
     return a->nout;
 }
 
@@ -227,8 +248,9 @@ void vp_execute(struct vp_dp *dp, struct vp_batch *b) {
             /* on a copy: the frame in the ring stays as it came until the batch commits, so
              * a batch cut short by a crash replays on the same bytes */
             uint8_t buf[65536];
+            struct vp_offload ol = pk->ol;
             memcpy(buf, pk->data, pk->len);
-            run_ops(dp, a, buf, pk->len, sizeof(buf), pk->port);
+            run_ops(dp, a, buf, pk->len, sizeof(buf), &ol, pk->port);
             if (a->nout == 0) VP_DROP(dp, VP_DROP_ACTION, pk->port, 1);
             continue;
         }
