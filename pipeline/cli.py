@@ -118,21 +118,36 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     ready_fd = _daemonize(cfg, pid_file, log_file) if detach else None
     metrics = _start_metrics(cfg) if cfg.metrics_listen else None
     ready = dict(file=ready_file, fd=ready_fd, metrics=metrics and metrics.address)
-    run_one = lambda restarts: _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu,  # noqa: E731
-                                           restarts, ready)
+    run_one = lambda restarts, held=None: _run_worker(cfg, deadline, interval, quiet, as_json,  # noqa: E731
+                                                      stats_json, cpu, restarts, ready, held)
+    held = None
     try:
         if not supervised:
             signal.signal(signal.SIGHUP, lambda *_: _reload_rules(cfg))
             code = run_one(0)
         else:
-            code = supervise(run_one, give_up=crash_leftovers(cfg), on_hup=lambda: _reload_rules(cfg))
+            give_up = crash_leftovers(cfg)          # decided before anything of this run exists
+            held = _takeover(cfg)                   # the shm: rings and the counters' journal outlive each worker
+            code = supervise(lambda restarts: run_one(restarts, held), give_up=give_up,
+                             on_hup=lambda: _reload_rules(cfg))
     finally:
+        if held:
+            held.close()
         if metrics:
             metrics.stop()
         for path in (ready_file, pid_file):
             if path:
                 _unlink(path)
     raise typer.Exit(code)
+
+
+def _takeover(cfg):
+    from pipeline.ports import PortError
+    from pipeline.takeover import Takeover
+    try:
+        return Takeover(cfg)
+    except (PortError, RuntimeError, OSError) as e:
+        _fail(str(e))
 
 
 def _writable(what, path):
@@ -253,15 +268,16 @@ def _announce_ready(w, ready, restarts):
         print(line, flush=True)
 
 
-def _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu, restarts, ready):
+def _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu, restarts, ready, takeover=None):
     """One worker's life (in the supervisor's child); returns the exit code."""
     from pipeline.ports import PortError
     from pipeline.worker import Worker
     try:
         _pin(cpu)
         try:
-            # a restarted worker keeps the slow path's rules of this run
-            w = Worker(cfg, keep_rules=restarts > 0)
+            # a restarted worker keeps the slow path's rules of this run, and takes over
+            # the rings and counters of the one before it
+            w = Worker(cfg, keep_rules=restarts > 0, takeover=takeover)
         except (PortError, RuntimeError, OSError) as e:
             if ready.get("fd") is not None:
                 os.write(ready["fd"], f"{e}\n".encode())
@@ -286,11 +302,15 @@ def _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu, restar
             tick = lambda w: (lambda out: out and print(out + "\n", flush=True))(show(w.stats()))  # noqa: E731
     try:
         w.run(duration=max(0.001, deadline - time.monotonic()) if deadline else None, on_tick=tick, tick_s=interval)
-    finally:
+    except BaseException:
         if live:
             live.stop()
-        final = w.stats()
-        w.close()
+        w.close(crashed=True)        # as a crash: what the next worker takes over stays
+        raise
+    if live:
+        live.stop()
+    final = w.stats()
+    w.close()
     if stats_json:
         try:
             with open(stats_json, "w") as f:
@@ -528,7 +548,9 @@ def add_flows(file: str = typer.Argument(..., help="file with one rule per line 
     """Add every rule of a file; nothing is added if any rule is invalid (each refused line
     is named FILE:LINE with its text)."""
     rules = _rules(file)
-    print(f"added {_slowpath(name, run_dir, 'add-flows', flows=[t for _, t, _ in rules])} rule(s)")
+    # loaded in steps while the slow path answers upcalls: a large set takes a while
+    n = _slowpath(name, run_dir, "add-flows", timeout=30 + len(rules) / 1000, flows=[t for _, t, _ in rules])
+    print(f"added {n} rule(s)")
 
 
 @app.command("replace-flows")

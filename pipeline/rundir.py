@@ -102,6 +102,15 @@ def make(path):
     return created
 
 
+def make_for_config(path):
+    """make(path) for a pipeline's [pipeline].run_dir: a directory that cannot be made is
+    said as that setting's fault (RuntimeError)."""
+    try:
+        return make(path)
+    except OSError as e:
+        raise RuntimeError(f"[pipeline].run_dir {path!r}: cannot use it: {e.strerror or e}") from None
+
+
 def remove_dirs(created):
     for d in reversed(created):
         try:

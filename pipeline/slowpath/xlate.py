@@ -12,6 +12,9 @@ from pipeline.slowpath.fields import ETH_IP, ETH_IPV6, FIELDS, VLAN_CFI
 from pipeline.slowpath.normal import MULTICAST
 
 MAX_DEPTH = 64
+# as Open vSwitch: resubmits in one translation, however they nest (rules that each resubmit
+# twice to the next table would otherwise take 2^tables steps); past it the packet is dropped
+MAX_RESUBMITS = 4096
 L3_FIELDS = ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_tos", "nw_ttl")
 
 
@@ -60,6 +63,7 @@ class _Ctx:
         self.controller = 0
         self.error = ""
         self.stop = False
+        self.resubmits = 0
         self.touched = {}                          # field -> bits written by set actions
 
     def table(self, tid, depth, lookup_in_port=None):
@@ -136,6 +140,12 @@ class _Ctx:
         self.out.append(["controller", reason])
 
     def resubmit(self, port, tid, depth):
+        self.resubmits += 1
+        if self.resubmits > MAX_RESUBMITS:
+            self.error = f"over {MAX_RESUBMITS} resubmit actions"
+            self.stop = True
+            self.out = []                           # dropped: translate() says so
+            return
         if depth + 1 >= MAX_DEPTH:
             self.error = f"over max translation depth {MAX_DEPTH}"
             self.stop = True
