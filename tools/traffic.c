@@ -99,16 +99,23 @@ static uint32_t sink_step(struct vp_sink *s, uint64_t now) {
     return n;
 }
 
-/* Nothing to do: spin a little (traffic usually resumes at once), then sleep, longer the
- * longer it stays idle, up to IDLE_MAX_NS: an idle generator or sink costs a few wake-ups
- * per millisecond, not a core. `*spins` is reset by the caller whenever work was done. */
-#define IDLE_SPINS 64
+/* Nothing to do. A ring that is full or empty for a few microseconds is the common case
+ * under load (the pipeline is about to drain or fill it): keep the CPU then, yielding now
+ * and again, as pkt-gen does. Only after IDLE_SPIN_NS of nothing is the tool idle for real:
+ * then it sleeps, longer the longer it stays idle, up to IDLE_MAX_NS, so an idle generator
+ * or sink costs a few wake-ups per millisecond, not a core. `*since` is the time idleness
+ * began (0: working), reset by the caller whenever work was done. */
+#define IDLE_SPIN_NS 2000000ull
 #define IDLE_MAX_NS 100000ull
-static void idle(uint32_t *spins) {
-    if (++*spins <= IDLE_SPINS) return;
-    uint64_t ns = 1000ull << (*spins - IDLE_SPINS < 7 ? *spins - IDLE_SPINS : 7);
-    if (ns > IDLE_MAX_NS) ns = IDLE_MAX_NS;
-    struct timespec ts = { 0, (long)ns };
+static void idle(uint64_t *since, uint64_t now) {
+    if (!*since) *since = now;
+    uint64_t idle_ns = now - *since;
+    if (idle_ns < IDLE_SPIN_NS) {
+        sched_yield();
+        return;
+    }
+    uint64_t ns = (idle_ns - IDLE_SPIN_NS) / 8 + 1000;
+    struct timespec ts = { 0, (long)(ns > IDLE_MAX_NS ? IDLE_MAX_NS : ns) };
     nanosleep(&ts, NULL);
 }
 
@@ -129,13 +136,13 @@ static int sink_done(const struct vp_sink *s) { return s->count && s->packets >=
 
 uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns) {
     uint64_t t0 = vp_now_ns(), now = t0, before = g->sent;
-    uint32_t spins = 0;
+    uint64_t since = 0;
     if (!g->start_ns) g->start_ns = t0;
     if (g->frame_len > g->ring->buf_size) return 0;
     while (now - t0 < max_ns && !gen_done(g)) {
-        if (gen_step(g, now)) spins = 0;
+        if (gen_step(g, now)) since = 0;
         else if (g->rate_pps && vp_ring_space(g->ring)) pace_wait(g, now, t0 + max_ns);
-        else idle(&spins);
+        else idle(&since, now);
         now = vp_now_ns();
     }
     g->bytes = g->sent * g->frame_len;
@@ -144,9 +151,9 @@ uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns) {
 
 uint64_t vp_sink_run(struct vp_sink *s, uint64_t max_ns) {
     uint64_t t0 = vp_now_ns(), now = t0, before = s->packets;
-    uint32_t spins = 0;
+    uint64_t since = 0;
     while (now - t0 < max_ns && !sink_done(s)) {
-        if (!sink_step(s, now)) idle(&spins); else spins = 0;
+        if (!sink_step(s, now)) idle(&since, now); else since = 0;
         now = vp_now_ns();
     }
     return s->packets - before;
@@ -155,13 +162,13 @@ uint64_t vp_sink_run(struct vp_sink *s, uint64_t max_ns) {
 /* pkt-gen's txrx on two ports in one loop: no scheduler between sending and draining */
 uint64_t vp_gen_sink_run(struct vp_gen *g, struct vp_sink *s, uint64_t max_ns) {
     uint64_t t0 = vp_now_ns(), now = t0, before = s->packets;
-    uint32_t spins = 0;
+    uint64_t since = 0;
     if (!g->start_ns) g->start_ns = t0;
     if (g->frame_len > g->ring->buf_size) return 0;
     while (now - t0 < max_ns && !(gen_done(g) && sink_done(s))) {
         uint32_t work = gen_done(g) ? 0 : gen_step(g, now);
         work += sink_step(s, now);
-        if (!work) idle(&spins); else spins = 0;
+        if (!work) idle(&since, now); else since = 0;
         now = vp_now_ns();
     }
     g->bytes = g->sent * g->frame_len;
