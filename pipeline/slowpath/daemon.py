@@ -40,6 +40,7 @@ class Client:
         self.worker = None
         self.out = bytearray()              # encoded messages the socket has not taken yet
         self.gone = False
+        self.reval_acked = 0                # the last revalidate_request seq whose round it finished
 
 
 class SlowPath:
@@ -60,6 +61,9 @@ class SlowPath:
         self.ctl = None             # the control server, served between translation steps too
         self.changing = False       # a rule change is under way (in steps): the next one waits
         self.macs_seen = 0          # MAC table change count last revalidated for
+        self.agent = None           # the OpenFlow agent, with an [openflow] config
+        self.reval_seq = 0          # revalidate_requests sent, numbered; workers say when each is done
+        self.reval_sent = {}        # seq -> when it was sent (recent ones)
         self.last_reval = self.last_expire = self.last_keepalive = self.last_service = 0.0
 
     # -- control requests (valepipe add-flow / del-flows / mod-flows / dump-flows) -------------
@@ -125,7 +129,8 @@ class SlowPath:
                 "del-flows": _errors(del_flows), "mod-flows": _errors(at_once(ofctl.modify)),
                 "dump-flows": dump(lambda req: _Rendered(list(of.rules()), lambda r: of.dump([r])[0])),
                 "fdb-show": lambda req: self.ofproto.macs.show(),
-                "stats": lambda req: dict(self.st, **self.ofproto.st),
+                "stats": lambda req: dict(self.st, **self.ofproto.st,
+                                          **({"openflow": self.agent.stats()} if self.agent else {})),
                 # ovs-ofctl habits (pipeline/slowpath/ofctl.py): filters, --strict, replace, batch trace
                 "dump-rules": _errors(dump(dump_rules)),
                 "replace-flows": _errors(at_once(ofctl.replace)),
@@ -139,9 +144,22 @@ class SlowPath:
             if isinstance(ports, list):
                 self.ofproto.set_ports([p["ofport"] for p in ports if isinstance(p, dict)
                                         and isinstance(p.get("ofport"), int)])
+                if self.agent:
+                    self.agent.ports_changed(ports)
+            if self.agent:
+                self.agent.push_meters([client])
+                self.request_revalidation()         # its cached flows' counters, as of now
             return None
         if t == "revalidate":
             return self.revalidate(msg)
+        if t == "revalidated":
+            if isinstance(msg.get("seq"), int):
+                client.reval_acked = max(client.reval_acked, msg["seq"])
+            return None
+        if t == "stats_reply":
+            if self.agent:
+                self.agent.stats_reply(client, msg)
+            return None
         if t != "upcall":
             raise channel.ChannelError(f"a worker does not send {t!r}")
         flows, pkts = msg.get("flows", []), msg.get("packets", [])
@@ -155,7 +173,7 @@ class SlowPath:
                 raise channel.ChannelError("upcall: a flow needs an integer id and a key map")
             self.between()
             res = self.ofproto.translate(f["key"], may_learn=True)
-            client.recent[f["id"]] = (res.actions, res.rules)
+            client.recent[f["id"]] = (res.actions, res.rules, res.packet_ins)
             if len(client.recent) > RECENT_FLOWS:
                 client.recent.popitem(last=False)
             if not channel.fast_path_runs(res.actions):
@@ -167,7 +185,7 @@ class SlowPath:
                     and (len(p) == 3 or isinstance(p[3], bytes))):
                 raise channel.ChannelError("upcall: a packet is [flow id, in_port, bytes] or with its offload "
                                            "metadata [flow id, in_port, bytes, offload]")
-            actions, rules = client.recent.get(p[0], (None, ()))
+            actions, rules, pins = client.recent.get(p[0], (None, (), ()))
             if actions is None:
                 self.st["unknown_flow_packets"] += 1
                 continue
@@ -175,9 +193,10 @@ class SlowPath:
                 r.n_packets += 1
                 r.n_bytes += len(p[2])
             rest = [a for a in actions if a[0] != "controller"]
-            for a in actions:
+            for i, a in enumerate(actions):
                 if a[0] == "controller":
-                    self.ofproto.packet_in(p[1], a[1], p[2])
+                    pin = next((x for x in pins if x["at"] == i), None)
+                    self.ofproto.packet_in(p[1], a[1], p[2], pin, actions[:i])
             if len(rest) < len(actions) and not any(a[0] == "output" for a in rest):
                 continue                              # consumed by the controller queue, counted there
             # a drop comes back too (the fast path counts it), with its offload metadata (GSO,
@@ -283,11 +302,28 @@ class SlowPath:
                   file=sys.stderr)
 
     def request_revalidation(self):
-        """Workers re-translate what they cached (after rules or MAC entries changed)."""
+        """Workers re-translate what they cached (after rules or MAC entries changed), and
+        push its counters to the rules; returns the request's seq (revalidated_through)."""
         self.macs_seen = self.ofproto.macs.changes
         self.last_reval = time.monotonic()
+        self.reval_seq += 1
+        self.reval_sent[self.reval_seq] = self.last_reval
+        if len(self.reval_sent) > 4096:
+            acked = min((cl.reval_acked for cl in self.clients.values()), default=self.reval_seq)
+            self.reval_sent = {k: v for k, v in self.reval_sent.items() if k >= acked}
         for cl in list(self.clients.values()):
-            self.send(cl, {"v": channel.VERSION, "t": "revalidate_request"})
+            self.send(cl, {"v": channel.VERSION, "t": "revalidate_request", "seq": self.reval_seq})
+        return self.reval_seq
+
+    def revalidated_through(self, seq):
+        """Every worker has rechecked its cached flows since request `seq` was sent."""
+        return all(cl.reval_acked >= seq for cl in self.clients.values())
+
+    def stats_fresh(self):
+        """The moment up to which every worker's flow counters have reached the rules."""
+        if not self.clients:
+            return time.monotonic()
+        return min(self.reval_sent.get(cl.reval_acked, 0.0) for cl in self.clients.values())
 
     # -- clients: queued writes, never blocking ----------------------------------------------
     def send(self, cl, msg):
@@ -367,9 +403,13 @@ class SlowPath:
         if now - self.last_expire >= 1.0:
             self.last_expire = now
             self.ofproto.macs.expire()
-            if self.ofproto.expire():
+            fresh = self.stats_fresh() if self.agent else None
+            if self.ofproto.expire(fresh=fresh):
                 self.try_save_rules("after rules timed out")
                 self.request_revalidation()           # what the expired rules did must go
+            elif fresh is not None and any(r.idle_timeout and now - r.used >= r.idle_timeout
+                                           for r in self.ofproto.rules()):
+                self.request_revalidation()           # idle by the counters it has: fresh ones first
         if self.counted and now - self.last_state >= self.state_every:
             self.save_state()
         if self.ofproto.macs.changes != self.macs_seen and now - self.last_reval >= 0.1:
@@ -451,9 +491,12 @@ def serve(path, slow, stop=lambda: False, control_path=None):
     next_check = 0.0
     try:
         while not stop():
-            wl = [s for s, c in clients.items() if c.out] + (ctl.writers() if ctl else [])
-            r, _, _ = select.select([ls] + list(clients) + (ctl.fds() if ctl else []), wl, [],
-                                    0 if ctl and ctl.busy() else 0.05)
+            agent = slow.agent
+            wl = [s for s, c in clients.items() if c.out] + (ctl.writers() if ctl else []) \
+                + (agent.writers() if agent else [])
+            busy = (ctl and ctl.busy()) or (agent and agent.busy())
+            r, _, _ = select.select([ls] + list(clients) + (ctl.fds() if ctl else []) + (agent.fds() if agent else []),
+                                    wl, [], 0 if busy else 0.05)
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + 1.0
                 if not slow.owner():
@@ -471,7 +514,11 @@ def serve(path, slow, stop=lambda: False, control_path=None):
                 cl = clients.get(s)
                 if cl is not None:
                     slow.read(cl)
+            if agent:
+                agent.poll()
     finally:
+        if slow.agent:
+            slow.agent.close()
         slow.save_state()
         for cl in list(clients.values()):
             slow.drop(cl)
@@ -513,6 +560,14 @@ def main(argv=None):
     ctl = a.control or os.path.join(here, "slowpath.ctl")
     slow = SlowPath(ofproto, rules_file)
     slow.name = a.name
+    try:
+        openflow = config.load(a.config).openflow if a.config else None
+        if openflow:
+            from pipeline.slowpath.openflow.agent import Agent   # os-ken only when asked for
+            slow.agent = Agent(slow, openflow, a.name)
+    except (config.ConfigError, OSError) as e:
+        print(f"valepipe-slowpath: {a.config}: [openflow]: {e}", file=sys.stderr)
+        sys.exit(2)
     if text is not None:
         slow.load_state()
     slow.try_save_rules("at start")

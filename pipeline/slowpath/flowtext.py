@@ -28,6 +28,7 @@ TCP_FLAGS = ["fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr", "ns"]
 MOD = {"mod_dl_src": "dl_src", "mod_dl_dst": "dl_dst", "mod_nw_src": "nw_src", "mod_nw_dst": "nw_dst",
        "mod_nw_tos": "nw_tos", "mod_tp_src": "tp_src", "mod_tp_dst": "tp_dst"}
 MOD_NAMES = {v: k for k, v in MOD.items()}
+FLAG_NAMES = ("send_flow_rem", "check_overlap", "reset_counts", "no_packet_counts", "no_byte_counts")
 SET_FIELD_NAMES = {**ALIASES, **{f: f for f in FIELDS}, "vlan_vid": "vlan_vid", "vlan_pcp": "vlan_pcp",
                    "ip_dscp": "ip_dscp"}
 
@@ -50,6 +51,7 @@ class Rule:
     n_bytes: int = 0
     table_given: bool = False
     used: float = 0.0                               # last time a packet hit it (idle_timeout)
+    flags: tuple = ()                               # OpenFlow flow_mod flags by name (FLAG_NAMES)
 
     def covers(self, other):
         """Non-strict match (del-flows/mod-flows): `other` is at least as specific as this
@@ -134,7 +136,10 @@ def parse_flow(text, mode="add"):
             eq = "="
         name = name.strip()
         try:
-            if not eq:
+            if not eq and name in FLAG_NAMES:
+                if name not in rule.flags:
+                    rule.flags += (name,)
+            elif not eq:
                 if name not in SHORTHANDS:
                     raise FlowError(f"unknown keyword {name}")
                 dl, proto = SHORTHANDS[name]
@@ -257,6 +262,8 @@ def parse_actions(text, table, whole=None):
             raise FlowError(f"{whole!r}: {e} (at action {tok!r})") from None
         if seen_goto:
             raise FlowError(f"{whole!r}: invalid instruction ordering: goto_table must be the last instruction")
+        if a[0] == "meter" and out:
+            raise FlowError(f"{whole!r}: invalid instruction ordering: meter must appear before apply_actions")
         if a[0] == "goto_table":
             seen_goto = True
         elif a[0] == "write_metadata":
@@ -298,6 +305,8 @@ def _parse_action(tok, table):
         if tpid not in (0x8100, 0x88A8):
             raise FlowError(f"push_vlan: ethertype {val} is not 0x8100 or 0x88a8")
         return ("push_vlan", tpid)
+    if name in ("group", "meter"):                  # OpenFlow 1.1+ group and meter ids
+        return (name, _int(val, 0, 0xFFFFFEFF if name == "group" else 0xFFFF0000, f"{name} id"))
     if name == "goto_table":
         t = _int(val, 0, MAX_TABLE, "goto_table")
         if t <= table:
@@ -411,8 +420,8 @@ def format_actions(actions):
             out.append(f"{k}:{a[1]}")
         elif k == "push_vlan":
             out.append(f"push_vlan:{hex(a[1])}")
-        elif k == "goto_table":
-            out.append(f"goto_table:{a[1]}")
+        elif k in ("goto_table", "group", "meter"):
+            out.append(f"{k}:{a[1]}")
         elif k == "write_metadata":
             out.append(f"write_metadata:{hex(a[1])}" + (f"/{hex(a[2])}" if a[2] != 2 ** 64 - 1 else ""))
         elif k == "resubmit":
@@ -441,6 +450,8 @@ def format_rule(r, stats=None):
     if r.hard_timeout:
         head.append(f"hard_timeout={r.hard_timeout}")
     mtext = ",".join(x for x in (f"priority={r.priority}" if r.priority != 32768 else "", format_match(r.match)) if x)
+    if r.flags:                                     # ovs-ofctl's place for them: "send_flow_rem priority=..."
+        mtext = " ".join(list(r.flags) + ([mtext] if mtext else []))
     if stats is not None:     # dump-flows shape: "cookie=..., duration=..., ..., priority=P,match actions=..."
         return ", ".join(head + ([mtext] if mtext else [])) + f" actions={format_actions(r.actions)}"
     return ",".join(head + ([mtext] if mtext else []) + [f"actions={format_actions(r.actions)}"])

@@ -26,29 +26,35 @@ class Result:
     rules: list = field(default_factory=list)      # rules that matched, for their stats
     controller: int = 0
     error: str = ""
+    packet_ins: list = field(default_factory=list)  # per controller action: its place and OpenFlow context
 
 
 class Xlate:
     """Translates against a set of tables; `ports` are the switch's OpenFlow port numbers.
     With a MAC table, NORMAL learns (when `may_learn`, i.e. for real upcalls) and switches."""
 
-    def __init__(self, tables, ports=(), macs=None, may_learn=False):
+    def __init__(self, tables, ports=(), macs=None, may_learn=False, ext=None):
         self.tables = tables                       # table id -> classifier.Table
         self.ports = list(ports)
         self.macs = macs
         self.may_learn = may_learn
+        self.ext = ext                             # groups and meters (openflow.groups.Tables), if any
 
-    def translate(self, flow):
+    def translate(self, flow, start=None):
+        """start: actions to run instead of looking the flow up in table 0 (a packet-out's)."""
         ctx = _Ctx(self, flow)
         unwildcard(ctx.wc, "in_port", FIELDS["in_port"].full)   # a datapath flow is per input port
-        ctx.table(0, 0)
+        if start is None:
+            ctx.table(0, 0)
+        else:
+            ctx.actions(start, 0, 0)
         if not any(a[0] in ("output", "controller") for a in ctx.out):
             ctx.out = [["drop"]]
         elif len(ctx.out) > MAX_ACTIONS:
             # as Open vSwitch: a translation too big for the datapath drops, with an error
             ctx.error = f"{len(ctx.out)} datapath actions, more than the datapath's {MAX_ACTIONS}"
             ctx.out = [["drop"]]
-        return Result(ctx.out, ctx.wc, ctx.trace, ctx.rules, ctx.controller, ctx.error)
+        return Result(ctx.out, ctx.wc, ctx.trace, ctx.rules, ctx.controller, ctx.error, ctx.pins)
 
 
 class _Ctx:
@@ -65,6 +71,8 @@ class _Ctx:
         self.stop = False
         self.resubmits = 0
         self.touched = {}                          # field -> bits written by set actions
+        self.pins = []                             # packet-ins: where, why, which table and rule
+        self.rule, self.tid = None, 0              # the rule whose actions run, and its table
 
     def table(self, tid, depth, lookup_in_port=None):
         t = self.x.tables.get(tid)
@@ -78,7 +86,10 @@ class _Ctx:
         if rule is None:
             return                                  # table miss: drop
         self.rules.append(rule)
+        outer = self.rule, self.tid
+        self.rule, self.tid = rule, tid
         self.actions(rule.actions, tid, depth)
+        self.rule, self.tid = outer
 
     def actions(self, acts, tid, depth):
         for a in acts:
@@ -98,7 +109,10 @@ class _Ctx:
             elif k == "drop":
                 self.stop = True
             elif k == "controller":
-                self.to_controller("action")
+                self.to_controller("action", a[1])
+            elif k in ("group", "meter"):
+                if self.x.ext is not None:
+                    self.x.ext.xlate(self, a, lambda acts: self.actions(acts, tid, depth))
             elif k == "set_field":
                 _, f, v, m = a
                 self.flow[f] = (self.flow[f] & ~m) | (v & m)
@@ -133,10 +147,14 @@ class _Ctx:
             elif k == "goto_table":
                 self.resubmit(None, a[1], depth)
 
-    def to_controller(self, reason):
+    def to_controller(self, reason, max_len=0xFFFF):
         """A packet-in: only the slow path can do it, so flows with one are not cached."""
         self.controller += 1
         self.commit()
+        r = self.rule
+        self.pins.append({"at": len(self.out), "reason": reason, "max_len": max_len, "table": self.tid,
+                          "cookie": r.cookie if r is not None else 0, "metadata": self.flow["metadata"],
+                          "table_miss": r is not None and r.priority == 0 and not r.match})
         self.out.append(["controller", reason])
 
     def resubmit(self, port, tid, depth):
