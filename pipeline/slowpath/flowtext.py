@@ -450,8 +450,10 @@ def format_rule(r, stats=None):
     if r.hard_timeout:
         head.append(f"hard_timeout={r.hard_timeout}")
     mtext = ",".join(x for x in (f"priority={r.priority}" if r.priority != 32768 else "", format_match(r.match)) if x)
-    if r.flags:                                     # ovs-ofctl's place for them: "send_flow_rem priority=..."
+    if r.flags and stats is not None:              # dump-flows shows them as "send_flow_rem priority=..."
         mtext = " ".join(list(r.flags) + ([mtext] if mtext else []))
+    elif r.flags:
+        head += list(r.flags)
     if stats is not None:     # dump-flows shape: "cookie=..., duration=..., ..., priority=P,match actions=..."
         return ", ".join(head + ([mtext] if mtext else [])) + f" actions={format_actions(r.actions)}"
     return ",".join(head + ([mtext] if mtext else []) + [f"actions={format_actions(r.actions)}"])
