@@ -52,8 +52,9 @@ def norm(text):
 class Client:
     """A bare controller-side connection: sends bytes, reads whole messages."""
 
-    def __init__(self, port, host="127.0.0.1", hello=True):
-        self.s = socket.create_connection((host, port), timeout=10)
+    def __init__(self, port, host="127.0.0.1", hello=True, sock=None):
+        """sock: a connection the switch made (to a test acting as its controller)."""
+        self.s = sock or socket.create_connection((host, port), timeout=10)
         self.buf = b""
         if hello:
             from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -107,3 +108,21 @@ def dp():
     """A stand-in datapath for os-ken's message classes."""
     from pipeline.slowpath.openflow.codec import DP
     return DP
+
+
+class Controller:
+    """A listening socket the switch connects to (its `controller`): accept() -> Client."""
+
+    def __init__(self):
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(4)
+        self.port = self.ls.getsockname()[1]
+
+    def accept(self, timeout=30):
+        self.ls.settimeout(timeout)
+        s, _ = self.ls.accept()
+        return Client(0, sock=s)
+
+    def close(self):
+        self.ls.close()

@@ -15,6 +15,7 @@ from pipeline.slowpath.openflow import codec, parse_target
 MAX_OUT = 8 << 20              # bytes queued for a controller: past it, packet-ins are dropped (counted)
 MAX_IN = 1 << 20               # bytes read ahead while a connection waits (barrier, stats)
 READ = 1 << 16
+PASSIVE_PROBE_S = 60.0
 
 
 def _family(host):
@@ -24,8 +25,8 @@ def _family(host):
 class Conn:
     """A connection after TCP is up: framing and the per-connection OpenFlow state."""
 
-    def __init__(self, sock, name, probe_s):
-        self.sock, self.name, self.probe_s = sock, name, probe_s
+    def __init__(self, sock, name, probe_s, passive=False):
+        self.sock, self.name, self.probe_s, self.passive = sock, name, probe_s, passive
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -38,7 +39,9 @@ class Conn:
         self.echo_sent = None
         self.xid = 0
         self.role = ofp.OFPCR_ROLE_EQUAL
-        self.miss_send_len = 128             # OFP_DEFAULT_MISS_SEND_LEN
+        # OFP_DEFAULT_MISS_SEND_LEN; a management connection (passive) gets asynchronous
+        # messages only once it sets one (Open vSwitch's rule for service connections)
+        self.miss_send_len = 0 if passive else 128
         self.config_flags = 0
         self.set_async_defaults()
         self.wait = None                # (ready(), on_ready(), deadline): later messages wait
@@ -56,7 +59,7 @@ class Conn:
 
     def wants(self, kind, reason):
         """Whether this connection is sent an asynchronous message of `kind` for `reason`."""
-        if not self.negotiated:
+        if not self.negotiated or (self.passive and not self.miss_send_len):
             return False
         masks = self.async_masks[kind]
         return bool(masks[1 if self.role == ofp.OFPCR_ROLE_SLAVE else 0] >> reason & 1)
@@ -243,7 +246,8 @@ class Listener:
                 s, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError, OSError):
                 break
-            c = Conn(s, f"ptcp:{addr[0]}:{addr[1]}", self.probe_s)
+            # a management tool is probed less eagerly (Open vSwitch's service connections: 60 s)
+            c = Conn(s, f"ptcp:{addr[0]}:{addr[1]}", max(self.probe_s, PASSIVE_PROBE_S), passive=True)
             self.conns.append(c)
             new.append(c)
         return new

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from pipeline.slowpath.classifier import unwildcard
+from pipeline.slowpath.fields import ETH_IP, ETH_IPV6
 from pipeline.slowpath.flowtext import FlowError, parse_actions
 from pipeline.slowpath.openflow.codec import OFError
 from pipeline.slowpath.openflow.flows import actions_text, port_to_flow
@@ -19,9 +20,6 @@ MAX_GROUPS = 4096
 MAX_BUCKETS = 64
 MAX_METERS = 1024                  # the fast path's meter slots (VP_MAX_METERS)
 MAX_GROUP_DEPTH = 8                # groups chained through buckets
-# the fields SELECT hashes (OVS's default selection: a symmetric L4 hash)
-SELECT_FIELDS = ("dl_src", "dl_dst", "dl_type", "vlan_tci", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_proto",
-                 "tp_src", "tp_dst")
 
 
 @dataclass
@@ -223,13 +221,22 @@ class Tables:
         if not live:
             return None
         f = ctx.flow
-        key = []
-        for name in SELECT_FIELDS:
+        # OVS's default selection: a symmetric hash of addresses and ports (both directions
+        # of a connection pick the same bucket); the fields hashed join the megaflow, only
+        # those the packet has
+        src, dst, other = ["dl_src"], ["dl_dst"], ["dl_type"]
+        if f.get("dl_type") in (ETH_IP, ETH_IPV6):
+            v6 = f["dl_type"] == ETH_IPV6
+            src.append("ipv6_src" if v6 else "nw_src")
+            dst.append("ipv6_dst" if v6 else "nw_dst")
+            other.append("nw_proto")
+            if f.get("nw_proto") in (6, 17, 132):
+                src.append("tp_src")
+                dst.append("tp_dst")
+        for name in src + dst + other:
             unwildcard(ctx.wc, name, _full(name))
-            key.append(f.get(name, 0))
-        # symmetric: both directions of a connection pick the same bucket
-        a, b = sorted([(key[0], key[4], key[6], key[9]), (key[1], key[5], key[7], key[10])])
-        h = zlib.crc32(repr((a, b, key[2], key[3] & 0x0FFF, key[8])).encode())
+        ends = sorted([tuple(f[n] for n in src), tuple(f[n] for n in dst)])
+        h = zlib.crc32(repr((ends, [f[n] for n in other])).encode())
         total = sum(x.weight for x in live)
         pick = h % total
         for x in live:
