@@ -331,7 +331,8 @@ class Upcalls:
             if self.reval_wanted > self.reval_acked and self.up:
                 # the slow path waits on this (an OpenFlow barrier, fresh counters)
                 self.reval_acked = self.reval_wanted
-                self.outq += channel.encode({"v": channel.VERSION, "t": "revalidated", "seq": self.reval_acked})
+                self.outq += channel.encode({"v": channel.VERSION, "t": "revalidated", "seq": self.reval_acked,
+                                             "cached": self.dp.c.flows.count + self.dp.c.mflows.count})
 
     def _revalidated(self, flows):
         self.reval_outstanding = max(0, self.reval_outstanding - 1)

@@ -41,6 +41,7 @@ class Client:
         self.out = bytearray()              # encoded messages the socket has not taken yet
         self.gone = False
         self.reval_acked = 0                # the last revalidate_request seq whose round it finished
+        self.cached = None                  # flows it caches, as of then (None: some, or unknown)
 
 
 class SlowPath:
@@ -153,8 +154,9 @@ class SlowPath:
         if t == "revalidate":
             return self.revalidate(msg)
         if t == "revalidated":
-            if isinstance(msg.get("seq"), int):
-                client.reval_acked = max(client.reval_acked, msg["seq"])
+            if isinstance(msg.get("seq"), int) and msg["seq"] > client.reval_acked:
+                client.reval_acked = msg["seq"]
+                client.cached = msg.get("cached") if type(msg.get("cached")) is int else None
             return None
         if t == "stats_reply":
             if self.agent:
@@ -180,6 +182,8 @@ class SlowPath:
                 self.st["slow_flows"] += 1
             out_flows.append({"id": f["id"], "actions": res.actions, "mask": res.wc})
         self.st["flows"] += len(flows)
+        if out_flows:
+            client.cached = None                      # it may cache these
         for p in pkts:
             if not (isinstance(p, list) and len(p) in (3, 4) and isinstance(p[0], int) and isinstance(p[2], bytes)
                     and (len(p) == 3 or isinstance(p[3], bytes))):
@@ -318,6 +322,10 @@ class SlowPath:
     def revalidated_through(self, seq):
         """Every worker has rechecked its cached flows since request `seq` was sent."""
         return all(cl.reval_acked >= seq for cl in self.clients.values())
+
+    def caches_empty(self):
+        """No worker caches a flow (a rule change then needs no revalidation to be in effect)."""
+        return all(cl.cached == 0 for cl in self.clients.values())
 
     def stats_fresh(self):
         """The moment up to which every worker's flow counters have reached the rules."""
