@@ -415,8 +415,7 @@ class SlowPath:
             if self.ofproto.expire(fresh=fresh):
                 self.try_save_rules("after rules timed out")
                 self.request_revalidation()           # what the expired rules did must go
-            elif fresh is not None and any(r.idle_timeout and now - r.used >= r.idle_timeout
-                                           for r in self.ofproto.rules()):
+            elif getattr(self.ofproto, "idle_unsure", False):
                 self.request_revalidation()           # idle by the counters it has: fresh ones first
         if self.counted and now - self.last_state >= self.state_every:
             self.save_state()
@@ -523,7 +522,7 @@ def serve(path, slow, stop=lambda: False, control_path=None):
                 if cl is not None:
                     slow.read(cl)
             if agent:
-                agent.poll()
+                agent.poll(set(r))
     finally:
         if slow.agent:
             slow.agent.close()

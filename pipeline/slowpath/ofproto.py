@@ -90,9 +90,13 @@ class OFProto:
         the fast path still uses looks idle until they have); default now."""
         now = time.monotonic() if now is None else now
         fresh = now if fresh is None else fresh
-        gone = [r for r in self.rules()
-                if (r.hard_timeout and now - self.created.get(id(r), now) >= r.hard_timeout)
-                or (r.idle_timeout and fresh - r.used >= r.idle_timeout)]
+        gone, self.idle_unsure = [], False        # idle by now, not yet by the counters it has
+        for r in self.rules():
+            if (r.hard_timeout and now - self.created.get(id(r), now) >= r.hard_timeout) \
+                    or (r.idle_timeout and fresh - r.used >= r.idle_timeout):
+                gone.append(r)
+            elif r.idle_timeout and now - r.used >= r.idle_timeout:
+                self.idle_unsure = True
         for r in gone:
             self.tables[r.table].remove(r)
             if self.on_removed is not None:

@@ -60,6 +60,7 @@ class Agent:
         self.dirty = False                         # rules changed since rules.flows was written
         self.saving = None                         # a save in progress (steps)
         self.last_save = 0.0
+        self.save_every = SAVE_EVERY_S             # longer for large tables: saving stays a small share
         self.reval_due = None                      # rules changed: revalidation to request at this time
         self.stats_id = 0
         self.stats_replies = {}                    # request id -> {client: reply}
@@ -82,19 +83,22 @@ class Agent:
     def busy(self):
         return any(c.stream is not None or (c.wait is None and len(c.inbuf) >= 8) for c in self.conns)
 
-    def poll(self):
-        """A turn: connections made and accepted, read, answered and written."""
+    def poll(self, readable=None):
+        """A turn: connections made and accepted, read, answered and written. readable:
+        the sockets select() found readable (None: try them all)."""
         now = time.monotonic()
         for r in self.remotes:
-            c = r.step(now)
-            if c is not None:
-                self._add(c)
-        if self.listener:
+            if r.conn is None or r.conn.closed:
+                c = r.step(now)
+                if c is not None:
+                    self._add(c)
+        if self.listener and (readable is None or self.listener.sock in readable):
             for c in self.listener.accept():
                 self._add(c)
         deadline = now + TURN_S
         for c in list(self.conns):
-            c.fill()
+            if readable is None or c.sock in readable:
+                c.fill()
             self._run(c, deadline)
             c.flush()
             c.keepalive(now)
@@ -224,6 +228,7 @@ class Agent:
             return
         self.reval_due = None
         seq = self.slow.request_revalidation()
+        self.st["barriers_waited"] = self.st.get("barriers_waited", 0) + 1
 
         def done(ok):
             if not ok:
@@ -667,12 +672,14 @@ class Agent:
                 next(self.saving)
             except StopIteration:
                 self.saving = None
+                # a table that takes long to write is written less often (~5% of the time)
+                self.save_every = max(SAVE_EVERY_S, 20 * (time.monotonic() - self.last_save))
             except OSError as e:
                 self.saving = None
                 self.dirty = True
                 self.st["save_errors"] = self.st.get("save_errors", 0) + 1
                 print(f"valepipe-slowpath: openflow: cannot save the rules: {e}", file=sys.stderr)
-        elif self.dirty and now - self.last_save >= SAVE_EVERY_S:
+        elif self.dirty and now - self.last_save >= self.save_every:
             self._start_save()
         if self.reval_due is not None and now >= self.reval_due:
             self.reval_due = None
