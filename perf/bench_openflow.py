@@ -96,19 +96,23 @@ def round_trips(seconds, window, tmp):
                               "04d2003500080000") + bytes(18)
         out_hdr = struct.pack("!IIH6x", ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER, 16) + \
             struct.pack("!HHIH6x", ofp.OFPAT_OUTPUT, 16, 2, 0)
-        done = sent = 0
+        done = sent = pins = lost = 0
         with PortPeer(f"shm:{tag}a") as a, PortPeer(f"shm:{tag}b") as b:
-            c.s.setblocking(True)
             t0 = time.perf_counter()
             end = t0 + seconds
             while time.perf_counter() < end:
-                if sent - done < window:
-                    a.send([frame] * (window - (sent - done)))
-                    sent += window - (sent - done)
-                v, t, xid, raw = c.recv(timeout=5)
+                if sent - pins - lost < window:
+                    n = window - (sent - pins - lost)
+                    a.send([frame] * n)
+                    sent += n
+                try:
+                    v, t, xid, raw = c.recv(timeout=0.5)
+                except TimeoutError:
+                    lost = sent - pins                       # dropped on the way up (counted by the switch)
+                    continue
                 if t == ofp.OFPT_PACKET_IN:
-                    data = raw[-len(frame):]                  # the whole frame (no max_len cut)
-                    body = out_hdr + data
+                    pins += 1
+                    body = out_hdr + raw[-len(frame):]       # the whole frame (no max_len cut)
                     c.send(struct.pack("!BBHI", 4, ofp.OFPT_PACKET_OUT, 8 + len(body), xid) + body)
                 done += len(b.recv())
             dt = time.perf_counter() - t0
