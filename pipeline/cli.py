@@ -43,13 +43,20 @@ def _numbers(above_zero=(), at_least_zero=()):
                 _fail(f"{opt} must be a finite number {what} (at most 1e12), not {v}")
 
 
+def _check_cpu(cpu):
+    """--cpu N: one of this machine's CPUs (a negative one was a ValueError traceback)."""
+    n = os.cpu_count() or 1
+    if cpu is not None and not 0 <= cpu < n:
+        _fail(f"--cpu must be a CPU number, 0..{n - 1} here, not {cpu}")
+
+
 def _pin(cpu):
     if cpu is not None:
         from pipeline import hostos
         try:
             hostos.set_cpus({cpu})
-        except OSError as e:
-            _fail(f"cannot pin to CPU {cpu}: {e.strerror}")
+        except (OSError, ValueError) as e:
+            _fail(f"cannot pin to CPU {cpu}: {getattr(e, 'strerror', None) or e}")
 
 
 def _live(interval, as_json):
@@ -91,6 +98,8 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
         log_file: Optional[str] = typer.Option(None, help="with --detach: its messages go here "
                                                "(default: RUN_DIR/../NAME.log)"),
         cpu: Optional[int] = typer.Option(None, help="pin the worker to this CPU"),
+        run_dir: Optional[str] = typer.Option(None, "--run-dir", help="the run directory (default: [pipeline] "
+                                              "run_dir, else the user's default, e.g. /run/valepipe/NAME)"),
         mirror: List[str] = typer.Option([], help="PORT=FILE: write what PORT (ofport or uri) sends to a pcap "
                                          "file (tcpdump -r FILE); repeatable, one file per port"),
         supervised: bool = typer.Option(True, "--supervise/--no-supervise",
@@ -102,22 +111,25 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     if interval < 0.1:
         _fail(f"--interval must be at least 0.1 s, not {interval:g}")
     try:
-        cfg = cfgmod.load(config, rules=True)
+        cfg = cfgmod.load(config, rules=True, run_dir=run_dir)
         cfgmod.add_mirrors(cfg, mirror)
     except cfgmod.ConfigError as e:
         _fail(str(e))
     _numbers(above_zero=(("--duration", duration), ("--interval", interval)))
+    _check_cpu(cpu)
+    if (pid_file or log_file) and not detach:
+        _fail("--pid-file and --log-file go with --detach")
     for what, path in (("--stats-json", stats_json), ("--ready-file", ready_file), ("--pid-file", pid_file),
                        ("--log-file", log_file)):
         if path:
             _writable(what, path)
-    if (pid_file or log_file) and not detach:
-        _fail("--pid-file and --log-file go with --detach")
     deadline = time.monotonic() + duration if duration else None
     quiet = quiet or detach
     ready_fd = _daemonize(cfg, pid_file, log_file) if detach else None
+    _set_title(f"valepipe run {cfg.name} (supervisor)" if supervised else f"valepipe run {cfg.name} (worker)")
     metrics = _start_metrics(cfg) if cfg.metrics_listen else None
-    ready = dict(file=ready_file, fd=ready_fd, metrics=metrics and metrics.address)
+    ready = dict(file=ready_file, fd=ready_fd, metrics=metrics and metrics.address, json=as_json,
+                 supervisor=os.getpid())
     run_one = lambda restarts, held=None: _run_worker(cfg, deadline, interval, quiet, as_json,  # noqa: E731
                                                       stats_json, cpu, restarts, ready, held)
     held = None
@@ -126,10 +138,11 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
             signal.signal(signal.SIGHUP, lambda *_: _reload_rules(cfg))
             code = run_one(0)
         else:
+            from ring.region import remove_stale_of
             give_up = crash_leftovers(cfg)          # decided before anything of this run exists
             held = _takeover(cfg)                   # the shm: rings and the counters' journal outlive each worker
             code = supervise(lambda restarts: run_one(restarts, held), give_up=give_up,
-                             on_hup=lambda: _reload_rules(cfg))
+                             on_hup=lambda: _reload_rules(cfg), after_crash=remove_stale_of)
     finally:
         if held:
             held.close()
@@ -151,11 +164,17 @@ def _takeover(cfg):
 
 
 def _writable(what, path):
-    """Refuse at once a file the run could not write at its end (its counters would be lost)."""
+    """Refuse at once a file the run could not write at its end (its counters would be
+    lost), or should not: a link, FIFO or another user's file (pipeline/userfiles.py)."""
+    from pipeline import userfiles
     d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):
         _fail(f"{what} {path}: no directory {d}")
-    if os.path.isdir(path) or not os.access(d, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+    try:
+        userfiles.check_place(path, what)
+    except userfiles.UserFileError as e:
+        _fail(str(e))
+    if not os.access(d, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         _fail(f"{what} {path}: cannot write there")
 
 
@@ -170,20 +189,29 @@ def _daemonize(cfg, pid_file, log_file):
     """--detach: the foreground process waits for the pipeline's ready line (or its
     failure) and exits with it; the pipeline goes on in a new session, its messages in the
     log file. Returns the fd the worker writes its ready line to."""
+    from pipeline import userfiles
     log = log_file or os.path.join(os.path.dirname(os.path.abspath(cfg.run_dir)), cfg.name + ".log")
-    try:
-        logfd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    except OSError as e:
-        _fail(f"--log-file {log}: {e.strerror}")
+    pidfd = None
+    made = [p for p in (log, pid_file) if p and not os.path.lexists(p)]
+    try:                    # both opened here, so a refusal is one line and nothing has started
+        logfd = userfiles.open_write(log, "--log-file", append=True, mode=0o600)
+        if pid_file:
+            pidfd = userfiles.open_write(pid_file, "--pid-file")
+    except userfiles.UserFileError as e:
+        for p in made:
+            _unlink(p)
+        _fail(str(e))
     r, w = os.pipe()
     sys.stdout.flush()
     pid = os.fork()
     if pid:
         os.close(w)
         os.close(logfd)
+        if pidfd is not None:
+            os.close(pidfd)
         with os.fdopen(r) as f:
             line = f.readline().strip()
-        if not line.startswith("ready"):
+        if not line.startswith(("ready ", '{"event": "ready"')):
             _fail(f"pipeline {cfg.name!r} did not start: {line or 'see ' + log}", 1)
         print(line, flush=True)
         os._exit(0)
@@ -195,9 +223,9 @@ def _daemonize(cfg, pid_file, log_file):
     os.dup2(logfd, 2)
     os.close(null)
     os.close(logfd)
-    if pid_file:
-        with open(pid_file, "w") as f:
-            f.write(f"{os.getpid()}\n")
+    if pidfd is not None:
+        os.write(pidfd, f"{os.getpid()}\n".encode())
+        os.close(pidfd)
     return w
 
 
@@ -249,14 +277,19 @@ def _reload_rules(cfg):
 
 def _announce_ready(w, ready, restarts):
     """The ready line (stdout, or the --detach parent) and --ready-file, once forwarding."""
-    info = {"name": w.cfg.name, "pid": os.getpid(), "run_dir": os.path.abspath(w.run_dir),
-            "metrics": ready.get("metrics")}
-    line = "ready " + " ".join(f"{k}={v}" for k, v in info.items() if v is not None)
+    from pipeline import userfiles
+    # pid: the pipeline's (what --pid-file holds, where signals go); worker_pid: the process
+    # that forwards (a new one after a crash)
+    info = {"name": w.cfg.name, "pid": ready.get("supervisor", os.getpid()), "worker_pid": os.getpid(),
+            "run_dir": os.path.abspath(w.run_dir), "metrics": ready.get("metrics")}
+    info = {k: v for k, v in info.items() if v is not None}
+    line = (json.dumps({"event": "ready", **info}) if ready.get("json") else
+            "ready " + " ".join(f"{k}={v}" for k, v in info.items() if v is not None))
     if ready.get("file"):
-        tmp = ready["file"] + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(info, f)
-        os.replace(tmp, ready["file"])
+        try:
+            userfiles.write_text(ready["file"], "--ready-file", json.dumps(info))
+        except userfiles.UserFileError as e:
+            print(f"valepipe: {e}", file=sys.stderr, flush=True)
     if ready.get("fd") is not None:
         try:
             os.write(ready["fd"], (line + "\n").encode())
@@ -285,6 +318,8 @@ def _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu, restar
     except typer.Exit as e:          # the child's exit code, for the supervisor
         return e.exit_code
     w.restarts = restarts
+    w.supervisor_pid = ready.get("supervisor", os.getpid())
+    _set_title(f"valepipe run {cfg.name} (worker)")
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())
     _announce_ready(w, ready, restarts)
@@ -312,16 +347,23 @@ def _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu, restar
     final = w.stats()
     w.close()
     if stats_json:
+        from pipeline import userfiles
         try:
-            with open(stats_json, "w") as f:
+            with os.fdopen(userfiles.open_write(stats_json, "--stats-json"), "w") as f:
                 json.dump(final, f, indent=1)
         except OSError as e:
-            print(f"valepipe: --stats-json {stats_json}: {e.strerror}", file=sys.stderr)
+            print(f"valepipe: {e if isinstance(e, userfiles.UserFileError) else e.strerror}", file=sys.stderr)
             return 1
     if not quiet and not as_json:
         from pipeline.rates import render, since_start
         print(render(final, since_start(final)))
     return 0
+
+
+def _set_title(title):
+    """What ps shows for this process: supervisor and worker are told apart."""
+    from pipeline import hostos
+    hostos.set_title(title)
 
 
 def _traffic_lines(what, counter, quiet):
@@ -967,13 +1009,15 @@ def topo_down(file: str = typer.Argument(..., help="the topology file given to `
     _linux_only("valepipe topo")
     from tools import topo
     try:
-        made, errors = topo.down(file)
+        made, errors, gone = topo.down(file)
     except topo.TopoError as e:
         _fail(str(e))
     if as_json:
-        _print_json({"removed": [m for m in made if str(m) not in map(str, errors)], "errors": [str(e) for e in errors]})
+        _print_json({"removed": len(made) - len(errors) - len(gone), "created": made, "errors": errors,
+                     "already_gone": gone})
         raise typer.Exit(1 if errors else 0)
-    print(f"removed {len(made) - len(errors)} of {len(made)} created objects")
+    print(f"removed {len(made) - len(errors) - len(gone)} of {len(made)} created objects"
+          + (f"; already gone: {', '.join(gone)}" if gone else ""))
     for e in errors:
         print(f"could not remove {e}", file=sys.stderr)
     if errors:
