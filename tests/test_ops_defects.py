@@ -259,3 +259,27 @@ def test_stats_watch_says_why_it_stopped_in_a_terminal(uniq, pipeline_factory):
         os.close(fd)
     tail = out.decode(errors="replace").rsplit("\x1b", 1)[-1]     # after the display's last escape sequence
     assert os.WEXITSTATUS(status) == 1 and "stopped watching" in tail, out[-600:]
+
+
+def test_sink_counts_only_its_own_time_and_gen_summary_ends_with_its_pipeline(uniq, pipeline_factory, processes):
+    pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")))
+    # 30 frames wait in b's ring with nobody there; a sink started later counts only what
+    # comes after it (it counted them), and says how many it found waiting
+    assert json.loads(vp("gen", f"shm:{uniq}a", "--count", "30", "--json").stdout)["sent"] == 30
+    assert wait_for(lambda: pipe.stats()["ports"][1]["tx_packets"] == 30)
+    sink = processes([sys.executable, "-m", "pipeline.cli", "sink", f"shm:{uniq}b", "--idle-stop", "3", "--json"],
+                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    assert json.loads(vp("gen", f"shm:{uniq}a", "--count", "20", "--json").stdout)["sent"] == 20
+    res = json.loads(sink.communicate(timeout=60)[0])
+    assert res["received"] == 20 and res["discarded_at_start"] == 30, res
+    # a generator whose pipeline goes away for good: its summary covers the sending, not
+    # the 10 s it then waited for the pipeline to come back
+    gen = processes([sys.executable, "-m", "pipeline.cli", "gen", f"shm:{uniq}a", "--rate", "1000", "--duration", "60",
+                     "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: pipe.stats()["ports"][0]["rx_packets"] > 1000, 20)
+    pipe.stop()
+    out, err = gen.communicate(timeout=60)
+    res = json.loads(out)
+    assert gen.returncode == 1 and "did not come back" in err
+    assert res["seconds"] < 8 and res["sent"] / res["seconds"] > 500, res
