@@ -59,6 +59,9 @@ def test_one_line_errors_not_tracebacks(uniq, tmp_path):
     for args, says in cases.items():
         err = one_line_error(vp(*args))
         assert says in err, (args, err)
+    # a shared directory as run directory: refused with advice that does not break the host
+    err = one_line_error(vp("run", ok, "--run-dir", "/tmp"))
+    assert "open to other users" in err and "chmod" not in err, err
     # check says ok only when run would start: 70 ports was "ok", then a DatapathError
     assert vp("check", ok).returncode == 0
 
