@@ -715,7 +715,10 @@ def trace(flow: Optional[str] = typer.Argument(None, help="'in_port=1,tcp,nw_dst
         items = [flow] if file is None else [t for _, t in rulefile.read(file)]
     except rulefile.RuleFileError as e:
         _fail(str(e))
-    results = _slowpath(name, run_dir, "trace-many", flows=items)
+    from pipeline.slowpath.ofctl import MAX_TRACE
+    results = []            # a file of any length: in requests of what the slow path takes at once
+    for i in range(0, len(items), MAX_TRACE):
+        results += _slowpath(name, run_dir, "trace-many", flows=items[i:i + MAX_TRACE])
     if as_json:
         _print_json(results if file is not None else results[0])
         raise typer.Exit(1 if any(r.get("error") and "text" not in r for r in results) else 0)

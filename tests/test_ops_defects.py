@@ -75,6 +75,9 @@ def test_run_time_and_trace_consistency(uniq, pipeline_factory):
     assert "not a rule" in err, err
     r = vp("trace", "in_port=1,udp", "--name", uniq)
     assert r.returncode == 0 and "Datapath actions: 2" in r.stdout, r.stderr
+    # more flows in one file than the slow path takes in one request: sent in several
+    r = vp("trace", "--file", "-", "--json", "--name", uniq, input="in_port=1,udp,tp_dst=53\n" * 10050)
+    assert r.returncode == 0 and len(json.loads(r.stdout)) == 10050, r.stderr[-300:]
     # ovs-ofctl's exact cookie mask
     assert vp("add-flow", "cookie=0x5,priority=5,in_port=2,actions=drop", "--name", uniq).returncode == 0
     r = vp("dump-flows", "cookie=0x5/-1", "--name", uniq)
