@@ -163,7 +163,8 @@ def test_list_ports_stats_pids_and_titles(uniq, pipeline_factory, tmp_path):
     worker, supervisor = st["pid"], pipe.proc.pid
     # ps tells the two apart, and names the pipeline
     titles = {pid: open(f"/proc/{pid}/cmdline").read().replace("\0", " ").strip() for pid in (worker, supervisor)}
-    assert titles[supervisor] == f"valepipe run {uniq} (supervisor)" and titles[worker] == f"valepipe run {uniq} (worker)"
+    assert titles[supervisor] == f"valepipe run {uniq} (supervisor)"
+    assert titles[worker] == f"valepipe run {uniq} (worker)"
     assert st["supervisor_pid"] == supervisor and os.path.isabs(st["config"])
     listed = {r["name"]: r for r in json.loads(vp("list", "--json").stdout)}[uniq]
     assert listed["pid"] == supervisor and listed["worker_pid"] == worker and listed["config"] == st["config"]
