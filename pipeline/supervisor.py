@@ -19,10 +19,11 @@ EXIT_REFUSED = 2              # the worker refused its config or ports at start:
 WINDOW_S = 60.0
 
 
-def supervise(start_worker, give_up=lambda: None, on_hup=None):
+def supervise(start_worker, give_up=lambda: None, on_hup=None, after_crash=lambda pid: None):
     """start_worker(restarts) runs a worker in a child process and returns its exit code;
-    give_up() clears what a crashed worker leaves behind, when no worker will follow;
-    on_hup() runs here (not in the worker) on SIGHUP."""
+    after_crash(pid) clears what a worker killed by a signal left that its successor will
+    not replace (regions of ports it added at run time); give_up() clears the rest, when
+    no worker will follow; on_hup() runs here (not in the worker) on SIGHUP."""
     restarts, crashes, stopping = 0, [], []
     child = [0]
 
@@ -62,6 +63,7 @@ def supervise(start_worker, give_up=lambda: None, on_hup=None):
             os.kill(pid, stopping[0])
         _, status = os.waitpid(pid, 0)
         child[0] = 0
+        after_crash(pid)                # a scan: finds nothing of a worker that cleaned up after itself
         if os.WIFEXITED(status):
             code = os.WEXITSTATUS(status)
             if code in (0, EXIT_REFUSED) or stopping:
@@ -99,7 +101,8 @@ def crash_leftovers(cfg):
         _wait_closed(os.path.join(run_dir, "slowpath.ctl"), timeout=5.0)
         for spec in cfg.ports:
             if spec["uri"].startswith("shm:"):
-                remove_stale(parse_shm_uri(spec["uri"])[1])
+                for name in set(parse_shm_uri(spec["uri"])):
+                    remove_stale(name)
         try:
             rundir.claim(run_dir)
         except (RuntimeError, OSError):

@@ -388,7 +388,7 @@ class Upcalls:
         """Idle flows leave the table; pending flows whose answer is overdue may miss again."""
         expired = ffi.new("uint32_t *")
         lib.vp_flow_sweep(self.dp.c, self.dp.idle_ns, PENDING_TIMEOUT_NS, expired)
-        lib.vp_megaflow_sweep(self.dp.c, self.dp.idle_ns)
+        self.st["megaflows_removed"] += lib.vp_megaflow_sweep(self.dp.c, self.dp.idle_ns)     # idle: expired
         lib.vp_megaflow_rerank(self.dp.c)
         self.st["pending_expired"] += expired[0]
         old = time.monotonic() - PENDING_TIMEOUT_NS / 1e9

@@ -257,8 +257,10 @@ class Worker:
     def stats(self):
         st = self.dp.stats()
         st["uptime_s"] = round(time.monotonic() - self.started, 3)
-        st["name"], st["run_dir"], st["config"] = self.cfg.name, os.path.abspath(self.run_dir), self.cfg.path
-        st["pid"] = os.getpid()
+        st["name"], st["run_dir"] = self.cfg.name, os.path.abspath(self.run_dir)
+        st["config"] = os.path.abspath(self.cfg.path) if self.cfg.path else None      # as `list` shows it
+        st["pid"] = os.getpid()                      # the worker's; its supervisor's (valepipe run) beside it
+        st["supervisor_pid"] = getattr(self, "supervisor_pid", os.getpid())
         st["worker_restarts"] = getattr(self, "restarts", 0)
         st["upcall"] = dict(self.upcalls.st, channel_up=self.upcalls.up,
                             pending=len(self.upcalls.keys), slowpath_restarts=getattr(self, "slow_restarts", 0),

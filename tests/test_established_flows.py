@@ -22,6 +22,7 @@ def test_flood_on_one_port_spares_established_flows_of_another(uniq, pipeline_fa
     assert [r["unexplained"] for r in rows] == [0, 0], books_text(rows)
     # the flood was a flood: new flows refused or dropped on its port ...
     assert sum(flood["drops"].values()) > 0 and st["emc_evictions"] > 0
-    # ... and port 3's flow lost nothing to it
-    assert steady["sent"] > 100_000
+    # ... and port 3's flow (a quarter of its nominal 160,000 at least, on however loaded a
+    # machine: enough to have run through the flood) lost nothing to it
+    assert steady["sent"] > 40_000
     assert set(steady["drops"]) <= SINK_SIDE, books_text(rows)

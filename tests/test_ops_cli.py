@@ -261,7 +261,9 @@ def test_name_finds_a_pipeline_whatever_its_run_dir(uniq, pipeline_factory):
     r = cli("stats", "--name", uniq, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["run_dir"] == os.path.join(pipe.dir, "run")
     listed = {p["name"]: p for p in json.loads(cli("list", "--json").stdout)}
-    assert listed[uniq]["ports"] == [f"shm:{uniq}a", f"shm:{uniq}b"] and listed[uniq]["pid"] == pipe.stats()["pid"]
+    assert listed[uniq]["ports"] == [f"shm:{uniq}a", f"shm:{uniq}b"]
+    assert listed[uniq]["worker_pid"] == pipe.stats()["pid"]
+    assert listed[uniq]["pid"] == pipe.proc.pid and listed[uniq]["answering"]        # the supervisor: `run` itself
     assert uniq in cli("list").stdout
     for cmd in (["ports"], ["fdb-show"], ["dump-flows"], ["dump-megaflows"]):
         r = cli(*cmd, "--name", uniq, "--json")

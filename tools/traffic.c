@@ -5,6 +5,9 @@
 #include <string.h>
 #include <sched.h>
 #include <time.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 #include <arpa/inet.h>
 #include "traffic.h"
 #include "../bindings/netmap/port.h"
@@ -43,15 +46,36 @@ int vp_gen_build(uint8_t *frames, uint32_t stride, uint32_t nflows, uint32_t len
     return 0;
 }
 
+/* Paced sending: packet k of a schedule is due k/rate after it starts (1/rate apart).
+ * Falling behind by a scheduling delay (a loaded machine wakes a sleeper milliseconds
+ * late) is made up at once, so the rate holds; a sender held up for longer (ring full,
+ * its pipeline stopped) does not catch up afterwards in a burst: once more than 200 ms
+ * (or a batch) behind, the schedule restarts from now. Returns how many packets are due
+ * by `now` in all. */
+static uint64_t paced_due(struct vp_gen *g, uint64_t now) {
+    double gap = 1e9 / g->rate_pps;
+    if (!g->pace_ns) { g->pace_ns = now; g->pace_sent = g->sent; }
+    if (now < g->pace_ns) return g->sent;
+    double behind = (double)(now - g->pace_ns) / gap - (double)(g->sent - g->pace_sent);
+    double burst = g->rate_pps * 0.2;        /* 200 ms of packets, at least a batch */
+    if (burst < (double)g->batch) burst = (double)g->batch;
+    if (behind > burst) {
+        g->pace_ns = now;
+        g->pace_sent = g->sent;
+        return g->sent;
+    }
+    return g->pace_sent + (uint64_t)((double)(now - g->pace_ns) / gap);
+}
+
 /* one generator step: fill up to a batch of slots; returns how many were sent */
 static uint32_t gen_step(struct vp_gen *g, uint64_t now) {
     struct vp_ring *r = g->ring;
     uint32_t n = vp_ring_space(r), sent = 0;
     if (n > g->batch) n = g->batch;
     if (g->count && g->sent + n > g->count) n = (uint32_t)(g->count - g->sent);
-    if (g->rate_pps) {
-        uint64_t allowed = (now - g->start_ns) * g->rate_pps / 1000000000ull;
-        n = allowed > g->sent ? (uint32_t)(allowed - g->sent < n ? allowed - g->sent : n) : 0;
+    if (g->rate_pps > 0) {
+        uint64_t due = paced_due(g, now);
+        n = due > g->sent ? (uint32_t)(due - g->sent < n ? due - g->sent : n) : 0;
     }
     for (uint32_t i = 0; i < n; i++) {
         struct netmap_slot *s = vp_slot(r, vp_ring_produce(r));
@@ -122,7 +146,12 @@ static void idle(uint64_t *since, uint64_t now) {
 /* A paced generator with nothing due yet sleeps until its next packet is (at most a
  * slice away): --rate 10 costs ten wake-ups a second, not a spinning core. */
 static void pace_wait(const struct vp_gen *g, uint64_t now, uint64_t end) {
-    uint64_t due = g->start_ns + (g->sent + 1) * 1000000000ull / g->rate_pps;
+#ifdef __linux__
+    /* the default 50 us timer slack would stretch every wait of a fast paced sender */
+    static int slack_set;
+    if (!slack_set) { prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0); slack_set = 1; }
+#endif
+    uint64_t due = g->pace_ns + (uint64_t)((double)(g->sent - g->pace_sent + 1) * 1e9 / g->rate_pps);
     if (due > end) due = end;
     if (due > now) {
         uint64_t ns = due - now;
@@ -141,7 +170,7 @@ uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns) {
     if (g->frame_len > g->ring->buf_size) return 0;
     while (now - t0 < max_ns && !gen_done(g)) {
         if (gen_step(g, now)) since = 0;
-        else if (g->rate_pps && vp_ring_space(g->ring)) pace_wait(g, now, t0 + max_ns);
+        else if (g->rate_pps > 0 && vp_ring_space(g->ring)) pace_wait(g, now, t0 + max_ns);
         else idle(&since, now);
         now = vp_now_ns();
     }
