@@ -108,20 +108,27 @@ def check_match(buf, off, end):
     return (mlen + 7) // 8 * 8
 
 
-def check_actions(buf, off, end):
-    """Walk a list of actions; raises OFError for a bad length or an unknown type."""
+def _walk(buf, off, end, known, err, bad_len, unknown, experimenter, check_item):
+    """Walk a list of type-length items (actions or instructions): each of a known type
+    (`known`: type -> fixed length or None), a length that is a multiple of 8 and inside
+    the list; check_item(type, offset, length) looks inside. Raises OFError."""
     while off < end:
         if off + 4 > end:
-            raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_LEN, "action header cut short")
+            raise OFError(err, bad_len, "header cut short")
         t, ln = struct.unpack_from("!HH", buf, off)
-        if t not in ACTIONS:
-            code = ofp.OFPBAC_BAD_EXPERIMENTER if t == ofp.OFPAT_EXPERIMENTER else ofp.OFPBAC_BAD_TYPE
-            raise OFError(ofp.OFPET_BAD_ACTION, code, f"action type {t}")
-        if ln < 8 or ln % 8 or off + ln > end or (ACTIONS[t] is not None and ln != ACTIONS[t]):
-            raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_LEN, f"action type {t} length {ln}")
-        if t == ofp.OFPAT_SET_FIELD:
-            _check_set_field(buf, off, ln)
+        if t not in known:
+            raise OFError(err, experimenter[1] if t == experimenter[0] else unknown, f"type {t}")
+        if ln < 8 or ln % 8 or off + ln > end or (known[t] is not None and ln != known[t]):
+            raise OFError(err, bad_len, f"type {t} length {ln}")
+        check_item(t, off, ln)
         off += ln
+
+
+def check_actions(buf, off, end):
+    """Walk a list of actions; raises OFError for a bad length or an unknown type."""
+    _walk(buf, off, end, ACTIONS, ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_LEN, ofp.OFPBAC_BAD_TYPE,
+          (ofp.OFPAT_EXPERIMENTER, ofp.OFPBAC_BAD_EXPERIMENTER),
+          lambda t, o, ln: _check_set_field(buf, o, ln) if t == ofp.OFPAT_SET_FIELD else None)
 
 
 def _check_set_field(buf, off, ln):
@@ -136,18 +143,10 @@ def _check_set_field(buf, off, ln):
 
 
 def check_instructions(buf, off, end):
-    while off < end:
-        if off + 4 > end:
-            raise OFError(ofp.OFPET_BAD_INSTRUCTION, ofp.OFPBIC_BAD_LEN, "instruction header cut short")
-        t, ln = struct.unpack_from("!HH", buf, off)
-        if t not in INSTRUCTIONS:
-            code = ofp.OFPBIC_BAD_EXPERIMENTER if t == ofp.OFPIT_EXPERIMENTER else ofp.OFPBIC_UNKNOWN_INST
-            raise OFError(ofp.OFPET_BAD_INSTRUCTION, code, f"instruction type {t}")
-        if ln < 8 or ln % 8 or off + ln > end or (INSTRUCTIONS[t] is not None and ln != INSTRUCTIONS[t]):
-            raise OFError(ofp.OFPET_BAD_INSTRUCTION, ofp.OFPBIC_BAD_LEN, f"instruction type {t} length {ln}")
-        if t in (ofp.OFPIT_APPLY_ACTIONS, ofp.OFPIT_WRITE_ACTIONS):
-            check_actions(buf, off + 8, off + ln)
-        off += ln
+    _walk(buf, off, end, INSTRUCTIONS, ofp.OFPET_BAD_INSTRUCTION, ofp.OFPBIC_BAD_LEN, ofp.OFPBIC_UNKNOWN_INST,
+          (ofp.OFPIT_EXPERIMENTER, ofp.OFPBIC_BAD_EXPERIMENTER),
+          lambda t, o, ln: check_actions(buf, o + 8, o + ln)
+          if t in (ofp.OFPIT_APPLY_ACTIONS, ofp.OFPIT_WRITE_ACTIONS) else None)
 
 
 def _parse_list(parse, buf, off, end):

@@ -63,10 +63,7 @@ class Tables:
         """Apply a group_mod; returns the groups deleted (their rules go too)."""
         gid, cmd = m.group_id, m.command
         if cmd == ofp.OFPGC_DELETE:
-            gone = list(self.groups) if gid == ofp.OFPG_ALL else [gid] if gid in self.groups else []
-            for g in gone:
-                del self.groups[g]
-            return gone
+            return _delete(self.groups, gid, ofp.OFPG_ALL)
         if gid > ofp.OFPG_MAX:
             raise OFError(ofp.OFPET_GROUP_MOD_FAILED, ofp.OFPGMFC_INVALID_GROUP, f"group id {gid:#x}")
         if cmd not in (ofp.OFPGC_ADD, ofp.OFPGC_MODIFY):
@@ -133,10 +130,7 @@ class Tables:
     def meter_mod(self, m, now):
         mid, cmd = m.meter_id, m.command
         if cmd == ofp.OFPMC_DELETE:
-            gone = list(self.meters) if mid == ofp.OFPM_ALL else [mid] if mid in self.meters else []
-            for i in gone:
-                del self.meters[i]
-            return gone
+            return _delete(self.meters, mid, ofp.OFPM_ALL)
         if not 1 <= mid <= ofp.OFPM_MAX:
             raise OFError(ofp.OFPET_METER_MOD_FAILED, ofp.OFPMMFC_INVALID_METER, f"meter id {mid:#x}")
         if cmd not in (ofp.OFPMC_ADD, ofp.OFPMC_MODIFY):
@@ -254,6 +248,14 @@ class Tables:
         ctx.flow = saved
         if touched is not None:
             ctx.touched = touched
+
+
+def _delete(table, key, every):
+    """A group or meter delete: `key`, or all of them (`every`); returns the ids gone."""
+    gone = list(table) if key == every else [key] if key in table else []
+    for k in gone:
+        del table[k]
+    return gone
 
 
 # a bucket is an action set: its actions run in OpenFlow's action-set order
