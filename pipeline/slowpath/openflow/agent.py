@@ -795,5 +795,7 @@ def rewritten(frame, actions):
             op.kind, op.tpid, op.tci = lib.VP_OP_PUSH_VLAN, a[1], a[2]
         else:
             op.kind = lib.VP_OP_POP_VLAN
-        n = lib.vp_op_apply(op, buf, n, len(frame) + 4 * len(mods) + 64) or n
+        cap = len(frame) + 4 * len(mods) + 64
+        # one op at a time, with whichever entry point the execute stage has
+        n = (lib.vp_op_apply(op, buf, n, cap) if hasattr(lib, "vp_op_apply") else lib.vp_ops_apply(op, 1, buf, n, cap)) or n
     return bytes(ffi.buffer(buf, n))
