@@ -31,7 +31,7 @@
 #define VP_PERR_IPV6_EXT 7
 #define VP_PERR_L4_TRUNC 8
 #define VP_PERR_ND_BAD 9
-#define VP_PERR_IPV6_BAD 10
+#define VP_PERR_IPV6_BAD 10     /* not counted any more: OVS parses whatever the version says */
 #define VP_PERR_N 11
 
 /* drop reasons of the fast path (per datapath; ring errors are per ring) */
@@ -121,6 +121,13 @@ struct vp_batch {
 #define VP_F_NW_TTL 8
 #define VP_F_TP_SRC 9
 #define VP_F_TP_DST 10
+#define VP_F_ICMP 11           /* ICMP/ICMPv6 type and code, one 16-bit word */
+#define VP_F_IPV6_LABEL 12
+#define VP_F_ARP_OP 13
+#define VP_F_ARP_SPA 14
+#define VP_F_ARP_TPA 15
+#define VP_F_ARP_SHA 16
+#define VP_F_ARP_THA 17
 #define VP_MAX_OPS 16
 struct vp_op {
     uint8_t kind;
