@@ -122,10 +122,11 @@ def test_megaflow_is_narrow_where_rules_are():
     f.update(in_port=1, dl_type=0x0800, nw_dst=0x0A010203, tp_dst=80)
     res = x.translate(f)
     assert res.actions == [["output", 2]]
-    assert res.wc == {"in_port": 0xFFFF, "dl_type": 0xFFFF, "nw_dst": 0xFF000000}   # /8, not /32; no L4
+    # /8, not /32; no L4; an IP flow always carries its fragment bits (as in Open vSwitch)
+    assert res.wc == {"in_port": 0xFFFF, "dl_type": 0xFFFF, "nw_frag": 3, "nw_dst": 0xFF000000}
     f["dl_type"] = 0x86DD
     res = x.translate(f)
-    assert res.actions == [["output", 3]] and res.wc == {"in_port": 0xFFFF, "dl_type": 0xFFFF}
+    assert res.actions == [["output", 3]] and res.wc == {"in_port": 0xFFFF, "dl_type": 0xFFFF, "nw_frag": 3}
 
 
 def test_set_actions_are_committed_before_output():
