@@ -33,7 +33,8 @@ def make_run_dir(path):
 
 
 # what a pipeline keeps in its run directory while it runs
-RUN_FILES = ("worker.ctl", "slowpath.sock", "slowpath.ctl", "rules.flows", "rules.flows.tmp")
+RUN_FILES = ("worker.ctl", "slowpath.sock", "slowpath.ctl", "rules.flows", "rules.flows.tmp", "macs.json",
+             "macs.json.tmp")
 
 
 def claim_run_dir(path, keep=()):

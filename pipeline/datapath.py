@@ -13,7 +13,9 @@ DROPS = ("action_drop", "no_port", "tx_ring_full", "too_big", "upcall_lost", "up
 SET_FIELDS = {"dl_src": (lib.VP_F_DL_SRC, 6), "dl_dst": (lib.VP_F_DL_DST, 6), "nw_src": (lib.VP_F_NW_SRC, 4),
               "nw_dst": (lib.VP_F_NW_DST, 4), "ipv6_src": (lib.VP_F_IPV6_SRC, 16), "ipv6_dst": (lib.VP_F_IPV6_DST, 16),
               "nw_tos": (lib.VP_F_NW_TOS, 1), "nw_ttl": (lib.VP_F_NW_TTL, 1), "tp_src": (lib.VP_F_TP_SRC, 2),
-              "tp_dst": (lib.VP_F_TP_DST, 2)}
+              "tp_dst": (lib.VP_F_TP_DST, 2), "icmp": (lib.VP_F_ICMP, 2), "ipv6_label": (lib.VP_F_IPV6_LABEL, 4),
+              "arp_op": (lib.VP_F_ARP_OP, 2), "arp_spa": (lib.VP_F_ARP_SPA, 4), "arp_tpa": (lib.VP_F_ARP_TPA, 4),
+              "arp_sha": (lib.VP_F_ARP_SHA, 6), "arp_tha": (lib.VP_F_ARP_THA, 6)}
 STAGES = ("receive", "extract", "lookup", "execute", "transmit")
 
 

@@ -38,7 +38,8 @@ class Worker:
         # crashed run of it left there is cleared (its shm regions are replaced when opened)
         self.created_dirs = control.make_run_dir(self.run_dir)
         try:
-            control.claim_run_dir(self.run_dir, keep=("rules.flows",) if keep_rules else ())
+            # a restarted worker keeps its slow path's rules and NORMAL's MAC table
+            control.claim_run_dir(self.run_dir, keep=("rules.flows", "macs.json") if keep_rules else ())
         except RuntimeError:
             control.remove_run_dirs(self.created_dirs)
             raise
@@ -123,9 +124,9 @@ class Worker:
         return out
 
     def revalidate_now(self):
-        """Start a revalidation round (pushes flow stats to the slow path); returns its number."""
-        self.upcalls.start_revalidation()
-        return self.upcalls.st["revalidations"]
+        """Start a revalidation round (pushes flow stats to the slow path); returns the number
+        of the round that covers this request (`revalidations_done` reaches it when done)."""
+        return self.upcalls.start_revalidation()
 
     def stop(self):
         self.stopping = True
@@ -187,7 +188,7 @@ class Worker:
         st["uptime_s"] = round(time.monotonic() - self.started, 3)
         st["pid"] = os.getpid()
         st["worker_restarts"] = getattr(self, "restarts", 0)
-        st["upcall"] = dict(self.upcalls.st, channel_up=self.upcalls.up,
+        st["upcall"] = dict(self.upcalls.st, channel_up=self.upcalls.up, last_error=getattr(self.upcalls, "last_error", None),
                             pending=len(self.upcalls.keys), slowpath_restarts=getattr(self, "slow_restarts", 0),
                             slowpath_pid=self.slow.pid if self.slow else None)
         st["ports"] = [dict(p.stats(), upcall_rate_limited=self.upcalls.c.rate_limited[i])

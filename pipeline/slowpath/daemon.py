@@ -1,7 +1,10 @@
 """The slow-path process: answers each worker's upcall batches with flows to install and
 packets to execute. It trusts no message: every field is checked, bad ones are counted
-and answered with an error, and one bad worker never stops the others."""
+and answered with an error, and one bad worker never stops the others. A translation
+that fails is answered with a drop and an error, counted (`xlate_errors`) and logged
+once; the process keeps serving."""
 import argparse
+import json
 import os
 import time
 import select
@@ -11,10 +14,16 @@ import sys
 from collections import OrderedDict
 
 from pipeline import channel, config, control
+from pipeline.slowpath.fields import flow_from_attrs
 from pipeline.slowpath.flowtext import FlowError, format_rule, parse_actions, parse_flow
 from pipeline.slowpath.ofproto import OFProto
 
 RECENT_FLOWS = 65536
+MACS_SAVE_S = 1.0             # NORMAL's MAC table is saved at most this often (and at exit)
+FORGET_MACS = 8               # MAC changes per upcall the workers act on at once; more: revalidation
+LOGGED_ERRORS = 256           # distinct translation errors logged (each once)
+# test-only fault injection: translating a flow that matches this ovs-ofctl match raises
+FAULT_ENV = "VALEPIPE_SLOWPATH_FAULT"
 RULES_HEADER = "# valepipe slow-path rules (ovs-ofctl syntax), rewritten on every change;\n" \
                "# a restarted slow path of this pipeline loads them instead of the config's flows\n"
 
@@ -28,14 +37,20 @@ class Client:
 
 
 class SlowPath:
-    def __init__(self, ofproto, rules_file=None):
+    def __init__(self, ofproto, rules_file=None, macs_file=None):
         self.ofproto = ofproto
         self.rules_file = rules_file
+        self.macs_file = macs_file
         self.st = dict(upcalls=0, flows=0, packets=0, bad_messages=0, unknown_flow_packets=0, slow_flows=0,
-                       revalidated=0, rule_changes=0)
+                       revalidated=0, rule_changes=0, xlate_errors=0)
         self.clients = {}
         self.macs_seen = 0          # MAC table change count last revalidated for
-        self.last_reval = self.last_expire = 0.0
+        self.macs_saved = 0         # ... and last saved
+        self.last_reval = self.last_expire = self.last_macs_save = 0.0
+        self.logged = set()
+        self.fault = None
+        if os.environ.get(FAULT_ENV):
+            self.fault = parse_flow(os.environ[FAULT_ENV], mode="match").match
 
     # -- control requests (valepipe add-flow / del-flows / mod-flows / dump-flows) -------------
     def control_handlers(self):
@@ -65,7 +80,6 @@ class SlowPath:
             return changed(self.ofproto.mod_flows(m, parse_actions(text.split("actions=", 1)[1], m.table, text)))
 
         def trace(req):
-            from pipeline.slowpath.fields import flow_from_attrs
             from pipeline.slowpath.trace import attrs_of_packet, flow_of_text, render
             text = _text(req, "flow").strip()
             head, _, tail = text.rpartition(" ")
@@ -79,6 +93,7 @@ class SlowPath:
         return {"add-flows": _errors(add_flows), "trace": _errors(trace), "del-flows": _errors(del_flows), "mod-flows": _errors(mod_flows),
                 "dump-flows": lambda req: self.ofproto.dump(),
                 "fdb-show": lambda req: self.ofproto.macs.show(),
+                "fdb-flush": lambda req: self.fdb_flush(),
                 "stats": lambda req: dict(self.st, **self.ofproto.st)}
 
     def handle(self, client, msg):
@@ -102,13 +117,13 @@ class SlowPath:
         for f in flows:
             if not (isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("key"), dict)):
                 raise channel.ChannelError("upcall: a flow needs an integer id and a key map")
-            res = self.ofproto.translate(f["key"], may_learn=True)
-            client.recent[f["id"]] = (res.actions, res.rules)
+            reply, res = self.translate(f, may_learn=True)
+            client.recent[f["id"]] = (reply["actions"], res.rules if res else [])   # wire forms
             if len(client.recent) > RECENT_FLOWS:
                 client.recent.popitem(last=False)
-            if not channel.fast_path_runs(res.actions):
+            if res and not channel.fast_path_runs(res.actions):
                 self.st["slow_flows"] += 1
-            out_flows.append({"id": f["id"], "actions": res.actions, "mask": res.wc})
+            out_flows.append(reply)
         self.st["flows"] += len(flows)
         for p in pkts:
             if not (isinstance(p, list) and len(p) == 3 and isinstance(p[0], int) and isinstance(p[2], bytes)):
@@ -128,38 +143,87 @@ class SlowPath:
                 continue                              # consumed by the controller queue, counted there
             execute.append([rest, p[2]])              # a drop comes back too: the fast path counts it
         self.st["packets"] += len(execute)
-        return {"v": channel.VERSION, "t": "upcall_reply", "flows": out_flows, "execute": execute}
+        reply = {"v": channel.VERSION, "t": "upcall_reply", "flows": out_flows, "execute": execute}
+        if self.ofproto.macs.changes != self.macs_seen:
+            forget = self.macs_changed()
+            if forget:
+                # this worker applies it after installing this reply's flows, which may
+                # have been translated before the MAC was learned
+                reply["forget_macs"] = forget
+        return reply
+
+    def macs_changed(self):
+        """NORMAL learned or moved MACs: every worker drops what it cached to and from them
+        (when there are few) and rechecks all it cached. Returns the MACs to forget."""
+        changed = self.ofproto.macs.take_changed()
+        forget = [m.to_bytes(6, "big") for m in sorted(changed)] if len(changed) <= FORGET_MACS else []
+        self.request_revalidation(forget)
+        return forget
+
+    def translate(self, f, may_learn=False):
+        """(reply entry, xlate Result) for one flow of an upcall or a revalidation; a
+        translation that raises, or gives what the channel cannot carry, is answered
+        with a drop and an error (and None for the result), counted and logged once."""
+        try:
+            if self.fault is not None and self._fault_hit(f["key"]):
+                raise RuntimeError(f"injected translation fault ({FAULT_ENV})")
+            res = self.ofproto.translate(f["key"], may_learn=may_learn, touch=bool(may_learn))
+            entry = {"id": f["id"], "actions": channel.actions_to_wire(res.actions),
+                     "mask": channel.mask_to_wire(res.wc)}
+            if not channel.actions_ok(entry["actions"]) or channel.mask_from_wire(entry["mask"]) is None:
+                raise ValueError(f"translation gave what the channel cannot carry: {res.actions}"[:300])
+            return entry, res
+        except Exception as e:                       # one bad translation never stops the switch
+            why = f"{type(e).__name__}: {e}"[:300]
+            self.st["xlate_errors"] += 1
+            if why not in self.logged and len(self.logged) < LOGGED_ERRORS:
+                self.logged.add(why)
+                print(f"valepipe-slowpath: translation failed ({why}) for flow {_describe(f['key'])}; "
+                      "answered with drop (counted as xlate_errors)", file=sys.stderr, flush=True)
+            return {"id": f["id"], "actions": [["drop"]], "error": why}, None
+
+    def internal_error(self, e):
+        """A message whose handling failed outside any one translation: counted, logged once,
+        answered with an error (the worker's pending flows then time out and ask again)."""
+        why = f"{type(e).__name__}: {e}"[:300]
+        self.st["internal_errors"] = self.st.get("internal_errors", 0) + 1
+        if why not in self.logged and len(self.logged) < LOGGED_ERRORS:
+            self.logged.add(why)
+            print(f"valepipe-slowpath: internal error answering a worker ({why}); still serving",
+                  file=sys.stderr, flush=True)
+        return channel.encode({"v": channel.VERSION, "t": "error", "error": why})
+
+    def _fault_hit(self, key):
+        flow = flow_from_attrs(key)
+        return all(flow.get(k, 0) & m == v for k, (v, m) in self.fault.items())
 
 
     def save_rules(self):
         """The rule tables as ovs-ofctl text, rewritten (atomically) on every change, so a
         slow path restarted after a crash comes back with the rules it had."""
-        if not self.rules_file:
-            return
-        tmp = self.rules_file + ".tmp"
-        try:
-            with open(tmp, "w") as f:
-                f.write(RULES_HEADER)
-                for r in self.ofproto.rules():
-                    f.write(format_rule(r) + "\n")
-            os.replace(tmp, self.rules_file)
-            self.st["rules_saved"] = self.st.get("rules_saved", 0) + 1
-        except OSError as e:
-            self.st["rules_save_errors"] = self.st.get("rules_save_errors", 0) + 1
-            print(f"valepipe-slowpath: cannot save rules to {self.rules_file}: {e.strerror}", file=sys.stderr)
+        if self.rules_file:
+            _save_atomically(self.rules_file, RULES_HEADER + "".join(format_rule(r) + "\n" for r in self.ofproto.rules()),
+                             self.st, "rules")
 
-    def request_revalidation(self):
-        """Workers re-translate what they cached (after rules or MAC entries changed)."""
+    def request_revalidation(self, forget_macs=(), flush=False):
+        """Workers re-translate what they cached (after rules or MAC entries changed), having
+        first dropped what they cached to or from `forget_macs` (everything: `flush`)."""
         self.macs_seen = self.ofproto.macs.changes
         self.last_reval = time.monotonic()
+        msg = {"v": channel.VERSION, "t": "revalidate_request"}
+        if forget_macs:
+            msg["forget_macs"] = list(forget_macs)
+        if flush:
+            msg["flush"] = True
         for cl in self.clients.values():
             try:
-                cl.sock.sendall(channel.encode({"v": channel.VERSION, "t": "revalidate_request"}))
+                cl.sock.sendall(channel.encode(msg))
             except OSError:
                 pass
 
     def housekeep(self):
-        """MAC aging, and one revalidation per 100 ms at most for MAC table changes."""
+        """Rule timeouts and MAC aging once a second; MAC table changes revalidate at once,
+        and the table is saved (at most once a second) for a restarted slow path."""
         now = time.monotonic()
         if now - self.last_expire >= 1.0:
             self.last_expire = now
@@ -167,8 +231,27 @@ class SlowPath:
             if self.ofproto.expire():
                 self.save_rules()
                 self.request_revalidation()           # what the expired rules did must go
-        if self.ofproto.macs.changes != self.macs_seen and now - self.last_reval >= 0.1:
-            self.request_revalidation()
+        if self.ofproto.macs.changes != self.macs_seen:
+            self.macs_changed()
+        if self.ofproto.macs.changes != self.macs_saved and now - self.last_macs_save >= MACS_SAVE_S:
+            self.save_macs()
+
+    def fdb_flush(self):
+        """Forget every learned MAC (ovs-appctl fdb/flush): workers drop every cached flow,
+        so traffic that was cached reaches NORMAL again and is learned anew."""
+        n = len(self.ofproto.macs.entries)
+        self.ofproto.macs.entries.clear()
+        self.ofproto.macs.take_changed()
+        self.ofproto.macs.changes += 1
+        self.request_revalidation(flush=True)
+        self.save_macs()
+        return n
+
+    def save_macs(self):
+        """NORMAL's MAC table, with ages, beside the rules (written atomically)."""
+        self.macs_saved, self.last_macs_save = self.ofproto.macs.changes, time.monotonic()
+        if self.macs_file:
+            _save_atomically(self.macs_file, json.dumps(self.ofproto.macs.snapshot()), self.st, "macs")
 
     def revalidate(self, msg):
         flows = msg.get("flows", [])
@@ -178,16 +261,41 @@ class SlowPath:
         for f in flows:
             if not (isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("key"), dict)):
                 raise channel.ChannelError("revalidate: a flow needs an integer id and a key map")
-            res = self.ofproto.translate(f["key"], touch=False)
             packets = _count(f.get("packets"))
-            for r in res.rules:                      # stats go to the rules that produced the flow
+            # a flow that carried packets since the last round keeps the MAC entry of its
+            # source alive, as Open vSwitch's revalidators do with the statistics they push;
+            # one through NORMAL that would learn something new is not kept cached
+            entry, res = self.translate(f, may_learn="refresh" if packets else "check")
+            if res is not None and res.relearn:
+                entry["uncache"] = True              # its next packet comes here and is learned
+            for r in res.rules if res else ():        # stats go to the rules that produced the flow
                 r.n_packets += packets
                 r.n_bytes += _count(f.get("bytes"))
-                if packets:
-                    r.used = time.monotonic()
-            out.append({"id": f["id"], "actions": res.actions, "mask": res.wc})
+            out.append(entry)
         self.st["revalidated"] += len(out)
         return {"v": channel.VERSION, "t": "revalidate_reply", "flows": out}
+
+
+def _save_atomically(path, text, st, what):
+    """Write `text` to `path` through a temporary file and a rename; failures are counted
+    (`<what>_save_errors`) and said on stderr, never raised."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        st[f"{what}_saved"] = st.get(f"{what}_saved", 0) + 1
+    except OSError as e:
+        st[f"{what}_save_errors"] = st.get(f"{what}_save_errors", 0) + 1
+        print(f"valepipe-slowpath: cannot save {what} to {path}: {e.strerror}", file=sys.stderr)
+
+
+def _describe(key):
+    from pipeline.slowpath.trace import describe_flow
+    try:
+        return describe_flow(flow_from_attrs(key))
+    except Exception:                                   # the key may be what broke translation
+        return repr(key)[:200]
 
 
 def _count(v):
@@ -247,9 +355,15 @@ def serve(path, slow, stop=lambda: False, control_path=None):
                 try:
                     cl.unpacker.feed(data)
                     for msg in cl.unpacker:
-                        reply = slow.handle(cl, msg)
-                        if reply is not None:
-                            s.sendall(channel.encode(reply))
+                        try:
+                            reply = slow.handle(cl, msg)
+                            out = channel.encode(reply) if reply is not None else None
+                        except channel.ChannelError:
+                            raise
+                        except Exception as e:          # a bug of ours: answer, count, keep serving
+                            out = slow.internal_error(e)
+                        if out is not None:
+                            s.sendall(out)
                 except (channel.ChannelError, ValueError, TypeError) as e:
                     slow.st["bad_messages"] += 1
                     why = str(e) if isinstance(e, channel.ChannelError) else f"malformed msgpack ({type(e).__name__}: {e})"
@@ -280,8 +394,11 @@ def main(argv=None):
                                       "(default: slowpath.ctl beside --socket)")
     ap.add_argument("--rules", help="file the rules are kept in across restarts (default: rules.flows "
                                     "beside --socket); when it exists it is loaded instead of the config's flows")
+    ap.add_argument("--macs", help="file NORMAL's MAC table is kept in across restarts (default: macs.json "
+                                   "beside --socket)")
     a = ap.parse_args(argv)
     rules_file = a.rules or os.path.join(os.path.dirname(os.path.abspath(a.socket)), "rules.flows")
+    macs_file = a.macs or os.path.join(os.path.dirname(os.path.abspath(a.socket)), "macs.json")
     source = rules_file
     try:
         if os.path.exists(rules_file):
@@ -298,6 +415,15 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     ctl = a.control or os.path.join(os.path.dirname(os.path.abspath(a.socket)), "slowpath.ctl")
-    slow = SlowPath(ofproto, rules_file)
+    try:
+        with open(macs_file) as f:
+            ofproto.macs.restore(json.load(f))
+    except (OSError, ValueError):
+        pass                                            # none yet, or unreadable: start empty
+    slow = SlowPath(ofproto, rules_file, macs_file)
+    slow.macs_saved = ofproto.macs.changes
     slow.save_rules()
-    serve(a.socket, slow, stop=lambda: bool(stopping), control_path=ctl)
+    try:
+        serve(a.socket, slow, stop=lambda: bool(stopping), control_path=ctl)
+    finally:
+        slow.save_macs()
