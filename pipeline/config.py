@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from bindings.netmap.names import is_netmap
 
 
+LOCAL = 0xFFFE                    # OpenFlow's port number of the switch's own port
+
+
 class ConfigError(Exception):
     pass
 
@@ -94,7 +97,14 @@ def parse(text, path="<config>"):
         spec = {"uri": p["uri"], "ofport": p.get("ofport", i + 1), "slots": p.get("slots", 1024)}
         if p.get("mirror"):
             spec["mirror"] = p["mirror"]
-        if not 1 <= spec["ofport"] <= 65279:
+        if spec["uri"].startswith("internal:"):
+            # the switch's own port is OpenFlow's LOCAL, as an Open vSwitch bridge's is
+            if "ofport" in p and p["ofport"] != LOCAL:
+                raise ConfigError(f"{where}: an internal: port is OpenFlow port LOCAL ({LOCAL}); leave ofport out")
+            if any(q["uri"].startswith("internal:") for q in cfg.ports):
+                raise ConfigError(f"{where}: a pipeline has one internal: port (OpenFlow's LOCAL)")
+            spec["ofport"] = LOCAL
+        elif not 1 <= spec["ofport"] <= 65279:
             raise ConfigError(f"{where}: ofport must be 1..65279 (OpenFlow's range)")
         if spec["ofport"] in seen_of or spec["uri"] in seen_uri:
             raise ConfigError(f"{where}: ofport {spec['ofport']} or uri {spec['uri']!r} used twice")

@@ -3,9 +3,12 @@
 Kinds live in KINDS; to add one, write a function (specs) -> [Port] and register it
 (an emulated adapter: subclass bindings.adapter.Adapter and use `adapter_kind`).
 """
+import fcntl
+import socket
+import struct
 from dataclasses import dataclass, field
 
-from bindings.adapter import AdapterError
+from bindings.adapter import AdapterError, check_ifname, in_netns, parse_uri
 from bindings.afxdp import AfxdpAdapter
 from bindings.netmap.port import NetmapError, NetmapPort
 from bindings.packet import PacketAdapter
@@ -107,7 +110,48 @@ def open_netmap(specs):
     return ports
 
 
-KINDS = {"shm": open_shm, "tap": adapter_kind(TapAdapter), "packet": adapter_kind(PacketAdapter),
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def open_internal(specs):
+    """internal:NAME[@netns=NS]: the switch's own port, OpenFlow's LOCAL, as Open vSwitch's
+    bridge port: a TAP interface in the host stack (or in namespace NS) that the pipeline
+    creates (it must not exist yet), brings up, and that goes with the pipeline's fds."""
+    ports = []
+    try:
+        for s in specs:
+            name, opt = parse_uri(s["uri"], "internal", {"netns": None})
+            check_ifname(s["uri"], name)
+            with in_netns(opt["netns"]):
+                try:
+                    socket.if_nametoindex(name)
+                except OSError:
+                    pass
+                else:
+                    raise PortError(f"{s['uri']}: an interface {name} already exists; an internal port is "
+                                    "created by its pipeline (remove it, or use tap:{name} to attach to it)")
+            a = TapAdapter(f"tap:{name}" + (f"@netns={opt['netns']}" if opt["netns"] else ""),
+                           slots=s.get("slots", 1024))
+            ports.append(Port(s["uri"], s["ofport"], "internal", a.user, a.region, adapter=a))
+            with in_netns(opt["netns"]):
+                _link_up(name)
+    except Exception:
+        close_ports(ports)
+        raise
+    return ports
+
+
+def _link_up(name):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sk:
+        try:
+            req = struct.pack("16sh22x", name.encode(), 0)
+            flags = struct.unpack("16sh22x", fcntl.ioctl(sk, SIOCGIFFLAGS, req))[1]
+            fcntl.ioctl(sk, SIOCSIFFLAGS, struct.pack("16sh22x", name.encode(), flags | IFF_UP))
+        except OSError as e:
+            raise PortError(f"internal:{name}: cannot bring the interface up: {e.strerror}") from None
+
+
+KINDS = {"shm": open_shm, "internal": open_internal, "tap": adapter_kind(TapAdapter), "packet": adapter_kind(PacketAdapter),
          "afxdp": adapter_kind(AfxdpAdapter), "pcap": adapter_kind(PcapAdapter), "netmap": open_netmap,
          "vale": open_netmap}
 
