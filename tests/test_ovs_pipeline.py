@@ -14,6 +14,11 @@ import socket
 import time
 
 import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, \
+    IPv6ExtHdrRouting
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+from scapy.layers.sctp import SCTP
 
 from pipeline import control
 from pipeline.slowpath.flowtext import FlowError, parse_flow
@@ -191,46 +196,187 @@ def local_port(lab):
     return lb.name("vL"), lb.name("vpl")
 
 
+class Switches:
+    """Open vSwitch and a running valepipe side by side, same ports, same rules."""
+
+    def __init__(self, uniq, pipeline_factory, local_port, tmp_path):
+        self.ports = list(PORTS) + ([LOCAL] if local_port else [])
+        self.ovs = ovs_oracle.OVS(len(PORTS), capture=True, flow_limit=0)
+        mirror = os.path.join(tmp_path, "local.pcap")
+        self.pipe = pipeline_factory(_config(uniq, local_port, mirror))
+        self.vp = Valepipe(self.pipe, uniq, local_port, mirror)
+        self.rules = []
+        self.frames_out = 0
+
+    def load(self, rules):
+        taken, vp_only, ovs_only = _load(self.ovs, self.vp, rules)
+        self.rules = taken
+        return vp_only, ovs_only
+
+    def frame(self, port, frame, compare_fdb=False):
+        """One frame in on `port` on both; a description of how they differ, or None."""
+        ovs, vp = self.ovs, self.vp
+        ovs.receive(_ovs_port(port), frame)
+        vp.send(port, frame)
+        vp.settle()
+        want = {p: v for p in self.ports if (v := ovs.sent(_ovs_port(p)))}
+        got = {p: v for p in self.ports if (v := vp.sent(p))}
+        self.frames_out += sum(len(v) for v in want.values())
+        if compare_fdb and got == want and _fdb(ovs) != _vp_fdb(vp):
+            got["fdb"], want["fdb"] = sorted(_vp_fdb(vp)), sorted(_fdb(ovs))
+        return _explain(ovs, vp, self.rules, port, frame, got, want) if got != want else None
+
+    def close(self):
+        self.vp.close()
+        self.ovs.close()
+
+
 def test_every_frame_identical_to_ovs(uniq, pipeline_factory, local_port, tmp_path):
     seed = int(os.environ.get("VP_DIFF_SEED") or random.SystemRandom().randrange(1 << 32))
     print(f"\nseed {seed} (VP_DIFF_SEED={seed} replays this run)")
     rng = random.Random(seed)
     corpus = Corpus(rng, PORTS, local=local_port is not None)
-    ports = list(corpus.all_ports)
-    ovs = ovs_oracle.OVS(len(PORTS), capture=True, flow_limit=0)
-    mirror = os.path.join(tmp_path, "local.pcap")
-    pipe = pipeline_factory(_config(uniq, local_port, mirror))
-    vp = Valepipe(pipe, uniq, local_port, mirror)
-    mismatches, frames_out, refused = [], 0, ([], [])
+    sw = Switches(uniq, pipeline_factory, local_port, tmp_path)
+    mismatches, refused = [], ([], [])
     try:
         for kind, rules in corpus.rule_sets(SETS):
-            taken, vp_only, ovs_only = _load(ovs, vp, rules)
-            refused[0].extend(vp_only)
-            refused[1].extend(ovs_only)
+            for mine, theirs in zip(refused, sw.load(rules)):
+                mine.extend(theirs)
             for port, frame in corpus.frames(max(1, FRAMES // SETS), move_macs=kind == "normal"):
-                ovs.receive(_ovs_port(port), frame)
-                vp.send(port, frame)
-                vp.settle()
-                want = {p: ovs.sent(_ovs_port(p)) for p in ports}
-                got = {p: vp.sent(p) for p in ports}
-                want, got = {p: v for p, v in want.items() if v}, {p: v for p, v in got.items() if v}
-                frames_out += sum(len(v) for v in want.values())
-                if kind == "normal" and got == want and _fdb(ovs) != _vp_fdb(vp):
-                    got["fdb"], want["fdb"] = sorted(_vp_fdb(vp)), sorted(_fdb(ovs))
-                if got != want:
-                    mismatches.append(_explain(ovs, vp, taken, port, frame, got, want))
+                diff = sw.frame(port, frame, compare_fdb=kind == "normal")
+                if diff:
+                    mismatches.append(diff)
                     if len(mismatches) >= 5:
                         break
             if len(mismatches) >= 5:
                 break
-        st = pipe.stats()
+        st = sw.pipe.stats()
     finally:
-        vp.close()
-        ovs.close()
-    print(f"{FRAMES} frames in over {SETS} rule sets, {frames_out} out; caching: {st['hits']} exact-match and "
+        sw.close()
+    print(f"{FRAMES} frames in over {SETS} rule sets, {sw.frames_out} out; caching: {st['hits']} exact-match and "
           f"{st['megaflow_hits']} megaflow hits, {st['upcall']['upcall_packets']} upcalls; rules refused by "
           f"valepipe only: {len(refused[0])}, by OVS only: {len(refused[1])}; {len(mismatches)} frames differ")
     assert not mismatches, f"seed {seed}: " + "\n\n".join(mismatches[:3])
     assert not refused[0] and not refused[1], (f"seed {seed}: rules only one switch takes:\n  valepipe refuses: "
                                                + "\n    ".join(refused[0]) + "\n  OVS refuses: "
                                                + "\n    ".join(refused[1]))
+
+
+def _eth(dst="02:00:00:00:00:02", src="02:00:00:00:00:01"):
+    return Ether(src=src, dst=dst)
+
+
+def _udp_checksum_becomes_zero(dport_after):
+    """A valid UDP frame whose checksum, updated for tp_dst=dport_after, comes out 0: two
+    payload bytes w chosen so that the one's-complement sum with the new port is 0xffff."""
+    from tests.reference_execute import recalc16
+
+    def build(w):
+        return bytes(_eth() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=7, dport=53) / w.to_bytes(2, "big"))
+    s = ~Ether(build(0))[UDP].chksum & 0xFFFF                 # the sum of everything else
+    s += (~53 & 0xFFFF) + dport_after
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    for w in ((~s & 0xFFFF), 0, 0xFFFF):
+        f = build(w)
+        if recalc16(Ether(f)[UDP].chksum, 53, dport_after) == 0:
+            return f
+    raise AssertionError("no payload gives a zero checksum")
+
+
+def _cases():
+    """(what, rules, [(in_port, frame)]): each once differed from Open vSwitch."""
+    first = IP(src="10.0.0.1", dst="10.0.0.2", flags=1, frag=0)
+    later = IP(src="10.0.0.1", dst="10.0.0.2", flags=0, frag=9)
+    v6 = IPv6(src="2001:db8::1", dst="2001:db8::2")
+    tagged = _eth() / Dot1Q(vlan=5, prio=3) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2)
+    deep = [f"table={k},actions=resubmit(,{k + 1}),resubmit(,{k + 1})" for k in range(40)]
+    return [
+        ("fragments: looked up with ports 0, a first fragment's port still rewritten",
+         ["priority=10,tcp,tp_dst=80,actions=output:2", "priority=5,udp,actions=mod_tp_dst:99,output:3",
+          "priority=1,ip,actions=output:4"],
+         [(1, bytes(_eth() / first / TCP(dport=80) / (b"x" * 20))), (1, bytes(_eth() / later / TCP(dport=80) / b"x")),
+          (1, bytes(_eth() / IP() / TCP(dport=80))), (1, bytes(_eth() / first / UDP(dport=53) / (b"y" * 9))),
+          (1, bytes(_eth() / later / UDP(dport=53) / (b"y" * 9))),
+          (1, bytes(_eth() / IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrFragment(offset=0, m=1)
+                    / TCP(dport=80)))]),
+        ("pop_vlan, then push_vlan in another table: one tag",
+         ["table=0,dl_vlan=5,actions=strip_vlan,resubmit(,1)",
+          "table=1,actions=push_vlan:0x8100,set_field:4103->vlan_vid,output:2"],
+         [(1, bytes(tagged))]),
+        ("a UDP checksum that becomes 0 is sent as 0xffff",
+         ["udp,actions=mod_tp_dst:4000,output:2"], [(1, _udp_checksum_becomes_zero(4000))]),
+        ("NORMAL drops reserved multicast destinations",
+         ["actions=NORMAL"],
+         [(1, bytes(_eth(dst=d) / IP() / UDP())) for d in ("01:80:c2:00:00:00", "01:80:c2:00:00:0e",
+                                                           "01:00:0c:cc:cc:cc", "01:00:0c:cc:cc:cd",
+                                                           "01:80:c2:00:00:10", "ff:ff:ff:ff:ff:ff")]),
+        ("two tags: classified on the outer one only (vlan-limit=1)",
+         ["priority=10,ip,actions=output:2", "priority=5,dl_type=0x8100,dl_vlan=5,actions=output:3",
+          "priority=1,actions=output:4"],
+         [(1, bytes(_eth() / Dot1AD(vlan=5) / Dot1Q(vlan=6) / IP() / UDP())),
+          (1, bytes(_eth() / Dot1Q(vlan=5) / Dot1Q(vlan=6) / IP() / UDP()))]),
+        ("ip_ecn: matched and set",
+         ["priority=10,ip,nw_ecn=3,actions=mod_nw_ecn:1,output:2",
+          "priority=5,ipv6,actions=set_field:2->ip_ecn,output:3", "priority=1,ip,actions=set_field:1->nw_ecn,output:4"],
+         [(1, bytes(_eth() / IP(tos=0xbb) / UDP())), (1, bytes(_eth() / IP(tos=0x10) / UDP())),
+          (1, bytes(_eth() / v6 / UDP()))]),
+        ("LOCAL: in_port=LOCAL, output:LOCAL, LOCAL in FLOOD/ALL",
+         ["priority=10,in_port=LOCAL,actions=output:1,output:LOCAL", "priority=9,in_port=1,actions=LOCAL,output:2",
+          "priority=8,in_port=2,actions=FLOOD", "priority=7,in_port=3,actions=ALL,IN_PORT"],
+         [(LOCAL, bytes(_eth() / IP() / UDP())), (1, bytes(_eth() / IP() / UDP())), (2, bytes(_eth() / IP())),
+          (3, bytes(_eth() / IP()))]),
+        ("NORMAL: a priority-0 tag is removed, a priority tag kept",
+         ["actions=NORMAL"],
+         [(1, bytes(_eth() / Dot1Q(vlan=0, prio=0) / IP() / UDP())),
+          (2, bytes(_eth() / Dot1Q(vlan=0, prio=5) / IP() / UDP()))]),
+        ("translation bounded: 4,096 resubmits, or depth 64; an error drops what came before it",
+         ["table=0,priority=10,udp,actions=output:2,resubmit(,1)", "table=0,priority=5,actions=output:3,resubmit(,0)"]
+         + deep[1:],
+         [(1, bytes(_eth() / IP() / UDP())), (1, bytes(_eth() / IP() / TCP()))]),
+        ("dec_ttl at TTL 1 ends its own action list only; drop in a resubmitted table ends nothing",
+         ["table=0,priority=10,ip,actions=resubmit(,1),output:3", "table=1,priority=10,tcp,actions=drop",
+          "table=1,priority=5,actions=dec_ttl,output:2"],
+         [(1, bytes(_eth() / IP(ttl=1) / UDP())), (1, bytes(_eth() / IP(ttl=5) / UDP())),
+          (1, bytes(_eth() / IP(ttl=5) / TCP()))]),
+        ("ICMP type and code, SCTP ports (CRC32C right or wrong), ARP fields, IPv6 flow label, masked sets",
+         ["icmp,actions=set_field:3->icmp_type,set_field:1->icmp_code,output:2",
+          "sctp,actions=set_field:99->sctp_dst,output:2",
+          "arp,actions=set_field:2->arp_op,set_field:10.9.9.9->arp_spa,set_field:02:00:00:00:00:77->arp_tha,output:2",
+          "ipv6,actions=set_field:0xabcde->ipv6_label,set_field:2001:db8::/32->ipv6_dst,output:2",
+          "tcp,actions=set_field:10.0.0.0/255.0.0.0->ip_dst,output:2"],
+         [(1, bytes(_eth() / IP() / ICMP(type=8) / b"ping")), (1, bytes(_eth() / IP() / SCTP(dport=5) / (b"s" * 8))),
+          (1, bytes(_eth() / IP() / SCTP(dport=5, chksum=1) / (b"s" * 8))), (1, bytes(_eth() / ARP(op=1))),
+          (1, bytes(_eth() / IPv6(src="fe80::1", dst="fe80::2", fl=5) / UDP())),
+          (1, bytes(_eth() / IP(src="172.16.0.1", dst="192.168.1.1") / TCP()))]),
+        ("IPv6 addresses rewritten behind extension headers, a routing header, an atomic fragment",
+         ["ipv6,actions=set_field:2001:db8::99->ipv6_dst,set_field:2001:db8::98->ipv6_src,output:2"],
+         [(1, bytes(_eth() / v6 / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / UDP() / b"u")),
+          (1, bytes(_eth() / v6 / IPv6ExtHdrRouting(segleft=1, addresses=["2001:db8::5"]) / TCP())),
+          (1, bytes(_eth() / v6 / IPv6ExtHdrFragment(offset=0, m=0) / UDP() / b"a")),
+          (1, bytes(_eth() / v6 / ICMPv6EchoRequest()))]),
+        ("MAC moves, and back",
+         ["actions=NORMAL"],
+         [(1, bytes(_eth() / IP() / UDP())), (2, bytes(_eth(dst="02:00:00:00:00:01", src="02:00:00:00:00:02") / IP())),
+          (1, bytes(_eth() / IP() / UDP())), (3, bytes(_eth(dst="02:00:00:00:00:01", src="02:00:00:00:00:02") / IP())),
+          (1, bytes(_eth() / IP() / UDP())), (2, bytes(_eth(dst="02:00:00:00:00:01", src="02:00:00:00:00:02") / IP())),
+          (1, bytes(_eth() / IP() / UDP()))]),
+    ]
+
+
+def test_cases_that_once_differed(uniq, pipeline_factory, local_port, tmp_path):
+    sw = Switches(uniq, pipeline_factory, local_port, tmp_path)
+    diffs = []
+    try:
+        for what, rules, frames in _cases():
+            vp_only, ovs_only = sw.load(rules)
+            assert not vp_only and not ovs_only, (what, vp_only, ovs_only)
+            for port, frame in frames:
+                if port == LOCAL and LOCAL not in sw.ports:
+                    continue
+                diff = sw.frame(port, frame, compare_fdb="NORMAL" in rules[0])
+                if diff:
+                    diffs.append(f"{what}:{diff}")
+    finally:
+        sw.close()
+    assert not diffs, "\n\n".join(diffs)

@@ -147,9 +147,23 @@ def test_set_actions_are_committed_before_output():
 
 def test_resubmit_depth_is_bounded():
     t0 = Table(0)
-    t0.insert(parse_flow("actions=resubmit(,0)"))
+    t0.insert(parse_flow("actions=output:2,resubmit(,0)"))
     res = Xlate({0: t0}, PORTS).translate({k: 0 for k in ORDER})
-    assert res.actions == [["drop"]] and "depth" in res.error
+    # as Open vSwitch: 64 nested resubmits to the same table, then an error that drops the
+    # packet, outputs made before it included
+    assert res.actions == [["drop"]] and res.error == "over max translation depth 64"
+    assert len(res.trace) == 65
+
+
+def test_resubmits_per_translation_are_bounded():
+    """40 tables each resubmitting twice to the next: 2^40 lookups unbounded. Open vSwitch
+    stops at 4,096 resubmits per translation, and so does valepipe."""
+    tables = {}
+    for k in range(40):
+        tables.setdefault(k, Table(k)).insert(parse_flow(f"table={k},actions=resubmit(,{k + 1}),resubmit(,{k + 1})"))
+    res = Xlate(tables, PORTS).translate({k: 0 for k in ORDER})
+    assert res.actions == [["drop"]] and res.error == "over 4096 resubmit actions"
+    assert len(res.trace) == 1 + 4096
 
 
 def test_rule_timeouts():

@@ -271,8 +271,8 @@ def _check_actions(text, m, actions):
     rule's match (set_field:80->tcp_dst needs tcp), a VLAN field needs a tag there (from the
     match or an earlier push/mod_vlan_vid), and at most two tags can be pushed. An action
     whose match does not promise what it edits (strip_vlan without a tag, mod_nw_dst
-    without ip, ...) is OpenFlow 1.0 only, so it cannot share a rule with an OpenFlow 1.1+
-    action (push_vlan, goto_table): no OpenFlow version carries that rule."""
+    without ip, ...) is OpenFlow 1.0 only, so it cannot share a rule with push_vlan (OpenFlow
+    1.1+): no OpenFlow version carries that rule."""
     dl = m.get("dl_type", (0, 0))[0]
     proto = m.get("nw_proto", (0, 0))[0]
     later = m.get("nw_frag", (0, 0))[0] & 2
@@ -307,8 +307,6 @@ def _check_actions(text, m, actions):
             if not tags[0]:
                 of10_only = of10_only or "strip_vlan"
             tags = [tags[1], False]
-        elif k == "goto_table":
-            of11 = of11 or "goto_table"
         if k in ("mod_vlan_vid", "mod_vlan_pcp", "set_vlan_vid", "set_vlan_pcp"):
             tags[0] = True
         if bad:
@@ -324,7 +322,7 @@ def parse_actions(text, table, whole=None):
     whole = whole or text
     toks = _split(text)
     if not toks:
-        raise FlowError(f"{whole!r}: must specify an action")
+        return [("drop",)]                          # "actions=" with nothing: drop, as in OVS
     out, seen_goto, seen_meta = [], False, False
     for tok in toks:
         try:
@@ -348,14 +346,24 @@ def parse_actions(text, table, whole=None):
 
 
 def port_number(text, what, low=1):
-    """An OpenFlow port: a number (1..65279) or one of the reserved names valepipe has."""
-    if text.strip().upper() in PORT_NAMES:
-        return PORT_NAMES[text.strip().upper()]
-    return _int(text, low, 65279, what)
+    """An OpenFlow port: a number (up to 65279, or LOCAL's 65534) or LOCAL; None for IN_PORT
+    (the packet's own, where OVS takes it)."""
+    t = text.strip().upper()
+    if t in PORT_NAMES:
+        return PORT_NAMES[t]
+    if t == "IN_PORT" or t == "65528":
+        return None
+    v = _int(text, low, 65535, what)
+    if v > 65279 and v != LOCAL:
+        raise FlowError(f"{what} {text}: a reserved port valepipe does not take there")
+    return v
 
 
+# output:PORT for OpenFlow's reserved ports, by name or by number (OpenFlow 1.0's 0xfff8..)
 OUTPUT_NAMES = {"normal": ("normal",), "flood": ("flood",), "all": ("all",), "in_port": ("in_port",),
                 "controller": ("controller", 65535), "local": ("output", LOCAL)}
+OUTPUT_NUMBERS = {0xFFF8: "in_port", 0xFFFA: "normal", 0xFFFB: "flood", 0xFFFC: "all", 0xFFFD: "controller",
+                  0xFFFE: "local"}
 
 
 def _parse_action(tok, table):
@@ -369,7 +377,12 @@ def _parse_action(tok, table):
         port = tok.split(":", 1)[-1]
         if port.lower() in OUTPUT_NAMES:
             return OUTPUT_NAMES[port.lower()]
-        return ("output", _int(port, 1, 65279, "output port"))
+        v = _int(port, 0, 65535, "output port")
+        if v in OUTPUT_NUMBERS:
+            return OUTPUT_NAMES[OUTPUT_NUMBERS[v]]
+        if v > 65279:
+            raise FlowError(f"output:{port}: a reserved port valepipe does not have")
+        return ("output", v)
     name, colon, val = tok.partition(":")
     if name == "output":
         raise FlowError(f"{val}: output to unknown port")
@@ -413,7 +426,10 @@ def _parse_action(tok, table):
             if tbl.strip() and t is None:
                 raise FlowError(f"{tbl}: resubmit to unknown table")
             return ("resubmit", p, t)
-        return ("resubmit", port_number(val, "resubmit port"), None)
+        port = port_number(val, "resubmit port")
+        if port is None:
+            raise FlowError(f"resubmit:{val}: name a port or a table")
+        return ("resubmit", port, None)
     if name == "set_field":
         if "->" not in val:
             raise FlowError("set_field needs VALUE->FIELD")
@@ -440,8 +456,8 @@ def _parse_action(tok, table):
             return ("set_field", "nw_tos", _int(v, 0, 63, "ip_dscp") << 2, 0xFC, prereq)
         if fname in ("nw_ecn", "ip_ecn"):
             return ("set_field", "nw_tos", _int(v, 0, 3, fname), 0x03, prereq)
-        if fname == "arp_op":                         # 16 bits; the flow keeps its low byte (as OVS)
-            return ("set_field", "nw_proto", _int(v, 0, 0xFFFF, "arp_op") & 0xFF, 0xFF, prereq)
+        if fname == "arp_op":                         # as OVS: an opcode the flow can hold (8 bits)
+            return ("set_field", "nw_proto", _int(v, 0, 0xFF, "arp_op"), 0xFF, prereq)
         val_, mk = parse_value_mask(f, v)
         if fname == "nw_tos":
             if val_ & 3 or "/" in v:
