@@ -47,7 +47,8 @@ def check(msg):
 
 FIELDS_SETTABLE = {"dl_src": 48, "dl_dst": 48, "nw_src": 32, "nw_dst": 32, "ipv6_src": 128, "ipv6_dst": 128,
                    "nw_tos": 8, "nw_ttl": 8, "tp_src": 16, "tp_dst": 16, "icmp": 16, "ipv6_label": 20,
-                   "arp_op": 16, "arp_spa": 32, "arp_tpa": 32, "arp_sha": 48, "arp_tha": 48}
+                   "arp_op": 16, "arp_spa": 32, "arp_tpa": 32, "arp_sha": 48, "arp_tha": 48, "nd_target": 128,
+                   "nd_sll": 48, "nd_tll": 48}
 # msgpack integers stop at 64 bits: a wider value (an IPv6 address, its mask) travels as
 # big-endian bytes of the field's width. Receivers take either form.
 WIRE_INT_BITS = 64

@@ -15,7 +15,8 @@ SET_FIELDS = {"dl_src": (lib.VP_F_DL_SRC, 6), "dl_dst": (lib.VP_F_DL_DST, 6), "n
               "nw_tos": (lib.VP_F_NW_TOS, 1), "nw_ttl": (lib.VP_F_NW_TTL, 1), "tp_src": (lib.VP_F_TP_SRC, 2),
               "tp_dst": (lib.VP_F_TP_DST, 2), "icmp": (lib.VP_F_ICMP, 2), "ipv6_label": (lib.VP_F_IPV6_LABEL, 4),
               "arp_op": (lib.VP_F_ARP_OP, 2), "arp_spa": (lib.VP_F_ARP_SPA, 4), "arp_tpa": (lib.VP_F_ARP_TPA, 4),
-              "arp_sha": (lib.VP_F_ARP_SHA, 6), "arp_tha": (lib.VP_F_ARP_THA, 6)}
+              "arp_sha": (lib.VP_F_ARP_SHA, 6), "arp_tha": (lib.VP_F_ARP_THA, 6), "nd_target": (lib.VP_F_ND_TARGET, 16),
+              "nd_sll": (lib.VP_F_ND_SLL, 6), "nd_tll": (lib.VP_F_ND_TLL, 6)}
 STAGES = ("receive", "extract", "lookup", "execute", "transmit")
 
 

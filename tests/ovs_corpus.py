@@ -133,6 +133,10 @@ class Corpus:
             mods += ["set_field:3->icmp_type", "set_field:0->icmp_code"]
         if proto == "icmp6":
             mods += ["set_field:129->icmpv6_type"]
+            if "icmp_type=135" in ",".join(m):
+                mods += ["set_field:2001:db8::77->nd_target", "set_field:02:00:00:00:00:66->nd_sll"]
+            if "icmp_type=136" in ",".join(m):
+                mods += ["set_field:fe80::/16->nd_target", "set_field:02:00:00:00:00:65->nd_tll"]
         if acl:
             acts = self.pick([["drop"], ["drop"], [out()], mods[:1] + [f"resubmit(,{normal_table})"]]) \
                 if normal_table else self.pick([["drop"], ["drop"], [f"output:{self.pick(self.ports)}"]])

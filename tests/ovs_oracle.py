@@ -16,10 +16,18 @@ import time
 NEEDED = ("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl")
 
 
+class ProtocolDependent(Exception):
+    """A rule whose meaning in Open vSwitch depends on the OpenFlow version that carried it."""
+
+
+def masked_set_field(text):
+    return re.search(r"set_field:[^,]*/[^,]*->", text.partition("actions=")[2]) is not None
+
+
 def needs_of13(text):
     """Whether ovs-ofctl needs OpenFlow 1.1+ to keep this rule's meaning."""
     acts = text.partition("actions=")[2]
-    return "goto_table" in acts or "push_vlan" in acts or re.search(r"set_field:[^,]*/[^,]*->", acts) is not None
+    return "goto_table" in acts or "push_vlan" in acts or masked_set_field(text)
 
 
 def available():
@@ -102,9 +110,17 @@ class OVS:
 
     def add_flow(self, text):
         """OpenFlow 1.0 + NXM when it can express the rule (keeps OF1.0 mod_vlan_vid
-        semantics), else OpenFlow 1.3 (goto_table, push_vlan). A masked set_field goes as
-        OpenFlow 1.3 first: ovs-ofctl turns set_field:10.0.0.0/8->ip_dst into an OF1.0
-        mod_nw_dst, which drops the mask."""
+        semantics), else OpenFlow 1.3 (push_vlan). A masked set_field goes as OpenFlow 1.3:
+        ovs-ofctl turns set_field:10.0.0.0/8->ip_dst into an OF1.0 mod_nw_dst, which drops
+        the mask; a rule with one that only OF1.0 carries raises ProtocolDependent."""
+        if masked_set_field(text):
+            try:
+                self.ofctl("-O", "OpenFlow13", "add-flow", "br0", text)
+            except RuntimeError:
+                self.ofctl("add-flow", "br0", text)      # refused by both: RuntimeError
+                self.ofctl("--strict", "del-flows", "br0", text.partition(",actions=")[0])
+                raise ProtocolDependent(text) from None
+            return
         order = [["-O", "OpenFlow13"], []] if needs_of13(text) else [[], ["-O", "OpenFlow13"]]
         try:
             self.ofctl(*order[0], "add-flow", "br0", text)

@@ -203,6 +203,26 @@ def set_field(pkt, L, field, value, mask):
             fresh = _crc32c(pkt[l4:l4 + n4])
             x = struct.unpack("<I", old_csum)[0] ^ good ^ fresh
             pkt[l4 + 8:l4 + 12] = struct.pack("<I", x)
+    elif field.startswith("nd_") and v6 and l4 is not None and _l4size(L) >= 24:
+        if field == "nd_target":
+            old, new = bytes(pkt[l4 + 8:l4 + 24]), _masked(pkt[l4 + 8:l4 + 24], value, mask, 16)
+            if old != new:
+                _csum(pkt, l4 + 2, old, new)
+                pkt[l4 + 8:l4 + 24] = new
+            return
+        rem, at = _l4size(L) - 24, l4 + 24                # packet_set_nd's walk, its arithmetic kept
+        while rem >= 8 and at + 2 <= len(pkt) and pkt[at + 1]:
+            if pkt[at] in (1, 2) and pkt[at + 1] == 1:
+                if pkt[at] == (1 if field == "nd_sll" else 2):
+                    old, new = bytes(pkt[at + 2:at + 8]), _masked(pkt[at + 2:at + 8], value, mask, 6)
+                    if old != new:
+                        _csum(pkt, l4 + 2, old, new)
+                        pkt[at + 2:at + 8] = new
+                return
+            at += pkt[at + 1] * 8
+            if at + 2 > len(pkt):
+                return
+            rem -= pkt[at + 1] * 8
     elif field.startswith("arp_") and L["dl_type"] == 0x0806 and len(pkt) >= l3 + 28:
         at, w = {"arp_op": (6, 2), "arp_sha": (8, 6), "arp_spa": (14, 4), "arp_tha": (18, 6),
                  "arp_tpa": (24, 4)}[field]

@@ -11,7 +11,8 @@ from tests.test_extract import frames
 
 WIDTH = {"dl_src": 48, "dl_dst": 48, "nw_src": 32, "nw_dst": 32, "ipv6_src": 128, "ipv6_dst": 128,
          "nw_tos": 8, "nw_ttl": 8, "tp_src": 16, "tp_dst": 16, "icmp": 16, "ipv6_label": 20,
-         "arp_op": 16, "arp_spa": 32, "arp_tpa": 32, "arp_sha": 48, "arp_tha": 48}
+         "arp_op": 16, "arp_spa": 32, "arp_tpa": 32, "arp_sha": 48, "arp_tha": 48, "nd_target": 128,
+         "nd_sll": 48, "nd_tll": 48}
 
 
 @st.composite

@@ -50,12 +50,11 @@ SET_FIELD = {  # set_field target: (field, prerequisite); printed with the first
     "icmpv6_type": ("tp_src", "icmp6"), "icmpv6_code": ("tp_dst", "icmp6"), "metadata": ("metadata", None),
     "ipv6_label": ("ipv6_label", "ipv6"), "arp_op": ("nw_proto", "arp"), "arp_spa": ("nw_src", "arp"),
     "arp_tpa": ("nw_dst", "arp"), "arp_sha": ("arp_sha", "arp"), "arp_tha": ("arp_tha", "arp"),
+    "nd_target": ("nd_target", "nd"), "nd_sll": ("arp_sha", "nd_ns"), "nd_tll": ("arp_tha", "nd_na"),
 }
 SET_FIELD_PRINT = {}
 for _n, _k in SET_FIELD.items():
     SET_FIELD_PRINT.setdefault(_k, _n)
-# fields Open vSwitch can rewrite that valepipe's datapath cannot (yet): refused, not ignored
-SET_FIELD_UNSUPPORTED = ("nd_target", "nd_sll", "nd_tll")
 PORT_NAMES = {"LOCAL": LOCAL}                      # OpenFlow's reserved port numbers usable as ports
 
 
@@ -271,8 +270,9 @@ def _check_actions(text, m, actions):
     rule's match (set_field:80->tcp_dst needs tcp), a VLAN field needs a tag there (from the
     match or an earlier push/mod_vlan_vid), and at most two tags can be pushed. An action
     whose match does not promise what it edits (strip_vlan without a tag, mod_nw_dst
-    without ip, ...) is OpenFlow 1.0 only, so it cannot share a rule with push_vlan (OpenFlow
-    1.1+): no OpenFlow version carries that rule."""
+    without ip, ...) is OpenFlow 1.0 only, so it cannot share a rule with push_vlan, or with
+    write_metadata before goto_table (both OpenFlow 1.1+ only): no OpenFlow version carries
+    that rule, and Open vSwitch refuses it."""
     dl = m.get("dl_type", (0, 0))[0]
     proto = m.get("nw_proto", (0, 0))[0]
     later = m.get("nw_frag", (0, 0))[0] & 2
@@ -284,6 +284,9 @@ def _check_actions(text, m, actions):
           "udp": ip and proto == 17 and not later, "sctp": ip and proto == 132 and not later,
           "icmp": dl == ETH_IP and proto == 1, "icmp6": dl == ETH_IPV6 and proto == 58,
           "arp": dl in (ETH_ARP, ETH_RARP)}
+    nd = dl == ETH_IPV6 and proto == 58 and m.get("tp_dst", (0, 0))[0] == 0
+    icmp_type = m.get("tp_src", (0, 0))[0]
+    ok.update(nd=nd and icmp_type in (135, 136), nd_ns=nd and icmp_type == 135, nd_na=nd and icmp_type == 136)
     of10_only = of11 = None
     for a in actions:
         k = a[0]
@@ -307,6 +310,8 @@ def _check_actions(text, m, actions):
             if not tags[0]:
                 of10_only = of10_only or "strip_vlan"
             tags = [tags[1], False]
+        elif k == "goto_table" and any(x[0] == "write_metadata" for x in actions):
+            of11 = of11 or "write_metadata with goto_table"
         if k in ("mod_vlan_vid", "mod_vlan_pcp", "set_vlan_vid", "set_vlan_pcp"):
             tags[0] = True
         if bad:
@@ -444,8 +449,6 @@ def _parse_action(tok, table):
             if not vid & VLAN_CFI:      # OXM vlan_vid carries OFPVID_PRESENT (0x1000)
                 raise FlowError(f"Invalid value for set field vlan_vid: {v} (needs 0x1000, e.g. {vid | VLAN_CFI})")
             return ("set_vlan_vid", vid & 0xFFF)
-        if fname in SET_FIELD_UNSUPPORTED:
-            raise FlowError(f"set_field: valepipe cannot rewrite {fname} (Open vSwitch can)")
         if fname not in SET_FIELD:
             if fname in FIELDS or fname in ALIASES:
                 raise FlowError(f"set_field: {fname} is not writable")

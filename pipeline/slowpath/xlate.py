@@ -229,6 +229,14 @@ class _Ctx:
             return f["dl_type"] == ETH_IP and f["nw_proto"] == 1
         if prereq == "icmp6":
             return f["dl_type"] == ETH_IPV6 and f["nw_proto"] == 58
+        if prereq in ("nd", "nd_ns", "nd_na"):           # OVS's is_nd(), and the message kind
+            if f["dl_type"] != ETH_IPV6 or f["nw_proto"] != 58:
+                return False
+            unwildcard(wc, "tp_dst", 0xFFFF)
+            if f["tp_dst"]:
+                return False
+            unwildcard(wc, "tp_src", 0xFFFF)
+            return f["tp_src"] in {"nd": (135, 136), "nd_ns": (135,), "nd_na": (136,)}[prereq]
         return False
 
     def set_vlan(self, mask, value):
@@ -327,7 +335,7 @@ class _Ctx:
         f, b, wc = self.flow, self.base, self.wc
         for name in ("dl_src", "dl_dst"):
             self._set(name)
-        l34 = IPV4_FIELDS + IPV6_FIELDS + ("tp_src", "tp_dst", "nw_proto", "arp_sha", "arp_tha")
+        l34 = IPV4_FIELDS + IPV6_FIELDS + ("tp_src", "tp_dst", "nw_proto", "arp_sha", "arp_tha", "nd_target")
         if any(f[k] != b[k] for k in l34):
             # whether (and how) they are written depends on the protocol fields
             unwildcard(wc, "nw_proto", 0xFF)
@@ -338,6 +346,10 @@ class _Ctx:
                 elif b["dl_type"] == ETH_IPV6:
                     for name in IPV6_FIELDS:
                         self._set(name)
+                    if b["nw_proto"] == 58:            # neighbour discovery's fields
+                        self._set("nd_target")
+                        self._set("arp_sha", "nd_sll")
+                        self._set("arp_tha", "nd_tll")
                 elif b["dl_type"] == 0x0806:
                     for name, dp_name in ARP_FIELDS:
                         self._set(name, dp_name)

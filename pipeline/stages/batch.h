@@ -128,6 +128,9 @@ struct vp_batch {
 #define VP_F_ARP_TPA 15
 #define VP_F_ARP_SHA 16
 #define VP_F_ARP_THA 17
+#define VP_F_ND_TARGET 18
+#define VP_F_ND_SLL 19
+#define VP_F_ND_TLL 20
 #define VP_MAX_OPS 16
 struct vp_op {
     uint8_t kind;

@@ -21,7 +21,7 @@ int vp_actions_set_ops(struct vp_dp *dp, uint32_t id, const struct vp_op *ops, u
     if (id >= dp->max_actions || nops == 0 || nops > VP_MAX_OPS) return -1;
     for (uint32_t i = 0; i < nops; i++) {
         if (ops[i].kind < VP_OP_OUTPUT || ops[i].kind > VP_OP_POP_VLAN) return -1;
-        if (ops[i].kind == VP_OP_SET && (ops[i].field < VP_F_DL_SRC || ops[i].field > VP_F_ARP_THA)) return -1;
+        if (ops[i].kind == VP_OP_SET && (ops[i].field < VP_F_DL_SRC || ops[i].field > VP_F_ND_TLL)) return -1;
         if (ops[i].kind == VP_OP_OUTPUT) nout++;
     }
     memcpy(dp->actions[id].ops, ops, nops * sizeof(*ops));
@@ -211,6 +211,36 @@ static void set_l4(struct pkt *k, uint32_t off, const struct vp_op *op) {
     }
 }
 
+/* OVS's odp_set_nd()/packet_set_nd(): the target address (ICMPv6 checksum updated as for an
+ * IPv6 address), or the MAC of the first link-layer address option, if that option is of
+ * the kind being set. The walk keeps OVS's arithmetic (it subtracts the next option's
+ * length), so the option it finds is the one OVS finds. */
+static void set_nd(struct pkt *k, const struct vp_op *op) {
+    uint8_t *l4 = k->p + k->L.l4, nw[16];
+    int32_t rem = (int32_t)l4_size(k) - 24;
+    const uint8_t *opt = l4 + 24;
+    if (!k->L.l4 || rem < 0) return;
+    if (op->field == VP_F_ND_TARGET) {
+        if (masked(nw, l4 + 8, 16, op)) {
+            csum_words(l4 + 2, l4 + 8, nw, 16);
+            memcpy(l4 + 8, nw, 16);
+        }
+        return;
+    }
+    while (rem >= 8 && opt[1] != 0) {
+        if ((opt[0] == 1 || opt[0] == 2) && opt[1] == 1) {
+            if (opt[0] == (op->field == VP_F_ND_SLL ? 1 : 2) && masked(nw, opt + 2, 6, op)) {
+                csum_words(l4 + 2, opt + 2, nw, 6);
+                memcpy((uint8_t *)opt + 2, nw, 6);
+            }
+            return;
+        }
+        opt += opt[1] * 8;
+        if (opt + 2 > k->p + k->len) return;     /* OVS would read on; the frame ends here */
+        rem -= opt[1] * 8;
+    }
+}
+
 /* apply one modifying op to a packet whose buffer holds `cap` bytes; returns the new
  * length (unchanged when the packet has no such header), 0 when it does not fit */
 static uint32_t apply_op(const struct vp_op *op, struct pkt *k, uint32_t cap) {
@@ -295,6 +325,9 @@ static uint32_t apply_op(const struct vp_op *op, struct pkt *k, uint32_t cap) {
             w = htonl((ntohl(w) & ~m) | v);
             memcpy(ip, &w, 4);
         }
+        break;
+    case VP_F_ND_TARGET: case VP_F_ND_SLL: case VP_F_ND_TLL:
+        if (v6) set_nd(k, op);
         break;
     case VP_F_ARP_OP: case VP_F_ARP_SHA: case VP_F_ARP_SPA: case VP_F_ARP_THA: case VP_F_ARP_TPA:
         /* OVS's set_arp(): fields of the ARP header, no checksum */
