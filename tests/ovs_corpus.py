@@ -42,12 +42,19 @@ class Corpus:
 
     # -- rules -----------------------------------------------------------------------------
     def rule_sets(self, n):
-        kinds = ["tables", "normal"]
-        return [self.rule_set(kinds[i % 2] if i < 2 else self.pick(kinds)) for i in range(n)]
+        kinds = ["tables", "normal", "wild"]
+        return [self.rule_set(kinds[i % 3] if i < 3 else self.pick(kinds)) for i in range(n)]
 
     def rule_set(self, kind):
-        """(kind, [rule text]) — rules of up to four tables, distinct priorities per table."""
-        rules, prios = [], {t: self.rng.sample(range(1, 60000), 40) for t in range(4)}
+        """(kind, [rule text]) — rules of up to four tables (eight when wild), distinct
+        priorities per table."""
+        rules, prios = [], {t: self.rng.sample(range(1, 60000), 40) for t in range(8)}
+        if kind == "wild":
+            for _ in range(self.rng.randrange(4, 30)):
+                rules.append(self.wild_rule(self.rng.randrange(8), prios))
+            if self.chance(0.5):
+                rules.append(f"table={self.rng.randrange(8)},priority=0,actions=NORMAL")
+            return kind, rules
         if kind == "normal":
             # NORMAL behind ACLs, maybe in a later table and with rewrites on the way
             t_norm = self.pick([0, 0, 1])
@@ -184,6 +191,67 @@ class Corpus:
             acts = fixed or ["drop"]
         text = ",".join([f"table={table}", f"priority={prios[table].pop()}"] + m + ["actions=" + ",".join(acts)])
         return text
+
+    def wild_rule(self, table, prios):
+        """A rule of any fields and values (from the pools or anywhere) and up to eight
+        actions of any kind, in any order, to any table: what nobody would write, OVS takes."""
+        r = self.rng
+        rnd_mac = lambda: ":".join(f"{r.randrange(256):02x}" for _ in range(6))  # noqa: E731
+        rnd_v4 = lambda: self.pick(V4) if self.chance(0.6) else ".".join(str(r.randrange(256)) for _ in range(4))  # noqa
+        proto = self.pick(["", "ip", "ipv6", "arp", "rarp", "tcp", "udp", "icmp", "sctp", "tcp6", "udp6", "icmp6",
+                           "sctp6", f"dl_type=0x{r.randrange(0x600, 0x10000):04x}", "ip,nw_proto=47"])
+        m = [proto] if proto else []
+        v4 = proto in ("ip", "tcp", "udp", "icmp", "sctp", "ip,nw_proto=47")
+        v6 = proto in ("ipv6", "tcp6", "udp6", "icmp6", "sctp6")
+        l4 = proto in ("tcp", "udp", "sctp", "tcp6", "udp6", "sctp6")
+        pool = [f"in_port={self.port_name(self.pick(self.all_ports + [7]))}",
+                f"dl_src={self.pick(HOSTS + [rnd_mac()])}", f"dl_dst={self.pick(HOSTS + GROUPS + [rnd_mac()])}",
+                f"dl_dst={rnd_mac()}/{rnd_mac()}", f"dl_vlan={self.pick(VIDS + [r.randrange(4096)])}",
+                f"dl_vlan_pcp={r.randrange(8)}", f"vlan_tci=0x{r.randrange(65536):04x}/0x{r.randrange(65536):04x}"]
+        if v4 or proto in ("arp", "rarp"):
+            pool += [f"nw_src={rnd_v4()}/{r.randrange(33)}", f"nw_dst={rnd_v4()}/{r.randrange(33)}"]
+        if v4 or v6:
+            pool += [f"nw_tos={r.randrange(64) * 4}", f"nw_ecn={r.randrange(4)}", f"nw_ttl={self.pick([0, 1, 2, 64, 255])}",
+                     f"nw_frag={self.pick(['yes', 'no', 'first', 'not_later'])}"]
+        if v6:
+            pool += [f"ipv6_src={self.pick(V6)}/{r.randrange(129)}", f"ipv6_dst={self.pick(V6)}/{r.randrange(129)}",
+                     f"ipv6_label=0x{r.randrange(1 << 20):05x}/0x{r.randrange(1 << 20):05x}"]
+        if l4:
+            pool += [f"tp_src={r.randrange(65536)}/0x{r.randrange(65536):04x}", f"tp_dst={self.pick([53, 80, 443, 511])}"]
+        if proto in ("tcp", "tcp6"):
+            pool += [f"tcp_flags={self.pick(['+syn', '-syn+ack', '+fin-rst', '+psh', '0x12/0x3f'])}"]
+        if proto == "icmp":
+            pool += [f"icmp_type={self.pick([0, 3, 8, 11, r.randrange(256)])}", f"icmp_code={r.randrange(3)}"]
+        if proto == "icmp6":
+            pool += [f"icmp_type={self.pick([128, 129, 135, 136])}", f"icmp_code={self.pick([0, 0, 1])}"]
+        if proto in ("arp", "rarp"):
+            pool += [f"arp_op={r.randrange(5)}", f"arp_sha={self.pick(HOSTS)}", f"arp_tha={rnd_mac()}/{rnd_mac()}"]
+        if table:
+            pool += [f"metadata=0x{r.randrange(16):x}/0x{r.randrange(16):x}"]
+        m += r.sample(pool, min(len(pool), r.randrange(0, 4)))
+        outs = [f"output:{self.port_name(self.pick(self.all_ports + [9, 0]))}", "IN_PORT", "FLOOD", "ALL", "NORMAL",
+                "LOCAL", "CONTROLLER", f"CONTROLLER:{r.randrange(65536)}", "drop"]
+        mods = [f"mod_dl_src:{rnd_mac()}", f"mod_dl_dst:{self.pick(HOSTS + GROUPS)}", "strip_vlan", "pop_vlan",
+                f"mod_vlan_vid:{self.pick(VIDS + [r.randrange(4096)])}", f"mod_vlan_pcp:{r.randrange(8)}",
+                f"push_vlan:{self.pick(['0x8100', '0x88a8'])}", f"set_field:{4096 + r.randrange(4096)}->vlan_vid",
+                f"set_field:{rnd_mac()}/{rnd_mac()}->eth_src", "dec_ttl", f"mod_nw_ttl:{r.randrange(256)}",
+                f"mod_nw_tos:{r.randrange(64) * 4}", f"mod_nw_ecn:{r.randrange(4)}", f"mod_nw_src:{rnd_v4()}",
+                f"mod_nw_dst:{rnd_v4()}", f"mod_tp_src:{r.randrange(65536)}", f"mod_tp_dst:{r.randrange(65536)}",
+                f"set_field:{rnd_v4()}/{r.randrange(1, 33)}->ip_src", f"set_field:{self.pick(V6)}->ipv6_dst",
+                f"set_field:{self.pick(V6)}/{r.randrange(1, 129)}->ipv6_src", f"set_field:{r.randrange(1 << 20)}->ipv6_label",
+                f"set_field:{r.randrange(65536)}->tcp_dst", f"set_field:{r.randrange(65536)}->udp_src",
+                f"set_field:{r.randrange(65536)}->sctp_dst", f"set_field:{r.randrange(256)}->icmp_type",
+                f"set_field:{r.randrange(256)}->icmpv6_code", f"set_field:{r.randrange(1, 5)}->arp_op",
+                f"set_field:{rnd_v4()}->arp_tpa", f"set_field:{rnd_mac()}->arp_sha",
+                f"set_field:{self.pick(V6)}->nd_target", f"set_field:{rnd_mac()}->nd_tll",
+                f"resubmit(,{r.randrange(8)})", f"resubmit({self.port_name(self.pick(self.all_ports))},{r.randrange(8)})",
+                f"write_metadata:0x{r.randrange(16):x}/0x{r.randrange(16):x}"]
+        acts = [self.pick(mods + outs) for _ in range(r.randrange(1, 9))]
+        if "drop" in acts:
+            acts = ["drop"] if self.chance(0.5) else [a for a in acts if a != "drop"] or ["drop"]
+        if table < 7 and self.chance(0.25):
+            acts.append(f"goto_table:{r.randrange(table + 1, 8)}")
+        return ",".join([f"table={table}", f"priority={prios[table].pop()}"] + m + ["actions=" + ",".join(acts)])
 
     # -- frames ----------------------------------------------------------------------------
     def frames(self, n, move_macs=False):

@@ -131,17 +131,12 @@ def parse_flow(text, mode="add"):
     m = rule.match
     used = []          # (syntax name, field) for prerequisite messages
 
-    def put(name, fname, value, mask):
-        old = m.get(fname)
-        if fname in ("vlan_tci", "nw_tos") and old:  # dl_vlan and dl_vlan_pcp combine, as do DSCP and ECN
-            ov, om = old
-            if (ov ^ value) & (om & mask):
-                raise FlowError(f"{name}: conflicts with an earlier {'VLAN' if fname == 'vlan_tci' else 'nw_tos'} match")
-            m[fname] = (ov | value, om | mask)
-        elif old and old != (value, mask):
-            raise FlowError(f"{name}: {fname} set multiple times to different values")
-        else:
-            m[fname] = (value, mask)
+    def put(name, fname, value, mask, merge=False):
+        """As Open vSwitch's mf_set(): a field given again replaces what was there, except
+        the parts of one field (dl_vlan and dl_vlan_pcp in vlan_tci, DSCP and ECN in
+        nw_tos), which replace only their own bits."""
+        ov, om = m.get(fname, (0, 0))
+        m[fname] = ((ov & ~mask) | value, om | mask) if merge else (value, mask)
         used.append((name, fname))
 
     for tok in _split(body.rstrip(" ,")):
@@ -180,17 +175,17 @@ def parse_flow(text, mode="add"):
                 if vid == 0xFFFF:
                     put(name, "vlan_tci", 0, 0xFFFF)     # OVS: no 802.1Q header
                 else:
-                    put(name, "vlan_tci", (vid & 0xFFF) | VLAN_CFI, 0x1FFF)
+                    put(name, "vlan_tci", (vid & 0xFFF) | VLAN_CFI, 0x1FFF, merge=True)
             elif name == "dl_vlan_pcp":
-                put(name, "vlan_tci", (_int(val, 0, 7, "dl_vlan_pcp") << 13) | VLAN_CFI, 0xF000)
+                put(name, "vlan_tci", (_int(val, 0, 7, "dl_vlan_pcp") << 13) | VLAN_CFI, 0xF000, merge=True)
             elif name == "ip_dscp":
-                put(name, "nw_tos", _int(val, 0, 63, "ip_dscp") << 2, 0xFC)
+                put(name, "nw_tos", _int(val, 0, 63, "ip_dscp") << 2, 0xFC, merge=True)
             elif name == "nw_tos":
-                put(name, "nw_tos", _int(val, 0, 255, "nw_tos") & 0xFC, 0xFC)
+                put(name, "nw_tos", _int(val, 0, 255, "nw_tos") & 0xFC, 0xFC, merge=True)
             elif name == "in_port" and val.strip().upper() in PORT_NAMES:
                 put(name, "in_port", PORT_NAMES[val.strip().upper()], FIELDS["in_port"].full)
             elif name in ("nw_ecn", "ip_ecn"):
-                put(name, "nw_tos", _int(val, 0, 3, name), 0x03)
+                put(name, "nw_tos", _int(val, 0, 3, name), 0x03, merge=True)
             elif name == "nw_frag":
                 if val not in FRAG:
                     raise FlowError(f"nw_frag={val}: must be one of {', '.join(FRAG)}")
@@ -514,18 +509,17 @@ def format_match(m):
 
 
 def _format_vlan(v, mk):
+    """dl_vlan/dl_vlan_pcp where they say exactly the match, else vlan_tci=V/M."""
     if (v, mk) == (0, 0xFFFF):
         return "dl_vlan=0xffff"
-    parts = []
-    if mk & 0x1FFF == 0x1FFF and v & VLAN_CFI:
-        parts.append(f"dl_vlan={v & 0xFFF}")
-        mk &= ~0x1FFF
-    if mk & 0xE000 == 0xE000 and v & VLAN_CFI:
-        parts.append(f"dl_vlan_pcp={v >> 13}")
-        mk &= ~0xE000
-    if mk & ~VLAN_CFI & 0xFFFF or (mk and not parts):
-        return f"vlan_tci={hex(v)}/{hex(mk | (VLAN_CFI if parts else 0))}" if not parts else ",".join(parts)
-    return ",".join(parts)
+    if v & VLAN_CFI and mk in (0x1FFF, 0xF000, 0xFFFF):
+        parts = []
+        if mk & 0x0FFF:
+            parts.append(f"dl_vlan={v & 0xFFF}")
+        if mk & 0xE000:
+            parts.append(f"dl_vlan_pcp={v >> 13}")
+        return ",".join(parts)
+    return f"vlan_tci={hex(v)}/{hex(mk)}"
 
 
 def format_actions(actions):
