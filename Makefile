@@ -5,13 +5,14 @@ PY     := $(VENV)/bin/python
 NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h \
                           bindings/*.c bindings/*.h bindings/*/*.c bindings/*/*.h tools/*.c tools/*.h) pipeline/native_build.py
 
-.PHONY: demo test bench bench-veth fuzz native clean help
+.PHONY: demo test bench bench-veth fuzz diff-ovs native clean help
 help:
 	@echo "make demo   - set up, then run gen -> pipeline -> sink on shm: ports and print Mpps"
 	@echo "make test   - set up, then run the test suite"
 	@echo "make bench  - set up, then run perf/bench_shm.py (Mpps by flows and batch, ns/packet by stage)"
 	@echo "make bench-veth - valepipe vs Linux bridge vs Open vSwitch on veth with trafgen (root)"
 	@echo "make fuzz   - libFuzzer+ASan on extract, atheris on the parsers, FUZZ_SECONDS each (default 120)"
+	@echo "make diff-ovs - every frame through a running pipeline against Open vSwitch, DIFF_FRAMES (default 50000)"
 
 $(VENV)/.installed: pyproject.toml setup.py
 	tools/system-packages --build
@@ -42,6 +43,14 @@ bench: native
 bench-veth: native
 	tools/system-packages --bench
 	$(PY) perf/bench_veth.py
+
+# The differential test against Open vSwitch at length (make test runs 3,000 frames);
+# DIFF_SEED=N replays a run
+DIFF_FRAMES ?= 50000
+diff-ovs: native
+	tools/system-packages --test
+	VP_DIFF_FRAMES=$(DIFF_FRAMES) VP_DIFF_SETS=$$(( $(DIFF_FRAMES) / 800 + 1 )) VP_DIFF_SEED=$(DIFF_SEED) \
+	    $(PY) -m pytest tests/test_ovs_pipeline.py -q -s -k every_frame
 
 # Longer fuzzing than `make test` does; corpora grow in build/fuzz; a finding stops the run
 # and is written to build/fuzz/crash-* (keep it in tests/fuzz/regressions/TARGET/).

@@ -140,8 +140,9 @@ EDGE = [
     "actions=mod_nw_dst:1.2.3.4,push_vlan:0x8100,output:1", "ip,actions=mod_nw_dst:1.2.3.4,goto_table:2",
     "actions=mod_tp_dst:5,goto_table:3", "tcp,actions=mod_tp_dst:5,goto_table:3", "actions=dec_ttl,goto_table:1",
     "ip,nw_frag=later,actions=set_field:5->udp_src", "ip,actions=mod_nw_ecn:3,output:1", "ip,actions=mod_nw_ecn:4",
-    "ip,actions=mod_nw_ttl:9,output:1", "ip,nw_ecn=2,ip_dscp=7,actions=drop", "ip,nw_tos=8,nw_ecn=1,actions=drop",
-    "in_port=LOCAL,actions=LOCAL", "actions=output:LOCAL,resubmit(LOCAL,1)",
+    "ip,actions=mod_nw_ttl:9,output:1", "actions=mod_nw_ttl:9,output:1", "arp,actions=mod_nw_ecn:1", "ip,nw_ecn=2,ip_dscp=7,actions=drop", "ip,nw_tos=8,nw_ecn=1,actions=drop",
+    "in_port=LOCAL,actions=LOCAL", "actions=output:LOCAL,resubmit(LOCAL,1)", "actions=strip_vlan,write_metadata:1,goto_table:2",
+    "actions=strip_vlan,write_metadata:1",
     "ipv6,actions=set_field:fe80::1->nd_target", "icmp6,icmp_type=135,actions=set_field:fe80::1->nd_target",
     "icmp6,icmp_type=136,actions=set_field:02:00:00:00:00:01->nd_sll",
     "icmp6,icmp_type=135,actions=set_field:02:00:00:00:00:01->nd_sll",
@@ -157,11 +158,25 @@ EDGE = [
 ]
 
 
-@pytest.mark.skipif(not OVS, reason="ovs-ofctl not installed (Debian openvswitch-switch; `make test` installs it)")
+@pytest.fixture(scope="module")
+def switch():
+    from tests import ovs_oracle
+    if not ovs_oracle.available():
+        pytest.skip("Open vSwitch not installed (`make test` installs it)")
+    o = ovs_oracle.OVS(2)
+    yield o
+    o.close()
+
+
 @pytest.mark.parametrize("text", EDGE)
-def test_takes_and_refuses_what_ovs_ofctl_does(text):
-    ovs_ok = any(subprocess.run([OVS, *opt, "parse-flow", text], capture_output=True, timeout=30).returncode == 0
-                 for opt in ([], ["-O", "OpenFlow13"]))
+def test_takes_and_refuses_what_ovs_does(switch, text):
+    """A running ovs-vswitchd is the judge (ovs-ofctl parse-flow takes some rules the switch
+    then refuses): valepipe takes a rule if and only if OVS does, over some OpenFlow version."""
+    try:
+        switch.add_flow(text)
+        ovs_ok = True
+    except RuntimeError:
+        ovs_ok = False
     try:
         r = parse_flow(text)
     except FlowError as e:

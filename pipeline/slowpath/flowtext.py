@@ -288,10 +288,12 @@ def _check_actions(text, m, actions):
         bad = None
         if k == "set_field":
             if a[1] != "metadata" and not ok[a[4]]:
-                if MOD_NAMES.get((a[1], a[3], a[4])):
-                    of10_only = of10_only or MOD_NAMES[(a[1], a[3], a[4])]
+                mod = MOD_NAMES.get((a[1], a[3], a[4]))
+                if mod and mod not in ("mod_nw_ecn", "mod_nw_ttl"):
+                    of10_only = of10_only or mod      # OpenFlow 1.0 has an action for it
                 else:
-                    bad = SET_FIELD_PRINT[(a[1], a[4])]
+                    # no OpenFlow 1.0 action: OVS sends it as a set_field, checked as one
+                    bad = mod or SET_FIELD_PRINT[(a[1], a[4])]
         elif k == "dec_ttl" and not ip:
             of10_only = of10_only or "dec_ttl"
         elif k in ("set_vlan_vid", "set_vlan_pcp") and not tags[0]:
@@ -310,8 +312,8 @@ def _check_actions(text, m, actions):
         if k in ("mod_vlan_vid", "mod_vlan_pcp", "set_vlan_vid", "set_vlan_pcp"):
             tags[0] = True
         if bad:
-            raise FlowError(f"{text!r}: set_field {bad} lacks correct prerequisites in the match "
-                            "(OFPBAC_MATCH_INCONSISTENT)")
+            raise FlowError(f"{text!r}: {bad if bad.startswith('mod_') else 'set_field ' + bad} lacks correct "
+                            "prerequisites in the match (OFPBAC_MATCH_INCONSISTENT)")
     if of10_only and of11:
         raise FlowError(f"{text!r}: no OpenFlow version carries this rule: {of10_only} without the match "
                         f"promising what it edits is OpenFlow 1.0 only, {of11} is OpenFlow 1.1+ "
