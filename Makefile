@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h \
                           bindings/*.c bindings/*.h bindings/*/*.c bindings/*/*.h tools/*.c tools/*.h) pipeline/native_build.py
 
-.PHONY: demo test bench bench-veth fuzz diff-ovs native clean help
+.PHONY: demo test bench bench-veth fuzz diff-ovs native install clean help
 help:
 	@echo "make demo   - set up, then run gen -> pipeline -> sink on shm: ports and print Mpps"
 	@echo "make test   - set up, then run the test suite"
@@ -13,6 +13,7 @@ help:
 	@echo "make bench-veth - valepipe vs Linux bridge vs Open vSwitch on veth with trafgen (root)"
 	@echo "make fuzz   - libFuzzer+ASan on extract, atheris on the parsers, FUZZ_SECONDS each (default 120)"
 	@echo "make diff-ovs - every frame through a running pipeline against Open vSwitch, DIFF_FRAMES (default 50000)"
+	@echo "make install - set up, then link valepipe into PREFIX/bin (default /usr/local, ~/.local as non-root)"
 
 $(VENV)/.installed: pyproject.toml setup.py
 	tools/system-packages --build
@@ -27,6 +28,13 @@ pipeline/.native-stamp: $(VENV)/.installed $(NATIVE_SRC)
 	touch $@
 
 native: pipeline/.native-stamp
+
+# `valepipe` on PATH: a link to the venv's entry point (the venv stays where it is)
+PREFIX ?= $(if $(filter 0,$(shell id -u)),/usr/local,$(HOME)/.local)
+install: native
+	mkdir -p $(PREFIX)/bin
+	ln -sf $(abspath $(VENV))/bin/valepipe $(PREFIX)/bin/valepipe
+	@echo "valepipe -> $(PREFIX)/bin/valepipe ($$($(PREFIX)/bin/valepipe --version))"
 
 demo: native
 	$(PY) -m pipeline.cli demo
@@ -60,7 +68,7 @@ fuzz: native
 	tools/system-packages --test
 	mkdir -p build/fuzz/corpus-extract
 	$(PY) tests/fuzz/seeds.py build/fuzz/seeds
-	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -msse4.2 -I. \
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. \
 	    tests/fuzz/fuzz_extract.c pipeline/stages/extract.c -o build/fuzz/fuzz_extract
 	build/fuzz/fuzz_extract -max_total_time=$(FUZZ_SECONDS) -max_len=65535 -artifact_prefix=build/fuzz/ \
 	    build/fuzz/corpus-extract build/fuzz/seeds/extract

@@ -44,13 +44,13 @@ void vp_io_txsync(struct vp_io *io);
 
 /* for the bindings' rx: the next free rx slot's buffer (NULL when it is not ours to fill) */
 static inline char *vp_io_rx_buf(struct vp_ring *k) {
-    uint32_t idx = vp_slot(k, vp_ring_produce(k))->buf_idx;
+    uint32_t idx = VP_READ_ONCE(vp_slot(k, vp_ring_produce(k))->buf_idx);
     return vp_buf_ok(k, idx) ? vp_buf(k, idx) : NULL;
 }
 static inline void vp_io_rx_commit(struct vp_io *io, struct vp_ring *k, uint32_t len) {
     struct netmap_slot *s = vp_slot(k, vp_ring_produce(k));
-    s->len = (uint16_t)len;
-    s->flags = 0;
+    VP_WRITE_ONCE(s->len, (uint16_t)len);
+    VP_WRITE_ONCE(s->flags, 0);
     vp_ring_produced(k);
     io->st.rx_packets++;
     io->st.rx_bytes += len;

@@ -14,7 +14,7 @@ from ring.region import ROLE_KERNEL, ROLE_USER, Region, RegionError
 
 IO_STATS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_truncated", "rx_kernel_drops",
             "rx_errors", "tx_errors", "tx_again", "tx_discarded", "syscalls")
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+IFNAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")     # fullmatch(): $ would take a final newline
 NETNS_DIR = "/run/netns"
 
 
@@ -39,10 +39,9 @@ def parse_uri(uri, kind, options):
                 raise AdapterError(f"{uri!r}: {k} is a flag (yes/no), not {v!r}")
             out[k] = not eq or v in ("yes", "true", "1")
         elif isinstance(options[k], int):
-            try:
-                out[k] = int(v)
-            except ValueError:
-                raise AdapterError(f"{uri!r}: {k} must be a number, not {v!r}") from None
+            if not (v.isascii() and v.isdigit()):   # int() would take '١', ' 2', '+2', '1_0'
+                raise AdapterError(f"{uri!r}: {k} must be a number, not {v!r}")
+            out[k] = int(v)
         else:
             out[k] = v
     if not body:
@@ -51,7 +50,7 @@ def parse_uri(uri, kind, options):
 
 
 def check_ifname(uri, name):
-    if not IFNAME_RE.match(name):
+    if not IFNAME_RE.fullmatch(name):
         raise AdapterError(f"{uri!r}: {name!r} is not an interface name (1-15 of [A-Za-z0-9_.:-])")
 
 

@@ -10,6 +10,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools.shmbench import measure  # noqa: E402
+import charts  # noqa: E402  (perf/charts.py, beside this script)
 
 STAGES = ("receive", "extract", "lookup", "execute", "transmit")
 
@@ -22,6 +23,8 @@ def main():
     ap.add_argument("--batches", default="32,64,256")
     ap.add_argument("--size", type=int, default=60, help="frame length without FCS (60 = 64-byte frames)")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--chart", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "shm_mpps.png"),
+                    help="PNG chart of the medians and ns/packet by stage (matplotlib)")
     a = ap.parse_args()
     cases = [(f, 256) for f in map(int, a.flows.split(","))]
     cases += [(1, b) for b in map(int, a.batches.split(",")) if b != 256]
@@ -46,6 +49,7 @@ def main():
         print()
         for flows, batch, mpps, runs, ns in rows:
             print(f"| {flows} | {batch} | {mpps:.2f} | {runs} | " + " | ".join(f"{ns[s]:.1f}" for s in STAGES) + " |")
+    charts.draw(lambda: charts.shm_mpps([(f, b, m, ns) for f, b, m, _, ns in rows], a.chart))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tools import topo  # noqa: E402
+import charts  # noqa: E402  (perf/charts.py, beside this script)
 
 LAB = os.path.join(ROOT, "perf", "veth_lab.toml")
 GEN, SW, SINK = "vpgen", "vpsw", "vpsink"
@@ -191,6 +192,8 @@ def main():
     ap.add_argument("--flows", default="1,1000,100000")
     ap.add_argument("--afxdp-options", default="", help="extra afxdp: port options, e.g. mode=generic")
     ap.add_argument("--only", default="", help="comma list of case keys: none,bridge,ovs-packet,ovs-afxdp,vp-packet,vp-afxdp")
+    ap.add_argument("--chart", default=os.path.join(ROOT, "perf", "out", "veth_switches.png"),
+                    help="PNG chart of the medians (matplotlib)")
     a = ap.parse_args()
     for tool in ("trafgen", "ovs-vswitchd", "taskset"):
         if not shutil.which(tool):
@@ -220,6 +223,10 @@ def main():
         if num in cases and den in cases:
             print(f"{label:<44}" + "".join(
                 f"{statistics.median(res[(num, f)]) / max(statistics.median(res[(den, f)]), 1e-9):>9.2f}x" for f in flows))
+    charts.draw(lambda: charts.side_by_side(
+        [f"{f:,} flow{'s' * (f != 1)}" for f in flows],
+        {sw.name: [statistics.median(res[(k, f)]) for f in flows] for k, sw in cases.items()}, a.chart,
+        "64-byte frames on veth: valepipe, Open vSwitch 3.1, the Linux bridge"))
 
 
 if __name__ == "__main__":

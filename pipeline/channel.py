@@ -9,11 +9,12 @@ import struct
 
 import msgpack
 
-from pipeline._native import ffi
+from pipeline._native import ffi, lib
 from pipeline.slowpath.fields import FIELDS
 
 VERSION = 1
 MAX_MESSAGE = 16 << 20          # a batch of 1024 jumbo-less packets fits with room to spare
+MAX_ACTIONS = lib.VP_MAX_PROGRAM   # datapath actions of one flow: what a fast-path action set holds
 TYPES = {"hello", "upcall", "upcall_reply", "revalidate", "revalidate_reply", "revalidate_request", "error"}
 
 
@@ -77,7 +78,7 @@ def actions_from_wire(actions):
     """Datapath actions as the channel carries them, checked and with wide values as ints:
     ["output", port], ["drop"], ["set", field, value, mask], ["push_vlan", tpid, tci],
     ["pop_vlan"], ["controller", reason]. None when anything is off."""
-    if not isinstance(actions, list) or len(actions) > 64:
+    if not isinstance(actions, list) or len(actions) > MAX_ACTIONS:
         return None
     out = []
     for a in actions:

@@ -1,5 +1,6 @@
 """`valepipe`: run and inspect pipelines, generate and count traffic (typer)."""
 import json
+import math
 import os
 import signal
 import sys
@@ -9,7 +10,7 @@ from typing import List, Optional
 import typer
 
 # no rich markup: help texts show TOML sections ([pipeline]) and uri options literally
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   help="valepipe: a packet pipeline and virtual switch on netmap rings.\n\n"
                        "Ports are URIs: shm:NAME (netmap rings in shared memory; a generator, sink "
                        "or test attaches as the other end), afxdp:IFNAME, packet:IFNAME, tap:NAME, "
@@ -21,6 +22,15 @@ def _fail(msg, code=2):
     raise typer.Exit(code)
 
 
+def _numbers(above_zero=(), at_least_zero=()):
+    """(option, value) pairs: finite, and above 0 (or at least 0); None is "not given".
+    nan, inf and negative counts were tracebacks (or a run that never ended)."""
+    for group, ok, what in ((above_zero, lambda v: v > 0, "above 0"), (at_least_zero, lambda v: v >= 0, "0 or more")):
+        for opt, v in group:
+            if v is not None and not (math.isfinite(v) and ok(v) and v <= 1e12):
+                _fail(f"{opt} must be a finite number {what} (at most 1e12), not {v}")
+
+
 def _pin(cpu):
     if cpu is not None:
         try:
@@ -29,55 +39,206 @@ def _pin(cpu):
             _fail(f"cannot pin to CPU {cpu}: {e.strerror}")
 
 
-def _render(st):
-    lines = [f"up {st['uptime_s']:.1f}s  packets {st['packets']}  hits {st['hits']}  misses {st['misses']}  "
-             f"flows {st['flows']}/{st['flow_limit']}  upcalls {st['upcall']['upcalls']} "
-             f"(flows {st['upcall']['upcall_flows']}, channel {'up' if st['upcall']['channel_up'] else 'DOWN'})"]
-    ns = st["stage_ns_per_packet"]
-    lines.append("ns/packet  " + "  ".join(f"{k} {v if v is not None else '-'}" for k, v in ns.items()))
-    for p in st["ports"]:
-        d = {k: v for k, v in p["drops"].items() if v}
-        lines.append(f"  {p['ofport']:>3} {p['uri']:<24} rx {p['rx_packets']:>12} tx {p['tx_packets']:>12}"
-                     f"{'  FAULTY' if p['faulty'] else ''}{'  drops ' + str(d) if d else ''}")
-    drops = {k: v for k, v in st["drops"].items() if v}
-    perr = {k: v for k, v in st["parse_errors"].items() if v}
-    if drops:
-        lines.append(f"  drops: {drops}")
-    if perr:
-        lines.append(f"  parse errors: {perr}")
-    return "\n".join(lines)
+def _live(interval, as_json):
+    """The per-interval display (or JSON line) of a pipeline's rates: a function of each
+    new stats snapshot; the first call sets the baseline."""
+    from pipeline.rates import rates, render
+    prev = [None]
+
+    def show(st):
+        r = rates(prev[0] or st, st) if prev[0] else None
+        prev[0] = st
+        if r is None:
+            return None
+        return json.dumps(r) if as_json else render(st, r)
+    return show
 
 
 @app.command()
-def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipeline], [[port]], [slowpath]"),
+def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipeline], [[port]], [slowpath], [metrics]"),
         duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
-        interval: float = typer.Option(1.0, help="seconds between live counter updates"),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="no live counters"),
+        interval: float = typer.Option(1.0, help="seconds between live rate updates (at least 0.1)"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no live display; print only the ready line"),
+        as_json: bool = typer.Option(False, "--json", help="live rates as one JSON object per line"),
         stats_json: Optional[str] = typer.Option(None, help="write the final counters to this file as JSON"),
+        ready_file: Optional[str] = typer.Option(None, help="write this file (JSON: name, pid, run_dir, metrics) "
+                                                 "once the pipeline forwards; removed at exit"),
+        detach: bool = typer.Option(False, "--detach", help="run in the background once ready (a daemon); "
+                                    "with --pid-file and --log-file"),
+        pid_file: Optional[str] = typer.Option(None, help="with --detach: write the pipeline's pid here"),
+        log_file: Optional[str] = typer.Option(None, help="with --detach: its messages go here "
+                                               "(default: RUN_DIR/../NAME.log)"),
         cpu: Optional[int] = typer.Option(None, help="pin the worker to this CPU"),
         mirror: List[str] = typer.Option([], help="PORT=FILE: write what PORT (ofport or uri) sends to a pcap "
-                                         "file (tcpdump -r FILE); repeatable"),
+                                         "file (tcpdump -r FILE); repeatable, one file per port"),
         supervised: bool = typer.Option(True, "--supervise/--no-supervise",
                                         help="restart the worker (with its ports and rules) if it crashes")):
-    """Start the slow path and one worker, forward until SIGINT/SIGTERM, print counters.
+    """Start the slow path and one worker, forward until SIGINT/SIGTERM, show live rates.
 
     Port uris: shm:NAME, afxdp:IFNAME[:QUEUE], packet:IFNAME, tap:NAME, pcap:FILE[@write],
     each with @options (queues=N, netns=NS, ...); netmap:IF[^] and valeX:PORT as libnetmap
-    names them (the README's Ports section lists them all)."""
+    names them (the README's Ports section lists them all). Once forwarding it prints
+    `ready name=... pid=... run_dir=...` (scripts wait for it, or for --ready-file).
+    SIGHUP reloads the rules from the config's [slowpath] flows."""
     from pipeline import config as cfgmod
-    from pipeline.supervisor import supervise
+    from pipeline.supervisor import crash_leftovers, supervise
+    if duration is not None and duration <= 0:
+        _fail(f"--duration must be > 0 seconds, not {duration:g}")
+    if interval < 0.1:
+        _fail(f"--interval must be at least 0.1 s, not {interval:g}")
     try:
-        cfg = cfgmod.load(config)
+        cfg = cfgmod.load(config, rules=True)
         cfgmod.add_mirrors(cfg, mirror)
     except cfgmod.ConfigError as e:
         _fail(str(e))
+    _numbers(above_zero=(("--duration", duration), ("--interval", interval)))
+    for what, path in (("--stats-json", stats_json), ("--ready-file", ready_file), ("--pid-file", pid_file),
+                       ("--log-file", log_file)):
+        if path:
+            _writable(what, path)
+    if (pid_file or log_file) and not detach:
+        _fail("--pid-file and --log-file go with --detach")
     deadline = time.monotonic() + duration if duration else None
-    if not supervised:
-        raise typer.Exit(_run_worker(cfg, deadline, interval, quiet, stats_json, cpu, 0))
-    raise typer.Exit(supervise(lambda restarts: _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts)))
+    quiet = quiet or detach
+    ready_fd = _daemonize(cfg, pid_file, log_file) if detach else None
+    metrics = _start_metrics(cfg) if cfg.metrics_listen else None
+    ready = dict(file=ready_file, fd=ready_fd, metrics=metrics and metrics.address)
+    run_one = lambda restarts: _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu,  # noqa: E731
+                                           restarts, ready)
+    try:
+        if not supervised:
+            signal.signal(signal.SIGHUP, lambda *_: _reload_rules(cfg))
+            code = run_one(0)
+        else:
+            code = supervise(run_one, give_up=crash_leftovers(cfg), on_hup=lambda: _reload_rules(cfg))
+    finally:
+        if metrics:
+            metrics.stop()
+        for path in (ready_file, pid_file):
+            if path:
+                _unlink(path)
+    raise typer.Exit(code)
 
 
-def _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts):
+def _writable(what, path):
+    """Refuse at once a file the run could not write at its end (its counters would be lost)."""
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        _fail(f"{what} {path}: no directory {d}")
+    if os.path.isdir(path) or not os.access(d, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        _fail(f"{what} {path}: cannot write there")
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _daemonize(cfg, pid_file, log_file):
+    """--detach: the foreground process waits for the pipeline's ready line (or its
+    failure) and exits with it; the pipeline goes on in a new session, its messages in the
+    log file. Returns the fd the worker writes its ready line to."""
+    log = log_file or os.path.join(os.path.dirname(os.path.abspath(cfg.run_dir)), cfg.name + ".log")
+    try:
+        logfd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as e:
+        _fail(f"--log-file {log}: {e.strerror}")
+    r, w = os.pipe()
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        os.close(logfd)
+        with os.fdopen(r) as f:
+            line = f.readline().strip()
+        if not line.startswith("ready"):
+            _fail(f"pipeline {cfg.name!r} did not start: {line or 'see ' + log}", 1)
+        print(line, flush=True)
+        os._exit(0)
+    os.close(r)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(logfd, 1)
+    os.dup2(logfd, 2)
+    os.close(null)
+    os.close(logfd)
+    if pid_file:
+        with open(pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    return w
+
+
+class _Metrics:
+    """The metrics endpoint's process (pipeline/metrics.py)."""
+
+    def __init__(self, cfg):
+        import subprocess
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.metrics", "--run-dir", cfg.run_dir,
+                                      "--name", cfg.name, "--listen", cfg.metrics_listen],
+                                     stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("listening "):
+            self.stop()
+            raise RuntimeError(f"[metrics].listen: {line.removeprefix('error ') or 'the endpoint did not start'}")
+        self.address = line.split(" ", 1)[1]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+def _die_with_parent():
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)       # PR_SET_PDEATHSIG
+
+
+def _start_metrics(cfg):
+    try:
+        return _Metrics(cfg)
+    except RuntimeError as e:
+        _fail(str(e))
+
+
+def _reload_rules(cfg):
+    """SIGHUP: the slow path's rules become the config's [slowpath] flows (replace-flows:
+    unchanged rules keep their counters); a config that does not parse changes nothing."""
+    from pipeline import config as cfgmod
+    from pipeline import control
+    try:
+        new = cfgmod.load(cfg.path, rules=True)
+        n = control.request(os.path.join(cfg.run_dir, "slowpath.ctl"), "replace-flows", flows=new.flows)
+        print(f"valepipe: SIGHUP: rules reloaded from {cfg.path}: {n['added']} added, {n['removed']} removed, "
+              f"{n['kept']} unchanged", file=sys.stderr, flush=True)
+    except (cfgmod.ConfigError, OSError, RuntimeError) as e:
+        print(f"valepipe: SIGHUP: rules not reloaded: {e}", file=sys.stderr, flush=True)
+
+
+def _announce_ready(w, ready, restarts):
+    """The ready line (stdout, or the --detach parent) and --ready-file, once forwarding."""
+    info = {"name": w.cfg.name, "pid": os.getpid(), "run_dir": os.path.abspath(w.run_dir),
+            "metrics": ready.get("metrics")}
+    line = "ready " + " ".join(f"{k}={v}" for k, v in info.items() if v is not None)
+    if ready.get("file"):
+        tmp = ready["file"] + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(info, f)
+        os.replace(tmp, ready["file"])
+    if ready.get("fd") is not None:
+        try:
+            os.write(ready["fd"], (line + "\n").encode())
+            os.close(ready["fd"])
+        except OSError:
+            pass
+        ready["fd"] = None
+    elif restarts == 0:
+        print(line, flush=True)
+
+
+def _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu, restarts, ready):
     """One worker's life (in the supervisor's child); returns the exit code."""
     from pipeline.ports import PortError
     from pipeline.worker import Worker
@@ -87,23 +248,27 @@ def _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts):
             # a restarted worker keeps the slow path's rules of this run
             w = Worker(cfg, keep_rules=restarts > 0)
         except (PortError, RuntimeError, OSError) as e:
+            if ready.get("fd") is not None:
+                os.write(ready["fd"], f"{e}\n".encode())
             _fail(str(e))
     except typer.Exit as e:          # the child's exit code, for the supervisor
         return e.exit_code
     w.restarts = restarts
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())
-    live = None
-    if not quiet:
+    _announce_ready(w, ready, restarts)
+    live, tick, show = None, None, _live(interval, as_json)
+    show(w.stats())
+    if as_json:
+        tick = lambda w: (lambda out: out and print(out, flush=True))(show(w.stats()))  # noqa: E731
+    elif not quiet:
         if sys.stdout.isatty():
             from rich.live import Live
             live = Live(auto_refresh=False)
             live.start()
-            tick = lambda w: live.update(_render(w.stats()), refresh=True)  # noqa: E731
+            tick = lambda w: (lambda out: out and live.update(out, refresh=True))(show(w.stats()))  # noqa: E731
         else:
-            tick = lambda w: print(_render(w.stats()), flush=True)  # noqa: E731
-    else:
-        tick = None
+            tick = lambda w: (lambda out: out and print(out + "\n", flush=True))(show(w.stats()))  # noqa: E731
     try:
         w.run(duration=max(0.001, deadline - time.monotonic()) if deadline else None, on_tick=tick, tick_s=interval)
     finally:
@@ -112,11 +277,65 @@ def _run_worker(cfg, deadline, interval, quiet, stats_json, cpu, restarts):
         final = w.stats()
         w.close()
     if stats_json:
-        with open(stats_json, "w") as f:
-            json.dump(final, f, indent=1)
-    if not quiet:
-        print(_render(final))
+        try:
+            with open(stats_json, "w") as f:
+                json.dump(final, f, indent=1)
+        except OSError as e:
+            print(f"valepipe: --stats-json {stats_json}: {e.strerror}", file=sys.stderr)
+            return 1
+    if not quiet and not as_json:
+        from pipeline.rates import render, since_start
+        print(render(final, since_start(final)))
     return 0
+
+
+def _traffic_lines(what, counter, quiet):
+    """pkt-gen's once-a-second line: a function of the tool, called every slice."""
+    state = {"t": time.monotonic(), "n": 0, "b": 0}
+
+    def line(tool):
+        now = time.monotonic()
+        if quiet or now - state["t"] < 1.0:
+            return
+        n, b = counter(tool)
+        dt = now - state["t"]
+        print(f"{what} {(n - state['n']) / dt:>12,.0f} pps {(b - state['b']) * 8 / dt / 1e6:>10,.2f} Mbps  "
+              f"(total {n:,})", flush=True)
+        state.update(t=now, n=n, b=b)
+    return line
+
+
+def _stop_on_signals():
+    """SIGINT/SIGTERM end the run at the next slice, so the summary is still printed."""
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(1))
+    return lambda: bool(stop)
+
+
+def _check_run_time(duration, count, default=None):
+    if duration is not None and duration <= 0:
+        _fail(f"--duration must be > 0 seconds, not {duration:g}")
+    if count < 0 or count >= 1 << 63:
+        _fail(f"--count must be 0..2^63-1 (0 = no limit), not {count}")
+    return default if count == 0 and duration is None else duration
+
+
+OWNER = typer.Option(None, "--owner", help="shm: attach to a pipeline of this user (name or uid); by "
+                     "default only to one of your own")
+
+
+def _owner_uid(owner):
+    """--owner USER as a uid (None: this process's user)."""
+    import pwd
+    if owner is None:
+        return None
+    if owner.isascii() and owner.isdigit():
+        return int(owner)
+    try:
+        return pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        _fail(f"--owner {owner!r}: no such user")
 
 
 @app.command()
@@ -126,28 +345,44 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
         flows: int = typer.Option(1, help="distinct UDP flows, sent round-robin"),
         rate: float = typer.Option(0, help="packets per second (0 = as fast as the ring takes them)"),
         count: int = typer.Option(0, help="stop after this many packets (0 = no limit)"),
-        duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
+        duration: Optional[float] = typer.Option(None, help="stop after this many seconds (default: 10 s "
+                                                 "when no --count is given)"),
         batch: int = typer.Option(256, help="slots filled per ring publish"),
         rx: Optional[str] = typer.Option(None, help="also count what arrives on this port, in the same "
                                           "loop (pkt-gen txrx: one core, no scheduler in between)"),
         idle_stop: float = typer.Option(1.0, help="with --rx: stop once nothing arrived for this long"),
         cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
-        as_json: bool = typer.Option(False, "--json", help="print the result as JSON")):
+        owner: Optional[str] = OWNER,
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no line per second, only the summary"),
+        as_json: bool = typer.Option(False, "--json", help="print the summary as JSON (no lines per second)")):
     """pkt-gen-style generator: prebuilt UDP/IPv4 frames, C batch loop (one sync ioctl per
-    batch on netmap ports)."""
+    batch on netmap ports). Prints a line per second and a summary (also on Ctrl-C); follows
+    its pipeline through a restart, and stops with an error if it goes away."""
     from bindings.netmap.port import NetmapError
     from ring.region import RegionError
-    from tools.traffic import Generator, Sink
+    from tools.traffic import Generator, PeerGone, Sink
+    _numbers(above_zero=(("--duration", duration), ("--idle-stop", idle_stop), ("--batch", batch)),
+             at_least_zero=(("--rate", rate), ("--count", count)))
+    duration = _check_run_time(duration, count, default=10.0)
+    if rate > 1e10:
+        _fail(f"--rate must be 0..1e10 packets/s (0 = as fast as possible), not {rate:g}")
+    if batch > 65536:
+        _fail(f"--batch must be 1..65536 slots, not {batch}")
     _pin(cpu)
-    if count == 0 and duration is None:
-        duration = 10.0
+    uid = _owner_uid(owner)
     try:
-        g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch)
-        s = Sink(rx, count=count) if rx else None
+        g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch, owner=uid)
+        s = Sink(rx, count=count, owner=uid) if rx else None
     except (RegionError, NetmapError, ValueError) as e:
         _fail(str(e))
+    line = _traffic_lines("tx", lambda t: (t.g.sent, t.g.sent * t.g.frame_len), quiet or as_json)
+    code = 0
     try:
-        res = g.run(duration=duration, sink=s, idle_stop_s=idle_stop)
+        try:
+            res = g.run(duration=duration, sink=s, idle_stop_s=idle_stop, on_slice=line, stop=_stop_on_signals())
+        except PeerGone as e:
+            typer.echo(f"valepipe: {e}; stopped", err=True)
+            res, code = g.result(), 1
         if s:
             res["rx"] = s.result()
     finally:
@@ -161,49 +396,107 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
         if s:
             print(f"received {res['rx']['received']} packets in {res['rx']['seconds']:.3f} s: "
                   f"{res['rx']['mpps']:.3f} Mpps")
+    raise typer.Exit(code)
 
 
 @app.command()
 def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or netmap:IF / valeX:PORT"),
-         count: int = typer.Option(0, help="stop after this many packets"),
+         count: int = typer.Option(0, help="stop after this many packets (0 = no limit)"),
          duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
-         idle_stop: Optional[float] = typer.Option(None, help="stop once nothing arrived for this many seconds"),
+         idle_stop: Optional[float] = typer.Option(None, help="stop once nothing arrived for this many seconds "
+                                                   "(counted from the start until the first packet)"),
          cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
-         as_json: bool = typer.Option(False, "--json", help="print the result as JSON")):
-    """Count packets arriving on a port (C batch loop) and report the rate."""
+         owner: Optional[str] = OWNER,
+         quiet: bool = typer.Option(False, "--quiet", "-q", help="no line per second, only the summary"),
+         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON (no lines per second)")):
+    """Count packets arriving on a port (C batch loop): a line per second, a summary at the
+    end (also on Ctrl-C). Runs until --count, --duration, --idle-stop or Ctrl-C."""
     from bindings.netmap.port import NetmapError
     from ring.region import RegionError
-    from tools.traffic import Sink
+    from tools.traffic import PeerGone, Sink
+    _numbers(above_zero=(("--duration", duration), ("--idle-stop", idle_stop)), at_least_zero=(("--count", count),))
+    duration = _check_run_time(duration, count)
     _pin(cpu)
+    uid = _owner_uid(owner)
     try:
-        s = Sink(port, count=count)
-    except (RegionError, NetmapError) as e:
+        s = Sink(port, count=count, owner=uid)
+    except (RegionError, NetmapError, ValueError) as e:
         _fail(str(e))
+    line = _traffic_lines("rx", lambda t: (t.s.packets, t.s.bytes), quiet or as_json)
+    code = 0
     try:
-        res = s.run(duration=duration, idle_stop_s=idle_stop)
+        try:
+            res = s.run(duration=duration, idle_stop_s=idle_stop, on_slice=line, stop=_stop_on_signals())
+        except PeerGone as e:
+            typer.echo(f"valepipe: {e}; stopped", err=True)
+            res, code = s.result(), 1
     finally:
         s.close()
     print(json.dumps(res) if as_json else
           f"received {res['received']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps")
+    raise typer.Exit(code)
+
+
+NAME = typer.Option("valepipe", "--name", help="pipeline name ([pipeline].name); found whatever its run_dir")
+RUN_DIR = typer.Option(None, "--run-dir", help="the pipeline's run directory (default: where --name runs)")
+JSON = typer.Option(False, "--json", help="print the result as JSON")
 
 
 def _ctl(run_dir, name, which="worker.ctl"):
-    from pipeline.config import default_run_dir
-    return os.path.join(run_dir or default_run_dir(name), which)
-
-
-def _slowpath(name, run_dir, cmd, **args):
-    from pipeline import control
+    """The control socket `which` of pipeline `name` (found whatever its run_dir), in a run
+    directory no other user could have prepared (else we might be talking to their sockets)."""
+    from pipeline import config, registry, rundir
     try:
-        return control.request(_ctl(run_dir, name, "slowpath.ctl"), cmd, **args)
+        path = run_dir or registry.run_dir_of(config.check_name(name, "--name"))
+        rundir.check(path)
+    except (config.ConfigError, rundir.RunDirError) as e:
+        _fail(str(e))
+    return os.path.join(path, which)
+
+
+def _unreachable(name, run_dir, path, e):
+    """Why a pipeline cannot be reached, and what is running instead."""
+    from pipeline import registry
+    running = [x["name"] for x in registry.entries()]
+    hint = (f"running: {', '.join(running)}; pick one with --name NAME" if running
+            else "no pipeline is running; valepipe list shows them, --name picks one")
+    if isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
+        where = f" in {run_dir}" if run_dir else ""
+        return (f"no pipeline {name!r} is running{where} ({hint})" if isinstance(e, FileNotFoundError)
+                else f"pipeline {name!r} does not answer at {path} (stopped or crashed?; {hint})")
+    return f"cannot reach pipeline {name!r} at {path}: {e} ({hint})"
+
+
+def _request(name, run_dir, cmd, which="worker.ctl", **args):
+    """One control request to a running pipeline's worker (or slow path); errors end the
+    command with one line that says what is running."""
+    from pipeline import control
+    path = _ctl(run_dir, name, which)
+    try:
+        return control.request(path, cmd, **args)
     except RuntimeError as e:
         _fail(str(e))
     except OSError as e:
-        _fail(f"cannot reach the slow path of pipeline {name!r}: {e}")
+        if which == "slowpath.ctl" and isinstance(e, (FileNotFoundError, ConnectionRefusedError)) \
+                and os.path.exists(_ctl(run_dir, name)):
+            _fail(f"the slow path of pipeline {name!r} does not answer (restarting?); try again")
+        _fail(_unreachable(name, run_dir, path, e))
 
 
-NAME = typer.Option("valepipe", "--name", help="pipeline name ([pipeline].name)")
-RUN_DIR = typer.Option(None, "--run-dir", help="the pipeline's run directory (default /run/valepipe/NAME)")
+def _slowpath(name, run_dir, cmd, **args):
+    return _request(name, run_dir, cmd, which="slowpath.ctl", **args)
+
+
+def _rules(file, mode="add"):
+    from pipeline import rulefile
+    try:
+        return rulefile.parse(file, mode)
+    except rulefile.RuleFileError as e:
+        _fail(str(e))
+
+
+def _print_json(v):
+    print(json.dumps(v, indent=1))
 
 
 @app.command("add-flow")
@@ -215,59 +508,123 @@ def add_flow(flow: str = typer.Argument(..., help="a rule in ovs-ofctl syntax, e
 
 
 @app.command("add-flows")
-def add_flows(file: str = typer.Argument(..., help="file with one rule per line ('#' comments)"),
+def add_flows(file: str = typer.Argument(..., help="file with one rule per line ('#' comments; - for stdin)"),
               name: str = NAME, run_dir: Optional[str] = RUN_DIR):
-    """Add every rule of a file; nothing is added if any rule is invalid."""
+    """Add every rule of a file; nothing is added if any rule is invalid (each refused line
+    is named FILE:LINE with its text)."""
+    rules = _rules(file)
+    print(f"added {_slowpath(name, run_dir, 'add-flows', flows=[t for _, t, _ in rules])} rule(s)")
+
+
+@app.command("replace-flows")
+def replace_flows(file: str = typer.Argument(..., help="file with one rule per line ('#' comments; - for stdin)"),
+                  name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """Make the rules exactly those of FILE (as ovs-ofctl replace-flows): rules not in it are
+    deleted, new or changed ones added, unchanged ones keep their counters."""
+    rules = _rules(file)
+    n = _slowpath(name, run_dir, "replace-flows", flows=[t for _, t, _ in rules])
+    print(f"added {n['added']}, removed {n['removed']}, unchanged {n['kept']} rule(s)")
+
+
+@app.command("diff-flows")
+def diff_flows(file: str = typer.Argument(..., help="file with one rule per line ('#' comments; - for stdin)"),
+               name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """Compare FILE with the running rules (as ovs-ofctl diff-flows): '-' lines only in the
+    pipeline, '+' lines only in the file. Exit 0 if they are the same, 2 if they differ."""
+    from pipeline import rulefile
     try:
-        lines = [ln.strip() for ln in open(file, encoding="utf-8")]
-    except OSError as e:
-        _fail(f"{file}: {e.strerror}")
-    n = _slowpath(name, run_dir, "add-flows", flows=[ln for ln in lines if ln and not ln.startswith("#")])
-    print(f"added {n} rule(s)")
+        want = rulefile.canonical(file)
+    except rulefile.RuleFileError as e:
+        _fail(str(e))
+    have = [r["spec"] for r in _slowpath(name, run_dir, "dump-rules")]
+    only_have = [r for r in have if r not in set(want)]
+    only_want = [r for r in want if r not in set(have)]
+    for r in only_have:
+        print(f"-{r}")
+    for r in only_want:
+        print(f"+{r}")
+    raise typer.Exit(2 if only_have or only_want else 0)
 
 
 @app.command("del-flows")
 def del_flows(match: str = typer.Argument("", help="delete the rules this match covers (all when empty)"),
+              strict: bool = typer.Option(False, "--strict", help="only the rule with exactly this match and "
+                                          "priority (and table, 0 if not given)"),
               name: str = NAME, run_dir: Optional[str] = RUN_DIR):
-    """Delete rules (non-strict, as ovs-ofctl del-flows)."""
-    print(f"deleted {_slowpath(name, run_dir, 'del-flows', match=match)} rule(s)")
+    """Delete rules (non-strict unless --strict, as ovs-ofctl del-flows)."""
+    print(f"deleted {_slowpath(name, run_dir, 'del-flows', match=match, strict=strict)} rule(s)")
 
 
 @app.command("mod-flows")
 def mod_flows(flow: str = typer.Argument(..., help="match plus new actions, e.g. 'in_port=1,actions=output:3'"),
+              strict: bool = typer.Option(False, "--strict", help="only the rule with exactly this match and "
+                                          "priority"),
+              reset_counts: bool = typer.Option(False, "--reset-counts", help="also clear their packet and byte "
+                                                "counters"),
               name: str = NAME, run_dir: Optional[str] = RUN_DIR):
-    """Change the actions of the rules the match covers (non-strict)."""
-    print(f"modified {_slowpath(name, run_dir, 'mod-flows', flow=flow)} rule(s)")
+    """Change the actions of the rules the match covers (non-strict unless --strict)."""
+    n = _slowpath(name, run_dir, "mod-flows", flow=flow, strict=strict, reset_counts=reset_counts)
+    print(f"modified {n} rule(s)")
 
 
 @app.command()
-def trace(flow: str = typer.Argument(..., help="'in_port=1,tcp,nw_dst=10.0.0.1,tp_dst=80' or "
-                                               "'in_port=1 <packet in hex>'"),
-          name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+def trace(flow: Optional[str] = typer.Argument(None, help="'in_port=1,tcp,nw_dst=10.0.0.1,tp_dst=80' or "
+                                                          "'in_port=1 <packet in hex, spaces allowed>'"),
+          file: Optional[str] = typer.Option(None, "--file", "-f", help="trace every line of this file "
+                                             "(- for stdin): one result each, in order"),
+          name: str = NAME, run_dir: Optional[str] = RUN_DIR, as_json: bool = JSON):
     """Show how the tables handle a flow or packet: each table visited, the rule hit, the
-    Megaflow: and Datapath actions: lines, in the shape of ovs-appctl ofproto/trace."""
-    print(_slowpath(name, run_dir, "trace", flow=flow))
+    Megaflow: and Datapath actions: lines, in the shape of ovs-appctl ofproto/trace. With
+    --file, many flows or packets in one request (one result per line, blank line between)."""
+    from pipeline import rulefile
+    if (flow is None) == (file is None):
+        _fail("trace takes a FLOW or --file FILE (one of them)")
+    try:
+        items = [flow] if file is None else [t for _, t in rulefile.read(file)]
+    except rulefile.RuleFileError as e:
+        _fail(str(e))
+    results = _slowpath(name, run_dir, "trace-many", flows=items)
+    if as_json:
+        _print_json(results if file is not None else results[0])
+        raise typer.Exit(1 if any(r.get("error") and "text" not in r for r in results) else 0)
+    if file is None and "text" not in results[0]:
+        _fail(results[0]["error"])
+    for i, r in enumerate(results):
+        if i:
+            print()
+        print(r["text"] if "text" in r else f"Error: {r['error']}")
+    raise typer.Exit(1 if any("text" not in r for r in results) else 0)
+
+
+LAYERS = ((1, "l2"), (2, "vlan"), (4, "l3"), (8, "l4"))
+
+
+def _megaflow_line(f):
+    parts = []
+    for k, m in f["mask"].items():
+        if k in ("layers", "in_port"):
+            continue
+        v = f["key"].get(k, 0)
+        full = m == (("f" * len(m)) if isinstance(m, str) else {"eth_type": 0xFFFF}.get(k, _ones(m)))
+        parts.append(f"{k}={_show(k, v)}" if full else f"{k}={_show(k, v)}/{_show(k, m)}")
+    # the headers the frame had are always part of a megaflow: two that differ only in them
+    # (an ARP frame and a UDP one, say) are different entries and print differently
+    layers = "+".join(n for bit, n in LAYERS if f["key"].get("layers", 0) & bit) or "none"
+    used = "never" if f["used_s"] is None else f"{f['used_s']}s"
+    return (f"in_port={f['key']['in_port']},layers({layers}){''.join(',' + p for p in parts)}, "
+            f"packets:{f['packets']}, bytes:{f['bytes']}, used:{used}, actions:{f['actions']}")
 
 
 @app.command("dump-megaflows")
-def dump_megaflows(name: str = NAME, run_dir: Optional[str] = RUN_DIR):
-    """The fast path's megaflows: masked key, counters, actions (as ovs-appctl dpctl/dump-flows)."""
-    from pipeline import control
-    try:
-        flows = control.request(_ctl(run_dir, name), "megaflows")
-    except (OSError, RuntimeError) as e:
-        _fail(f"cannot reach pipeline {name!r}: {e}")
+def dump_megaflows(name: str = NAME, run_dir: Optional[str] = RUN_DIR, as_json: bool = JSON):
+    """The fast path's megaflows: masked key, counters (with those of the exact-match entries
+    that serve them), actions (as ovs-appctl dpctl/dump-flows)."""
+    flows = _request(name, run_dir, "megaflows")
+    if as_json:
+        _print_json(flows)
+        return
     for f in flows:
-        parts = []
-        for k, m in f["mask"].items():
-            if k in ("layers", "in_port"):
-                continue
-            v = f["key"].get(k, 0)
-            full = m == (("f" * len(m)) if isinstance(m, str) else {"eth_type": 0xFFFF}.get(k, _ones(m)))
-            parts.append(f"{k}={_show(k, v)}" if full else f"{k}={_show(k, v)}/{_show(k, m)}")
-        used = "never" if f["used_s"] is None else f"{f['used_s']}s"
-        print(f"in_port={f['key']['in_port']}{''.join(',' + p for p in parts)}, packets:{f['packets']}, "
-              f"bytes:{f['bytes']}, used:{used}, actions:{f['actions']}")
+        print(_megaflow_line(f))
 
 
 def _ones(v):
@@ -283,22 +640,54 @@ def _show(k, v):
         return ":".join(v[i:i + 2] for i in range(0, 12, 2))
     if isinstance(v, str) and len(v) == 32:
         return str(ipaddress.IPv6Address(bytes.fromhex(v)))
-    return hex(v) if k in ("eth_type", "tcp_flags") and isinstance(v, int) else str(v)
+    return f"{v:#06x}" if k == "eth_type" and isinstance(v, int) else (
+        hex(v) if k == "tcp_flags" and isinstance(v, int) else str(v))
 
 
 @app.command("fdb-show")
-def fdb_show(name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+def fdb_show(name: str = NAME, run_dir: Optional[str] = RUN_DIR, as_json: bool = JSON):
     """The NORMAL action's MAC learning table: port, VLAN, MAC, age (as ovs-appctl fdb/show)."""
+    entries = _slowpath(name, run_dir, "fdb-show")
+    rows = [{"port": port, "vlan": vlan, "mac": ":".join(f"{(mac >> (40 - 8 * i)) & 0xFF:02x}" for i in range(6)),
+             "age": age} for port, vlan, mac, age in entries]
+    if as_json:
+        _print_json(rows)
+        return
     print(" port  VLAN  MAC                Age")
-    for port, vlan, mac, age in _slowpath(name, run_dir, "fdb-show"):
-        m = ":".join(f"{(mac >> (40 - 8 * i)) & 0xFF:02x}" for i in range(6))
-        print(f"{port:>5}  {vlan:>4}  {m}  {age:>3}")
+    for r in rows:
+        print(f"{r['port']:>5}  {r['vlan']:>4}  {r['mac']}  {r['age']:>3}")
+
+
+SORT_KEYS = ("priority", "table", "n_packets", "n_bytes", "duration", "cookie")
+
+
+def _sort_key(field):
+    """ovs-ofctl --sort=FIELD: priority, counters, or a match field (rules without it last)."""
+    from pipeline.slowpath.flowtext import ALIASES
+    from pipeline.slowpath.fields import FIELDS
+    if field in SORT_KEYS:
+        return lambda r: (0, r[field])
+    f = ALIASES.get(field, field)
+    if f not in FIELDS:
+        _fail(f"--sort/--rsort: unknown field {field!r} (priority, table, n_packets, n_bytes, duration, cookie, "
+              "or a match field such as nw_dst)")
+    return lambda r: (0, r["fields"][f]) if f in r["fields"] else (1, 0)
 
 
 @app.command("dump-flows")
-def dump_flows(name: str = NAME, run_dir: Optional[str] = RUN_DIR):
-    """Print every rule with its counters, as ovs-ofctl dump-flows does."""
+def dump_flows(match: str = typer.Argument("", help="only the rules this match covers (ovs-ofctl's non-strict "
+                                                    "rule), e.g. 'table=0,tcp'"),
+               strict: bool = typer.Option(False, "--strict", help="only the rule with exactly this match and "
+                                           "priority"),
+               sort: Optional[str] = typer.Option(None, "--sort", help="ascending by FIELD: priority, table, "
+                                                  "n_packets, n_bytes, duration, cookie or a match field"),
+               rsort: Optional[str] = typer.Option(None, "--rsort", help="descending by FIELD"),
+               name: str = NAME, run_dir: Optional[str] = RUN_DIR, as_json: bool = JSON):
+    """Print the rules with their counters, as ovs-ofctl dump-flows does."""
     from pipeline import control
+    if sort and rsort:
+        _fail("give --sort or --rsort, not both")
+    key = _sort_key(sort or rsort) if (sort or rsort) else None
     wctl = _ctl(run_dir, name)
     try:    # the worker pushes its flows' counters to the slow path first
         want = control.request(wctl, "revalidate")
@@ -307,49 +696,168 @@ def dump_flows(name: str = NAME, run_dir: Optional[str] = RUN_DIR):
             time.sleep(0.02)
     except (OSError, RuntimeError):
         pass    # no worker: the slow path's counters are all there is
-    for line in _slowpath(name, run_dir, "dump-flows"):
-        print(" " + line)
+    rules = _slowpath(name, run_dir, "dump-rules", match=match, strict=strict)
+    if key:
+        rules.sort(key=key, reverse=bool(rsort))
+    if as_json:
+        _print_json(rules)
+        return
+    for r in rules:
+        print(" " + r["text"])
 
 
 @app.command()
-def stats(name: str = typer.Option("valepipe", help="pipeline name ([pipeline].name)"),
-          run_dir: Optional[str] = typer.Option(None, help="the pipeline's run directory"),
-          as_json: bool = typer.Option(False, "--json")):
+def stats(name: str = NAME, run_dir: Optional[str] = RUN_DIR,
+          watch: bool = typer.Option(False, "--watch", "-w", help="refresh every --interval: rates per port "
+                                     "and in total (packets/s, bits/s, drops/s by reason)"),
+          interval: float = typer.Option(1.0, help="with --watch: seconds between updates (at least 0.1)"),
+          as_json: bool = typer.Option(False, "--json", help="every counter as JSON; with --watch, one JSON "
+                                       "object of rates per line")):
     """Counters of a running pipeline: per port, per stage, hits/misses/upcalls, drops by reason."""
-    from pipeline import control
+    if interval < 0.1:
+        _fail(f"--interval must be at least 0.1 s, not {interval:g}")
+    st = _request(name, run_dir, "stats")
+    if not watch:
+        if as_json:
+            _print_json(st)
+        else:
+            from pipeline.rates import render, since_start
+            print(render(st, since_start(st)))
+        return
+    show = _live(interval, as_json)
+    show(st)
+    live = None
+    if not as_json and sys.stdout.isatty():
+        from rich.live import Live
+        live = Live(auto_refresh=False)
+        live.start()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        st = control.request(_ctl(run_dir, name), "stats")
-    except (OSError, RuntimeError) as e:
-        _fail(f"cannot reach pipeline {name!r}: {e}")
-    print(json.dumps(st, indent=1) if as_json else _render(st))
+        while True:
+            time.sleep(interval)
+            out = show(_request(name, run_dir, "stats"))
+            if live:
+                live.update(out, refresh=True)
+            else:
+                print(out if as_json else out + "\n", flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if live:
+            live.stop()
 
 
 @app.command()
-def ports(name: str = typer.Option("valepipe", help="pipeline name"),
-          run_dir: Optional[str] = typer.Option(None, help="the pipeline's run directory"),
+def ports(name: str = NAME, run_dir: Optional[str] = RUN_DIR,
           as_json: bool = typer.Option(False, "--json", help="everything, as JSON")):
     """Ports of a running pipeline with their counters and fault state; for interface ports
-    (afxdp, packet, tap, pcap, netmap) also what the binding counted (io) and its last error."""
-    from pipeline import control
-    try:
-        ps = control.request(_ctl(run_dir, name), "ports")
-    except (OSError, RuntimeError) as e:
-        _fail(f"cannot reach pipeline {name!r}: {e}")
+    (afxdp, packet, tap, pcap, netmap) also what the binding counted (io), its link state
+    where the binding reports one, and its last error."""
+    ps = _request(name, run_dir, "ports")
     if as_json:
-        print(json.dumps(ps, indent=1))
+        _print_json(ps)
         return
     for p in ps:
-        print(f"{p['ofport']:>3} {p['uri']:<28} {'FAULTY' if p['faulty'] else 'ok':<7} rx {p['rx_packets']} "
+        io = p.get("io") or {}
+        state = "FAULTY" if p["faulty"] else ("down" if io.get("link") == "down" else "ok")
+        print(f"{p['ofport']:>3} {p['uri']:<28} {state:<7} rx {p['rx_packets']} "
               f"tx {p['tx_packets']} drops {json.dumps({k: v for k, v in p['drops'].items() if v})}")
-        io = p.get("io")
         if io:
             counts = {k: io[k] for k in ("rx_truncated", "rx_kernel_drops", "rx_errors", "tx_errors", "tx_again",
                                          "tx_discarded", "sync_errors") if io.get(k)}
-            extra = {k: io[k] for k in ("xdp_mode", "zerocopy", "queues", "netns", "mem_id") if io.get(k) is not None}
+            extra = {k: io[k] for k in ("link", "speed_mbps", "xdp_mode", "zerocopy", "queues", "netns", "mem_id")
+                     if io.get(k) is not None}
             print(f"    io: {json.dumps(counts)} {json.dumps(extra)}"
                   + (f" last error: {io['last_error']}" if io.get("last_error") else ""))
         if p.get("mirror"):
             print(f"    mirror: {p['mirror']['file']} ({p['mirror']['packets']} packets)")
+
+
+@app.command("add-port")
+def add_port(uri: str = typer.Argument(..., help="port uri, as in [[port]] (shm:NAME, afxdp:IF, packet:IF, "
+                                                 "tap:NAME, ...)"),
+             ofport: Optional[int] = typer.Option(None, help="its OpenFlow number (default: the next free one)"),
+             slots: int = typer.Option(1024, help="ring size"),
+             name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """Add a port to a running pipeline (as ovs-vsctl add-port); cached flows are
+    revalidated (NORMAL and FLOOD include it at once). It lasts until the pipeline stops."""
+    r = _request(name, run_dir, "add-port", uri=uri, ofport=ofport, slots=slots)
+    print(f"added port {r['ofport']} ({r['uri']})")
+
+
+@app.command("del-port")
+def del_port(port: str = typer.Argument(..., help="the port: its ofport or uri"),
+             name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """Remove a port from a running pipeline (as ovs-vsctl del-port); traffic on the other
+    ports goes on, and outputs to it become drops."""
+    r = _request(name, run_dir, "del-port", port=port)
+    print(f"removed port {r['ofport']} ({r['uri']})")
+
+
+@app.command("port-mod")
+def port_mod(port: str = typer.Argument(..., help="the port: its ofport or uri"),
+             up: Optional[bool] = typer.Option(None, "--up/--down", help="bring the port up or take it down"),
+             name: str = NAME, run_dir: Optional[str] = RUN_DIR):
+    """Take a port down (it neither receives nor sends; floods leave it out) or bring it
+    back up, as ovs-ofctl mod-port PORT down/up."""
+    if up is None:
+        _fail("port-mod needs --up or --down")
+    r = _request(name, run_dir, "port-mod", port=port, up=up)
+    print(f"port {r['ofport']} ({r['uri']}) is {'up' if r['up'] else 'down'}")
+
+
+@app.command("list")
+def list_(as_json: bool = JSON):
+    """The running pipelines: name, pid, uptime, ports, run directory."""
+    from pipeline import control, registry
+    rows = []
+    for e in registry.entries():
+        try:
+            st = control.request(os.path.join(e["run_dir"], "worker.ctl"), "stats", timeout=2.0)
+        except (OSError, RuntimeError):
+            continue                         # registered, but not answering: not running
+        rows.append({"name": e["name"], "pid": st["pid"], "uptime_s": st["uptime_s"], "run_dir": e["run_dir"],
+                     "config": e.get("config"), "ports": [p["uri"] for p in st["ports"]],
+                     "packets": st["packets"]})
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        print("no pipeline is running")
+        return
+    print(f"{'name':<16} {'pid':>7} {'uptime':>10}  ports")
+    for r in rows:
+        print(f"{r['name']:<16} {r['pid']:>7} {_duration(r['uptime_s']):>10}  {', '.join(r['ports'])}")
+
+
+def _duration(s):
+    s = int(s)
+    return f"{s // 86400}d{s // 3600 % 24}h" if s >= 86400 else (
+        f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s")
+
+
+@app.command()
+def check(config: str = typer.Argument(..., help="pipeline config (TOML) to check"),
+          as_json: bool = JSON):
+    """Parse a config as `run` would — every section, port uri and rule — without starting
+    anything; print every error with its place (exit 1 if any)."""
+    from pipeline import config as cfgmod
+    try:
+        cfg = cfgmod.load(config, rules=True)
+        errors = []
+    except cfgmod.ConfigError as e:
+        cfg, errors = None, e.errors
+    if as_json:
+        _print_json({"config": config, "ok": not errors, "errors": errors,
+                     "ports": [p["uri"] for p in cfg.ports] if cfg else None,
+                     "rules": len(cfg.flows) if cfg else None})
+    elif errors:
+        for e in errors:
+            typer.echo(e, err=True)
+    else:
+        print(f"{config}: ok: pipeline {cfg.name!r}, {len(cfg.ports)} port(s), {len(cfg.flows)} rule(s), "
+              f"run_dir {cfg.run_dir}")
+    raise typer.Exit(1 if errors else 0)
 
 
 @app.command()
@@ -359,10 +867,25 @@ def demo(flows: int = typer.Option(1, help="distinct flows"),
          batch: int = typer.Option(256, help="pipeline batch size")):
     """Run generator -> pipeline -> sink on shm: ports and print the throughput."""
     from tools.shmbench import measure
+    if not 1 <= batch <= 1024:
+        _fail(f"--batch must be 1..1024, not {batch}")
+    if not 42 <= size <= 2048:
+        _fail(f"--size must be 42..2048 bytes (60 = 64-byte frames with FCS), not {size}")
+    if not 1 <= flows <= 1_000_000:
+        _fail(f"--flows must be 1..1000000, not {flows}")
+    if not 0 < seconds <= 86400:
+        _fail(f"--seconds must be > 0 (and at most a day), not {seconds:g}")
+    # SIGTERM ends the demo as Ctrl-C does: its pipeline, traffic and temporary files go too
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print(f"valepipe demo: gen -> pipeline (shm:a -> shm:b, in_port=1,actions=output:2) -> sink, "
           f"{size + 4}-byte frames, {flows} flow(s), batch {batch}, {seconds:g} s")
     t0 = time.monotonic()
-    r = measure(flows=flows, size=size, batch=batch, seconds=seconds)
+    try:
+        r = measure(flows=flows, size=size, batch=batch, seconds=seconds)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except RuntimeError as e:
+        _fail(f"demo failed: {e}", 1)
     st = r["stats"]
     print(f"generator sent   {r['gen']['sent']:>12} packets ({r['gen']['mpps']:.2f} Mpps offered)")
     print(f"sink received    {r['sink']['received']:>12} packets")
@@ -378,33 +901,81 @@ app.add_typer(topo_app, name="topo")
 
 
 @topo_app.command("up")
-def topo_up(file: str = typer.Argument(..., help="topology (TOML): [[netns]], [[veth]], [[tap]]")):
+def topo_up(file: str = typer.Argument(..., help="topology (TOML): [[netns]], [[veth]], [[tap]]"),
+            as_json: bool = JSON):
     """Create the namespaces, veth pairs and TAP devices of FILE, with addresses, MTU, link state."""
     from tools import topo
     try:
         made = topo.up(file)
     except topo.TopoError as e:
         _fail(str(e))
+    if as_json:
+        _print_json(made)
+        return
     for m in made:
         print(f"created {m['kind']} {m['name']}" + (f" in {m['netns']}" if m.get("netns") else ""))
 
 
 @topo_app.command("down")
-def topo_down(file: str = typer.Argument(..., help="the topology file given to `topo up`")):
+def topo_down(file: str = typer.Argument(..., help="the topology file given to `topo up`"),
+              as_json: bool = JSON):
     """Remove exactly what `topo up FILE` created, and nothing else."""
     from tools import topo
     try:
         made, errors = topo.down(file)
     except topo.TopoError as e:
         _fail(str(e))
+    if as_json:
+        _print_json({"removed": [m for m in made if str(m) not in map(str, errors)], "errors": [str(e) for e in errors]})
+        raise typer.Exit(1 if errors else 0)
     print(f"removed {len(made) - len(errors)} of {len(made)} created objects")
     for e in errors:
         print(f"could not remove {e}", file=sys.stderr)
     if errors:
         raise typer.Exit(1)
 
-def main():
-    app()
+def _version(value: bool):
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            v = version("valepipe")
+        except PackageNotFoundError:
+            v = "unknown (not installed)"
+        print(f"valepipe {v}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(_v: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                     help="print the version and exit")):
+    """valepipe: a packet pipeline and virtual switch on netmap rings."""
+
+
+def main(argv=None):
+    """The `valepipe` command. Every error ends as one line on stderr and a non-zero exit,
+    usage errors included (typer would print a usage block)."""
+    try:
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+        from typer.exceptions import Abort
+    except ImportError:                                 # typer releases built on click
+        from click.exceptions import Abort, ClickException, NoArgsIsHelpError
+    try:
+        try:
+            code = app(args=argv, prog_name="valepipe", standalone_mode=False)
+        except NoArgsIsHelpError as e:
+            print(e.ctx.get_help() if e.ctx else "valepipe --help lists the commands")
+            code = 0
+        except ClickException as e:
+            cmd = e.ctx.command_path if getattr(e, "ctx", None) else "valepipe"
+            msg = " ".join(e.format_message().split())
+            print(f"{cmd}: {msg} (see {cmd} --help)", file=sys.stderr)
+            code = 2
+        except Abort:
+            code = 130
+    except BrokenPipeError:                             # `valepipe ... | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

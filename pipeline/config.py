@@ -1,17 +1,28 @@
 """Pipeline configuration: one TOML file, validated up front with messages that name the
 offending key, so a bad file never gets as far as the fast path."""
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 
 from bindings.netmap.names import is_netmap
+from pipeline import rundir
+from pipeline.slowpath.flowtext import FlowError, parse_flow
 
 
 LOCAL = 0xFFFE                    # OpenFlow's port number of the switch's own port
 
 
 class ConfigError(Exception):
-    pass
+    """A config the pipeline cannot run; `errors` lists every problem found, each with its
+    place (`valepipe check` prints them all, `run` the first)."""
+
+    def __init__(self, errors):
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        more = len(self.errors) - 1
+        super().__init__(self.errors[0] + (f" (and {more} more error{'s' * (more > 1)}: valepipe check "
+                                           "lists them)" if more else ""))
 
 
 @dataclass
@@ -27,6 +38,7 @@ class Config:
     ports: list = field(default_factory=list)       # [{"uri", "ofport", "slots"}]
     flows: list = field(default_factory=list)       # rule text, one rule per entry
     path: str = ""
+    metrics_listen: str = ""                        # [metrics] listen = "HOST:PORT" (Prometheus)
 
 
 MAX_CONFIG = 1 << 20          # characters; rules in bulk go through add-flows instead
@@ -34,26 +46,53 @@ PIPELINE_KEYS = {"name": str, "batch": int, "flow_limit": int, "emc_limit": int,
                  "revalidate_interval": (int, float)}
 PORT_KEYS = {"uri": str, "ofport": int, "slots": int, "mirror": str}
 SLOWPATH_KEYS = {"flows": list}
+METRICS_KEYS = {"listen": str}
+SECTIONS = {"pipeline": "[pipeline]", "port": "[[port]]", "slowpath": "[slowpath]", "metrics": "[metrics]"}
 
 
-def default_run_dir(name):
-    base = "/run/valepipe" if os.geteuid() == 0 else f"/tmp/valepipe-{os.getuid()}"
-    return os.path.join(base, name)
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_SECONDS = 365 * 86400     # longest idle_timeout / revalidate_interval: a year (ns fit 64 bits)
 
 
-def _check_table(tbl, keys, where):
+def check_name(name, where="name"):
+    """A pipeline name becomes a directory name: ASCII letters, digits and '_.-', never
+    starting with '.' ('.' or '..' would make the run directory the base or its parent;
+    '.pipelines' is the registry of running pipelines)."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.startswith("."):
+        raise ConfigError(f"{where} {name!r}: a pipeline name is 1-64 of [A-Za-z0-9_.-], not starting with '.'")
+    return name
+
+
+def _seconds(cfg, key, path, meaning, bad):
+    v = getattr(cfg, key)
+    if not (math.isfinite(v) and 0 <= v <= MAX_SECONDS):
+        bad(f"{path}: [pipeline].{key} must be 0..{MAX_SECONDS} seconds ({meaning}), not {v!r}")
+        setattr(cfg, key, 0)
+
+
+def _check_table(tbl, keys, where, bad):
+    """Type-check a table's keys; returns the keys that passed."""
     if not isinstance(tbl, dict):
-        raise ConfigError(f"{where}: expected a table")
+        bad(f"{where}: expected a table")
+        return {}
+    ok = {}
     for k, v in tbl.items():
         if k not in keys:
-            raise ConfigError(f"{where}: unknown key {k!r} (known: {', '.join(keys)})")
-        if not isinstance(v, keys[k]) or isinstance(v, bool):
+            bad(f"{where}: unknown key {k!r} (known: {', '.join(keys)})")
+        elif not isinstance(v, keys[k]) or isinstance(v, bool):
             t = keys[k]
             tn = t.__name__ if isinstance(t, type) else "/".join(x.__name__ for x in t)
-            raise ConfigError(f"{where}.{k}: expected {tn}, got {type(v).__name__} {v!r}")
+            bad(f"{where}.{k}: expected {tn}, got {type(v).__name__} {v!r}")
+        elif isinstance(v, str) and "\0" in v:
+            bad(f"{where}.{k}: a NUL character in {v!r}")
+        else:
+            ok[k] = v
+    return ok
 
 
-def parse(text, path="<config>"):
+def parse(text, path="<config>", rules=False):
+    """A Config, or ConfigError listing every problem found. rules=True also parses each
+    [slowpath] rule (what `valepipe check` and `run` do before starting anything)."""
     if len(text) > MAX_CONFIG:
         raise ConfigError(f"{path}: {len(text)} characters; a config is at most {MAX_CONFIG}")
     try:
@@ -62,67 +101,123 @@ def parse(text, path="<config>"):
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     except RecursionError:
         raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
+    errors = []
+    bad = errors.append
     for k in doc:
-        if k not in ("pipeline", "port", "slowpath"):
-            raise ConfigError(f"{path}: unknown section [{k}] (known: [pipeline], [[port]], [slowpath])")
+        if k not in SECTIONS:
+            bad(f"{path}: unknown section [{k}] (known: {', '.join(SECTIONS.values())})")
     cfg = Config(path=path)
-    pl = doc.get("pipeline", {})
-    _check_table(pl, PIPELINE_KEYS, f"{path}: [pipeline]")
+    pl = _check_table(doc.get("pipeline", {}), PIPELINE_KEYS, f"{path}: [pipeline]", bad)
     for k, v in pl.items():
         setattr(cfg, k, v)
-    if not cfg.name or not all(c.isalnum() or c in "_-." for c in cfg.name):
-        raise ConfigError(f"{path}: [pipeline].name {cfg.name!r} must be letters, digits, '_-.'")
+    try:
+        check_name(cfg.name, f"{path}: [pipeline].name")
+    except ConfigError as e:
+        bad(str(e))
     if not 1 <= cfg.batch <= 1024:
-        raise ConfigError(f"{path}: [pipeline].batch must be 1..1024, not {cfg.batch}")
+        bad(f"{path}: [pipeline].batch must be 1..1024, not {cfg.batch}")
     if not 1 <= cfg.flow_limit <= 10_000_000:
-        raise ConfigError(f"{path}: [pipeline].flow_limit must be 1..10000000")
+        bad(f"{path}: [pipeline].flow_limit must be 1..10000000")
     if not 0 <= cfg.emc_limit <= cfg.flow_limit:
-        raise ConfigError(f"{path}: [pipeline].emc_limit must be 0..flow_limit (0 = flow_limit)")
+        bad(f"{path}: [pipeline].emc_limit must be 0..flow_limit (0 = flow_limit)")
     if not 0 <= cfg.upcall_rate <= 10_000_000:
-        raise ConfigError(f"{path}: [pipeline].upcall_rate must be 0..10000000 new flows/s per port (0 = no limit)")
-    if cfg.revalidate_interval < 0:
-        raise ConfigError(f"{path}: [pipeline].revalidate_interval must be >= 0 (0 = only when rules change)")
-    if cfg.idle_timeout < 0:
-        raise ConfigError(f"{path}: [pipeline].idle_timeout must be >= 0 (0 = never)")
-    cfg.run_dir = cfg.run_dir or default_run_dir(cfg.name)
+        bad(f"{path}: [pipeline].upcall_rate must be 0..10000000 new flows/s per port (0 = no limit)")
+    _seconds(cfg, "revalidate_interval", path, "0 = only when rules change", bad)
+    _seconds(cfg, "idle_timeout", path, "0 = never", bad)
+    cfg.run_dir = cfg.run_dir or rundir.default(cfg.name)
+    longest = len(os.fsencode(os.path.join(os.path.abspath(cfg.run_dir), rundir.LONGEST_SOCKET)))
+    if longest > rundir.MAX_SOCKET_PATH:
+        bad(f"{path}: [pipeline].run_dir {cfg.run_dir} is too long for its unix sockets ({longest} > "
+            f"{rundir.MAX_SOCKET_PATH} bytes); set a shorter one")
     ports = doc.get("port", [])
-    if not isinstance(ports, list) or not ports:
-        raise ConfigError(f"{path}: at least one [[port]] with a uri is needed")
+    if isinstance(ports, dict):
+        bad(f"{path}: [port] is one table; ports are an array of tables: write [[port]] (two brackets) "
+            "before each port")
+        ports = []
+    elif not isinstance(ports, list) or not ports:
+        bad(f"{path}: at least one [[port]] with a uri is needed")
+        ports = []
     seen_of, seen_uri = set(), set()
     for i, p in enumerate(ports):
         where = f"{path}: [[port]] #{i + 1}"
-        _check_table(p, PORT_KEYS, where)
+        p = _check_table(p, PORT_KEYS, where, bad)
         if "uri" not in p:
-            raise ConfigError(f"{where}: missing uri (e.g. uri = \"shm:p{i + 1}\")")
+            bad(f"{where}: missing uri (e.g. uri = \"shm:p{i + 1}\")")
+            continue
         spec = {"uri": p["uri"], "ofport": p.get("ofport", i + 1), "slots": p.get("slots", 1024)}
         if p.get("mirror"):
             spec["mirror"] = p["mirror"]
         if spec["uri"].startswith("internal:"):
             # the switch's own port is OpenFlow's LOCAL, as an Open vSwitch bridge's is
             if "ofport" in p and p["ofport"] != LOCAL:
-                raise ConfigError(f"{where}: an internal: port is OpenFlow port LOCAL ({LOCAL}); leave ofport out")
+                bad(f"{where}: an internal: port is OpenFlow port LOCAL ({LOCAL}); leave ofport out")
             if any(q["uri"].startswith("internal:") for q in cfg.ports):
-                raise ConfigError(f"{where}: a pipeline has one internal: port (OpenFlow's LOCAL)")
+                bad(f"{where}: a pipeline has one internal: port (OpenFlow's LOCAL)")
             spec["ofport"] = LOCAL
         elif not 1 <= spec["ofport"] <= 65279:
-            raise ConfigError(f"{where}: ofport must be 1..65279 (OpenFlow's range)")
+            bad(f"{where}: ofport must be 1..65279 (OpenFlow's range)")
         if spec["ofport"] in seen_of or spec["uri"] in seen_uri:
-            raise ConfigError(f"{where}: ofport {spec['ofport']} or uri {spec['uri']!r} used twice")
+            bad(f"{where}: ofport {spec['ofport']} or uri {spec['uri']!r} used twice")
         if not 2 <= spec["slots"] <= 65536:
-            raise ConfigError(f"{where}: slots must be 2..65536")
+            bad(f"{where}: slots must be 2..65536")
         if "slots" in p and is_netmap(spec["uri"]):
-            raise ConfigError(f"{where}: the netmap module sizes {spec['uri']}'s rings; ask for a size in "
-                              "its name instead (@conf:slots=N)")
+            bad(f"{where}: the netmap module sizes {spec['uri']}'s rings; ask for a size in "
+                "its name instead (@conf:slots=N)")
+        from pipeline.ports import PortError, check_uri
+        try:
+            check_uri(spec["uri"])
+        except PortError as e:
+            bad(f"{where}: uri: {e}")
         seen_of.add(spec["ofport"])
         seen_uri.add(spec["uri"])
         cfg.ports.append(spec)
-    sp = doc.get("slowpath", {})
-    _check_table(sp, SLOWPATH_KEYS, f"{path}: [slowpath]")
+    _check_outputs(cfg.ports, bad, f"{path}: ")
+    sp = _check_table(doc.get("slowpath", {}), SLOWPATH_KEYS, f"{path}: [slowpath]", bad)
     for j, f in enumerate(sp.get("flows", [])):
         if not isinstance(f, str):
-            raise ConfigError(f"{path}: [slowpath].flows[{j}] must be a string like \"in_port=1,actions=output:2\"")
-    cfg.flows = list(sp.get("flows", []))
+            bad(f"{path}: [slowpath].flows[{j}] must be a string like \"in_port=1,actions=output:2\"")
+        elif rules:
+            try:
+                parse_flow(f)       # refused here, in one line, not by a slow path that then exits
+            except FlowError as e:
+                bad(f"{path}: [slowpath].flows[{j}]: {e}")
+    cfg.flows = [f for f in sp.get("flows", []) if isinstance(f, str)]
+    mt = _check_table(doc.get("metrics", {}), METRICS_KEYS, f"{path}: [metrics]", bad)
+    if "listen" in mt:
+        try:
+            split_listen(mt["listen"])
+            cfg.metrics_listen = mt["listen"]
+        except ValueError as e:
+            bad(f"{path}: [metrics].listen: {e}")
+    if errors:
+        raise ConfigError(errors)
     return cfg
+
+
+def split_listen(text):
+    """`HOST:PORT` (`[v6]:PORT`) -> (host, port); port 0 lets the system pick one."""
+    host, colon, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} must be HOST:PORT, e.g. \"127.0.0.1:9477\"")
+    return host, int(port)
+
+
+def _check_outputs(specs, bad, where=""):
+    """Two ports writing one file (a mirror, a pcap:FILE@write) would interleave and lose
+    frames: refused."""
+    writers = {}
+    for s in specs:
+        files = [s["mirror"]] if s.get("mirror") else []
+        if s["uri"].startswith("pcap:") and "@" in s["uri"] and "write" in s["uri"].split("@", 1)[1].split(","):
+            files.append(s["uri"][5:].split("@", 1)[0])
+        for f in files:
+            real = os.path.realpath(f)
+            if real in writers:
+                bad(f"{where}port {s['ofport']} ({s['uri']}) writes {f} twice (as its pcap and its mirror)"
+                    if writers[real] == s["ofport"] else f"{where}ports {writers[real]} and {s['ofport']} "
+                    f"({s['uri']}) both write {f}: give each its own file")
+            writers[real] = s["ofport"]
 
 
 def add_mirrors(cfg, mirrors):
@@ -135,13 +230,23 @@ def add_mirrors(cfg, mirrors):
         if not hits:
             raise ConfigError(f"--mirror {m!r}: no port {port!r} (ports: "
                               + ", ".join(f"{s['ofport']}={s['uri']}" for s in cfg.ports) + ")")
-        hits[0]["mirror"] = path
+        if hits[0].get("mirror") and hits[0].get("_mirror_given"):
+            raise ConfigError(f"--mirror {m!r}: port {port} is mirrored twice (one file per port)")
+        hits[0]["mirror"], hits[0]["_mirror_given"] = path, True
+    for s in cfg.ports:
+        s.pop("_mirror_given", None)
+    errors = []
+    _check_outputs(cfg.ports, errors.append, "--mirror: ")
+    if errors:
+        raise ConfigError(errors)
 
 
-def load(path):
+def load(path, rules=False):
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: {e.strerror}") from None
-    return parse(text, path)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return parse(text, path, rules=rules)

@@ -3,12 +3,13 @@
 Owner-only (0600) in an owner-only directory; polled from the worker loop without
 blocking; oversized or malformed requests get an error reply.
 """
-import os
 import socket
 import sys
 import time
 
 import msgpack
+
+from pipeline import rundir
 
 MAX_REQUEST = 64 << 10
 # the worker answers between batches: a client that is slow to send its request (or sends
@@ -16,70 +17,15 @@ MAX_REQUEST = 64 << 10
 REQUEST_TIME_S = 0.2
 
 
-def make_run_dir(path):
-    """Create the run directory owner-only; returns the directories this call created,
-    outermost first, so the caller can remove exactly those."""
-    created, p = [], os.path.abspath(path)
-    while not os.path.exists(p):
-        created.append(p)
-        p = os.path.dirname(p)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid != os.geteuid():
-        raise PermissionError(f"run directory {path} belongs to uid {st.st_uid}, not to us")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return created[::-1]
-
-
-# what a pipeline keeps in its run directory while it runs
-RUN_FILES = ("worker.ctl", "slowpath.sock", "slowpath.ctl", "rules.flows", "rules.flows.tmp", "macs.json",
-             "macs.json.tmp")
-
-
-def claim_run_dir(path, keep=()):
-    """Clear a run directory of a pipeline that is gone (but the files in `keep`); refuse
-    one whose pipeline answers. Returns the files removed."""
-    ctl = os.path.join(path, "worker.ctl")
-    if os.path.exists(ctl):
-        try:
-            request(ctl, "stats", timeout=1.0)
-        except (OSError, RuntimeError):
-            pass                                   # nobody home: left by a run that died
-        else:
-            raise RuntimeError(f"a pipeline is already running with run directory {path} "
-                               "(stop it, or give this one another [pipeline] name or run_dir)")
-    removed = []
-    for f in RUN_FILES:
-        if f in keep:
-            continue
-        try:
-            os.unlink(os.path.join(path, f))
-            removed.append(f)
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def remove_run_dirs(created):
-    for d in reversed(created):
-        try:
-            os.rmdir(d)
-        except OSError:
-            break   # not empty: something else lives there now
+class RequestFailed(Exception):
+    """A handler's refusal, told to the client as it is (not as a bad request or a bug)."""
 
 
 class ControlServer:
     def __init__(self, path, handlers):
         self.path, self.handlers = path, handlers
-        if os.path.exists(path):
-            os.unlink(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            self.sock.bind(path)
-        finally:
-            os.umask(old)
+        self.ident = rundir.bind_unix(self.sock, path)
         self.sock.listen(8)
         self.sock.setblocking(False)
 
@@ -91,6 +37,8 @@ class ControlServer:
         with conn:
             try:
                 reply = self._answer(self._read(conn))
+            except RequestFailed as e:
+                reply = {"ok": False, "error": str(e)}
             except msgpack.exceptions.BufferFull:
                 reply = {"ok": False, "error": f"request larger than {MAX_REQUEST} bytes"}
             except (OSError, ValueError, msgpack.exceptions.StackError) as e:
@@ -129,10 +77,13 @@ class ControlServer:
             return {"ok": False, "error": f"unknown command {req['cmd']!r} (known: {', '.join(sorted(self.handlers))})"}
         return {"ok": True, "result": h(req)}
 
+    def owns_path(self):
+        """Our socket is still the one at self.path (no successor replaced it)."""
+        return rundir.is_own(self.path, self.ident)
+
     def close(self):
         self.sock.close()
-        if os.path.exists(self.path):
-            os.unlink(self.path)
+        rundir.unlink_own(self.path, self.ident)
 
 
 def request(path, cmd, timeout=5.0, **args):

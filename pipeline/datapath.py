@@ -3,6 +3,8 @@
 One `struct vp_dp` in C; this class owns its memory and translates between the
 slow path's names (OpenFlow port numbers, action lists) and the datapath's indexes.
 """
+import weakref
+
 from pipeline._native import ffi, lib
 
 MAX_ACTIONS = 65536
@@ -40,7 +42,9 @@ class Datapath:
         self._actions = ffi.new("struct vp_actions[]", MAX_ACTIONS)
         self.c.actions = self._actions
         self.c.max_actions = MAX_ACTIONS
-        self._outq = ffi.new("struct vp_outq[]", len(ports))
+        # long output lists and programs live in memory the C side allocates
+        weakref.finalize(self, lib.vp_actions_free, self.c)
+        self._outq = ffi.new("struct vp_outq[]", lib.VP_MAX_PORTS)     # room for ports added at run time
         self.c.outq = self._outq
         # exact-match entries (a cache capped at emc_limit when megaflows exist) and megaflows
         if lib.vp_flows_init(self.c, flow_limit) != 0 or lib.vp_megaflows_init(self.c, flow_limit) != 0:
@@ -54,10 +58,13 @@ class Datapath:
 
     def action_id(self, actions):
         """Intern a datapath action list (["output", ofport], ["drop"], ["set", f, v, m],
-        ["push_vlan", tpid, tci], ["pop_vlan"]) as a C action set; returns its id."""
+        ["push_vlan", tpid, tci], ["pop_vlan"]) as a C action set; returns its id. Lists
+        of any length up to VP_MAX_PROGRAM run whole; a longer one is refused, never cut."""
+        if len(actions) > lib.VP_MAX_PROGRAM:
+            raise DatapathError(f"{len(actions)} datapath actions, more than the {lib.VP_MAX_PROGRAM} "
+                                "an action set holds")
         if all(a[0] in ("output", "drop") for a in actions):
             key = tuple(self.ofport_to_index.get(a[1], lib.VP_MAX_PORTS) for a in actions if a[0] == "output")
-            key = key[: lib.VP_MAX_OUTPUTS]
         else:
             key = ("ops",) + tuple(tuple(a) for a in actions)
         aid = self._action_ids.get(key)
@@ -77,7 +84,7 @@ class Datapath:
         return aid
 
     def _ops(self, actions):
-        prog = [a for a in actions if a[0] != "drop"][: lib.VP_MAX_OPS]
+        prog = [a for a in actions if a[0] != "drop"]
         ops = ffi.new("struct vp_op[]", max(len(prog), 1))
         for op, a in zip(ops, prog):
             if a[0] == "output":
@@ -117,6 +124,20 @@ class Datapath:
             start = nxt[0]
         return out
 
+    def exact_flows(self):
+        """Exact-match entries installed by upcalls (not the ones cached from a megaflow,
+        whose hits the megaflow counts itself) as (key bytes, packets, bytes, used_ns)."""
+        out, start, buf, nxt = [], 0, ffi.new("uint32_t[]", 1024), ffi.new("uint32_t *")
+        t, size = self.c.flows, ffi.sizeof("struct vp_flow_key")
+        while start < t.limit:
+            n = lib.vp_flow_dump(self.c, start, buf, 1024, nxt)
+            for j in range(n):
+                f = t.entries[buf[j]]
+                if f.action >= 0 and not f.mf:
+                    out.append((bytes(ffi.buffer(ffi.addressof(f, "key"), size)), f.packets, f.bytes, f.used_ns))
+            start = nxt[0]
+        return out
+
     def stats(self):
         s = self.c.st
         stage = {}
@@ -133,6 +154,7 @@ class Datapath:
             "stage_ns_total": {k: s.stage_ns[i] for i, k in enumerate(STAGES)},
             "stage_packets": {k: s.stage_pkts[i] for i, k in enumerate(STAGES)},
             "tx_swapped": s.tx_swapped, "tx_copied": s.tx_copied,
+            "flow_hash": "crc32c-sse4.2" if lib.vp_crc32c_used() else "crc32c-portable",
         }
 
 

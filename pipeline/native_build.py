@@ -5,7 +5,6 @@ Python may call between `/* cdef-begin */` and `/* cdef-end */`. To add a kernel
 write `x.c` and `x.h` next to its module and list the header in KERNELS.
 """
 import os
-import platform
 import re
 
 from cffi import FFI
@@ -75,8 +74,8 @@ ffibuilder.set_source(
                         "-fvisibility=hidden", "-fno-semantic-interposition",
                         # keys are read and written as 64-bit words and as structs
                         "-fno-strict-aliasing"]
-    # CRC32C for flow hashes: every x86-64 CPU since 2009 has SSE4.2
-    + (["-msse4.2"] if platform.machine() in ("x86_64", "AMD64") else [])
+    # no -msse4.2 (or any -m flag): the module runs on every x86-64 CPU; the flow hash
+    # uses the crc32 instruction only where the CPU reports it (pipeline/stages/keyhash.h)
     + os.environ.get("VP_CFLAGS", "").split(),
     # AF_XDP: libxdp's xsk rings and libbpf's map/program/link calls (bindings/afxdp)
     libraries=["xdp", "bpf"],

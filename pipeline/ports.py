@@ -14,7 +14,7 @@ from bindings.netmap.port import NetmapError, NetmapPort
 from bindings.packet import PacketAdapter
 from bindings.pcap import PcapAdapter
 from bindings.tap import TapAdapter
-from pipeline._native import ffi
+from pipeline._native import ffi, lib
 from ring.region import ROLE_KERNEL, Region, RegionError, parse_shm_uri
 
 
@@ -32,9 +32,12 @@ class Port:
     options: dict = field(default_factory=dict)
     adapter: object = None                # bindings.adapter.Adapter of an emulated port
     mirror: object = None                 # bindings.pcap.PcapWriter copying what it sends
+    up: bool = True                       # administratively up (valepipe port-mod)
 
     def describe(self):
-        return {"uri": self.uri, "ofport": self.ofport, "kind": self.kind}
+        # a port that is down or gone has no OpenFlow number for the slow path: it is left
+        # out of floods and outputs to it are dropped
+        return {"uri": self.uri, "ofport": self.ofport if self.up else None, "kind": self.kind}
 
     def fds(self):
         return self.adapter.fds() if self.adapter else []
@@ -49,7 +52,11 @@ class Port:
             extra["io"] = self.adapter.stats()
         if self.mirror:
             extra["mirror"] = self.mirror.stats()
-        return {"uri": self.uri, "ofport": self.ofport, "kind": self.kind, "faulty": rs["faulty"], **extra,
+        c = self.ring_port.c
+        per = {"tx": [c.tx[i].st.packets for i in range(c.ntx)], "rx": [c.rx[i].st.packets for i in range(c.nrx)]}
+        extra["rings"] = {"rx": per["tx"], "tx": per["rx"]} if self.kind == "shm" else per
+        return {"uri": self.uri, "ofport": self.ofport, "kind": self.kind, "faulty": rs["faulty"], "up": self.up,
+                **extra,
                 "rx_packets": rx["packets"], "rx_bytes": rx["bytes"],
                 "tx_packets": tx["packets"], "tx_bytes": tx["bytes"],
                 "drops": {"rx_bad_index": rx["bad_index"], "rx_bad_buf": rx["bad_buf"],
@@ -61,11 +68,11 @@ class Port:
 def open_shm(specs):
     """shm: ports; ports naming the same region with @share= are created in one region."""
     groups = {}
-    for spec in specs:
-        name, region = parse_shm_uri(spec["uri"])
-        groups.setdefault(region, []).append((name, spec))
     ports, regions = [], []
     try:
+        for spec in specs:
+            name, region = parse_shm_uri(spec["uri"])
+            groups.setdefault(region, []).append((name, spec))
         for region_name, members in groups.items():
             slots = max(s.get("slots", 1024) for _, s in members)
             names = [n for n, _ in members]
@@ -111,6 +118,7 @@ def open_netmap(specs):
 
 
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+INTERNAL_OPTIONS = {"netns": None}
 
 
 def open_internal(specs):
@@ -120,7 +128,7 @@ def open_internal(specs):
     ports = []
     try:
         for s in specs:
-            name, opt = parse_uri(s["uri"], "internal", {"netns": None})
+            name, opt = parse_uri(s["uri"], "internal", INTERNAL_OPTIONS)
             check_ifname(s["uri"], name)
             with in_netns(opt["netns"]):
                 try:
@@ -158,6 +166,37 @@ KINDS = {"shm": open_shm, "internal": open_internal, "tap": adapter_kind(TapAdap
 
 def kind_of(uri):
     return "vale" if uri.startswith("vale") else uri.split(":", 1)[0]
+
+
+def check_uri(uri):
+    """Refuse a port uri whose syntax its kind would refuse, without opening anything
+    (what `valepipe check` and config loading use)."""
+    from bindings import afxdp, packet, pcap, tap
+    from bindings.adapter import check_ifname, parse_uri
+    from bindings.netmap import names
+    kind = kind_of(uri)
+    if kind not in KINDS:
+        raise PortError(f"port {uri!r}: unknown kind {kind!r}; this build has {', '.join(sorted(KINDS))}")
+    try:
+        if kind == "shm":
+            parse_shm_uri(uri)
+        elif kind in ("netmap", "vale"):
+            names.parse(uri)
+        elif kind == "internal":
+            name, _ = parse_uri(uri, "internal", INTERNAL_OPTIONS)
+            check_ifname(uri, name)
+        else:
+            mod = {"tap": tap, "packet": packet, "afxdp": afxdp, "pcap": pcap}[kind]
+            body, opts = parse_uri(uri, kind, mod.OPTIONS)
+            if kind != "pcap":
+                name, _, queue = body.partition(":") if kind == "afxdp" else (body, "", "")
+                check_ifname(uri, name)
+                if queue and not queue.isdigit():
+                    raise AdapterError(f"{uri!r}: queue {queue!r} must be a number")
+            if not 1 <= opts.get("queues", 1) <= lib.VP_MAX_RINGS:
+                raise AdapterError(f"{uri!r}: queues must be 1..{lib.VP_MAX_RINGS}")
+    except (RegionError, AdapterError, names.NameError_) as e:
+        raise PortError(str(e)) from None
 
 
 def open_ports(specs):

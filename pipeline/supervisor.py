@@ -2,7 +2,8 @@
 again with its ports and the slow path's current rules; stop signals are passed on.
 
 A worker that exits by itself (done, or refusing its config) is not restarted; one that
-crashes more than MAX_RESTARTS times in WINDOW_S seconds is given up on.
+crashes more than MAX_RESTARTS times in WINDOW_S seconds is given up on, and what its
+crashes left (shm region descriptors, run-directory files) is removed then.
 """
 import ctypes
 import os
@@ -17,8 +18,10 @@ PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def supervise(start_worker):
-    """start_worker(restarts) runs a worker in a child process and returns its exit code."""
+def supervise(start_worker, give_up=lambda: None, on_hup=None):
+    """start_worker(restarts) runs a worker in a child process and returns its exit code;
+    give_up() clears what a crashed worker leaves behind, when no worker will follow;
+    on_hup() runs here (not in the worker) on SIGHUP."""
     restarts, crashes, stopping = 0, [], []
     child = [0]
 
@@ -31,6 +34,8 @@ def supervise(start_worker):
                 pass
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    if on_hup:
+        signal.signal(signal.SIGHUP, lambda *_: on_hup())
     while True:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -40,6 +45,7 @@ def supervise(start_worker):
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)     # the supervisor reloads
                 _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)   # never outlive the supervisor
                 code = start_worker(restarts)
             except SystemExit as e:
@@ -63,10 +69,49 @@ def supervise(start_worker):
         now = time.monotonic()
         crashes = [t for t in crashes if now - t < WINDOW_S] + [now]
         if len(crashes) > MAX_RESTARTS:
-            print(f"valepipe: the worker crashed {len(crashes)} times in {WINDOW_S:g} s; giving up",
-                  file=sys.stderr, flush=True)
+            print(f"valepipe: the worker crashed {len(crashes)} times in {WINDOW_S:g} s (last: "
+                  f"{signal.Signals(sig).name}); giving up", file=sys.stderr, flush=True)
+            give_up()
             return 1
         restarts += 1
         print(f"valepipe: worker {pid} died of {signal.Signals(sig).name}; restarting it with its ports "
               f"(restart {restarts})", file=sys.stderr, flush=True)
         time.sleep(0.2)
+
+
+def crash_leftovers(cfg):
+    """A give_up for `cfg`'s pipeline: once the dead worker's slow path has gone (it follows
+    its worker), remove the run-directory files and directories and the shm descriptors
+    that name no running pipeline. Decided before the first worker starts (which of the
+    run directory's parents this run creates)."""
+    from pipeline import rundir
+    from ring.region import parse_shm_uri, remove_stale
+    run_dir = os.path.abspath(cfg.run_dir)
+    created = rundir.missing(run_dir) or [run_dir]
+
+    def clean():
+        _wait_closed(os.path.join(run_dir, "slowpath.ctl"), timeout=5.0)
+        for spec in cfg.ports:
+            if spec["uri"].startswith("shm:"):
+                remove_stale(parse_shm_uri(spec["uri"])[1])
+        try:
+            rundir.claim(run_dir)
+        except (RuntimeError, OSError):
+            return                          # a pipeline answers there now: not ours to clear
+        rundir.remove_dirs(created)
+    return clean
+
+
+def _wait_closed(path, timeout):
+    """Wait until nothing accepts connections on unix socket `path`."""
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+        except OSError:
+            return
+        finally:
+            s.close()
+        time.sleep(0.05)

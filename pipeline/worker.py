@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 
-from pipeline import control
+from pipeline import control, registry, rundir
 from pipeline.datapath import Datapath
 from bindings.adapter import AdapterError
 from bindings.pcap import PcapWriter
 from pipeline.ports import PortError, close_ports, open_ports
 from pipeline.stages import Execute, Extract, Lookup, Receive, Transmit
+from pipeline.runtime_ports import PortOps
 from pipeline.upcall import Upcalls
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -36,19 +37,22 @@ class Worker:
         self.stopping = False
         # the run directory first: it tells whether this pipeline already runs, and what a
         # crashed run of it left there is cleared (its shm regions are replaced when opened)
-        self.created_dirs = control.make_run_dir(self.run_dir)
         try:
-            # a restarted worker keeps its slow path's rules and NORMAL's MAC table
-            control.claim_run_dir(self.run_dir, keep=("rules.flows", "macs.json") if keep_rules else ())
+            self.created_dirs = rundir.make(self.run_dir)
+        except OSError as e:
+            raise RuntimeError(f"[pipeline].run_dir {self.run_dir!r}: cannot use it: "
+                               f"{e.strerror or e}") from None
+        try:
+            rundir.claim(self.run_dir, keep=rundir.KEPT_FILES if keep_rules else ())
         except RuntimeError:
-            control.remove_run_dirs(self.created_dirs)
+            rundir.remove_dirs(self.created_dirs)
             raise
         # this run's to remove at exit, also when an earlier run created it
         self.created_dirs = self.created_dirs or [os.path.abspath(self.run_dir)]
         try:
             self.ports = open_ports(cfg.ports)
         except Exception:
-            control.remove_run_dirs(self.created_dirs)
+            rundir.remove_dirs(self.created_dirs)
             raise
         try:
             for spec, port in zip(cfg.ports, self.ports):
@@ -57,22 +61,25 @@ class Worker:
                     port.ring_port.c.mirror = port.mirror.c
         except AdapterError as e:
             close_ports(self.ports)
-            control.remove_run_dirs(self.created_dirs)
+            rundir.remove_dirs(self.created_dirs)
             raise PortError(str(e)) from None
         try:
             self.dp = Datapath(self.ports, flow_limit=cfg.flow_limit, batch=cfg.batch, emc_limit=cfg.emc_limit or None)
             self.dp.idle_ns = int(cfg.idle_timeout * 1e9)
             self.dp.ofport_of = lambda i: self.ports[i].ofport
             self.upcalls = Upcalls(self.dp, self.slow_sock, rate=cfg.upcall_rate)
+            self.portops = PortOps(self)
             self.stages = [Receive(self.dp), Extract(self.dp), Lookup(self.dp, self.upcalls),
                            Execute(self.dp), Transmit(self.dp)]
             self.control = control.ControlServer(self.ctl_path, {
-                "stats": lambda r: self.stats(), "ports": lambda r: [p.stats() for p in self.ports],
+                "stats": lambda r: self.stats(), "ports": lambda r: [p.stats() for p in self.portops.live()],
                 "stop": lambda r: self.stop(), "revalidate": lambda r: self.revalidate_now(),
-                "megaflows": lambda r: self.megaflows()})
+                "megaflows": lambda r: self.megaflows(),
+                "add-port": self._port_op("add"), "del-port": self._port_op("delete"),
+                "port-mod": self._port_op("mod")})
         except Exception:
             close_ports(self.ports)
-            control.remove_run_dirs(self.created_dirs)
+            rundir.remove_dirs(self.created_dirs)
             raise
         # idle: sleep in epoll on the ports' fds when every port has one (AF_XDP, AF_PACKET,
         # TAP), so a frame wakes the worker at once; else (shm:, pcap:) nap briefly
@@ -83,12 +90,32 @@ class Worker:
                 for fd in p.fds():
                     self.epoll.register(fd, select.EPOLLIN)
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self.next_revalidation = self.started + cfg.revalidate_interval
         if start_slowpath:
-            self.start_slowpath()
+            try:
+                self.start_slowpath()
+            except BaseException:
+                self.close()            # nothing of this run is left behind: regions, sockets, run dir
+                raise
+        self.reregister()
+
+    def reregister(self):
+        """This pipeline's entry in the index of running pipelines (valepipe list, --name)."""
+        registry.register(self.cfg.name, self.run_dir, config=os.path.abspath(self.cfg.path) if self.cfg.path else None,
+                          ports=[p.uri for p in self.portops.live()], started=self.started_wall)
+
+    def _port_op(self, op):
+        """A control handler for add-port/del-port/port-mod (pipeline/runtime_ports.py)."""
+        def run(req):
+            try:
+                return getattr(self.portops, op)(req)
+            except (PortError, AdapterError) as e:
+                raise ValueError(str(e)) from None
+        return run
 
     def start_slowpath(self):
-        cmd = [sys.executable, "-m", "pipeline.slowpath", "--socket", self.slow_sock]
+        cmd = [sys.executable, "-m", "pipeline.slowpath", "--socket", self.slow_sock, "--name", self.cfg.name]
         if self.cfg.path and os.path.exists(self.cfg.path):
             cmd += ["--config", self.cfg.path]
         cpus = set(range(os.cpu_count() or 1))
@@ -113,7 +140,25 @@ class Worker:
         names = {aid: key for key, aid in self.dp._action_ids.items()}
         out, now = [], self.dp.c.now_ns
         ofport = self.dp.ofport_of
-        for _, kb, mb, aid, st in self.dp.megaflows():
+        mflows = self.dp.megaflows()
+        # the exact-match entries an upcall installed beside its megaflow carry that flow's
+        # packets: counted into the megaflow, as OVS's dump shows EMC hits in its dpcls rule
+        by_mask = {}
+        for j, (_, kb, mb, _, _) in enumerate(mflows):
+            m = int.from_bytes(mb, "little")
+            by_mask.setdefault(m, {})[int.from_bytes(kb, "little") & m] = j
+        extra = [[0, 0, 0] for _ in mflows]
+        for kb, packets, nbytes, used in self.dp.exact_flows():
+            k = int.from_bytes(kb, "little")
+            for m, keys in by_mask.items():
+                j = keys.get(k & m)
+                if j is not None:
+                    e = extra[j]
+                    e[0], e[1], e[2] = e[0] + packets, e[1] + nbytes, max(e[2], used if packets else 0)
+                    break
+        for (_, kb, mb, aid, st), (xp, xb, xu) in zip(mflows, extra):
+            st = {"packets": st["packets"] + xp, "bytes": st["bytes"] + xb,
+                  "used_ns": max(st["used_ns"] if st["packets"] else 0, xu)}
             key, mask = channel.key_attrs(kb, ofport), channel.key_attrs(mb, lambda i: 0xFFFF, like=kb)
             out.append({"key": {k: (v.hex() if isinstance(v, bytes) else v) for k, v in key.items()},
                         "mask": {k: (v.hex() if isinstance(v, bytes) else v) for k, v in mask.items()
@@ -186,16 +231,19 @@ class Worker:
     def stats(self):
         st = self.dp.stats()
         st["uptime_s"] = round(time.monotonic() - self.started, 3)
+        st["name"], st["run_dir"], st["config"] = self.cfg.name, os.path.abspath(self.run_dir), self.cfg.path
         st["pid"] = os.getpid()
         st["worker_restarts"] = getattr(self, "restarts", 0)
         st["upcall"] = dict(self.upcalls.st, channel_up=self.upcalls.up, last_error=getattr(self.upcalls, "last_error", None),
                             pending=len(self.upcalls.keys), slowpath_restarts=getattr(self, "slow_restarts", 0),
                             slowpath_pid=self.slow.pid if self.slow else None)
         st["ports"] = [dict(p.stats(), upcall_rate_limited=self.upcalls.c.rate_limited[i])
-                       for i, p in enumerate(self.ports)]
+                       for i, p in enumerate(self.ports) if p.kind != "removed"]
         return st
 
     def close(self):
+        owner = self.control.owns_path()
+        registry.unregister(self.cfg.name)           # only if the entry is still this process's
         self.upcalls.close()
         if self.slow is not None and self.slow.poll() is None:
             self.slow.send_signal(signal.SIGTERM)
@@ -208,8 +256,10 @@ class Worker:
         if self.epoll:
             self.epoll.close()
         close_ports(self.ports)
-        control.claim_run_dir(self.run_dir)          # the slow path's rules file, sockets
-        control.remove_run_dirs(self.created_dirs)
+        self.portops.close()
+        if owner:        # else a successor runs here now (we were stopped, then resumed): its files
+            rundir.remove_files(self.run_dir)        # the slow path's rules, sockets
+            rundir.remove_dirs(self.created_dirs)
 
 
 def _describe_actions(key, ports):

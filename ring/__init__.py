@@ -2,6 +2,6 @@
 
 Everything that holds packets is a netmap ring; `shm:` ports live in regions made here.
 """
-from ring.region import Region, RegionError, RingPort, parse_shm_uri
+from ring.region import Region, RegionError, RegionNotReady, RingPort, parse_shm_uri
 
-__all__ = ["Region", "RegionError", "RingPort", "parse_shm_uri"]
+__all__ = ["Region", "RegionError", "RegionNotReady", "RingPort", "parse_shm_uri"]

@@ -5,8 +5,6 @@
 #include "region.h"
 
 #define ALIGN_UP(x, a) (((x) + (a) - 1) & ~((uint64_t)(a) - 1))
-#define LOAD(p)     __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 /* the ring's const fields are written once, by whoever formats the region */
 #define SETC(field, v) do { __typeof__(field) _v = (v); memcpy((void *)&(field), &_v, sizeof(_v)); } while (0)
 
@@ -117,8 +115,8 @@ int vp_region_format(char *base, uint64_t size, const struct vp_geom *g,
         }
     }
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    STORE(&h->state, 1);
-    STORE(&h->magic, (uint64_t)VP_REGION_MAGIC);
+    VP_STORE_RELEASE(h->state, 1);
+    VP_STORE_RELEASE(h->magic, (uint64_t)VP_REGION_MAGIC);
     return 0;
 }
 
@@ -161,8 +159,8 @@ static void ring_reset_cursors(struct vp_ring *r) {
         r->hwtail = r->kind == VP_KIND_TX ? r->nslots - 1 : 0;
         r->cons = 0;
     } else {
-        r->hwcur = r->cons = LOAD(&r->ring->head);
-        r->hwtail = LOAD(&r->ring->tail);
+        r->hwcur = r->cons = VP_LOAD_ACQUIRE(r->ring->head);
+        r->hwtail = VP_LOAD_ACQUIRE(r->ring->tail);
     }
 }
 
@@ -174,9 +172,10 @@ static int bind_ring(struct vp_ring *r, char *nm_base, uint64_t nm_size, int64_t
     if (roff < 0 || roff % 8 || (uint64_t)roff > nm_size || nm_size - roff < sizeof(struct netmap_ring))
         FAIL("ring header out of the region");
     ring = (struct netmap_ring *)(nm_base + roff);
-    nslots = LOAD(&ring->num_slots);
-    bsize = LOAD(&ring->nr_buf_size);
-    bofs = ring->buf_ofs;
+    /* the geometry is read once here and only the private copy in r is used after */
+    nslots = VP_READ_ONCE(ring->num_slots);
+    bsize = VP_READ_ONCE(ring->nr_buf_size);
+    bofs = VP_READ_ONCE(ring->buf_ofs);
     if (nslots < 2 || nslots > 65536) FAIL("ring has %u slots", nslots);
     if (nm_size - roff - sizeof(struct netmap_ring) < (uint64_t)nslots * sizeof(struct netmap_slot))
         FAIL("ring slots run past the region");
@@ -205,15 +204,15 @@ int vp_port_bind(struct vp_port *p, char *nm_base, uint64_t nm_size, uint64_t if
     uint32_t ntx, nrx, nhtx, nhrx, total;
     if (if_off > nm_size || nm_size - if_off < sizeof(struct netmap_if)) FAIL("netmap_if out of the region");
     nifp = (struct netmap_if *)(nm_base + if_off);
-    ntx = nifp->ni_tx_rings; nrx = nifp->ni_rx_rings;
-    nhtx = nifp->ni_host_tx_rings; nhrx = nifp->ni_host_rx_rings;
+    ntx = VP_READ_ONCE(nifp->ni_tx_rings); nrx = VP_READ_ONCE(nifp->ni_rx_rings);
+    nhtx = VP_READ_ONCE(nifp->ni_host_tx_rings); nhrx = VP_READ_ONCE(nifp->ni_host_rx_rings);
     if (ntx > 64 || nrx > 64 || nhtx > 64 || nhrx > 64) FAIL("implausible ring counts");
     total = ntx + nhtx + nrx + nhrx;
     if (nm_size - if_off - sizeof(struct netmap_if) < (uint64_t)total * sizeof(ssize_t)) FAIL("ring_ofs[] past the region");
     p->ntx = p->nrx = 0;
     p->mem_id = mem_id;
     for (uint32_t i = 0; i < total; i++) {
-        ssize_t ofs = nifp->ring_ofs[i];
+        ssize_t ofs = VP_READ_ONCE(nifp->ring_ofs[i]);
         int is_tx = i < ntx + nhtx;
         if (ofs == 0) continue;              /* ring not bound to this port */
         if (is_tx ? p->ntx >= VP_MAX_RINGS : p->nrx >= VP_MAX_RINGS) FAIL("more than %d rings", VP_MAX_RINGS);
@@ -233,7 +232,7 @@ static void fault(struct vp_ring *r) { r->st.bad_index++; r->faulty = 1; }
 /* User side, either direction: the kernel side may only move tail forward, up to the slot
  * before our head. Anything else is counted and ignored (we keep the last valid tail). */
 static void user_refresh_tail(struct vp_ring *r) {
-    uint32_t n = r->nslots, t = LOAD(&r->ring->tail);
+    uint32_t n = r->nslots, t = VP_LOAD_ACQUIRE(r->ring->tail);
     if (t >= n || nm_dist(n, r->hwtail, t) > nm_dist(n, r->hwtail, prev(n, r->hwcur)))
         fault(r);
     else
@@ -243,13 +242,13 @@ static void user_refresh_tail(struct vp_ring *r) {
 uint32_t vp_ring_avail(struct vp_ring *r) {
     uint32_t n = r->nslots;
     if (r->role == VP_ROLE_KERNEL) {     /* a user's TX ring: new packets in [cons, head) */
-        uint32_t h = LOAD(&r->ring->head);
+        uint32_t h = VP_LOAD_ACQUIRE(r->ring->head);
         if (h >= n || nm_dist(n, r->hwcur, h) < nm_dist(n, r->hwcur, r->cons) ||
             nm_dist(n, r->hwcur, h) > nm_dist(n, r->hwcur, r->hwtail)) {
             fault(r);                     /* netmap reinitialises the ring; so do we */
-            STORE(&r->ring->cur, r->cons);
-            STORE(&r->ring->head, r->cons);
-            STORE(&r->ring->tail, r->hwtail);
+            VP_STORE_RELEASE(r->ring->cur, r->cons);
+            VP_STORE_RELEASE(r->ring->head, r->cons);
+            VP_STORE_RELEASE(r->ring->tail, r->hwtail);
             return 0;
         }
         return nm_dist(n, r->cons, h);
@@ -264,23 +263,23 @@ void vp_ring_release(struct vp_ring *r) {
         if (r->cons == r->hwcur) return;
         r->hwcur = r->cons;
         r->hwtail = prev(r->nslots, r->hwcur);
-        STORE(&r->ring->tail, r->hwtail);
+        VP_STORE_RELEASE(r->ring->tail, r->hwtail);
     } else {
         if (r->cons == r->hwcur) return;
         r->hwcur = r->cons;
-        STORE(&r->ring->cur, r->hwcur);
-        STORE(&r->ring->head, r->hwcur);
+        VP_STORE_RELEASE(r->ring->cur, r->hwcur);
+        VP_STORE_RELEASE(r->ring->head, r->hwcur);
     }
 }
 
 uint32_t vp_ring_space(struct vp_ring *r) {
     uint32_t n = r->nslots;
     if (r->role == VP_ROLE_KERNEL) {      /* a user's RX ring: free slots [hwtail, head-1) */
-        uint32_t h = LOAD(&r->ring->head);
+        uint32_t h = VP_LOAD_ACQUIRE(r->ring->head);
         if (h >= n || nm_dist(n, r->hwcur, h) > nm_dist(n, r->hwcur, r->hwtail)) {
             fault(r);
-            STORE(&r->ring->cur, r->hwcur);
-            STORE(&r->ring->head, r->hwcur);
+            VP_STORE_RELEASE(r->ring->cur, r->hwcur);
+            VP_STORE_RELEASE(r->ring->head, r->hwcur);
         } else {
             r->hwcur = h;
         }
@@ -302,10 +301,10 @@ void vp_ring_produced(struct vp_ring *r) {
 
 void vp_ring_publish(struct vp_ring *r) {
     if (r->role == VP_ROLE_KERNEL) {
-        STORE(&r->ring->tail, r->hwtail);
+        VP_STORE_RELEASE(r->ring->tail, r->hwtail);
     } else {
-        STORE(&r->ring->cur, r->hwcur);
-        STORE(&r->ring->head, r->hwcur);
+        VP_STORE_RELEASE(r->ring->cur, r->hwcur);
+        VP_STORE_RELEASE(r->ring->head, r->hwcur);
     }
 }
 
@@ -317,12 +316,12 @@ uint32_t vp_ring_send(struct vp_ring *r, const uint8_t *blob, const uint16_t *le
         uint32_t idx;
         if (sent == space) { r->st.full += n - i; break; }
         s = vp_slot(r, vp_ring_produce(r));
-        idx = s->buf_idx;
+        idx = VP_READ_ONCE(s->buf_idx);
         if (!vp_buf_ok(r, idx)) { r->st.bad_buf++; r->faulty = 1; continue; }
         if (lens[i] > r->buf_size || lens[i] == 0) { r->st.bad_len++; continue; }
         memcpy(vp_buf(r, idx), blob + off, lens[i]);
-        s->len = lens[i];
-        s->flags = 0;
+        VP_WRITE_ONCE(s->len, lens[i]);
+        VP_WRITE_ONCE(s->flags, 0);
         vp_ring_produced(r);
         r->st.packets++;
         r->st.bytes += lens[i];

@@ -3,6 +3,7 @@
 #ifndef VP_REGION_H
 #define VP_REGION_H
 #include "netmap.h"
+#include "shared.h"
 #include <sys/mman.h>
 #include <fcntl.h>
 
@@ -126,8 +127,8 @@ static inline int vp_buf_ok(const struct vp_ring *r, uint32_t idx) { return idx 
  * faulty. Returns 1 with idx and len set when the packet may be used. */
 static inline int vp_slot_take(struct vp_ring *r, uint32_t si, uint32_t *idx, uint16_t *len) {
     const struct netmap_slot *s = &r->ring->slot[si];
-    uint32_t i = *(volatile const uint32_t *)&s->buf_idx;
-    uint16_t l = *(volatile const uint16_t *)&s->len, f = *(volatile const uint16_t *)&s->flags;
+    uint32_t i = VP_READ_ONCE(s->buf_idx);
+    uint16_t l = VP_READ_ONCE(s->len), f = VP_READ_ONCE(s->flags);
     if (!vp_buf_ok(r, i)) { r->st.bad_buf++; r->faulty = 1; return 0; }
     if (l == 0 || l > r->buf_size) { r->st.bad_len++; r->faulty = 1; return 0; }
     if (f & (NS_MOREFRAG | NS_INDIRECT)) { r->st.bad_flags++; return 0; }   /* not supported here */

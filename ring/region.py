@@ -2,13 +2,16 @@
 
 The creator (the pipeline, like VALE for its ports) formats the region in a sealed memfd
 (no peer can shrink it under the pipeline: no SIGBUS) and publishes it under
-/dev/shm/valepipe.NAME; a peer attaches by name and validates everything before touching
-a ring.
+/dev/shm/valepipe.NAME (valepipe-UID.NAME for users other than root); a peer of the same
+user attaches by name, checks the memfd's owner and seals, and validates everything before
+touching a ring.
 """
 import errno
 import fcntl
 import os
+import pwd
 import re
+import stat
 import time
 import zlib
 
@@ -16,12 +19,16 @@ from pipeline._native import ffi, lib
 
 ROLE_KERNEL = lib.VP_ROLE_KERNEL
 ROLE_USER = lib.VP_ROLE_USER
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,48}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,48}")
 RING_STATS = ("packets", "bytes", "bad_index", "bad_buf", "bad_len", "bad_flags", "full")
 
 
 class RegionError(Exception):
     """A region could not be created, attached or trusted; the message says why."""
+
+
+class RegionNotReady(RegionError):
+    """The region is not there (yet): its pipeline is starting, restarting or gone."""
 
 
 def parse_shm_uri(uri):
@@ -37,7 +44,7 @@ def parse_shm_uri(uri):
         region = opt[len("share="):]
     region = region or body
     for part in (body, region):
-        if not NAME_RE.match(part):
+        if not NAME_RE.fullmatch(part):     # match() and $ would let "name\n" through
             raise RegionError(f"{uri!r}: name {part!r} must be 1-48 of [A-Za-z0-9_.-]")
     return body, region
 
@@ -47,23 +54,69 @@ DESC_MAGIC = "valepipe-region/1"
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
-def _desc_path(region):
-    """Where a region is published: a small file naming the owner and its memfd."""
-    return os.path.join(SHM_DIR, "valepipe." + region)
+def desc_path(region, owner=None):
+    """Where user `owner`'s (default: this process's) region is published: a small file
+    naming the creator's pid and memfd. /dev/shm is shared by all users: each has its own
+    names (root: valepipe.NAME, uid N: valepipe-N.NAME), so none can take another's."""
+    uid = os.geteuid() if owner is None else owner
+    return os.path.join(SHM_DIR, ("valepipe." if uid == 0 else f"valepipe-{uid}.") + region)
 
 
-def _read_desc(path):
-    """(pid, fd, size) from a descriptor file, or None if it is not one (yet)."""
+class _NotADescriptor(Exception):
+    """What sits at a descriptor path is no descriptor of the expected user (the text: why)."""
+
+
+def _read_desc(path, owner=None):
+    """(pid, fd, size) from a descriptor file of user `owner` (default: us), or None while
+    it is being written. Opened without following links and without blocking (a FIFO
+    someone put there must not hang us); anything but a regular file of that user raises
+    _NotADescriptor. FileNotFoundError when there is nothing."""
+    uid = os.geteuid() if owner is None else owner
     try:
-        with open(path, "rb") as f:
-            parts = f.read(256).decode("ascii", "replace").split()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise
-    except OSError:
-        return None
-    if len(parts) != 4 or parts[0] != DESC_MAGIC or not all(p.isdigit() for p in parts[1:]):
+    except OSError as e:
+        raise _NotADescriptor(_describe(path) if e.errno == errno.ELOOP else e.strerror) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotADescriptor(_describe(path))
+        if st.st_uid != uid:
+            raise _NotADescriptor(f"it belongs to uid {st.st_uid}, not {_user(uid)}")
+        parts = os.read(fd, 256).decode("ascii", "replace").split()
+    finally:
+        os.close(fd)
+    if len(parts) != 4 or parts[0] != DESC_MAGIC or not all(p.isascii() and p.isdigit() for p in parts[1:]):
         return None
     return int(parts[1]), int(parts[2]), int(parts[3])
+
+
+def _describe(path):
+    """What a squatted path is, in words."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return e.strerror
+    kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+            "a directory" if stat.S_ISDIR(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else
+            "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a file")
+    return f"it is {kind} of uid {st.st_uid}, not a region descriptor"
+
+
+def _user(uid):
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _memfd_of(pid, fd, region):
+    """Whether /proc/PID/fd/FD is the memfd a pipeline made for `region`."""
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"/memfd:valepipe.{region} ")
+    except OSError:
+        return False
 
 
 def _mem_id(region):
@@ -80,6 +133,10 @@ class Region:
             os.close(fd)
             raise RegionError(f"region {name}: cannot map {size} bytes: {os.strerror(ffi.errno)}")
         self.hdr = ffi.cast("struct vp_region_hdr *", self.base)
+        # what the header said when we looked, copied once: port names and offsets are
+        # read from this private copy, never again from memory its creator can rewrite
+        self.layout = ffi.new("struct vp_region_hdr *")
+        ffi.memmove(self.layout, self.base, ffi.sizeof("struct vp_region_hdr"))
         self.nm_base = self.base + lib.VP_REGION_HDR_SIZE
         self.nm_size = size - lib.VP_REGION_HDR_SIZE
         self.mem_id = _mem_id(name)
@@ -93,16 +150,8 @@ class Region:
         if size == 0:
             raise RegionError(f"region {name}: bad geometry (ports={len(ports)} rings={rings} "
                               f"slots={slots} buf_size={buf_size}); slots 2..65536, buf_size 64..65536 multiple of 64")
-        path = _desc_path(name)
-        try:
-            desc = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            if not _stale(path):
-                raise RegionError(f"region {name}: {path} exists (another pipeline owns it)") from None
-            os.unlink(path)
-            desc = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            raise RegionError(f"region {name}: cannot create {path}: {e.strerror}") from None
+        path = desc_path(name)
+        desc = _publish_slot(name, path)
         try:
             fd = os.memfd_create("valepipe." + name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
             try:
@@ -123,6 +172,7 @@ class Region:
             os.close(desc)
             self.close()
             raise RegionError(f"region {name}: format failed")
+        ffi.memmove(self.layout, self.base, ffi.sizeof("struct vp_region_hdr"))
         # published only once formatted: a peer that finds it finds a whole region
         os.write(desc, f"{DESC_MAGIC} {os.getpid()} {fd} {size}\n".encode())
         os.close(desc)
@@ -143,43 +193,49 @@ class Region:
         if lib.vp_region_format(self.base, size, geom, ffi.new("char *[]", names), self.mem_id, 0, os.getpid()):
             self.close()
             raise RegionError(f"{name}: format failed")
+        ffi.memmove(self.layout, self.base, ffi.sizeof("struct vp_region_hdr"))
         return self
 
     @classmethod
-    def attach(cls, name):
-        path = _desc_path(name)
+    def attach(cls, name, owner=None):
+        """Map the region `name` of user `owner` (a uid; default: this process's user).
+        Only a sealed memfd of that user, published by that user, is mapped."""
+        uid = os.geteuid() if owner is None else owner
+        path = desc_path(name, uid)
         try:
-            desc = _read_desc(path)
+            desc = _read_desc(path, uid)
         except FileNotFoundError:
-            raise RegionError(f"region {name}: no such shm region ({path}); "
-                              "is the pipeline that owns it running?") from None
+            raise RegionNotReady(f"region {name}: no such shm region ({path}); "
+                                 "is the pipeline that owns it running?") from None
+        except _NotADescriptor as e:
+            raise RegionError(f"region {name}: {path} is not trusted: {e}") from None
         if desc is None:
-            raise RegionError(f"region {name}: not ready ({path} is not a region descriptor yet)")
+            raise RegionNotReady(f"region {name}: not ready ({path} is not a region descriptor yet)")
         pid, rfd, _ = desc
-        link = f"/proc/{pid}/fd/{rfd}"
         try:
             # the owner's memfd itself, not whatever a recycled pid/fd pair now names
-            if not os.readlink(link).startswith(f"/memfd:valepipe.{name} "):
+            if not _memfd_of(pid, rfd, name):
                 raise FileNotFoundError
-            fd = os.open(link, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(f"/proc/{pid}/fd/{rfd}", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise RegionError(f"region {name}: its pipeline (pid {pid}) is gone") from None
+            raise RegionNotReady(f"region {name}: its pipeline (pid {pid}) is gone") from None
         except PermissionError:
             raise RegionError(f"region {name}: permission denied opening pid {pid}'s region "
                               "(another user's pipeline?)") from None
-        size = os.fstat(fd).st_size
-        if size < lib.VP_REGION_HDR_SIZE:
+        try:
+            size = _check_memfd(fd, name, uid)
+        except RegionError:
             os.close(fd)
-            raise RegionError(f"region {name}: not ready ({size} bytes)")
+            raise
         self = cls(name, fd, size, owner=False)
         err = ffi.new("char[256]")
-        if lib.vp_region_check(self.base, size, err, 256) != 0:
+        if lib.vp_region_check(ffi.cast("char *", self.layout), size, err, 256) != 0:
             self.close()
             raise RegionError(f"region {name}: {ffi.string(err).decode()}")
         return self
 
     def port_names(self):
-        return [ffi.string(self.hdr.port[i].name).decode(errors="replace") for i in range(self.hdr.nports)]
+        return [ffi.string(self.layout.port[i].name).decode(errors="replace") for i in range(self.layout.nports)]
 
     def port(self, name, role):
         """Bind port `name` of this region; role is ROLE_KERNEL (switch) or ROLE_USER (peer)."""
@@ -189,7 +245,7 @@ class Region:
         i = names.index(name)
         p = RingPort(name, self)
         err = ffi.new("char[256]")
-        if lib.vp_port_bind(p.c, self.nm_base, self.nm_size, self.hdr.port[i].nr_offset,
+        if lib.vp_port_bind(p.c, self.nm_base, self.nm_size, self.layout.port[i].nr_offset,
                             role, self.mem_id, err, 256) != 0:
             raise RegionError(f"port {name}: {ffi.string(err).decode()}")
         if role == ROLE_USER:
@@ -198,23 +254,23 @@ class Region:
         return p
 
     def owner_alive(self):
-        return _pid_alive(self.hdr.owner_pid)
+        return _pid_alive(self.layout.owner_pid)
 
     def close(self):
         if self.base is None:
             return
         if self.owner:
             self.hdr.state = 2
-            path = _desc_path(self.name)
+            path = desc_path(self.name)
             try:
                 if (_read_desc(path) or (0,))[0] == os.getpid():
                     os.unlink(path)
-            except FileNotFoundError:
+            except (FileNotFoundError, _NotADescriptor):
                 pass
         for p in self._ports:
             p.region = None
         lib.vp_unmap_guarded(self.base, self.size)
-        self.base = self.hdr = self.nm_base = None
+        self.base = self.hdr = self.nm_base = self.layout = None
         self._ports = []
         if self._fd >= 0:
             os.close(self._fd)
@@ -292,16 +348,78 @@ def _pid_alive(pid):
     return state not in (b"Z", b"X")
 
 
-def _stale(path):
-    """A region left by a process that no longer runs may be replaced."""
+def _live(path, region):
+    """Whether the descriptor at `path` (ours) names a running pipeline's memfd for `region`;
+    _NotADescriptor when something else sits there."""
     try:
         desc = _read_desc(path)
     except FileNotFoundError:
-        return True
+        return False
     if desc is None:
         # not (yet) a descriptor: being written right now, or debris from a crash
         try:
-            return os.stat(path).st_mtime < time.time() - 5
+            return os.stat(path).st_mtime >= time.time() - 5
         except FileNotFoundError:
-            return True
-    return not _pid_alive(desc[0])
+            return False
+    return _pid_alive(desc[0]) and _memfd_of(desc[0], desc[1], region)
+
+
+def _publish_slot(region, path):
+    """Create the descriptor file of a new region (O_EXCL: never through a link), replacing
+    what a dead run left there, or what another user put there when we may remove it
+    (root may; /dev/shm is sticky, so others may not). Returns the open fd."""
+    for _ in range(3):
+        try:
+            return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise RegionError(f"region {region}: cannot create {path}: {e.strerror}") from None
+        try:
+            if _live(path, region):
+                raise RegionError(f"region {region}: {path} exists (another pipeline owns it)")
+            why = None
+        except _NotADescriptor as e:
+            why = str(e)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise RegionError(f"region {region}: {path} is in the way ({why or 'stale'}) and cannot be "
+                              f"removed: {e.strerror}; remove it as its owner or root, or use another name") from None
+    raise RegionError(f"region {region}: {path} keeps reappearing (someone else is creating it)")
+
+
+def _check_memfd(fd, region, owner):
+    """The size of a region's memfd, after checking it is what a pipeline of `owner` makes:
+    a regular file of that user, sealed against shrinking and growing (so no one can cut
+    the mapping short under us: no SIGBUS)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise RegionError(f"region {region}: the published fd is not a memory file")
+    if st.st_uid != owner:
+        raise RegionError(f"region {region}: its memory belongs to uid {st.st_uid}, not {_user(owner)}")
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        raise RegionError(f"region {region}: the published fd is not a sealable memfd") from None
+    if seals & SEALS != SEALS:
+        raise RegionError(f"region {region}: its memfd is not sealed against resizing (seals {seals:#x}); "
+                          "another process could shrink it under us")
+    if st.st_size < lib.VP_REGION_HDR_SIZE:
+        raise RegionNotReady(f"region {region}: not ready ({st.st_size} bytes)")
+    return st.st_size
+
+
+def remove_stale(region):
+    """Remove this user's descriptor of `region` if no running pipeline owns it (what a run
+    that died, or was given up on, left); returns whether one was removed."""
+    path = desc_path(region)
+    try:
+        if _live(path, region):
+            return False
+        os.unlink(path)
+        return True
+    except (FileNotFoundError, _NotADescriptor):
+        return False

@@ -63,16 +63,15 @@ class Lab:
 
     def transfer(self, src_ns, dst_ns, dst_addr, nbytes=6_000_000, port=5201):
         """Send random bytes over TCP; returns (sent digest, received digest) lines."""
-        srv = subprocess.Popen(["ip", "netns", "exec", self.name(dst_ns), sys.executable, "-c", XFER,
-                                "serve", dst_addr, str(port)], stdout=subprocess.PIPE, text=True)
+        from tests.conftest import start, stop
+        srv = start(["ip", "netns", "exec", self.name(dst_ns), sys.executable, "-c", XFER,
+                     "serve", dst_addr, str(port)], stdout=subprocess.PIPE, text=True)
         try:
             assert srv.stdout.readline().strip() == "ready"
             sent = self.run(src_ns, sys.executable, "-c", XFER, "send", dst_addr, str(port), str(nbytes)).stdout.strip()
             got = srv.communicate(timeout=60)[0].strip()
         finally:
-            if srv.poll() is None:
-                srv.kill()
-                srv.wait()
+            stop(srv)
         return sent, got
 
     def link_stats(self, ns, ifname):

@@ -65,6 +65,14 @@ class OVS:
         anew (OVS's own caching out of the comparison)."""
         self.dir = tempfile.mkdtemp(prefix="valepipe-ovs-")
         self.env = dict(os.environ, OVS_RUNDIR=self.dir, OVS_LOGDIR=self.dir, OVS_DBDIR=self.dir)
+        self.sock = None
+        try:
+            self._start(nports, capture, flow_limit)
+        except BaseException:
+            self.close()                 # the daemons already started: nobody else would stop them
+            raise
+
+    def _start(self, nports, capture, flow_limit):
         d = self.dir
         self._run("ovsdb-tool", "create", f"{d}/db", "/usr/share/openvswitch/vswitch.ovsschema")
         self._run("ovsdb-server", f"{d}/db", f"--remote=punix:{d}/db.sock", f"--pidfile={d}/ovsdb.pid",
@@ -179,7 +187,8 @@ class OVS:
 
     def close(self):
         try:
-            self.sock.close()
+            if self.sock:
+                self.sock.close()
         except OSError:
             pass
         for pid in ("vswitchd.pid", "ovsdb.pid"):

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline import channel, config
 from pipeline.worker import Worker
+from ring.region import desc_path
 from tests.conftest import ROOT
 from tools.traffic import attach
 
@@ -30,6 +31,28 @@ def cli(*args, timeout=60):
     ("[[port]\n", "not valid TOML"),
     ("[extra]\n", "unknown section"),
     ("[[port]]\nuri='vale0:a'\nslots=512", "@conf:slots=N"),
+    # numbers that are not numbers of seconds, or whose nanoseconds overflow 64 bits
+    ("[pipeline]\nidle_timeout = nan\n[[port]]\nuri='shm:a'", "idle_timeout must be 0..31536000"),
+    ("[pipeline]\nidle_timeout = inf\n[[port]]\nuri='shm:a'", "idle_timeout must be 0..31536000"),
+    ("[pipeline]\nidle_timeout = -inf\n[[port]]\nuri='shm:a'", "idle_timeout must be 0..31536000"),
+    ("[pipeline]\nidle_timeout = 1e12\n[[port]]\nuri='shm:a'", "idle_timeout must be 0..31536000"),
+    ("[pipeline]\nidle_timeout = 9223372036854775807\n[[port]]\nuri='shm:a'", "idle_timeout must be"),
+    ("[pipeline]\nrevalidate_interval = nan\n[[port]]\nuri='shm:a'", "revalidate_interval must be 0..31536000"),
+    ("[pipeline]\nrevalidate_interval = inf\n[[port]]\nuri='shm:a'", "revalidate_interval must be"),
+    ("[pipeline]\nrevalidate_interval = -1\n[[port]]\nuri='shm:a'", "revalidate_interval must be"),
+    # type confusion: a float, a bool or a string where an integer goes
+    ("[pipeline]\nbatch = 256.0\n[[port]]\nuri='shm:a'", "expected int"),
+    ("[pipeline]\nflow_limit = true\n[[port]]\nuri='shm:a'", "expected int"),
+    ("[pipeline]\nupcall_rate = nan\n[[port]]\nuri='shm:a'", "expected int"),
+    ("[pipeline]\nidle_timeout = '10'\n[[port]]\nuri='shm:a'", "expected int/float"),
+    ("[[port]]\nuri='shm:a'\nslots = 1e3", "expected int"),
+    ("[[port]]\nuri='shm:a'\nofport = 1.5", "expected int"),
+    ("[pipeline]\nflow_limit = 9223372036854775807\n[[port]]\nuri='shm:a'", "flow_limit must be"),
+    ("[pipeline]\nemc_limit = -1\n[[port]]\nuri='shm:a'", "emc_limit must be"),
+    ("[pipeline]\nupcall_rate = -1\n[[port]]\nuri='shm:a'", "upcall_rate must be"),
+    ("[[port]]\nuri='shm:a'\nslots = -9223372036854775808", "slots must be"),
+    ('[pipeline]\nrun_dir = "a\\u0000b"\n[[port]]\nuri="shm:a"', "NUL"),
+    ("[pipeline]\nrun_dir = '/tmp/" + "d" * 100 + "'\n[[port]]\nuri='shm:a'", "too long for its unix sockets"),
 ])
 def test_config_errors_name_the_problem(text, msg):
     with pytest.raises(config.ConfigError) as e:
@@ -171,3 +194,68 @@ def test_hostile_slow_path_cannot_crash_the_worker(uniq, tmp_path):
         reg.close()
         ls.close()
         w.close()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e12", "1e300"])
+def test_unusable_timeouts_are_refused_at_start(tmp_path, uniq, value):
+    """Once a traceback (nan, inf) or a worker that died after a second and was not
+    restarted (1e12: its nanoseconds overflow 64 bits): now one line, before anything starts."""
+    path = tmp_path / "p.toml"
+    path.write_text(f"[pipeline]\nname = '{uniq}'\nidle_timeout = {value}\nrun_dir = '{tmp_path}/run'\n"
+                    f"[[port]]\nuri = 'shm:{uniq}a'\n")
+    r = cli("run", str(path), "-q", "--duration", "3")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "idle_timeout must be" in r.stderr and "Traceback" not in r.stderr
+    assert not os.path.exists(desc_path(f"{uniq}a")) and not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("opt", [("--duration", "nan"), ("--duration", "inf"), ("--duration", "-1"),
+                                 ("--interval", "nan"), ("--interval", "0"), ("--interval", "-inf")])
+def test_run_options_are_finite_positive_seconds(tmp_path, uniq, opt):
+    path = tmp_path / "p.toml"
+    path.write_text(f"[pipeline]\nname = '{uniq}'\nrun_dir = '{tmp_path}/run'\n[[port]]\nuri = 'shm:{uniq}a'\n")
+    r = cli("run", str(path), "-q", *opt, timeout=30)
+    assert r.returncode == 2 and opt[0] in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("args", [("gen", "--rate", "inf"), ("gen", "--rate", "-5"), ("gen", "--count", "-1"),
+                                  ("gen", "--duration", "nan"), ("gen", "--batch", "0"), ("gen", "--idle-stop", "nan"),
+                                  ("sink", "--count", "-1"), ("sink", "--duration", "inf"), ("sink", "--idle-stop", "-1")])
+def test_traffic_options_are_finite(uniq, args):
+    """Tracebacks (inf, negative counts) or a generator that never stopped (--duration nan)."""
+    r = cli(args[0], f"shm:{uniq}", *args[1:], timeout=30)
+    assert r.returncode == 2 and args[1] in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("uri,msg", [("tap:vx0@queues=\u0662", "queues must be a number"),
+                                     ("tap:vx0@queues= 2", "queues must be a number"),
+                                     ("tap:vx0@queues=+2", "queues must be a number"),
+                                     ("afxdp:vx0:\u0661", "must be a number"),
+                                     ("shm:a\\n", "must be 1-48 of"),
+                                     ("packet:vx0\\n", "is not an interface name")])
+def test_numbers_and_names_in_port_uris_are_ascii(tmp_path, uri, msg):
+    path = tmp_path / "p.toml"
+    path.write_text(f"[pipeline]\nrun_dir = '{tmp_path}/run'\n[[port]]\nuri = \"{uri}\"\n")
+    r = cli("run", str(path), "-q", "--duration", "1")
+    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_rules_with_other_scripts_digits_are_refused(tmp_path, uniq, pipeline_factory):
+    """`in_port=١` and `output:２` were taken as 1 and 2 (OVS refuses them): in a config
+    and at run time, now refused in one line, the tables unchanged."""
+    path = tmp_path / "p.toml"
+    path.write_text(f"[pipeline]\nname = '{uniq}'\nrun_dir = '{tmp_path}/run'\n[[port]]\nuri = 'shm:{uniq}a'\n"
+                    '[slowpath]\nflows = ["in_port=\\u0661,actions=drop"]\n')
+    r = cli("run", str(path), "-q", "--duration", "2")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "U+0661" in r.stderr, r.stderr
+    from tests.test_e2e import cfg as e2e_cfg
+    pipe = pipeline_factory(e2e_cfg(uniq, ["in_port=1,actions=output:2"]))
+    where = ("--name", uniq, "--run-dir", pipe.run_dir)
+    def rules():
+        return [line.split("n_packets")[1] for line in cli("dump-flows", *where).stdout.splitlines()]
+    before = rules()
+    for rule in ("in_port=\u0661,actions=drop", "priority=9,in_port=2,actions=output:\uff13",
+                 "in_port=3,actions=\uff12", "udp,tp_dst=\u0668\u0660,actions=drop"):
+        r = cli("add-flow", rule, *where)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "ASCII" in r.stderr, r.stderr
+    assert rules() == before

@@ -13,7 +13,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.conftest import wait_for
-from tools.traffic import attach
+from pipeline.peer import PortPeer
 
 
 def cfg(tag, flows, ports=("a", "b", "c"), share=False):
@@ -31,11 +31,11 @@ def frame(flow, seq, size=80):
                  IP(src=f"10.1.{flow // 250}.{flow % 250 + 1}", dst="10.2.0.1") / UDP(sport=1000 + flow, dport=53) / pay)
 
 
-class Peer:
-    """The user side of one shm: port."""
+class Peer(PortPeer):
+    """The user side of one shm: port (the public pipeline.peer API), keeping what arrived."""
 
     def __init__(self, uri):
-        self.region, self.port, _ = attach(uri)
+        super().__init__(uri)
         self.got = []
 
     def send_all(self, frames, others=(), window=192):
@@ -53,11 +53,8 @@ class Peer:
         return i
 
     def drain(self):
-        self.got += self.port.recv(1024)
+        self.got += self.recv(1024)
         return len(self.got)
-
-    def close(self):
-        self.region.close()
 
 
 class Peers(dict):

@@ -217,3 +217,27 @@ def test_rejections_say_what_and_where(text, msg):
         parse_flow(text)
     assert msg in str(e.value), str(e.value)
     assert repr(text) in str(e.value)
+
+
+# every number the syntax reads, written with another script's digits, another base's
+# prefix, or a non-ASCII blank: ovs-ofctl refuses each; Python's int() would take most
+NOT_OVS_NUMBERS = [
+    "in_port=\u0661,actions=drop", "actions=output:\uff12", "actions=\uff12", "priority=\uff11,actions=drop",
+    "table=\u0661,actions=drop", "idle_timeout=\uff11,actions=drop", "hard_timeout=\u0661,actions=drop",
+    "cookie=\u0661,actions=drop", "udp,tp_dst=\u0668\u0660,actions=drop", "ip,nw_src=10.0.0.0/\uff12\uff14,actions=drop",
+    "ip,nw_src=\uff11.2.3.4,actions=drop", "dl_vlan=\u0661,actions=drop", "ip,nw_ttl=\u0661,actions=drop",
+    "actions=mod_vlan_vid:\uff11", "actions=mod_vlan_pcp:\u0661", "ip,actions=resubmit(,\uff11)",
+    "actions=resubmit:\u0662", "actions=controller:\u0661", "metadata=\u0661,actions=drop",
+    "in_port=0b1,actions=drop", "in_port=0o7,actions=drop", "in_port=1,\u3000actions=drop",
+    "in_port=\u00a01,actions=drop", "dl_src=\uff10\uff12:00:00:00:00:01,actions=drop",
+]
+
+
+@pytest.mark.parametrize("text", NOT_OVS_NUMBERS, ids=ascii)
+def test_numbers_are_ascii_as_ovs_reads_them(text):
+    with pytest.raises(FlowError) as e:
+        parse_flow(text)
+    assert repr(text) in str(e.value)
+    if OVS:
+        r = subprocess.run([OVS, "parse-flow", text], capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0, (text, r.stdout)       # and OVS refuses it too

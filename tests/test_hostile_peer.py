@@ -26,7 +26,7 @@ while True:                       # until killed, at whatever point of a batch t
 '''
 
 
-def test_misbehaving_peers(uniq, pipeline_factory):
+def test_misbehaving_peers(uniq, pipeline_factory, processes):
     pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:3", "in_port=2,actions=output:3",
                                        "in_port=3,actions=drop", "in_port=4,actions=drop"], ports=("a", "b", "c", "d")))
     with peers(uniq, "bc") as ps:
@@ -53,7 +53,7 @@ def test_misbehaving_peers(uniq, pipeline_factory):
         b.send_all([frame(1, i) for i in range(50)], others=(c,))
         assert wait_for(lambda: c.drain() >= 50)
         # 3. a sender killed mid-stream, while b keeps sending
-        proc = subprocess.Popen([sys.executable, "-c", SENDER, ROOT, f"{uniq}a"], stdout=subprocess.PIPE, text=True)
+        proc = processes([sys.executable, "-c", SENDER, ROOT, f"{uniq}a"], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "attached"
         b.send_all([frame(2, i) for i in range(50)], others=(c,))
         time.sleep(0.2)

@@ -14,9 +14,9 @@ from tests.netlab import VETH_LAB, Lab
 from tests.test_e2e import frame, peers
 
 
-def _start(cfg_path):
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", cfg_path, "-q"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+def _start(processes, cfg_path):
+    return processes([sys.executable, "-m", "pipeline.cli", "run", cfg_path, "-q"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _up(run_dir, proc):
@@ -25,7 +25,7 @@ def _up(run_dir, proc):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="veth and TAP need root")
-def test_sigterm_cleans_up_and_restart_after_kill(uniq, tmp_path):
+def test_sigterm_cleans_up_and_restart_after_kill(uniq, tmp_path, processes):
     lab = Lab(str(tmp_path), VETH_LAB)
     try:
         run = tmp_path / "run"
@@ -37,7 +37,7 @@ def test_sigterm_cleans_up_and_restart_after_kill(uniq, tmp_path):
                        f'[[port]]\nuri = "tap:{tap}"\n'
                        '[slowpath]\nflows = ["in_port=1,actions=output:2"]\n')
         # 1. a run killed outright leaves its regions and sockets behind ...
-        p = _start(str(cfg))
+        p = _start(processes, str(cfg))
         st = _up(str(run), p)
         os.killpg(p.pid, signal.SIGKILL)                   # supervisor and worker at once
         p.wait()
@@ -45,7 +45,7 @@ def test_sigterm_cleans_up_and_restart_after_kill(uniq, tmp_path):
         assert wait_for(lambda: not os.path.exists(f"/proc/{st['upcall']['slowpath_pid']}/stat") or
                         open(f"/proc/{st['upcall']['slowpath_pid']}/stat").read().split()[2] == "Z", timeout=5)
         # ... which the next run replaces, and it forwards
-        p = _start(str(cfg))
+        p = _start(processes, str(cfg))
         _up(str(run), p)
         with peers(uniq, "ab") as ps:
             ps["a"].send_all([frame(1, i) for i in range(10)])

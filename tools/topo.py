@@ -60,7 +60,7 @@ def load(path):
             if section == "veth" and "peer" not in e:
                 raise TopoError(f"{where}: missing peer (the other end's name)")
             for n in names:
-                if section != "netns" and not IFNAME_RE.match(n):
+                if section != "netns" and not IFNAME_RE.fullmatch(n):
                     raise TopoError(f"{where}: {n!r} is not an interface name (1-15 of [A-Za-z0-9_.:-])")
                 if section == "netns" and (not n or "/" in n or n in (".", "..")):
                     raise TopoError(f"{where}: {n!r} is not a namespace name")

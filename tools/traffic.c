@@ -1,9 +1,10 @@
 /* traffic.c — the generator copies prebuilt frames into a TX ring one batch per
- * publish; the sink counts and releases RX slots. Both yield the CPU when idle so a
+ * publish; the sink counts and releases RX slots. Both sleep when idle so a
  * generator and a sink can share one core. On a real netmap port the kernel moves
  * tail only in a sync ioctl, so each step makes one, as pkt-gen does in its ioctl mode. */
 #include <string.h>
 #include <sched.h>
+#include <time.h>
 #include <arpa/inet.h>
 #include "traffic.h"
 #include "../bindings/netmap/port.h"
@@ -54,11 +55,11 @@ static uint32_t gen_step(struct vp_gen *g, uint64_t now) {
     }
     for (uint32_t i = 0; i < n; i++) {
         struct netmap_slot *s = vp_slot(r, vp_ring_produce(r));
-        uint32_t idx = s->buf_idx;
+        uint32_t idx = VP_READ_ONCE(s->buf_idx);
         if (!vp_buf_ok(r, idx)) { r->st.bad_buf++; r->faulty = 1; break; }
         memcpy(vp_buf(r, idx), g->frames + (size_t)g->next * g->stride, g->frame_len);
-        s->len = (uint16_t)g->frame_len;
-        s->flags = 0;
+        VP_WRITE_ONCE(s->len, (uint16_t)g->frame_len);
+        VP_WRITE_ONCE(s->flags, 0);
         vp_ring_produced(r);
         if (++g->next == g->nframes) g->next = 0;
         sent++;
@@ -98,8 +99,29 @@ static uint32_t sink_step(struct vp_sink *s, uint64_t now) {
     return n;
 }
 
+/* Nothing to do: spin a little (traffic usually resumes at once), then sleep, longer the
+ * longer it stays idle, up to IDLE_MAX_NS: an idle generator or sink costs a few wake-ups
+ * per millisecond, not a core. `*spins` is reset by the caller whenever work was done. */
+#define IDLE_SPINS 64
+#define IDLE_MAX_NS 100000ull
 static void idle(uint32_t *spins) {
-    if (++*spins > 64) { sched_yield(); *spins = 0; }
+    if (++*spins <= IDLE_SPINS) return;
+    uint64_t ns = 1000ull << (*spins - IDLE_SPINS < 7 ? *spins - IDLE_SPINS : 7);
+    if (ns > IDLE_MAX_NS) ns = IDLE_MAX_NS;
+    struct timespec ts = { 0, (long)ns };
+    nanosleep(&ts, NULL);
+}
+
+/* A paced generator with nothing due yet sleeps until its next packet is (at most a
+ * slice away): --rate 10 costs ten wake-ups a second, not a spinning core. */
+static void pace_wait(const struct vp_gen *g, uint64_t now, uint64_t end) {
+    uint64_t due = g->start_ns + (g->sent + 1) * 1000000000ull / g->rate_pps;
+    if (due > end) due = end;
+    if (due > now) {
+        uint64_t ns = due - now;
+        struct timespec ts = { (time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull) };
+        nanosleep(&ts, NULL);
+    }
 }
 
 static int gen_done(const struct vp_gen *g) { return g->count && g->sent >= g->count; }
@@ -111,7 +133,9 @@ uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns) {
     if (!g->start_ns) g->start_ns = t0;
     if (g->frame_len > g->ring->buf_size) return 0;
     while (now - t0 < max_ns && !gen_done(g)) {
-        if (!gen_step(g, now)) idle(&spins); else spins = 0;
+        if (gen_step(g, now)) spins = 0;
+        else if (g->rate_pps && vp_ring_space(g->ring)) pace_wait(g, now, t0 + max_ns);
+        else idle(&spins);
         now = vp_now_ns();
     }
     g->bytes = g->sent * g->frame_len;

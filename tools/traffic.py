@@ -4,31 +4,11 @@
 import os
 import time
 
-from bindings.netmap.names import is_netmap
 from pipeline._native import ffi, lib
-from ring.region import ROLE_USER, Region, RegionError, parse_shm_uri
+from pipeline.peer import PeerGone, PortPeer, attach  # noqa: F401  (re-exported: tools and tests use them from here)
 
 DEFAULT_DST = bytes.fromhex("020000000002")
 DEFAULT_SRC = bytes.fromhex("020000000001")
-
-
-def attach(uri, wait_s=10.0):
-    """Become the user side of a port: (what to close, its RingPort, netmap fd or -1).
-    shm: waits for its pipeline to create the region; netmap:/valeX: registers at once."""
-    if is_netmap(uri):
-        from bindings.netmap.port import NetmapPort
-        p = NetmapPort(uri)
-        return p, p.ring_port, p.fd
-    name, region = parse_shm_uri(uri)
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            reg = Region.attach(region)
-            return reg, reg.port(name, ROLE_USER), -1
-        except RegionError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
 
 
 def pin(cpu):
@@ -36,22 +16,40 @@ def pin(cpu):
         os.sched_setaffinity(0, {cpu})
 
 
-class Generator:
+class _OnPeer:
+    """A tool on a port's user side that follows its pipeline through a restart."""
+
+    def _follow_pipeline(self):
+        if self.peer.stale():
+            self.peer.reattach(self.wait_s)         # PeerGone if it does not come back
+            self.port = self.peer.port
+            self._bind()
+            self.reattached += 1
+
+
+class Generator(_OnPeer):
     def __init__(self, uri, size=60, flows=1, rate=0, count=0, batch=256,
-                 dst_mac=DEFAULT_DST, src_mac=DEFAULT_SRC, wait_s=10.0):
+                 dst_mac=DEFAULT_DST, src_mac=DEFAULT_SRC, wait_s=10.0, owner=None):
         if not 42 <= size <= 2048:
             raise ValueError(f"frame size {size} must be 42..2048 (60 = 64-byte frames with FCS)")
         if not 1 <= flows <= 4_000_000:
             raise ValueError("flows must be 1..4000000")
+        if not 1 <= batch <= 65536:
+            raise ValueError(f"batch must be 1..65536 slots, not {batch}")
+        if rate < 0 or count < 0:
+            raise ValueError(f"{'rate' if rate < 0 else 'count'} must be >= 0 (0 = no limit)")
         self.stride = (size + 63) & ~63
         self._frames = ffi.new("uint8_t[]", flows * self.stride)
         if lib.vp_gen_build(self._frames, self.stride, flows, size, dst_mac, src_mac) != 0:
             raise ValueError("cannot build frames")
-        self.region, self.port, fd = attach(uri, wait_s)
+        self.peer = PortPeer(uri, wait_s, owner)
+        self.port, fd = self.peer.port, self.peer.fd
+        self.reattached = 0
         self.g = ffi.new("struct vp_gen *", dict(
             ring=self.port.tx_ring(), fd=fd, frames=self._frames, nframes=flows, stride=self.stride,
             frame_len=size, batch=batch, rate_pps=int(rate), count=int(count)))
         self.sent_end = None                    # when sending stopped (a sink may drain on)
+        self.wait_s = wait_s
         if size > self.port.c.tx[0].buf_size:
             self.close()
             raise ValueError(f"frame size {size} exceeds the port's buffer size {self.port.c.tx[0].buf_size}")
@@ -59,13 +57,18 @@ class Generator:
     def frame(self, i):
         return bytes(ffi.buffer(self._frames + i * self.stride, self.g.frame_len))
 
-    def run(self, duration=None, slice_s=0.1, on_slice=None, sink=None, idle_stop_s=1.0):
-        """Send until count/duration. With `sink`, also drain that port in the same C loop
-        (pkt-gen's txrx) and stop once sending is over and nothing arrived for idle_stop_s."""
+    def run(self, duration=None, slice_s=0.1, on_slice=None, sink=None, idle_stop_s=1.0, stop=lambda: False):
+        """Send until count/duration (or `stop()`). With `sink`, also drain that port in the
+        same C loop (pkt-gen's txrx) and stop once sending is over and nothing arrived for
+        idle_stop_s. A pipeline restarted under the port is attached again; one that went
+        away for good raises PeerGone."""
         end = time.monotonic() + duration if duration else None
         sent_done_at = None
         last = (-1, time.monotonic())
-        while True:
+        while not stop():
+            self._follow_pipeline()
+            if sink is not None:
+                sink._follow_pipeline()
             if sink is None:
                 lib.vp_gen_run(self.g, int(slice_s * 1e9))
             else:
@@ -88,34 +91,46 @@ class Generator:
                     break
         return self.result()
 
+    def _bind(self):
+        self.g.ring, self.g.fd = self.port.tx_ring(), self.peer.fd
+
     def result(self):
         end = self.sent_end or lib.vp_now_ns()
         el = (end - self.g.start_ns) / 1e9 if self.g.start_ns else 0.0
         return {"sent": self.g.sent, "bytes": self.g.sent * self.g.frame_len, "seconds": round(el, 6),
                 "mpps": round(self.g.sent / el / 1e6, 4) if el else 0.0, "ring_full_polls": self.g.ring_full,
-                "sync_errors": self.g.sync_errors}
+                "sync_errors": self.g.sync_errors, "reattached": self.reattached}
 
     def close(self):
-        self.region.close()
+        self.peer.close()
 
 
-class Sink:
-    def __init__(self, uri, count=0, batch=1024, wait_s=10.0):
-        self.region, self.port, fd = attach(uri, wait_s)
-        self.s = ffi.new("struct vp_sink *", dict(ring=self.port.rx_ring(), fd=fd, batch=batch, count=int(count)))
+class Sink(_OnPeer):
+    def __init__(self, uri, count=0, batch=1024, wait_s=10.0, owner=None):
+        if count < 0:
+            raise ValueError(f"count must be >= 0 (0 = no limit), not {count}")
+        self.peer = PortPeer(uri, wait_s, owner)
+        self.port, self.wait_s, self.reattached = self.peer.port, wait_s, 0
+        self.s = ffi.new("struct vp_sink *", dict(ring=self.port.rx_ring(), fd=self.peer.fd, batch=batch,
+                                                  count=int(count)))
 
-    def run(self, duration=None, slice_s=0.1, idle_stop_s=None, on_slice=None):
-        """Count until count/duration is reached or, with idle_stop_s, traffic has stopped."""
+    def _bind(self):
+        self.s.ring, self.s.fd = self.port.rx_ring(), self.peer.fd
+
+    def run(self, duration=None, slice_s=0.1, idle_stop_s=None, on_slice=None, stop=lambda: False):
+        """Count until count/duration is reached, `stop()`, or, with idle_stop_s, nothing
+        arrived for that long (from the start, or from the last packet)."""
         end = time.monotonic() + duration if duration else None
         last_n, last_change = 0, time.monotonic()
-        while not (self.s.count and self.s.packets >= self.s.count):
+        while not (self.s.count and self.s.packets >= self.s.count) and not stop():
+            self._follow_pipeline()
             lib.vp_sink_run(self.s, int(slice_s * 1e9))
             now = time.monotonic()
             if on_slice:
                 on_slice(self)
             if self.s.packets != last_n:
                 last_n, last_change = self.s.packets, now
-            elif idle_stop_s and self.s.packets and now - last_change >= idle_stop_s:
+            elif idle_stop_s and now - last_change >= idle_stop_s:
                 break
             if end and now >= end:
                 break
@@ -125,7 +140,8 @@ class Sink:
         el = (self.s.last_ns - self.s.first_ns) / 1e9 if self.s.first_ns else 0.0
         return {"received": self.s.packets, "bytes": self.s.bytes, "seconds": round(el, 6),
                 "mpps": round(self.s.packets / el / 1e6, 4) if el > 0 else 0.0,
-                "errors": self.port.ring_stats()["rx"], "sync_errors": self.s.sync_errors}
+                "errors": self.port.ring_stats()["rx"], "sync_errors": self.s.sync_errors,
+                "reattached": self.reattached}
 
     def close(self):
-        self.region.close()
+        self.peer.close()

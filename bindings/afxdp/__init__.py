@@ -19,7 +19,7 @@ class AfxdpAdapter(Adapter):
         body, opt = parse_uri(uri, "afxdp", OPTIONS)
         name, _, queue = body.partition(":")
         check_ifname(uri, name)
-        if queue and not queue.isdigit():
+        if queue and not (queue.isascii() and queue.isdigit()):
             raise AdapterError(f"{uri!r}: queue {queue!r} must be a number")
         if opt["mode"] not in MODES:
             raise AdapterError(f"{uri!r}: mode must be one of {', '.join(MODES)}")

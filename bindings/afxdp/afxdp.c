@@ -113,9 +113,10 @@ static uint32_t afxdp_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint3
      * frames it can hold: there is always room to give them back */
     if (xsk_ring_prod__reserve(&q->fill, got, &idx_fill) != got) { io->st.rx_errors++; return 0; }
     for (uint32_t i = 0; i < got; i++) {
+        /* the descriptor lives in memory the kernel shares: each field read once */
         const struct xdp_desc *d = xsk_ring_cons__rx_desc(&q->rx, idx_rx + i);
-        uint64_t addr = xsk_umem__extract_addr(d->addr), base = addr & ~(uint64_t)(FRAME - 1);
-        uint32_t len = d->len;
+        uint64_t addr = xsk_umem__extract_addr(VP_READ_ONCE(d->addr)), base = addr & ~(uint64_t)(FRAME - 1);
+        uint32_t len = VP_READ_ONCE(d->len);
         char *buf = vp_io_rx_buf(k);
         if (base >= (uint64_t)NRX * FRAME || addr + len > base + FRAME) {
             io->st.rx_errors++;
@@ -139,7 +140,7 @@ static uint32_t afxdp_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint3
 static void reclaim(struct xq *q) {
     uint32_t idx, n = xsk_ring_cons__peek(&q->comp, NTX, &idx);
     for (uint32_t i = 0; i < n; i++) {
-        uint64_t a = *xsk_ring_cons__comp_addr(&q->comp, idx + i) & ~(uint64_t)(FRAME - 1);
+        uint64_t a = VP_READ_ONCE(*xsk_ring_cons__comp_addr(&q->comp, idx + i)) & ~(uint64_t)(FRAME - 1);
         if (a >= (uint64_t)NRX * FRAME && a < (uint64_t)(NRX + NTX) * FRAME && q->nfree < NTX) q->free[q->nfree++] = a;
     }
     xsk_ring_cons__release(&q->comp, n);
@@ -158,10 +159,11 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
             uint16_t len;
             if (vp_slot_take(k, k->cons, &bi, &len)) {
                 struct xdp_desc *d = xsk_ring_prod__tx_desc(&q->tx, idx + j++);
-                d->addr = q->free[--q->nfree];
-                d->len = len;
-                d->options = 0;
-                memcpy(q->area + d->addr, vp_buf(k, bi), len);
+                uint64_t addr = q->free[--q->nfree];
+                memcpy(q->area + addr, vp_buf(k, bi), len);
+                VP_WRITE_ONCE(d->addr, addr);
+                VP_WRITE_ONCE(d->len, len);
+                VP_WRITE_ONCE(d->options, 0);
                 io->st.tx_packets++;
                 io->st.tx_bytes += len;
             }
@@ -176,7 +178,7 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
      * it has taken every posted descriptor (or says it is busy). EBUSY means the device
      * dropped one frame (completed, not sent): count it and go on. */
     for (int kick = 0; kick < 64 && xsk_ring_prod__needs_wakeup(&q->tx) &&
-                       __atomic_load_n(q->tx.consumer, __ATOMIC_ACQUIRE) != *q->tx.producer; kick++) {
+                       VP_LOAD_ACQUIRE(*q->tx.consumer) != VP_READ_ONCE(*q->tx.producer); kick++) {
         int rc = (int)sendto(io->fd[0], NULL, 0, MSG_DONTWAIT, NULL, 0);
         io->st.syscalls++;
         if (rc >= 0) continue;

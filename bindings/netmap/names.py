@@ -83,7 +83,7 @@ def parse(text):
     out = NetmapName(text, subsystem, kernel)
     rest = text[pos:]
     # one ring selector
-    r = re.match(r"(\^)(\d*)|(\*)|(-)(\d*)", rest)
+    r = re.match(r"(\^)([0-9]*)|(\*)|(-)([0-9]*)", rest)
     if r:
         if r.group(1):
             out.mode, digits = (lib.NR_REG_ONE_SW, r.group(2)) if r.group(2) else (lib.NR_REG_SW, "")
@@ -107,7 +107,7 @@ def parse(text):
                 bad(f"unknown flag {ch!r} (flags: {''.join(FLAGS)})")
             out.flags |= FLAGS[ch]
         rest = rest[f.end():]
-    mem = re.match(r"@(\d+)", rest)
+    mem = re.match(r"@([0-9]+)", rest)
     if mem:
         out.mem_id = int(mem.group(1))
         if not 0 < out.mem_id < 65536:
@@ -145,7 +145,7 @@ def parse(text):
             bad(f"option {name!r} needs {MANDATORY[name]}")
         if name == "conf":
             for k, v in keys.items():
-                if not v.isdigit():
+                if not (v.isascii() and v.isdigit()):
                     bad(f"conf {k} must be a number, not {v!r}")
         out.options[name] = keys
     return out

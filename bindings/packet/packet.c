@@ -145,20 +145,24 @@ static uint32_t packet_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint
         struct tpacket3_hdr *h;
         if (!q->left) {
             uint32_t first;
-            if (!(__atomic_load_n(&bd->hdr.bh1.block_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER)) break;
-            q->left = bd->hdr.bh1.num_pkts;
-            first = bd->hdr.bh1.offset_to_first_pkt;
+            if (!(VP_LOAD_ACQUIRE(bd->hdr.bh1.block_status) & TP_STATUS_USER)) break;
+            q->left = VP_READ_ONCE(bd->hdr.bh1.num_pkts);
+            first = VP_READ_ONCE(bd->hdr.bh1.offset_to_first_pkt);
             q->pkt = (uint8_t *)bd + first;
-            if (!q->left || first >= BLOCK_SIZE) goto next_block;
+            if (!q->left || first >= BLOCK_SIZE - sizeof(*h)) goto next_block;
         }
         h = (struct tpacket3_hdr *)q->pkt;
+        /* the frame header is in memory the kernel shares: each field read once */
+        uint32_t next = VP_READ_ONCE(h->tp_next_offset);
         {
-            uint32_t snap = h->tp_snaplen, vlan = (h->tp_status & TP_STATUS_VLAN_VALID) ? 4 : 0;
-            const uint8_t *fr = q->pkt + h->tp_mac;
+            uint32_t snap = VP_READ_ONCE(h->tp_snaplen), status = VP_READ_ONCE(h->tp_status);
+            uint32_t mac = VP_READ_ONCE(h->tp_mac), wire = VP_READ_ONCE(h->tp_len);
+            uint32_t vlan = (status & TP_STATUS_VLAN_VALID) ? 4 : 0;
+            const uint8_t *fr = q->pkt + mac;
             char *buf = vp_io_rx_buf(k);
-            if ((size_t)(q->pkt - (uint8_t *)bd) + h->tp_mac + snap > BLOCK_SIZE || snap < 14) {
+            if ((size_t)(q->pkt - (uint8_t *)bd) + mac + snap > BLOCK_SIZE || snap < 14) {
                 io->st.rx_errors++;
-            } else if (h->tp_len > snap || snap + vlan > k->buf_size) {
+            } else if (wire > snap || snap + vlan > k->buf_size) {
                 io->st.rx_truncated++;        /* a GSO/GRO super-frame or a jumbo frame */
             } else if (!buf) {
                 k->st.bad_buf++;
@@ -168,19 +172,20 @@ static uint32_t packet_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint
                 /* the kernel took the VLAN tag off into metadata: put it back on the wire */
                 memcpy(buf, fr, 12);
                 if (vlan) {
-                    uint16_t tpid = (h->tp_status & TP_STATUS_VLAN_TPID_VALID) ? h->hv1.tp_vlan_tpid : 0x8100;
+                    uint16_t tpid = (status & TP_STATUS_VLAN_TPID_VALID) ? VP_READ_ONCE(h->hv1.tp_vlan_tpid) : 0x8100;
+                    uint16_t tci = VP_READ_ONCE(h->hv1.tp_vlan_tci);
                     buf[12] = tpid >> 8; buf[13] = tpid & 0xff;
-                    buf[14] = h->hv1.tp_vlan_tci >> 8; buf[15] = h->hv1.tp_vlan_tci & 0xff;
+                    buf[14] = tci >> 8; buf[15] = tci & 0xff;
                 }
                 memcpy(buf + 12 + vlan, fr + 12, snap - 12);
-                if (h->tp_status & TP_STATUS_CSUMNOTREADY) complete_csum((uint8_t *)buf, snap + vlan);
+                if (status & TP_STATUS_CSUMNOTREADY) complete_csum((uint8_t *)buf, snap + vlan);
                 vp_io_rx_commit(io, k, snap + vlan);
                 n++;
             }
         }
         if (--q->left) {
-            q->pkt += h->tp_next_offset;
-            if (h->tp_next_offset == 0 || (size_t)(q->pkt - (uint8_t *)bd) >= BLOCK_SIZE) {
+            q->pkt += next;
+            if (next == 0 || (size_t)(q->pkt - (uint8_t *)bd) >= BLOCK_SIZE - sizeof(*h)) {
                 io->st.rx_errors++;
                 goto next_block;
             }
@@ -188,7 +193,7 @@ static uint32_t packet_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint
         }
     next_block:
         q->left = 0;
-        __atomic_store_n(&bd->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+        VP_STORE_RELEASE(bd->hdr.bh1.block_status, TP_STATUS_KERNEL);
         q->blk = (q->blk + 1) % NBLOCKS;
     }
     return n;

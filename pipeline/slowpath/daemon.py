@@ -13,12 +13,17 @@ import socket
 import sys
 from collections import OrderedDict
 
-from pipeline import channel, config, control
+import msgpack
+
+from pipeline import channel, config, control, rundir
 from pipeline.slowpath.fields import flow_from_attrs
-from pipeline.slowpath.flowtext import FlowError, format_rule, parse_actions, parse_flow
+from pipeline.slowpath.flowtext import FlowError, format_rule, parse_flow
+from pipeline.slowpath import ofctl
 from pipeline.slowpath.ofproto import OFProto
 
 RECENT_FLOWS = 65536
+STATE_EVERY_S = 1.0          # rule counters written to rules.state at most this often
+MAX_RULES_FILE = 1 << 30
 MACS_SAVE_S = 1.0             # NORMAL's MAC table is saved at most this often (and at exit)
 FORGET_MACS = 8               # MAC changes per upcall the workers act on at once; more: revalidation
 LOGGED_ERRORS = 256           # distinct translation errors logged (each once)
@@ -37,12 +42,20 @@ class Client:
 
 
 class SlowPath:
+    name = "valepipe"                   # the pipeline's name, the bridge `trace` shows
+
     def __init__(self, ofproto, rules_file=None, macs_file=None):
         self.ofproto = ofproto
         self.rules_file = rules_file
+        self.state_file = rules_file and os.path.join(os.path.dirname(rules_file), "rules.state")
         self.macs_file = macs_file
         self.st = dict(upcalls=0, flows=0, packets=0, bad_messages=0, unknown_flow_packets=0, slow_flows=0,
-                       revalidated=0, rule_changes=0, xlate_errors=0)
+                       revalidated=0, rule_changes=0, rules_saved=0, rules_save_errors=0, state_saved=0,
+                       state_save_errors=0, changes_refused=0, xlate_errors=0, macs_saved=0, macs_save_errors=0)
+        self.counted = False        # rule counters moved since rules.state was written
+        self.last_state = 0.0
+        self.state_every = STATE_EVERY_S
+        self.owner = lambda: True   # serve() tells: is this still the pipeline's slow path
         self.clients = {}
         self.macs_seen = 0          # MAC table change count last revalidated for
         self.macs_saved = 0         # ... and last saved
@@ -54,47 +67,41 @@ class SlowPath:
 
     # -- control requests (valepipe add-flow / del-flows / mod-flows / dump-flows) -------------
     def control_handlers(self):
-        def changed(n):
-            self.st["rule_changes"] += 1
-            self.save_rules()
-            self.request_revalidation()
-            return n
-
         def add_flows(req):
             texts = req.get("flows")
             if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
                 raise ValueError("add-flows takes a list of flow strings")
             rules = [parse_flow(t) for t in texts]     # all or nothing
-            for r in rules:
-                self.ofproto.add_flow(r)
-            return changed(len(rules))
 
-        def del_flows(req):
-            return changed(self.ofproto.del_flows(parse_flow(_text(req, "match"), mode="match")))
+            def add_all():
+                for r in rules:
+                    self.ofproto.add_flow(r)
+                return len(rules)
+            return self.change(add_all)
 
-        def mod_flows(req):
-            text = _text(req, "flow")
-            m = parse_flow(text, mode="match")
-            if "actions=" not in text:
-                raise ValueError("mod-flows needs actions=")
-            return changed(self.ofproto.mod_flows(m, parse_actions(text.split("actions=", 1)[1], m.table, text)))
+        of = self.ofproto
+
+        def dump(show):
+            def run(req):
+                self.save_state()                     # what it shows is what a restart keeps
+                return show(req)
+            return run
 
         def trace(req):
-            from pipeline.slowpath.trace import attrs_of_packet, flow_of_text, render
-            text = _text(req, "flow").strip()
-            head, _, tail = text.rpartition(" ")
-            if head and all(c in "0123456789abcdefABCDEF" for c in tail) and len(tail) >= 28:
-                port = parse_flow(head, mode="match").match.get("in_port", (0, 0))[0]
-                flow = flow_from_attrs(attrs_of_packet(tail, port))
-            else:
-                flow = flow_of_text(text)
-            return render(self.ofproto, flow)[0]
+            from pipeline.slowpath.trace import render, trace_input
+            return render(self.ofproto, trace_input(_text(req, "flow")), bridge=self.name)[0]
 
-        return {"add-flows": _errors(add_flows), "trace": _errors(trace), "del-flows": _errors(del_flows), "mod-flows": _errors(mod_flows),
-                "dump-flows": lambda req: self.ofproto.dump(),
+        return {"add-flows": _errors(add_flows), "trace": _errors(trace),
+                "del-flows": _errors(lambda req: self.change(lambda: ofctl.delete(of, req))),
+                "mod-flows": _errors(lambda req: self.change(lambda: ofctl.modify(of, req))),
+                "dump-flows": dump(lambda req: of.dump()),
                 "fdb-show": lambda req: self.ofproto.macs.show(),
                 "fdb-flush": lambda req: self.fdb_flush(),
-                "stats": lambda req: dict(self.st, **self.ofproto.st)}
+                "stats": lambda req: dict(self.st, **self.ofproto.st),
+                # ovs-ofctl habits (pipeline/slowpath/ofctl.py): filters, --strict, replace, batch trace
+                "dump-rules": _errors(dump(lambda req: ofctl.dump(of, req))),
+                "replace-flows": _errors(lambda req: self.change(lambda: ofctl.replace(of, req))),
+                "trace-many": _errors(lambda req: ofctl.trace(self, req))}
 
     def handle(self, client, msg):
         t = channel.check(msg)
@@ -113,6 +120,7 @@ class SlowPath:
         if not isinstance(flows, list) or not isinstance(pkts, list):
             raise channel.ChannelError("upcall: flows and packets must be arrays")
         self.st["upcalls"] += 1
+        self.counted = True                           # rules hit (used), packets counted
         out_flows, execute = [], []
         for f in flows:
             if not (isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("key"), dict)):
@@ -176,10 +184,8 @@ class SlowPath:
         except Exception as e:                       # one bad translation never stops the switch
             why = f"{type(e).__name__}: {e}"[:300]
             self.st["xlate_errors"] += 1
-            if why not in self.logged and len(self.logged) < LOGGED_ERRORS:
-                self.logged.add(why)
-                print(f"valepipe-slowpath: translation failed ({why}) for flow {_describe(f['key'])}; "
-                      "answered with drop (counted as xlate_errors)", file=sys.stderr, flush=True)
+            self._log_once(why, f"translation failed ({why}) for flow {_describe(f['key'])}; "
+                                "answered with drop (counted as xlate_errors)")
             return {"id": f["id"], "actions": [["drop"]], "error": why}, None
 
     def internal_error(self, e):
@@ -187,23 +193,97 @@ class SlowPath:
         answered with an error (the worker's pending flows then time out and ask again)."""
         why = f"{type(e).__name__}: {e}"[:300]
         self.st["internal_errors"] = self.st.get("internal_errors", 0) + 1
+        self._log_once(why, f"internal error answering a worker ({why}); still serving")
+        return channel.encode({"v": channel.VERSION, "t": "error", "error": why})
+
+    def _log_once(self, why, line):
         if why not in self.logged and len(self.logged) < LOGGED_ERRORS:
             self.logged.add(why)
-            print(f"valepipe-slowpath: internal error answering a worker ({why}); still serving",
-                  file=sys.stderr, flush=True)
-        return channel.encode({"v": channel.VERSION, "t": "error", "error": why})
+            print(f"valepipe-slowpath: {line}", file=sys.stderr, flush=True)
 
     def _fault_hit(self, key):
         flow = flow_from_attrs(key)
         return all(flow.get(k, 0) & m == v for k, (v, m) in self.fault.items())
 
 
+    def change(self, apply):
+        """Make a rule change durable or not at all: applied, then saved; if the save fails
+        (disk full, ...) the tables go back to what they were and the request fails."""
+        self.ofproto.begin()
+        try:
+            n = apply()
+            self.save_rules()
+        except OSError as e:
+            self.ofproto.rollback()
+            self.st["changes_refused"] += 1
+            raise control.RequestFailed(f"cannot save the rules to {self.rules_file}: {e.strerror or e}; "
+                                        "the change was not made") from None
+        except BaseException:
+            self.ofproto.rollback()
+            raise
+        self.ofproto.commit()
+        self.st["rule_changes"] += 1
+        self.request_revalidation()
+        return n
+
     def save_rules(self):
-        """The rule tables as ovs-ofctl text, rewritten (atomically) on every change, so a
-        slow path restarted after a crash comes back with the rules it had."""
-        if self.rules_file:
-            _save_atomically(self.rules_file, RULES_HEADER + "".join(format_rule(r) + "\n" for r in self.ofproto.rules()),
-                             self.st, "rules")
+        """The rule tables as ovs-ofctl text (rules.flows) and their counters and times
+        (rules.state), rewritten atomically and synced on every change, so a slow path
+        restarted after a crash comes back with the rules it had. Raises OSError."""
+        if not self.rules_file:
+            return
+        if not self.owner():
+            raise OSError(f"{self.rules_file} belongs to a newer slow path of this pipeline")
+        text = RULES_HEADER + "".join(format_rule(r) + "\n" for r in self.ofproto.rules())
+        try:
+            rundir.write_files({self.rules_file: text.encode(), self.state_file: self._state()})
+        except OSError:
+            self.st["rules_save_errors"] += 1
+            raise
+        self.st["rules_saved"] += 1
+        self.counted, self.last_state = False, time.monotonic()
+
+    def save_state(self):
+        """Rule counters to rules.state, if they moved since it was written."""
+        if not (self.counted and self.state_file and self.owner()):
+            return
+        t0 = self.last_state = time.monotonic()
+        self.counted = False
+        try:
+            rundir.write_files({self.state_file: self._state()})
+            self.st["state_saved"] += 1
+            # large tables: at most ~5% of the slow path's time goes to saving counters
+            self.state_every = max(STATE_EVERY_S, 20 * (time.monotonic() - t0))
+        except OSError as e:
+            self.counted = True
+            self.st["state_save_errors"] += 1
+            if self.st["state_save_errors"] == 1:
+                print(f"valepipe-slowpath: cannot save rule counters to {self.state_file}: {e.strerror or e}",
+                      file=sys.stderr)
+
+    def load_state(self):
+        """Counters and times of the rules loaded from rules.flows, as rules.state kept
+        them: a restart does not reset them, nor the clock of their timeouts."""
+        try:
+            raw = rundir.read_own(self.state_file, MAX_RULES_FILE)
+            if raw is None:
+                return
+            doc = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+            if not (isinstance(doc, dict) and doc.get("v") == 1 and isinstance(doc.get("rules"), list)):
+                raise ValueError("not a rules.state of this version")
+            self.st["state_restored"] = self.ofproto.restore_rule_state(doc["rules"])
+        except (OSError, ValueError) as e:
+            print(f"valepipe-slowpath: {self.state_file}: {e}; rule counters start from zero", file=sys.stderr)
+
+    def _state(self):
+        return msgpack.packb({"v": 1, "rules": self.ofproto.rule_state()}, use_bin_type=True)
+
+    def try_save_rules(self, why):
+        try:
+            self.save_rules()
+        except OSError as e:
+            print(f"valepipe-slowpath: cannot save the rules ({why}) to {self.rules_file}: {e.strerror or e}",
+                  file=sys.stderr)
 
     def request_revalidation(self, forget_macs=(), flush=False):
         """Workers re-translate what they cached (after rules or MAC entries changed), having
@@ -229,8 +309,10 @@ class SlowPath:
             self.last_expire = now
             self.ofproto.macs.expire()
             if self.ofproto.expire():
-                self.save_rules()
+                self.try_save_rules("after rules timed out")
                 self.request_revalidation()           # what the expired rules did must go
+        if self.counted and now - self.last_state >= self.state_every:
+            self.save_state()
         if self.ofproto.macs.changes != self.macs_seen:
             self.macs_changed()
         if self.ofproto.macs.changes != self.macs_saved and now - self.last_macs_save >= MACS_SAVE_S:
@@ -250,14 +332,33 @@ class SlowPath:
     def save_macs(self):
         """NORMAL's MAC table, with ages, beside the rules (written atomically)."""
         self.macs_saved, self.last_macs_save = self.ofproto.macs.changes, time.monotonic()
-        if self.macs_file:
-            _save_atomically(self.macs_file, json.dumps(self.ofproto.macs.snapshot()), self.st, "macs")
+        if not (self.macs_file and self.owner()):
+            return
+        try:
+            rundir.write_files({self.macs_file: json.dumps(self.ofproto.macs.snapshot()).encode()})
+            self.st["macs_saved"] += 1
+        except OSError as e:
+            self.st["macs_save_errors"] += 1
+            if self.st["macs_save_errors"] == 1:
+                print(f"valepipe-slowpath: cannot save the MAC table to {self.macs_file}: {e.strerror or e}",
+                      file=sys.stderr)
+
+    def load_macs(self):
+        """NORMAL's MAC table as a slow path before this one left it, aged since."""
+        try:
+            raw = rundir.read_own(self.macs_file, MAX_RULES_FILE)
+            if raw is not None:
+                self.st["macs_restored"] = self.ofproto.macs.restore(json.loads(raw))
+        except (OSError, ValueError) as e:
+            print(f"valepipe-slowpath: {self.macs_file}: {e}; NORMAL's MAC table starts empty", file=sys.stderr)
+        self.macs_saved = self.ofproto.macs.changes
 
     def revalidate(self, msg):
         flows = msg.get("flows", [])
         if not isinstance(flows, list):
             raise channel.ChannelError("revalidate: flows must be an array")
         out = []
+        self.counted = True
         for f in flows:
             if not (isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("key"), dict)):
                 raise channel.ChannelError("revalidate: a flow needs an integer id and a key map")
@@ -274,20 +375,6 @@ class SlowPath:
             out.append(entry)
         self.st["revalidated"] += len(out)
         return {"v": channel.VERSION, "t": "revalidate_reply", "flows": out}
-
-
-def _save_atomically(path, text, st, what):
-    """Write `text` to `path` through a temporary file and a rename; failures are counted
-    (`<what>_save_errors`) and said on stderr, never raised."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-        st[f"{what}_saved"] = st.get(f"{what}_saved", 0) + 1
-    except OSError as e:
-        st[f"{what}_save_errors"] = st.get(f"{what}_save_errors", 0) + 1
-        print(f"valepipe-slowpath: cannot save {what} to {path}: {e.strerror}", file=sys.stderr)
 
 
 def _describe(key):
@@ -320,20 +407,24 @@ def _errors(fn):
 
 
 def serve(path, slow, stop=lambda: False, control_path=None):
-    if os.path.exists(path):
-        os.unlink(path)
     ctl = control.ControlServer(control_path, slow.control_handlers()) if control_path else None
     ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        ls.bind(path)
-    finally:
-        os.umask(old)
+    ident = rundir.bind_unix(ls, path)
     ls.listen(16)
+    # the pipeline's slow path while the socket at `path` is ours: one that was stopped and
+    # resumed after its worker started another finds a successor's socket there, and goes
+    slow.owner = lambda: rundir.is_own(path, ident)
     clients = slow.clients
+    next_check = 0.0
     try:
         while not stop():
             r, _, _ = select.select([ls] + list(clients) + ([ctl.sock] if ctl else []), [], [], 0.05)
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + 1.0
+                if not slow.owner():
+                    print(f"valepipe-slowpath: {path} is no longer mine (a newer slow path took over); exiting",
+                          file=sys.stderr)
+                    break
             slow.housekeep()
             for s in r:
                 if ctl and s is ctl.sock:
@@ -377,19 +468,21 @@ def serve(path, slow, stop=lambda: False, control_path=None):
                     del clients[s]
                     s.close()
     finally:
+        slow.save_state()
+        slow.save_macs()
         for s in clients:
             s.close()
         ls.close()
         if ctl:
             ctl.close()
-        if os.path.exists(path):
-            os.unlink(path)
+        rundir.unlink_own(path, ident)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="valepipe-slowpath", description="valepipe slow-path daemon")
     ap.add_argument("--socket", required=True, help="unix socket path to listen on")
     ap.add_argument("--config", help="pipeline config whose [slowpath] flows to load")
+    ap.add_argument("--name", default="valepipe", help="the pipeline's name (trace shows it as the bridge)")
     ap.add_argument("--control", help="control socket for add-flow/del-flows/mod-flows/dump-flows "
                                       "(default: slowpath.ctl beside --socket)")
     ap.add_argument("--rules", help="file the rules are kept in across restarts (default: rules.flows "
@@ -397,33 +490,31 @@ def main(argv=None):
     ap.add_argument("--macs", help="file NORMAL's MAC table is kept in across restarts (default: macs.json "
                                    "beside --socket)")
     a = ap.parse_args(argv)
-    rules_file = a.rules or os.path.join(os.path.dirname(os.path.abspath(a.socket)), "rules.flows")
-    macs_file = a.macs or os.path.join(os.path.dirname(os.path.abspath(a.socket)), "macs.json")
+    here = os.path.dirname(os.path.abspath(a.socket))
+    rules_file = os.path.abspath(a.rules or os.path.join(here, "rules.flows"))
+    macs_file = os.path.abspath(a.macs or os.path.join(here, "macs.json"))
     source = rules_file
     try:
-        if os.path.exists(rules_file):
-            with open(rules_file) as f:
-                flows = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-            source = rules_file
+        for d in {here, os.path.dirname(rules_file)}:
+            rundir.check(d)                           # nothing of another user's is loaded or written
+        text = rundir.read_own(rules_file, MAX_RULES_FILE)
+        if text is not None:
+            flows = [ln.strip() for ln in text.decode("utf-8", "replace").splitlines()
+                     if ln.strip() and not ln.lstrip().startswith("#")]
         else:
             flows, source = (config.load(a.config).flows if a.config else []), a.config
         ofproto = OFProto(flows)
-    except (config.ConfigError, FlowError, OSError) as e:
+    except (config.ConfigError, FlowError, OSError, rundir.RunDirError) as e:
         print(f"valepipe-slowpath: {source}: {e}", file=sys.stderr)
         sys.exit(2)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
-    ctl = a.control or os.path.join(os.path.dirname(os.path.abspath(a.socket)), "slowpath.ctl")
-    try:
-        with open(macs_file) as f:
-            ofproto.macs.restore(json.load(f))
-    except (OSError, ValueError):
-        pass                                            # none yet, or unreadable: start empty
+    ctl = a.control or os.path.join(here, "slowpath.ctl")
     slow = SlowPath(ofproto, rules_file, macs_file)
-    slow.macs_saved = ofproto.macs.changes
-    slow.save_rules()
-    try:
-        serve(a.socket, slow, stop=lambda: bool(stopping), control_path=ctl)
-    finally:
-        slow.save_macs()
+    slow.name = a.name
+    if text is not None:
+        slow.load_state()
+    slow.load_macs()
+    slow.try_save_rules("at start")
+    serve(a.socket, slow, stop=lambda: bool(stopping), control_path=ctl)

@@ -1,6 +1,7 @@
 """The slow path's flow fields (after Open vSwitch's struct flow) and the names that
 ovs-ofctl syntax uses for them, with their widths, masks and prerequisites."""
 import ipaddress
+import re
 from dataclasses import dataclass
 
 
@@ -54,12 +55,19 @@ LOCAL = 0xFFFE                 # OpenFlow's port number for the switch's own (in
 HEX = frozenset("0123456789abcdefABCDEF")
 
 
+_DECIMAL = re.compile(r"[0-9]+")
+_HEXADECIMAL = re.compile(r"0[xX][0-9a-fA-F]+")
+
+
 def strict_int(t):
-    """An integer as ovs-ofctl reads one (decimal, 0x hex, 0 octal): Python's int() would
-    also take signs, underscores and spaces, which OVS refuses."""
-    if not t or t[0] in "+-" or "_" in t or t != t.strip():
-        raise ValueError(t)
-    return int(t, 0)
+    """An integer as ovs-ofctl reads one: ASCII decimal or 0x hex. Python's int() would
+    also take signs, underscores, spaces, 0b/0o and any script's digits ('١', '２'), which
+    OVS refuses; a leading 0 (octal to OVS) is refused rather than read otherwise."""
+    if _HEXADECIMAL.fullmatch(t):
+        return int(t[2:], 16)
+    if _DECIMAL.fullmatch(t):
+        return int(t, 0)
+    raise ValueError(t)
 
 
 def parse_value(field, text):
@@ -91,7 +99,7 @@ def parse_value_mask(field, text):
         raise FieldError(f"{field.name} cannot be masked ({text!r})")
     v, m = text.split("/", 1)
     value = parse_value(field, v)
-    if field.kind in ("ipv4", "ipv6") and m.isdigit():
+    if field.kind in ("ipv4", "ipv6") and _DECIMAL.fullmatch(m):
         n = int(m)
         if not 0 <= n <= field.width:
             raise FieldError(f"{text}: {'IPv4' if field.kind == 'ipv4' else 'IPv6'} network prefix bits "

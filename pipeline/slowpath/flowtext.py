@@ -121,9 +121,18 @@ def _int(text, lo, hi, what):
     return v
 
 
+def _ascii(text, whole):
+    """OVS's flow syntax is ASCII: a letter, digit or space from another script ('١',
+    '２', U+3000) is refused where Python would read it as '1', '2' or a blank."""
+    if not text.isascii():
+        i, c = next((i, c) for i, c in enumerate(text) if not c.isascii())
+        raise FlowError(f"{whole!r}: {c!r} (U+{ord(c):04X}) at character {i + 1}: a rule is ASCII text")
+
+
 def parse_flow(text, mode="add"):
     """mode "add": a full rule with actions; "match": a match for del-flows/mod-flows
     (actions optional, cookie masks allowed)."""
+    _ascii(text, text)
     body, sep, acts = text.partition("actions=")
     rule = Rule()
     if not sep and mode == "add":
@@ -322,6 +331,7 @@ def _check_actions(text, m, actions):
 
 def parse_actions(text, table, whole=None):
     whole = whole or text
+    _ascii(text, whole)
     toks = _split(text)
     if not toks:
         return [("drop",)]                          # "actions=" with nothing: drop, as in OVS

@@ -1,5 +1,6 @@
 """The switch as the slow path holds it: OpenFlow tables of rules in ovs-ofctl syntax,
 and translation of a fast-path flow key into datapath actions plus megaflow mask."""
+import math
 import time
 from collections import deque
 
@@ -7,7 +8,7 @@ CONTROLLER_QUEUE = 1024       # packet-ins kept for an OpenFlow agent (none yet)
 
 from pipeline.slowpath.classifier import Table
 from pipeline.slowpath.fields import flow_from_attrs
-from pipeline.slowpath.flowtext import parse_flow
+from pipeline.slowpath.flowtext import format_match, parse_flow
 from pipeline.slowpath.normal import MacTable
 from pipeline.slowpath.xlate import Xlate
 
@@ -21,17 +22,53 @@ class OFProto:
         self.st = dict(translations=0, table_misses=0, controller=0, errors=0, controller_queued=0,
                        controller_dropped=0)
         self.packet_ins = deque()
+        self.undo_log = None                        # while a change is open: how to take it back
         for text in flows:
             self.add_flow(parse_flow(text))
+
+    # -- changes that can be taken back (a change that cannot be saved is not made) -------
+    def begin(self):
+        self.undo_log = []
+
+    def commit(self):
+        self.undo_log = None
+
+    def rollback(self):
+        log, self.undo_log = self.undo_log or [], None
+        for undo in reversed(log):
+            undo()
+
+    def _undo(self, fn):
+        if self.undo_log is not None:
+            self.undo_log.append(fn)
+
+    def remove(self, r):
+        self.tables[r.table].remove(r)
+        created = self.created.pop(id(r), None)
+        self._undo(lambda: self._insert(r, created))
+
+    def modify(self, r, actions, reset_counts=False):
+        """New actions for rule `r` (mod-flows), its counters cleared with reset_counts."""
+        old = (r.actions, r.n_packets, r.n_bytes)
+        self._undo(lambda: (setattr(r, "actions", old[0]), setattr(r, "n_packets", old[1]),
+                            setattr(r, "n_bytes", old[2])))
+        r.actions = list(actions)
+        if reset_counts:
+            r.n_packets = r.n_bytes = 0
+
+    def _insert(self, r, created):
+        self.tables.setdefault(r.table, Table(r.table)).insert(r)
+        if created is not None:
+            self.created[id(r)] = created
 
     def add_flow(self, rule):
         t = self.tables.setdefault(rule.table, Table(rule.table))
         for old in list(t.rules()):                 # same table, priority and match: replace
             if old.key() == rule.key():
-                t.remove(old)
-                self.created.pop(id(old), None)
+                self.remove(old)
         t.insert(rule)
         self.created[id(rule)] = rule.used = time.monotonic()
+        self._undo(lambda: (t.remove(rule), self.created.pop(id(rule), None)))
 
     def packet_in(self, in_port, reason, frame):
         """Queue a packet for the controller; a full queue drops and counts."""
@@ -53,19 +90,6 @@ class OFProto:
         self.st["expired_rules"] = self.st.get("expired_rules", 0) + len(gone)
         return len(gone)
 
-    def del_flows(self, match):
-        gone = [r for r in self.rules() if match.covers(r)]
-        for r in gone:
-            self.tables[r.table].remove(r)
-            self.created.pop(id(r), None)
-        return len(gone)
-
-    def mod_flows(self, match, actions):
-        hit = [r for r in self.rules() if match.covers(r)]
-        for r in hit:
-            r.actions = list(actions)
-        return len(hit)
-
     def dump(self):
         from pipeline.slowpath.flowtext import format_rule
         now = time.monotonic()
@@ -74,6 +98,32 @@ class OFProto:
     def rules(self):
         for tid in sorted(self.tables):
             yield from sorted(self.tables[tid].rules(), key=lambda r: -r.priority)
+
+    def rule_state(self):
+        """Per rule: [table, priority, match text, added, last used, n_packets, n_bytes];
+        times on CLOCK_MONOTONIC, which all processes share until a reboot."""
+        return [[r.table, r.priority, _match_text(r), self.created.get(id(r), r.used), r.used,
+                 r.n_packets, r.n_bytes] for r in self.rules()]
+
+    def restore_rule_state(self, entries):
+        """Counters and times from rule_state() for the rules that are the same rule
+        (table, priority, match); returns how many were restored. Anything malformed is
+        skipped: it comes from a file."""
+        byid = {(r.table, r.priority, _match_text(r)): r for r in self.rules()}
+        now, n = time.monotonic(), 0
+        for e in entries:
+            if not (isinstance(e, list) and len(e) == 7 and all(type(v) is int for v in e[:2] + e[5:])
+                    and isinstance(e[2], str) and all(type(v) in (int, float) and math.isfinite(v) for v in e[3:5])
+                    and all(0 <= v < 1 << 64 for v in e[5:])):
+                continue
+            r = byid.get((e[0], e[1], e[2]))
+            if r is None:
+                continue
+            self.created[id(r)] = min(e[3], now)
+            r.used = min(e[4], now)
+            r.n_packets, r.n_bytes = e[5], e[6]
+            n += 1
+        return n
 
     def set_ports(self, ports):
         self.ports = list(ports)
@@ -93,3 +143,12 @@ class OFProto:
         if res.error:
             self.st["errors"] += 1
         return res
+
+
+def _match_text(rule):
+    """The rule's match in canonical text, computed once per rule (a match never changes;
+    rules.state names rules by it, for every rule, every second)."""
+    text = rule.__dict__.get("match_text")
+    if text is None:
+        text = rule.__dict__["match_text"] = format_match(rule.match)
+    return text

@@ -18,12 +18,40 @@ def flow_of_text(text):
     return f
 
 
+HEX = set("0123456789abcdefABCDEF")
+
+
+def trace_input(text):
+    """What `valepipe trace` takes: a flow (`in_port=1,tcp,...`) or a flow's in_port and
+    other fields followed by a packet in hex (spaces allowed, any length) -> a flow."""
+    from pipeline.slowpath.fields import flow_from_attrs
+    text = text.strip()
+    if text and set("".join(text.split())) <= HEX:
+        raise FlowError(f"{text[:40]!r}: a packet needs its input port first: in_port=N <hex>")
+    # the packet is the longest tail of hex digits and blanks after the first blank
+    for i, ch in enumerate(text):
+        if ch.isspace():
+            tail = "".join(text[i:].split())
+            if tail and set(tail) <= HEX:
+                head = text[:i].rstrip(" ,")
+                m = parse_flow(head, mode="match").match if head else {}
+                if "in_port" not in m:
+                    raise FlowError(f"{text[:40]!r}: a packet needs its input port first: in_port=N <hex>")
+                return flow_from_attrs(attrs_of_packet(tail, m["in_port"][0]))
+    return flow_of_text(text)
+
+
 def attrs_of_packet(hexstr, in_port):
     """Run the fast path's own extract on a packet, as a miss would."""
+    hexstr = "".join(hexstr.split())
+    if len(hexstr) % 2:
+        raise FlowError(f"the packet has an odd number of hex digits ({len(hexstr)})")
     try:
-        raw = bytes.fromhex(hexstr.replace(" ", ""))
+        raw = bytes.fromhex(hexstr)
     except ValueError:
         raise FlowError("the packet must be hex digits") from None
+    if not 1 <= len(raw) <= 65535:
+        raise FlowError(f"a packet is 1..65535 bytes, not {len(raw)}")
     key = ffi.new("struct vp_flow_key *")
     perr = ffi.new("uint64_t[]", lib.VP_PERR_N)
     lib.vp_extract_one(raw, len(raw), 0, key, perr)
@@ -68,6 +96,9 @@ def format_dp_actions(actions):
             parts.append(f"set({a[1]}={format_value_mask(f, a[2], a[3])})")
         elif a[0] == "push_vlan":
             parts.append(f"push_vlan(tpid={hex(a[1])},vid={a[2] & 0xFFF},pcp={a[2] >> 13})")
+        elif a[0] == "controller":
+            # as Open vSwitch names the packet-in's cause (OFPR_*): action, no_match, invalid_ttl
+            parts.append(f"controller(reason={a[1]})" if len(a) > 1 else "controller")
         else:
             parts.append(a[0])
     return ",".join(parts)

@@ -9,6 +9,7 @@ valepipe exactly as it would leave OVS. Datapath actions: ["output", port],
 committed lazily, right before the output that needs them, in OVS's order."""
 from dataclasses import dataclass, field
 
+from pipeline.channel import MAX_ACTIONS
 from pipeline.slowpath.classifier import unwildcard
 from pipeline.slowpath.fields import ETH_IP, ETH_IPV6, FIELDS, VLAN_CFI, vlans_of
 from pipeline.slowpath.normal import MULTICAST, is_reserved
@@ -69,6 +70,10 @@ class Xlate:
         if ctx.error:
             ctx.out = []                           # as OVS: an error drops the packet
         if not any(a[0] in ("output", "controller") for a in ctx.out):
+            ctx.out = [["drop"]]
+        elif len(ctx.out) > MAX_ACTIONS:
+            # as Open vSwitch: a translation too big for the datapath drops, with an error
+            ctx.error = f"{len(ctx.out)} datapath actions, more than the datapath's {MAX_ACTIONS}"
             ctx.out = [["drop"]]
         ctx.finish_wc()
         return Result(ctx.out, ctx.wc, ctx.trace, ctx.rules, ctx.controller, ctx.error, ctx.relearn)

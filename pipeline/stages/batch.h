@@ -7,7 +7,8 @@
 /* cdef-begin */
 #define VP_BATCH_MAX 1024
 #define VP_MAX_PORTS 64
-#define VP_MAX_OUTPUTS 8
+#define VP_INLINE_OUTPUTS 8     /* outputs kept in the action set itself (the rest: `more`) */
+#define VP_MAX_PROGRAM 65535    /* datapath actions in one action set; longer lists are refused */
 #define VP_ACT_MISS -1
 #define VP_ACT_PENDING -2
 #define VP_ACT_EMPTY -3
@@ -131,7 +132,6 @@ struct vp_batch {
 #define VP_F_ND_TARGET 18
 #define VP_F_ND_SLL 19
 #define VP_F_ND_TLL 20
-#define VP_MAX_OPS 16
 struct vp_op {
     uint8_t kind;
     uint8_t field;
@@ -142,11 +142,16 @@ struct vp_op {
     uint8_t mask[16];
 };
 
+/* One action set: either outputs only (nops == 0: nout ports, in `out` while they fit,
+ * else all of them in `more`), or a program of nops ops run in order (it modifies
+ * packets). Lists of any length up to VP_MAX_PROGRAM; nothing is cut. */
 struct vp_actions {
-    uint16_t nout;            /* 0 = drop */
-    uint16_t out[8];          /* datapath port indexes, when the list is outputs only */
-    uint16_t nops;            /* > 0: the full program below (it modifies packets) */
-    struct vp_op ops[16];
+    uint32_t nout;            /* outputs; 0 = drop */
+    uint32_t nops;            /* > 0: the program in ops */
+    uint32_t final_from;      /* program: no op from here on modifies, so outputs here are final */
+    uint16_t out[8];          /* datapath port indexes, when nout <= VP_INLINE_OUTPUTS */
+    uint16_t *more;           /* all nout port indexes when more (owned) */
+    struct vp_op *ops;        /* the program (owned) */
 };
 
 /* exact-match flow table: a compact open-addressing index (hash << 32 | entry + 1,

@@ -1,34 +1,68 @@
 /* execute.c — datapath actions: outputs are grouped per port for transmit; a flow whose
  * actions modify packets (masked set with checksum updates, push/pop VLAN) runs its
- * action program in order, sending a copy at each output that later actions would change. */
+ * action program in order, sending a copy at each output that later actions would change.
+ * Packets are edited as Open vSwitch's datapath edits them (lib/packets.c). */
+#include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
 #include "execute.h"
 #include "transmit.h"
 #include "extract.h"
 
+/* An action set's own memory: what a replaced or freed set held is released. */
+static void actions_clear(struct vp_actions *a) {
+    free(a->more);
+    free(a->ops);
+    memset(a, 0, sizeof(*a));
+}
+
 int vp_actions_set(struct vp_dp *dp, uint32_t id, const uint16_t *out, uint32_t nout) {
-    if (id >= dp->max_actions || nout > VP_MAX_OUTPUTS) return -1;
-    dp->actions[id].nout = (uint16_t)nout;
-    dp->actions[id].nops = 0;
-    for (uint32_t i = 0; i < nout; i++) dp->actions[id].out[i] = out[i];
+    struct vp_actions *a;
+    uint16_t *more = NULL;
+    if (id >= dp->max_actions || nout > VP_MAX_PROGRAM) return -1;
+    if (nout > VP_INLINE_OUTPUTS) {
+        if (!(more = malloc(nout * sizeof(*more)))) return -1;
+        memcpy(more, out, nout * sizeof(*more));
+    }
+    a = &dp->actions[id];
+    actions_clear(a);
+    a->nout = nout;
+    if (more) a->more = more;
+    else memcpy(a->out, out, nout * sizeof(*out));
     if (id >= dp->nactions) dp->nactions = id + 1;
     return 0;
 }
 
 int vp_actions_set_ops(struct vp_dp *dp, uint32_t id, const struct vp_op *ops, uint32_t nops) {
-    uint32_t nout = 0;
-    if (id >= dp->max_actions || nops == 0 || nops > VP_MAX_OPS) return -1;
+    struct vp_actions *a;
+    struct vp_op *prog;
+    uint32_t nout = 0, final_from = 0;
+    if (id >= dp->max_actions || nops == 0 || nops > VP_MAX_PROGRAM) return -1;
     for (uint32_t i = 0; i < nops; i++) {
         if (ops[i].kind < VP_OP_OUTPUT || ops[i].kind > VP_OP_POP_VLAN) return -1;
         if (ops[i].kind == VP_OP_SET && (ops[i].field < VP_F_DL_SRC || ops[i].field > VP_F_ND_TLL)) return -1;
         if (ops[i].kind == VP_OP_OUTPUT) nout++;
+        else final_from = i + 1;
     }
-    memcpy(dp->actions[id].ops, ops, nops * sizeof(*ops));
-    dp->actions[id].nops = (uint16_t)nops;
-    dp->actions[id].nout = (uint16_t)(nout ? nout : 0);
+    if (!(prog = malloc(nops * sizeof(*prog)))) return -1;
+    memcpy(prog, ops, nops * sizeof(*ops));
+    a = &dp->actions[id];
+    actions_clear(a);
+    a->ops = prog;
+    a->nops = nops;
+    a->nout = nout;
+    a->final_from = final_from;
     if (id >= dp->nactions) dp->nactions = id + 1;
     return 0;
+}
+
+void vp_actions_free(struct vp_dp *dp) {
+    for (uint32_t i = 0; i < dp->nactions; i++) actions_clear(&dp->actions[i]);
+    dp->nactions = 0;
+}
+
+static inline const uint16_t *outputs(const struct vp_actions *a) {
+    return a->nout <= VP_INLINE_OUTPUTS ? a->out : a->more;
 }
 
 /* --- header editing, as Open vSwitch's datapath does it (lib/packets.c) ------------------
@@ -37,7 +71,11 @@ int vp_actions_set_ops(struct vp_dp *dp, uint32_t id, const struct vp_op *ops, u
  * Checksums are updated with OVS's RFC 1624 step per 16-bit word, in OVS's order, so even
  * the choice between 0x0000 and 0xffff comes out the same. */
 
-static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return ntohs(v); }
+/* The packet may sit in a buffer its sender can still write (ring/shared.h): each byte that
+ * decides an offset is loaded once, and an edit is computed from a private copy of what it
+ * replaces (which is also what the checksum update takes out). */
+static inline uint16_t rd16(const uint8_t *p) { return ntohs(vp_pkt_u16(p)); }
+static inline uint8_t rd8(const uint8_t *p) { return vp_pkt_u8(p); }
 static inline void wr16(uint8_t *p, uint16_t v) { v = htons(v); memcpy(p, &v, 2); }
 
 /* OVS's recalc_csum16(): ~fold(~HC + ~m + m'), values as network-order integers */
@@ -98,14 +136,14 @@ static uint32_t l4_size(const struct pkt *k) {
 
 /* OVS's packet_set_ipv4_addr(): the transport checksum first (by the header's protocol
  * and the bytes there are, fragment or not), then the header checksum */
-static void set_ipv4_addr(struct pkt *k, uint32_t at, const uint8_t *new) {
-    uint8_t *ip = k->p + k->L.l3, *l4 = k->p + k->L.l4;
+static void set_ipv4_addr(struct pkt *k, uint32_t at, const uint8_t *old, const uint8_t *new) {
+    uint8_t *ip = k->p + k->L.l3, *l4 = k->p + k->L.l4, proto = rd8(ip + 9);
     uint32_t n4 = l4_size(k);
-    if (ip[9] == 6 && n4 >= 20)
-        csum_words(l4 + 16, k->p + at, new, 4);
-    else if (ip[9] == 17 && n4 >= 8 && rd16(l4 + 6))
-        udp_csum_words(l4 + 6, k->p + at, new, 4);
-    csum_words(ip + 10, k->p + at, new, 4);
+    if (proto == 6 && n4 >= 20)
+        csum_words(l4 + 16, old, new, 4);
+    else if (proto == 17 && n4 >= 8 && rd16(l4 + 6))
+        udp_csum_words(l4 + 6, old, new, 4);
+    csum_words(ip + 10, old, new, 4);
     memcpy(k->p + at, new, 4);
 }
 
@@ -116,7 +154,7 @@ static int ipv6_rh_present(const struct pkt *k, uint8_t *proto, int *recalc) {
     const uint8_t *d = k->p + k->L.l3;
     uint32_t rem = (k->L.l4 ? k->L.l4 : k->len) - k->L.l3, len;
     if (rem < 40) return 0;
-    *proto = d[6];
+    *proto = rd8(d + 6);
     d += 40;
     rem -= 40;
     for (;;) {
@@ -124,20 +162,20 @@ static int ipv6_rh_present(const struct pkt *k, uint8_t *proto, int *recalc) {
         if (nh != 0 && nh != 43 && nh != 60 && nh != 51 && nh != 44) break;
         if (rem < 8) return 0;
         if (nh == 51) {
-            *proto = d[0];
-            len = ((uint32_t)d[1] + 2) * 4;
+            *proto = rd8(d);
+            len = ((uint32_t)rd8(d + 1) + 2) * 4;
         } else if (nh == 44) {
             uint16_t offlg = rd16(d + 2);
             *recalc = !(offlg & 0xfff8) && (offlg & 1);
-            *proto = d[0];
+            *proto = rd8(d);
             len = 8;
         } else if (nh == 43) {
-            if (d[3] > 0) return 1;
-            *proto = d[0];
-            len = ((uint32_t)d[1] + 1) * 8;
+            if (rd8(d + 3) > 0) return 1;
+            *proto = rd8(d);
+            len = ((uint32_t)rd8(d + 1) + 1) * 8;
         } else {
-            *proto = d[0];
-            len = ((uint32_t)d[1] + 1) * 8;
+            *proto = rd8(d);
+            len = ((uint32_t)rd8(d + 1) + 1) * 8;
         }
         if (rem < len) return 0;
         rem -= len;
@@ -146,55 +184,55 @@ static int ipv6_rh_present(const struct pkt *k, uint8_t *proto, int *recalc) {
     return 0;
 }
 
-static void set_ipv6_addr(struct pkt *k, uint32_t at, const uint8_t *new, int is_dst) {
+static void set_ipv6_addr(struct pkt *k, uint32_t at, const uint8_t *old, const uint8_t *new, int is_dst) {
     uint8_t proto = 0, *l4 = k->p + k->L.l4;
     int recalc = 1, rh = ipv6_rh_present(k, &proto, &recalc);
     uint32_t n4 = l4_size(k);
     if (recalc && !(is_dst && rh) && k->L.l4) {
         if (proto == 6 && n4 >= 20)
-            csum_words(l4 + 16, k->p + at, new, 16);
+            csum_words(l4 + 16, old, new, 16);
         else if (proto == 17 && n4 >= 8 && rd16(l4 + 6))
-            udp_csum_words(l4 + 6, k->p + at, new, 16);
+            udp_csum_words(l4 + 6, old, new, 16);
         else if (proto == 58 && n4 >= 4)
-            csum_words(l4 + 2, k->p + at, new, 16);
+            csum_words(l4 + 2, old, new, 16);
     }
     memcpy(k->p + at, new, 16);
 }
 
-/* the masked new value of a w-byte field at p; returns whether it differs */
-static int masked(uint8_t *out, const uint8_t *p, uint32_t w, const struct vp_op *op) {
-    int diff = 0;
+/* a w-byte field at p: its bytes now (old, a private copy) and with the op's masked value
+ * written (out); returns whether they differ */
+static int masked(uint8_t *out, uint8_t *old, const uint8_t *p, uint32_t w, const struct vp_op *op) {
+    memcpy(old, p, w);
     for (uint32_t i = 0; i < w; i++) {
         uint8_t m = op->mask[16 - w + i];
-        out[i] = (uint8_t)((p[i] & ~m) | (op->value[16 - w + i] & m));
-        diff |= out[i] != p[i];
+        out[i] = (uint8_t)((old[i] & ~m) | (op->value[16 - w + i] & m));
     }
-    return diff;
+    return memcmp(out, old, w) != 0;
 }
 
 /* OVS's packet_set_tcp_port/udp_port/sctp_port/icmp(): one port (or ICMP type and code
  * together) at offset `off` of the transport header, if that header is whole */
 static void set_l4(struct pkt *k, uint32_t off, const struct vp_op *op) {
-    uint8_t *l4 = k->p + k->L.l4, nw[2], proto = k->proto;
+    uint8_t *l4 = k->p + k->L.l4, nw[2], old[2], proto = k->proto;
     uint32_t n4 = l4_size(k);
     if (!k->L.l4) return;
     if (op->field == VP_F_ICMP) {
         /* type and code in one step, whatever the IP version says the protocol is */
-        if (n4 < 8 || !masked(nw, l4, 2, op)) return;
-        wr16(l4 + 2, recalc16(rd16(l4 + 2), rd16(l4), rd16(nw)));
+        if (n4 < 8 || !masked(nw, old, l4, 2, op)) return;
+        wr16(l4 + 2, recalc16(rd16(l4 + 2), rd16(old), rd16(nw)));
         memcpy(l4, nw, 2);
         return;
     }
-    if (!masked(nw, l4 + off, 2, op)) return;
+    if (!masked(nw, old, l4 + off, 2, op)) return;
     if (proto == 6) {
-        uint32_t doff = n4 >= 20 ? (uint32_t)(l4[12] >> 4) * 4 : 0;
+        uint32_t doff = n4 >= 20 ? (uint32_t)(rd8(l4 + 12) >> 4) * 4 : 0;
         if (doff < 20 || doff > n4) return;
-        wr16(l4 + 16, recalc16(rd16(l4 + 16), rd16(l4 + off), rd16(nw)));
+        wr16(l4 + 16, recalc16(rd16(l4 + 16), rd16(old), rd16(nw)));
         memcpy(l4 + off, nw, 2);
     } else if (proto == 17) {
         if (n4 < 8) return;
         if (rd16(l4 + 6)) {
-            uint16_t c = recalc16(rd16(l4 + 6), rd16(l4 + off), rd16(nw));
+            uint16_t c = recalc16(rd16(l4 + 6), rd16(old), rd16(nw));
             wr16(l4 + 6, c ? c : 0xffff);
         }
         memcpy(l4 + off, nw, 2);
@@ -216,35 +254,37 @@ static void set_l4(struct pkt *k, uint32_t off, const struct vp_op *op) {
  * the kind being set. The walk keeps OVS's arithmetic (it subtracts the next option's
  * length), so the option it finds is the one OVS finds. */
 static void set_nd(struct pkt *k, const struct vp_op *op) {
-    uint8_t *l4 = k->p + k->L.l4, nw[16];
+    uint8_t *l4 = k->p + k->L.l4, nw[16], old[16], *opt = l4 + 24;
+    const uint8_t *end = k->p + k->len;
     int32_t rem = (int32_t)l4_size(k) - 24;
-    const uint8_t *opt = l4 + 24;
     if (!k->L.l4 || rem < 0) return;
     if (op->field == VP_F_ND_TARGET) {
-        if (masked(nw, l4 + 8, 16, op)) {
-            csum_words(l4 + 2, l4 + 8, nw, 16);
+        if (masked(nw, old, l4 + 8, 16, op)) {
+            csum_words(l4 + 2, old, nw, 16);
             memcpy(l4 + 8, nw, 16);
         }
         return;
     }
-    while (rem >= 8 && opt[1] != 0) {
-        if ((opt[0] == 1 || opt[0] == 2) && opt[1] == 1) {
-            if (opt[0] == (op->field == VP_F_ND_SLL ? 1 : 2) && masked(nw, opt + 2, 6, op)) {
-                csum_words(l4 + 2, opt + 2, nw, 6);
-                memcpy((uint8_t *)opt + 2, nw, 6);
+    while (rem >= 8) {
+        uint8_t type = rd8(opt), olen = rd8(opt + 1);
+        if (!olen) return;
+        if ((type == 1 || type == 2) && olen == 1) {
+            if (type == (op->field == VP_F_ND_SLL ? 1 : 2) && opt + 8 <= end && masked(nw, old, opt + 2, 6, op)) {
+                csum_words(l4 + 2, old, nw, 6);
+                memcpy(opt + 2, nw, 6);
             }
             return;
         }
-        opt += opt[1] * 8;
-        if (opt + 2 > k->p + k->len) return;     /* OVS would read on; the frame ends here */
-        rem -= opt[1] * 8;
+        opt += olen * 8;
+        if (opt + 2 > end) return;               /* OVS would read on; the frame ends here */
+        rem -= rd8(opt + 1) * 8;
     }
 }
 
 /* apply one modifying op to a packet whose buffer holds `cap` bytes; returns the new
  * length (unchanged when the packet has no such header), 0 when it does not fit */
 static uint32_t apply_op(const struct vp_op *op, struct pkt *k, uint32_t cap) {
-    uint8_t *p = k->p, nw[16];
+    uint8_t *p = k->p, nw[16], old[16];
     uint32_t len = k->len;
     if (op->kind == VP_OP_PUSH_VLAN) {
         if (len < 14) return len;
@@ -275,43 +315,45 @@ static uint32_t apply_op(const struct vp_op *op, struct pkt *k, uint32_t cap) {
     case VP_F_DL_DST: case VP_F_DL_SRC:
         if (len >= 14) {
             uint32_t at = op->field == VP_F_DL_DST ? 0 : 6;
-            masked(nw, p + at, 6, op);
+            masked(nw, old, p + at, 6, op);
             memcpy(p + at, nw, 6);
         }
         break;
     case VP_F_NW_SRC: case VP_F_NW_DST:
         if (v4) {
             uint32_t at = k->L.l3 + (op->field == VP_F_NW_SRC ? 12 : 16);
-            if (masked(nw, p + at, 4, op)) set_ipv4_addr(k, at, nw);
+            if (masked(nw, old, p + at, 4, op)) set_ipv4_addr(k, at, old, nw);
         }
         break;
     case VP_F_IPV6_SRC: case VP_F_IPV6_DST:
         if (v6) {
             uint32_t at = k->L.l3 + (op->field == VP_F_IPV6_SRC ? 8 : 24);
-            if (masked(nw, p + at, 16, op)) set_ipv6_addr(k, at, nw, op->field == VP_F_IPV6_DST);
+            if (masked(nw, old, p + at, 16, op)) set_ipv6_addr(k, at, old, nw, op->field == VP_F_IPV6_DST);
         }
         break;
     case VP_F_NW_TOS:
         if (v4) {
-            if (masked(nw, ip + 1, 1, op)) {
-                wr16(ip + 10, recalc16(rd16(ip + 10), ip[1], nw[0]));
+            if (masked(nw, old, ip + 1, 1, op)) {
+                wr16(ip + 10, recalc16(rd16(ip + 10), old[0], nw[0]));
                 ip[1] = nw[0];
             }
         } else if (v6) {                      /* traffic class straddles the first two bytes */
-            uint8_t tc = (uint8_t)(((ip[0] & 0x0f) << 4) | (ip[1] >> 4));
+            uint8_t b0 = rd8(ip), b1 = rd8(ip + 1);
+            uint8_t tc = (uint8_t)(((b0 & 0x0f) << 4) | (b1 >> 4));
             tc = (uint8_t)((tc & ~op->mask[15]) | (op->value[15] & op->mask[15]));
-            ip[0] = (uint8_t)((ip[0] & 0xf0) | (tc >> 4));
-            ip[1] = (uint8_t)((ip[1] & 0x0f) | (tc << 4));
+            ip[0] = (uint8_t)((b0 & 0xf0) | (tc >> 4));
+            ip[1] = (uint8_t)((b1 & 0x0f) | (tc << 4));
         }
         break;
     case VP_F_NW_TTL:
         if (v4) {
-            if (masked(nw, ip + 8, 1, op)) {
-                wr16(ip + 10, recalc16(rd16(ip + 10), (uint16_t)(ip[8] << 8), (uint16_t)(nw[0] << 8)));
+            if (masked(nw, old, ip + 8, 1, op)) {
+                wr16(ip + 10, recalc16(rd16(ip + 10), (uint16_t)(old[0] << 8), (uint16_t)(nw[0] << 8)));
                 ip[8] = nw[0];
             }
         } else if (v6) {
-            masked(ip + 7, ip + 7, 1, op);
+            masked(nw, old, ip + 7, 1, op);
+            ip[7] = nw[0];
         }
         break;
     case VP_F_TP_SRC: case VP_F_TP_DST: case VP_F_ICMP:
@@ -319,10 +361,9 @@ static uint32_t apply_op(const struct vp_op *op, struct pkt *k, uint32_t cap) {
         break;
     case VP_F_IPV6_LABEL:                     /* the low 20 bits of the first word */
         if (v6) {
-            uint32_t w, m = ((uint32_t)op->mask[13] << 16 | op->mask[14] << 8 | op->mask[15]) & 0xfffff;
+            uint32_t m = ((uint32_t)op->mask[13] << 16 | op->mask[14] << 8 | op->mask[15]) & 0xfffff;
             uint32_t v = ((uint32_t)op->value[13] << 16 | op->value[14] << 8 | op->value[15]) & m;
-            memcpy(&w, ip, 4);
-            w = htonl((ntohl(w) & ~m) | v);
+            uint32_t w = htonl((ntohl(vp_pkt_u32(ip)) & ~m) | v);
             memcpy(ip, &w, 4);
         }
         break;
@@ -334,7 +375,8 @@ static uint32_t apply_op(const struct vp_op *op, struct pkt *k, uint32_t cap) {
         if (k->dl_type == 0x0806 && k->L.l3 && len >= k->L.l3 + 28) {
             static const uint8_t at[] = {6, 14, 24, 8, 18}, width[] = {2, 4, 4, 6, 6};
             uint32_t f = op->field - VP_F_ARP_OP;
-            masked(ip + at[f], ip + at[f], width[f], op);
+            masked(nw, old, ip + at[f], width[f], op);
+            memcpy(ip + at[f], nw, width[f]);
         }
         break;
     }
@@ -351,12 +393,6 @@ uint32_t vp_ops_apply(const struct vp_op *ops, uint32_t nops, uint8_t *p, uint32
     return k.len;
 }
 
-static int modifies_after(const struct vp_actions *a, uint32_t i) {
-    for (uint32_t j = i + 1; j < a->nops; j++)
-        if (a->ops[j].kind != VP_OP_OUTPUT) return 1;
-    return 0;
-}
-
 /* run a modifying program on one packet held in `buf` (capacity cap), in order */
 static void run_ops(struct vp_dp *dp, const struct vp_actions *a, uint8_t *buf, uint32_t len, uint32_t cap,
                     struct vp_batch *b, uint32_t bi) {
@@ -366,7 +402,7 @@ static void run_ops(struct vp_dp *dp, const struct vp_actions *a, uint8_t *buf, 
         const struct vp_op *op = &a->ops[i];
         if (op->kind == VP_OP_OUTPUT) {
             if (op->port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT]++; continue; }
-            if (b && !modifies_after(a, i)) {   /* final form: let transmit take it */
+            if (b && i >= a->final_from) {       /* final form: let transmit take it */
                 struct vp_outq *q = &dp->outq[op->port];
                 if (q->n == VP_BATCH_MAX) { dp->st.drops[VP_DROP_TX_FULL]++; continue; }
                 q->pkt[q->n++] = bi;
@@ -391,7 +427,8 @@ uint32_t vp_execute_packet(struct vp_dp *dp, uint32_t id, const uint8_t *data, u
     if (a->nout == 0) { dp->st.drops[VP_DROP_ACTION]++; return 0; }
     memcpy(buf, data, len);
     if (!a->nops) {
-        for (uint32_t o = 0; o < a->nout; o++) vp_inject(dp, a->out[o], buf, (const uint16_t *)&(uint16_t){(uint16_t)len}, 1);
+        const uint16_t *out = outputs(a);
+        for (uint32_t o = 0; o < a->nout; o++) vp_inject(dp, out[o], buf, (const uint16_t *)&(uint16_t){(uint16_t)len}, 1);
         return a->nout;
     }
     run_ops(dp, a, buf, len, sizeof(buf), NULL, 0);
@@ -416,8 +453,9 @@ void vp_execute(struct vp_dp *dp, struct vp_batch *b) {
             continue;
         }
         if (a->nout == 0) { dp->st.drops[VP_DROP_ACTION]++; continue; }
+        const uint16_t *out = outputs(a);
         for (uint32_t o = 0; o < a->nout; o++) {
-            uint16_t port = a->out[o];
+            uint16_t port = out[o];
             if (port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT]++; continue; }
             struct vp_outq *q = &dp->outq[port];
             /* one batch fits a queue; repeated outputs to one port could overrun it */

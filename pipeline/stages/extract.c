@@ -3,9 +3,14 @@
  * following Open vSwitch's miniflow_extract() field for field, so that the slow path
  * classifies a frame exactly as OVS would. Never reads past len; a truncated or malformed
  * header ends parsing where OVS's parser ends it. */
+#include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include "extract.h"
+#include "keyhash.h"
 
 #define ETH_IPV4 0x0800
 #define ETH_ARP 0x0806
@@ -16,8 +21,12 @@
 #define DL_TYPE_NONE 0x05ff   /* OVS's dl_type for 802.2 frames without SNAP */
 #define VLAN_LIMIT 1          /* tags parsed; OVS's other_config:vlan-limit default */
 
-static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
-static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+/* The frame may sit in a buffer its sender can still write: every byte that decides an
+ * offset or a length is loaded once (ring/shared.h), so a bound checked is the bound
+ * used; addresses are copied into the private key with memcpy. */
+#define rd8(p) vp_pkt_u8(p)
+#define rd16(p) vp_pkt_u16(p)
+#define rd32(p) vp_pkt_u32(p)
 static inline int is_zero6(const uint8_t *m) { return !(m[0] | m[1] | m[2] | m[3] | m[4] | m[5]); }
 
 /* ICMPv6 neighbour discovery: target and link-layer address options, as OVS's
@@ -28,10 +37,11 @@ static void parse_nd(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint64
     if (n < off) return;
     memcpy(k->nd_target, p + 8, 16);
     while (n - off >= 8) {
-        uint32_t olen = (uint32_t)p[off + 1] * 8;
+        uint32_t olen = (uint32_t)rd8(p + off + 1) * 8;
+        uint8_t type = rd8(p + off);
         if (olen == 0 || olen > n - off) return;
-        if (olen == 8 && (p[off] == 1 || p[off] == 2)) {
-            uint8_t *lla = p[off] == 1 ? k->arp_sha : k->arp_tha;
+        if (olen == 8 && (type == 1 || type == 2)) {
+            uint8_t *lla = type == 1 ? k->arp_sha : k->arp_tha;
             if (!is_zero6(lla)) {
                 memset(k->nd_target, 0, 16);
                 memset(k->arp_sha, 0, 6);
@@ -52,7 +62,7 @@ static void parse_l4(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint64
     case 6: {
         uint32_t doff;
         if (n < 20) goto trunc;
-        doff = (uint32_t)(p[12] >> 4) * 4;
+        doff = (uint32_t)(rd8(p + 12) >> 4) * 4;
         if (doff < 20 || doff > n) goto trunc;
         k->tcp_flags = htons(ntohs(rd16(p + 12)) & 0x0fff);
         break;
@@ -63,19 +73,17 @@ static void parse_l4(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint64
     case 132:
         if (n < 12) goto trunc;
         break;
-    case 1:
+    case 1: case 58: {
+        uint8_t type, code;
         if (n < 8) goto trunc;
-        k->tp_src = htons(p[0]);
-        k->tp_dst = htons(p[1]);
+        type = rd8(p);
+        code = rd8(p + 1);
+        k->tp_src = htons(type);
+        k->tp_dst = htons(code);
         k->layers |= VP_L4;
+        if (k->nw_proto == 58 && (type == 135 || type == 136) && code == 0) parse_nd(p, n, k, perr);
         return;
-    case 58:
-        if (n < 8) goto trunc;
-        k->tp_src = htons(p[0]);
-        k->tp_dst = htons(p[1]);
-        k->layers |= VP_L4;
-        if ((p[0] == 135 || p[0] == 136) && p[1] == 0) parse_nd(p, n, k, perr);
-        return;
+    }
     default:
         return;
     }
@@ -92,15 +100,15 @@ static void parse_ipv4(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint
     uint32_t ihl, tot;
     uint16_t frag;
     if (n < 20) { perr[VP_PERR_IPV4_TRUNC]++; return; }
-    ihl = (uint32_t)(p[0] & 15) * 4;
+    ihl = (uint32_t)(rd8(p) & 15) * 4;
     if (ihl < 20) { perr[VP_PERR_IPV4_BAD]++; return; }
     if (ihl > n) { perr[VP_PERR_IPV4_TRUNC]++; return; }
     tot = ntohs(rd16(p + 2));
     if (tot < ihl) { perr[VP_PERR_IPV4_BAD]++; return; }
     if (tot > n) { perr[VP_PERR_IPV4_TRUNC]++; return; }
-    k->nw_tos = p[1];
-    k->nw_ttl = p[8];
-    k->nw_proto = p[9];
+    k->nw_tos = rd8(p + 1);
+    k->nw_ttl = rd8(p + 8);
+    k->nw_proto = rd8(p + 9);
     k->nw_src = rd32(p + 12);
     k->nw_dst = rd32(p + 16);
     frag = ntohs(rd16(p + 6));
@@ -127,7 +135,7 @@ static void parse_ipv6(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint
     memcpy(k->ipv6_src, p + 8, 16);
     memcpy(k->ipv6_dst, p + 24, 16);
     k->layers |= VP_L3;
-    nh = p[6];
+    nh = rd8(p + 6);
     for (;;) {
         uint32_t hlen;
         if (nh != 0 && nh != 43 && nh != 60 && nh != 51 && nh != 44) break;
@@ -136,7 +144,7 @@ static void parse_ipv6(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint
             /* a non-zero offset/flags word marks a fragment; a later one keeps
              * nw_proto = 44 and ends the walk just after the fragment header */
             uint16_t fo = ntohs(rd16(p + off + 2));
-            nh = p[off];
+            nh = rd8(p + off);
             off += 8;
             if (fo) {
                 frag = VP_FRAG_ANY;
@@ -144,15 +152,16 @@ static void parse_ipv6(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint
             }
             continue;
         }
-        hlen = nh == 51 ? ((uint32_t)p[off + 1] + 2) * 4 : ((uint32_t)p[off + 1] + 1) * 8;
+        hlen = rd8(p + off + 1);
+        hlen = nh == 51 ? (hlen + 2) * 4 : (hlen + 1) * 8;
         if (hlen > n - off) goto bad;
-        nh = p[off];
+        nh = rd8(p + off);
         off += hlen;
     }
     w0 = ntohl(rd32(p));
     k->nw_tos = (uint8_t)(w0 >> 20);
     k->ipv6_label = htonl(w0 & 0xfffff);
-    k->nw_ttl = p[7];
+    k->nw_ttl = rd8(p + 7);
     k->nw_proto = nh;
     k->nw_frag = frag;
     L->l4 = L->l3 + off;
@@ -165,7 +174,7 @@ bad:
 static void parse_arp(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint64_t *perr) {
     uint16_t op;
     if (n < 28) { perr[VP_PERR_ARP_TRUNC]++; return; }
-    if (ntohs(rd16(p)) != 1 || ntohs(rd16(p + 2)) != ETH_IPV4 || p[4] != 6 || p[5] != 4) return;
+    if (ntohs(rd16(p)) != 1 || ntohs(rd16(p + 2)) != ETH_IPV4 || rd8(p + 4) != 6 || rd8(p + 5) != 4) return;
     op = ntohs(rd16(p + 6));
     if (op <= 0xff) k->nw_proto = (uint8_t)op;
     memcpy(k->arp_sha, p + 8, 6);
@@ -210,7 +219,8 @@ void vp_parse(const uint8_t *p, uint32_t len, uint32_t in_port, struct vp_flow_k
     if (et < 0x600) {
         /* 802.3 length field: SNAP carries an ethertype, plain LLC does not */
         const uint8_t *l = p + off;
-        if (len - off >= 8 && l[0] == 0xaa && l[1] == 0xaa && l[2] == 0x03 && !l[3] && !l[4] && !l[5]) {
+        if (len - off >= 8 && rd8(l) == 0xaa && rd8(l + 1) == 0xaa && rd8(l + 2) == 0x03 && !rd8(l + 3)
+            && !rd8(l + 4) && !rd8(l + 5)) {
             et = ntohs(rd16(l + 6));
             off += 8;
             if (et < 0x600) et = DL_TYPE_NONE;
@@ -233,49 +243,57 @@ void vp_extract_one(const uint8_t *p, uint32_t len, uint32_t in_port, struct vp_
     vp_parse(p, len, in_port, k, perr, &L);
 }
 
-#if defined(__SSE4_2__)
-#include <nmmintrin.h>
-/* CRC32C over the key's words, one instruction per word (as Open vSwitch does on x86) */
-uint32_t vp_key_hash(const struct vp_flow_key *k) {
-    const uint64_t *w = (const uint64_t *)k;
-    uint64_t a = 0x243f6a88, b = 0x85a308d3;
-    size_t i;
-    for (i = 0; i + 1 < sizeof(*k) / 8; i += 2) {   /* two chains overlap their latency */
-        a = _mm_crc32_u64(a, w[i]);
-        b = _mm_crc32_u64(b, w[i + 1]);
+/* --- the key hash (keyhash.h): its path is chosen once, when the extension loads ------- */
+int vp_crc32c_hw;
+uint32_t vp_crc32c_table[8][256];
+static int crc32c_cpu;
+
+__attribute__((constructor)) static void keyhash_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int j = 0; j < 8; j++) c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+        vp_crc32c_table[0][i] = c;
     }
-    if (i < sizeof(*k) / 8) a = _mm_crc32_u64(a, w[i]);
-    return (uint32_t)(a ^ (b << 15 | b >> 17)) * 0x9e3779b1u;
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            vp_crc32c_table[t][i] = (vp_crc32c_table[t - 1][i] >> 8) ^ vp_crc32c_table[0][vp_crc32c_table[t - 1][i] & 0xff];
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    crc32c_cpu = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_SSE4_2);
+#endif
+    const char *want = getenv("VALEPIPE_CRC32C");
+    vp_crc32c_hw = crc32c_cpu && !(want && strcmp(want, "portable") == 0);
 }
-#else
-/* Pairs of key words are multiplied independently and summed, so the CPU overlaps
- * them; a serial multiply chain over 15 words cost ~30 ns per packet. */
-static inline uint64_t mum(uint64_t a, uint64_t b) {
-    __uint128_t r = (__uint128_t)a * b;
-    return (uint64_t)r ^ (uint64_t)(r >> 64);
-}
+
+#define KEY_WORDS (sizeof(struct vp_flow_key) / 8)
 
 uint32_t vp_key_hash(const struct vp_flow_key *k) {
-    const uint64_t *w = (const uint64_t *)k;
-    const size_t n = sizeof(*k) / 8;
-    uint64_t acc = 0x243f6a8885a308d3ull;
-    size_t i;
-    for (i = 0; i + 1 < n; i += 2)
-        acc += mum(w[i] ^ 0xa0761d6478bd642full, w[i + 1] ^ (0xe7037ed1a0b428dbull + i));
-    if (i < n) acc += mum(w[i] ^ 0x8ebc6af09c88c6e3ull, 0x589965cc75374cc3ull);
-    acc = mum(acc, 0x1d8e4e27c47d124full);
-    return (uint32_t)(acc ^ (acc >> 32));
+    return vp_crc32c_hw ? vp_hash_words((const uint64_t *)k, KEY_WORDS, 1)
+                        : vp_hash_words((const uint64_t *)k, KEY_WORDS, 0);
 }
-#endif
 
-void vp_extract(struct vp_dp *dp, struct vp_batch *b) {
-    VP_TIME_BEGIN(dp);
+/* one path on demand (hw = 1 gives 0 on a CPU without the instruction), for comparing them */
+uint32_t vp_key_hash_path(const struct vp_flow_key *k, int hw) {
+    if (hw && !crc32c_cpu) return 0;
+    return hw ? vp_hash_words((const uint64_t *)k, KEY_WORDS, 1) : vp_hash_words((const uint64_t *)k, KEY_WORDS, 0);
+}
+
+int vp_crc32c_cpu(void) { return crc32c_cpu; }
+int vp_crc32c_used(void) { return vp_crc32c_hw; }
+
+static inline __attribute__((always_inline)) void extract_batch(struct vp_dp *dp, struct vp_batch *b, const int hw) {
     for (uint32_t i = 0; i < b->n && i < 16; i++) __builtin_prefetch(b->pkt[i].data);
     for (uint32_t i = 0; i < b->n; i++) {
         struct vp_pkt *pk = &b->pkt[i];
         if (i + 16 < b->n) __builtin_prefetch(b->pkt[i + 16].data);
         vp_extract_one((const uint8_t *)pk->data, pk->len, pk->port, &b->key[i], dp->st.parse_err);
-        pk->hash = vp_key_hash(&b->key[i]);
+        pk->hash = vp_hash_words((const uint64_t *)&b->key[i], KEY_WORDS, hw);
     }
+}
+
+void vp_extract(struct vp_dp *dp, struct vp_batch *b) {
+    VP_TIME_BEGIN(dp);
+    if (vp_crc32c_hw) extract_batch(dp, b, 1);      /* one branch per batch, not per packet */
+    else extract_batch(dp, b, 0);
     VP_TIME_END(dp, VP_ST_EXTRACT, b->n);
 }

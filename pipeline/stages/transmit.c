@@ -33,7 +33,9 @@ uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
         for (i = 0; i < q->n && space; i++) {
             struct vp_pkt *pk = &b->pkt[q->pkt[i]];
             struct netmap_slot *ts = vp_slot(r, vp_ring_produce(r));
-            uint32_t tidx = ts->buf_idx;
+            /* the peer can rewrite the slot at any time: its index is read once, checked,
+             * and only this private copy is used (the mirror copies the packet itself) */
+            uint32_t tidx = VP_READ_ONCE(ts->buf_idx);
             if (!vp_buf_ok(r, tidx)) { r->st.bad_buf++; r->faulty = 1; continue; }
             if (pk->len > r->buf_size) { dp->st.drops[VP_DROP_TOO_BIG]++; continue; }
             struct vp_ring *ir = in_ring(dp->ports[pk->port], pk->ring);
@@ -41,18 +43,18 @@ uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
                 /* same region: hand the buffer over, give the rx slot the empty one */
                 struct netmap_slot *rs = vp_slot(ir, pk->slot);
                 uint32_t ridx = (uint32_t)((pk->data - ir->bufs) / ir->buf_size);
-                rs->buf_idx = tidx;
-                rs->flags = NS_BUF_CHANGED;
-                ts->buf_idx = ridx;
-                ts->flags = NS_BUF_CHANGED;
+                VP_WRITE_ONCE(rs->buf_idx, tidx);
+                VP_WRITE_ONCE(rs->flags, NS_BUF_CHANGED);
+                VP_WRITE_ONCE(ts->buf_idx, ridx);
+                VP_WRITE_ONCE(ts->flags, NS_BUF_CHANGED);
                 dp->st.tx_swapped++;
             } else {
                 memcpy(vp_buf(r, tidx), pk->data, pk->len);
-                ts->flags = 0;
+                VP_WRITE_ONCE(ts->flags, 0);
                 dp->st.tx_copied++;
             }
-            ts->len = pk->len;
-            if (dp->ports[port]->mirror) vp_pcap_mirror(dp->ports[port]->mirror, vp_buf(r, ts->buf_idx), pk->len);
+            VP_WRITE_ONCE(ts->len, pk->len);
+            if (dp->ports[port]->mirror) vp_pcap_mirror(dp->ports[port]->mirror, pk->data, pk->len);
             vp_ring_produced(r);
             r->st.packets++;
             r->st.bytes += pk->len;
