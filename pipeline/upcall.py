@@ -193,13 +193,16 @@ class Upcalls:
         self._execute(_list(msg, "execute"))
 
     def _forget(self, msg):
-        """NORMAL learned where these MACs are: what was cached to them (flooding, or their
-        old port) or from them goes now, before any later packet can use it."""
+        """NORMAL learned where these MACs are ([mac, ofport], ofport -1 when one aged out):
+        what was cached to them (flooding, or their old port), or from them on another
+        port, goes now, before any later packet can use it."""
         if msg.get("flush") is True:
-            self.st["forgotten"] += lib.vp_flows_forget_mac(self.dp.c, ffi.NULL)
-        for mac in _list(msg, "forget_macs")[:16]:
-            if isinstance(mac, bytes) and len(mac) == 6:
-                self.st["forgotten"] += lib.vp_flows_forget_mac(self.dp.c, mac)
+            self.st["forgotten"] += lib.vp_flows_forget_mac(self.dp.c, ffi.NULL, lib.VP_MAX_PORTS)
+        for item in _list(msg, "forget_macs")[:16]:
+            if isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes) and len(item[0]) == 6 \
+                    and _is_int(item[1]):
+                home = self.dp.ofport_to_index.get(item[1], lib.VP_MAX_PORTS)
+                self.st["forgotten"] += lib.vp_flows_forget_mac(self.dp.c, item[0], home)
 
     def _execute(self, items):
         """Run the packets the slow path returned through the C execute stage, one by one

@@ -164,7 +164,8 @@ class SlowPath:
         """NORMAL learned or moved MACs: every worker drops what it cached to and from them
         (when there are few) and rechecks all it cached. Returns the MACs to forget."""
         changed = self.ofproto.macs.take_changed()
-        forget = [m.to_bytes(6, "big") for m in sorted(changed)] if len(changed) <= FORGET_MACS else []
+        forget = [[m.to_bytes(6, "big"), -1 if port is None else port] for m, port in sorted(changed.items())] \
+            if len(changed) <= FORGET_MACS else []
         self.request_revalidation(forget)
         return forget
 

@@ -22,7 +22,7 @@ class MacTable:
         self.max_age, self.max_entries, self.clock = max_age, max_entries, clock
         self.entries = OrderedDict()            # (vlan, mac) -> (port, last seen), oldest first
         self.changes = 0                        # bumped on every learn/move/expiry
-        self.changed = set()                    # MACs learned or moved since `take_changed`
+        self.changed = {}                       # MAC -> its port (None: aged out), since `take_changed`
         self.st = dict(learned=0, moved=0, expired=0, evicted=0)
 
     def learn(self, vlan, mac, port):
@@ -42,7 +42,7 @@ class MacTable:
         else:
             self.st["moved"] += 1
         self.changes += 1
-        self.changed.add(mac)
+        self.changed[mac] = port
         return True
 
     def would_change(self, vlan, mac, port):
@@ -62,7 +62,7 @@ class MacTable:
             self.entries[key] = (port, self.clock())
 
     def take_changed(self):
-        out, self.changed = self.changed, set()
+        out, self.changed = self.changed, {}
         return out
 
     def lookup(self, vlan, mac):
@@ -78,7 +78,7 @@ class MacTable:
                 gone.append(key)
         for key in gone:
             del self.entries[key]
-            self.changed.add(key[1])
+            self.changed[key[1]] = None
         if gone:
             self.st["expired"] += len(gone)
             self.changes += 1

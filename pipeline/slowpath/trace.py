@@ -92,7 +92,9 @@ def format_dp_actions(actions):
         elif a[0] == "set" and a[1] == "icmp":
             parts.append(f"set(icmp(type={a[2] >> 8},code={a[2] & 0xFF}))")
         elif a[0] == "set":
-            f = FIELDS.get({"arp_spa": "nw_src", "arp_tpa": "nw_dst", "arp_op": "tp_src"}.get(a[1], a[1]))
+            # the datapath's names for fields the flow keeps under other names, for their format
+            f = FIELDS[{"arp_spa": "nw_src", "arp_tpa": "nw_dst", "arp_op": "tp_src", "nd_sll": "arp_sha",
+                        "nd_tll": "arp_tha"}.get(a[1], a[1])]
             parts.append(f"set({a[1]}={format_value_mask(f, a[2], a[3])})")
         elif a[0] == "push_vlan":
             parts.append(f"push_vlan(tpid={hex(a[1])},vid={a[2] & 0xFFF},pcp={a[2] >> 13})")
