@@ -155,6 +155,10 @@ EDGE = [
     "in_port=1,actions=", "actions=output:65534", "actions=output:65530,output:65531", "actions=output:0",
     "actions=resubmit(in_port,1)", "in_port=65534,actions=drop", "actions=mod_vlan_vid:4096",
     "actions=push_vlan:0x9100", "ip,actions=mod_nw_tos:256",
+    # written as set_field the prerequisites are checked as set_field's; as mod_* over OpenFlow 1.0
+    "udp6,actions=set_field:1.2.3.4->ip_src", "udp6,actions=mod_nw_src:1.2.3.4", "actions=set_field:1.2.3.4->nw_dst",
+    "arp,actions=set_field:4->nw_tos", "arp,actions=mod_nw_tos:4", "dl_type=0x1234,actions=set_field:4->ip_dscp",
+    "ipv6,actions=set_field:80->tp_dst", "actions=mod_tp_dst:80",
 ]
 
 

@@ -335,6 +335,13 @@ def _cases():
          ["actions=NORMAL"],
          [(1, bytes(_eth() / Dot1Q(vlan=0, prio=0) / IP() / UDP())),
           (2, bytes(_eth() / Dot1Q(vlan=0, prio=5) / IP() / UDP()))]),
+        ("NORMAL: one flow, a priority tag then a priority-0 tag (the megaflow matches the PCP)",
+         ["actions=NORMAL"],
+         [(2, bytes(_eth(dst="02:00:00:00:00:01", src="02:00:00:00:00:02") / IP())),
+          (1, bytes(_eth() / Dot1AD(vlan=0, prio=3) / Dot1Q(vlan=5) / IP() / UDP())),
+          (1, bytes(_eth() / Dot1AD(vlan=0, prio=0) / Dot1Q(vlan=5) / IPv6() / UDP())),
+          (1, bytes(_eth() / Dot1Q(vlan=0, prio=3) / IP() / UDP())),
+          (1, bytes(_eth() / Dot1Q(vlan=0, prio=0) / IP() / UDP()))]),
         ("translation bounded: 4,096 resubmits, or depth 64; an error drops what came before it",
          ["table=0,priority=10,udp,actions=output:2,resubmit(,1)", "table=0,priority=5,actions=output:3,resubmit(,0)"]
          + deep[1:],

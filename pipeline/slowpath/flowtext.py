@@ -30,6 +30,14 @@ TCP_FLAGS = ["fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr", "ns"]
 # be for the rewrite to happen (Open vSwitch skips it otherwise). mod_* actions and
 # set_field differ only in that: mod_tp_dst rewrites any IP packet's port ("l4port"),
 # set_field:...->tcp_dst only a TCP packet's.
+
+
+class SetFieldText(tuple):
+    """A header rewrite written as set_field (not as a mod_* action). Equal to the same
+    rewrite written either way; only which rules are taken differs: Open vSwitch refuses a
+    set_field whose prerequisites the match does not promise, where it takes the mod_*
+    action over OpenFlow 1.0."""
+    __slots__ = ()
 MOD = {  # name: (field, mask or None for the field's width, prerequisite)
     "mod_dl_src": ("dl_src", None, None), "mod_dl_dst": ("dl_dst", None, None),
     "mod_nw_src": ("nw_src", None, "ipv4"), "mod_nw_dst": ("nw_dst", None, "ipv4"),
@@ -297,7 +305,7 @@ def _check_actions(text, m, actions):
         bad = None
         if k == "set_field":
             if a[1] != "metadata" and not ok[a[4]]:
-                mod = MOD_NAMES.get((a[1], a[3], a[4]))
+                mod = None if isinstance(a, SetFieldText) else MOD_NAMES.get((a[1], a[3], a[4]))
                 if mod and mod not in ("mod_nw_ecn", "mod_nw_ttl"):
                     of10_only = of10_only or mod      # OpenFlow 1.0 has an action for it
                 else:
@@ -463,11 +471,11 @@ def _parse_action(tok, table):
         target, prereq = SET_FIELD[fname]
         f = FIELDS[target]
         if fname == "ip_dscp":
-            return ("set_field", "nw_tos", _int(v, 0, 63, "ip_dscp") << 2, 0xFC, prereq)
+            return SetFieldText(("set_field", "nw_tos", _int(v, 0, 63, "ip_dscp") << 2, 0xFC, prereq))
         if fname in ("nw_ecn", "ip_ecn"):
-            return ("set_field", "nw_tos", _int(v, 0, 3, fname), 0x03, prereq)
+            return SetFieldText(("set_field", "nw_tos", _int(v, 0, 3, fname), 0x03, prereq))
         if fname == "arp_op":                         # as OVS: an opcode the flow can hold (8 bits)
-            return ("set_field", "nw_proto", _int(v, 0, 0xFF, "arp_op"), 0xFF, prereq)
+            return SetFieldText(("set_field", "nw_proto", _int(v, 0, 0xFF, "arp_op"), 0xFF, prereq))
         val_, mk = parse_value_mask(f, v)
         if fname == "nw_tos":
             if val_ & 3 or "/" in v:
@@ -475,7 +483,7 @@ def _parse_action(tok, table):
             mk = 0xFC
         if prereq in ("icmp", "icmp6") and val_ > 255:
             raise FlowError(f"set_field: {fname} is 8 bits, not {v}")
-        return ("set_field", target, val_, mk, prereq)
+        return SetFieldText(("set_field", target, val_, mk, prereq))
     raise FlowError(f"unknown action {tok!r}")
 
 

@@ -315,8 +315,13 @@ class _Ctx:
 
     def output_normal(self, port, xvlan):
         """The packet's VLANs as NORMAL sends them: VID and PCP kept, a tag with neither
-        (a priority tag of priority 0) removed."""
+        (a priority tag of priority 0) removed. Whether a VID-0 tag stays depends on its
+        PCP, so the megaflow matches the PCP then. (OVS 3.1's does not: cached, a later
+        packet of the flow with the other PCP would go as the first did; translated anew,
+        as every packet is here, it goes as valepipe sends it.)"""
         f = self.flow
+        if xvlan and not xvlan[0][1]:
+            unwildcard(self.wc, "vlan_tci", PCP)
         saved = _vlans(f)
         for i, v in enumerate(f["vlans"]):
             tpid, vid, pcp = xvlan[i] if i < len(xvlan) else (0, 0, 0)
