@@ -5,15 +5,18 @@ PY     := $(VENV)/bin/python
 NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h \
                           bindings/*.c bindings/*.h bindings/*/*.c bindings/*/*.h tools/*.c tools/*.h) pipeline/native_build.py
 
-.PHONY: demo test bench bench-veth fuzz diff-ovs native install clean help
+.PHONY: demo test test-vm bench bench-veth bench-vm fuzz diff-ovs native install check-freebsd clean help
 help:
 	@echo "make demo   - set up, then run gen -> pipeline -> sink on shm: ports and print Mpps"
 	@echo "make test   - set up, then run the test suite"
+	@echo "make test-vm - two QEMU guests (TCG, offloads on) through the pipeline on packet:, afxdp:, tap: (root; minutes)"
 	@echo "make bench  - set up, then run perf/bench_shm.py (Mpps by flows and batch, ns/packet by stage)"
 	@echo "make bench-veth - valepipe vs Linux bridge vs Open vSwitch on veth with trafgen (root)"
+	@echo "make bench-vm - guest-to-guest TCP and ping through valepipe, the Linux bridge and Open vSwitch (root)"
 	@echo "make fuzz   - libFuzzer+ASan on extract, atheris on the parsers, FUZZ_SECONDS each (default 120)"
 	@echo "make diff-ovs - every frame through a running pipeline against Open vSwitch, DIFF_FRAMES (default 50000)"
 	@echo "make install - set up, then link valepipe into PREFIX/bin (default /usr/local, ~/.local as non-root)"
+	@echo "make check-freebsd - compile and link the native build for x86_64-freebsd (zig cc, ~400 MB into the venv)"
 
 $(VENV)/.installed: pyproject.toml setup.py
 	tools/system-packages --build
@@ -45,8 +48,18 @@ test: native
 	tools/system-packages --test
 	$(PY) -m pytest tests
 
+# Real QEMU guests: the kernel and a busybox initramfs are built from Debian packages on first
+# use and cached in /var/cache/valepipe-vm (VALEPIPE_VM_CACHE); a few minutes under TCG
+test-vm: native
+	tools/system-packages --test
+	VALEPIPE_VM_TESTS=1 $(PY) -m pytest tests/test_vm.py
+
 bench: native
 	$(PY) perf/bench_shm.py
+
+bench-vm: native
+	tools/system-packages --bench
+	$(PY) perf/bench_vm.py
 
 bench-veth: native
 	tools/system-packages --bench
@@ -72,10 +85,26 @@ fuzz: native
 	    tests/fuzz/fuzz_extract.c pipeline/stages/extract.c -o build/fuzz/fuzz_extract
 	build/fuzz/fuzz_extract -max_total_time=$(FUZZ_SECONDS) -max_len=65535 -artifact_prefix=build/fuzz/ \
 	    build/fuzz/corpus-extract build/fuzz/seeds/extract
+	mkdir -p build/fuzz/corpus-vnet
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. \
+	    tests/fuzz/fuzz_vnet.c bindings/vnet.c -o build/fuzz/fuzz_vnet
+	build/fuzz/fuzz_vnet -max_total_time=$(FUZZ_SECONDS) -max_len=65545 -artifact_prefix=build/fuzz/ \
+	    build/fuzz/corpus-vnet build/fuzz/seeds/vnet
 	for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/corpus-$$t; \
 	    VP_FUZZ_TAG=fzmake $(PY) tests/fuzz/fuzz_parsers.py $$t -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/fuzz/ \
 	        build/fuzz/corpus-$$t build/fuzz/seeds/$$t $$(ls -d tests/fuzz/regressions/$$t 2>/dev/null) \
 	        || { rm -f /dev/shm/valepipe.fzmake*; exit 1; }; done; rm -f /dev/shm/valepipe.fzmake*
+
+# The FreeBSD cross-check (not in `make test`: it installs PyPI's ziglang, ~400 MB, into the
+# venv): the FreeBSD build compiled and linked against FreeBSD's libc and compared with its
+# <net/netmap.h> (tools/freebsd_check.py), then shown to fail on broken copies of the tree
+$(VENV)/.ziglang: $(VENV)/.installed
+	$(PY) -m pip install -q --disable-pip-version-check "ziglang==0.17.1"
+	touch $@
+
+check-freebsd: native $(VENV)/.ziglang
+	$(PY) tools/freebsd_check.py
+	$(PY) -m pytest -q tests/test_freebsd_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info pipeline/_native* pipeline/*.o pipeline/.native-stamp

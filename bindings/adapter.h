@@ -1,10 +1,11 @@
-/* adapter.h — emulated netmap adapters: a Linux packet interface (TAP, AF_PACKET,
- * AF_XDP, a pcap file) presented to the pipeline as a netmap port, as netmap's own
+/* adapter.h — emulated netmap adapters: a packet interface (TAP, AF_PACKET, AF_XDP on
+ * Linux; a pcap file anywhere) presented to the pipeline as a netmap port, as netmap's own
  * emulated adapters do. The pipeline holds the port's user side; a binding's rx/tx
  * functions play the kernel side of the same rings, called from rxsync/txsync. */
 #ifndef VP_ADAPTER_H
 #define VP_ADAPTER_H
 #include "../ring/region.h"
+#include "vnet.h"
 
 /* cdef-begin */
 struct vp_io_stats {
@@ -19,6 +20,8 @@ struct vp_io_stats {
     uint64_t tx_again;        /* the interface was busy: frames kept and retried */
     uint64_t tx_discarded;    /* sent to a port that cannot transmit (a pcap being read) */
     uint64_t syscalls;
+    uint64_t rx_gso;          /* super-frames received (virtio-net header, or longer than the MTU) */
+    uint64_t rx_csum_partial; /* frames received with a checksum left to complete */
     int32_t last_errno;       /* most recent error, 0 if none since it was read */
     uint32_t errors_seen;     /* bumps on every new error, for the worker's log */
 };
@@ -27,7 +30,9 @@ struct vp_io {
     uint32_t nq;              /* queues: rings per direction */
     uint32_t tx_backlog;      /* the last txsync left frames to push: txsync again soon */
     uint32_t tx_inflight;     /* set by a binding whose kernel queue still holds frames */
-    uint32_t pad;
+    uint16_t vnet_hdr;        /* bytes of virtio_net_hdr in front of each frame in the rings (0 or 10) */
+    uint16_t tx_offload;      /* tx takes super-frames and partial checksums as they are */
+    uint32_t mtu;             /* the interface's MTU when opened (0: unknown) */
     int fd[4];                /* one per queue; -1 when the kind has none */
     uint32_t (*rx)(struct vp_io *io, uint32_t q, struct vp_ring *k, uint32_t space);
     uint32_t (*tx)(struct vp_io *io, struct vp_ring *k, uint32_t avail);
@@ -36,8 +41,6 @@ struct vp_io {
     struct vp_io_stats st;
 };
 
-#define CLONE_NEWNET 0x40000000
-int setns(int fd, int nstype);
 void vp_io_rxsync(struct vp_io *io);
 void vp_io_txsync(struct vp_io *io);
 /* cdef-end */
@@ -47,13 +50,14 @@ static inline char *vp_io_rx_buf(struct vp_ring *k) {
     uint32_t idx = VP_READ_ONCE(vp_slot(k, vp_ring_produce(k))->buf_idx);
     return vp_buf_ok(k, idx) ? vp_buf(k, idx) : NULL;
 }
+/* len counts the virtio_net_hdr in front of the frame, if the port has one */
 static inline void vp_io_rx_commit(struct vp_io *io, struct vp_ring *k, uint32_t len) {
     struct netmap_slot *s = vp_slot(k, vp_ring_produce(k));
     VP_WRITE_ONCE(s->len, (uint16_t)len);
     VP_WRITE_ONCE(s->flags, 0);
     vp_ring_produced(k);
     io->st.rx_packets++;
-    io->st.rx_bytes += len;
+    io->st.rx_bytes += len - io->vnet_hdr;
 }
 static inline void vp_io_error(struct vp_io *io, int err) {
     io->st.last_errno = err;

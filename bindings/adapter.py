@@ -1,4 +1,4 @@
-"""Emulated adapters: a Linux interface presented to the pipeline as a netmap port.
+"""Emulated adapters: an OS interface presented to the pipeline as a netmap port.
 
 A private region holds the port's rings; the pipeline is their user, and a binding's C
 rx/tx (called from rxsync/txsync in the stages) is their kernel side. A kind subclasses
@@ -9,11 +9,12 @@ import errno
 import os
 import re
 
+from bindings.link import Link
 from pipeline._native import ffi, lib
 from ring.region import ROLE_KERNEL, ROLE_USER, Region, RegionError
 
 IO_STATS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_truncated", "rx_kernel_drops",
-            "rx_errors", "tx_errors", "tx_again", "tx_discarded", "syscalls")
+            "rx_errors", "tx_errors", "tx_again", "tx_discarded", "syscalls", "rx_gso", "rx_csum_partial")
 IFNAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")     # fullmatch(): $ would take a final newline
 NETNS_DIR = "/run/netns"
 
@@ -63,6 +64,8 @@ def in_netns(name):
         return
     if "/" in name or name in (".", ".."):
         raise AdapterError(f"netns {name!r}: not a namespace name")
+    if not hasattr(lib, "setns"):           # built without bindings/netns.h: not Linux
+        raise AdapterError(f"netns {name!r}: network namespaces are Linux's; not available on this OS")
     try:
         target = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -83,16 +86,27 @@ def in_netns(name):
         os.close(home)
 
 
-class Adapter:
-    """The rings of one emulated port: `user` for the pipeline, `io.kport` for the binding."""
-    kind = "?"
+def default_slots(offload):
+    """Slots per ring: ports whose frames may be 64 KB super-frames have buffers that large,
+    and fewer of them (256 x 64 KB per ring is plenty in flight)."""
+    return 256 if offload else 1024
 
-    def __init__(self, uri, name, queues=1, slots=1024):
+
+class Adapter:
+    """The rings of one emulated port: `user` for the pipeline, `io.kport` for the binding.
+    With offload, each frame in the rings has a virtio_net_hdr in front (GSO, partial
+    checksums) and buffers take a 64 KB frame."""
+    kind = "?"
+    link = None                  # bindings.link.Link: the interface under the port, if any
+
+    def __init__(self, uri, name, queues=1, slots=None, offload=False):
         if not 1 <= queues <= lib.VP_MAX_RINGS:
             raise AdapterError(f"{uri!r}: queues must be 1..{lib.VP_MAX_RINGS}")
         self.uri = uri
+        slots = slots or default_slots(offload)
+        buf_size = lib.VP_VNET_BUF_SIZE if offload else 2048
         try:
-            self.region = Region.private(name, [name], slots=slots, rings=queues)
+            self.region = Region.private(name, [name], slots=slots, rings=queues, buf_size=buf_size)
             self.user = self.region.port(name, ROLE_USER)
         except RegionError as e:
             raise AdapterError(f"{uri!r}: {e}") from None
@@ -106,7 +120,8 @@ class Adapter:
             self.region.close()
             raise AdapterError(f"{uri!r}: {ffi.string(err).decode()}")
         self.user.c.io = self.io
-        self.info = {}
+        self.io.vnet_hdr = lib.VP_VNET_HDR_LEN if offload else 0
+        self.info = {"offload": offload}
         self._errors_seen = 0
 
     @contextlib.contextmanager
@@ -117,6 +132,28 @@ class Adapter:
         except BaseException:
             self.close()
             raise
+
+    def watch_link(self, ifname=None, ifindex=None, bring_up=False):
+        """Inside the port's namespace: follow the link state of the interface under the
+        port; bring it up first if it is a TAP and bring_up is set (uri option up=yes)."""
+        try:
+            self.link = Link(ifname, ifindex)
+            try:
+                if bring_up and self.link.is_tap() and self.link.bring_up():
+                    self.info["brought_up"] = True
+            except PermissionError:
+                # a user's own persistent TAP opens without CAP_NET_ADMIN; it stays down
+                # and the link state says so
+                self.info["brought_up"] = False
+            self.io.mtu = self.link.mtu()
+        except OSError as e:
+            if e.errno == errno.ENODEV:
+                raise AdapterError(f"{self.uri}: no interface {ifname or ifindex!r} (ip link shows them)") from None
+            raise AdapterError(f"{self.uri}: interface {ifname or ifindex}: {e.strerror}") from None
+
+    def link_change(self):
+        """A sentence when the link changed since the last call (for the worker's log)."""
+        return self.link.change() if self.link else None
 
     def fds(self):
         """What the worker may poll() on when idle."""
@@ -129,6 +166,9 @@ class Adapter:
         self.poll_kernel_stats()
         st = {k: getattr(self.io.st, k) for k in IO_STATS}
         st["last_error"] = os.strerror(self.io.st.last_errno) if self.io.st.last_errno else None
+        if self.link:
+            ls = self.link.state()
+            st.update(link=ls["link"], speed_mbps=ls["speed_mbps"], mtu=self.io.mtu)
         return dict(st, **self.info)
 
     def new_error(self):
@@ -151,5 +191,7 @@ class Adapter:
             return
         self.user.c.io = ffi.NULL
         self.close_io()
+        if self.link:
+            self.link.close()
         self.region.close()
         self.region = None

@@ -78,8 +78,8 @@ class OVS:
     """ovsdb-server + ovs-vswitchd inside the switch namespace, netdev (userspace) datapath."""
     dev, sink_if = "g0", "s0"
 
-    def __init__(self, port_type):
-        self.type = port_type
+    def __init__(self, port_type, netns=SW, ports=("g1", "s1")):
+        self.type, self.netns, self.ports = port_type, netns, ports
         self.name = f"Open vSwitch userspace, {'AF_XDP' if port_type == 'afxdp' else 'AF_PACKET'} ports"
 
     def start(self):
@@ -112,8 +112,8 @@ class OVS:
                 pass
         time.sleep(1.0)
         # what OVS may leave on the interfaces is ours to remove: we made them
-        for p in ("g1", "s1"):
-            ns(SW, "ip", "link", "set", "dev", p, "xdp", "off", check=False)
+        for p in self.ports:
+            ns(self.netns, "ip", "link", "set", "dev", p, "xdp", "off", check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

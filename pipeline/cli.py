@@ -9,12 +9,24 @@ from typing import List, Optional
 
 import typer
 
+
+def _linux_ports():
+    """Whether this build has Linux's packet interfaces (its port kinds: pipeline/ports.py)."""
+    try:
+        from pipeline._native import ffi, lib
+    except ImportError:
+        return True                 # not built yet: the commands say so when run
+    return ffi.string(lib.vp_build_os()) == b"linux"
+
+
+LINUX_PORTS = _linux_ports()
 # no rich markup: help texts show TOML sections ([pipeline]) and uri options literally
 app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   help="valepipe: a packet pipeline and virtual switch on netmap rings.\n\n"
                        "Ports are URIs: shm:NAME (netmap rings in shared memory; a generator, sink "
-                       "or test attaches as the other end), afxdp:IFNAME, packet:IFNAME, tap:NAME, "
-                       "pcap:FILE, and on a netmap host netmap:IF and valeX:PORT.")
+                       "or test attaches as the other end), "
+                       + ("afxdp:IFNAME, packet:IFNAME, tap:NAME, " if LINUX_PORTS else "")
+                       + "pcap:FILE, and on a netmap host netmap:IF and valeX:PORT.")
 
 
 def _fail(msg, code=2):
@@ -33,8 +45,9 @@ def _numbers(above_zero=(), at_least_zero=()):
 
 def _pin(cpu):
     if cpu is not None:
+        from pipeline import hostos
         try:
-            os.sched_setaffinity(0, {cpu})
+            hostos.set_cpus({cpu})
         except OSError as e:
             _fail(f"cannot pin to CPU {cpu}: {e.strerror}")
 
@@ -54,7 +67,16 @@ def _live(interval, as_json):
     return show
 
 
-@app.command()
+PORT_URIS = ("shm:NAME, " + ("afxdp:IFNAME[:QUEUE], packet:IFNAME, tap:NAME, " if LINUX_PORTS else "")
+             + "pcap:FILE[@write], each with @options (" + ("queues=N, netns=NS, " if LINUX_PORTS else "") + "...)")
+
+
+@app.command(help=f"""Start the slow path and one worker, forward until SIGINT/SIGTERM, show live rates.
+
+    Port uris: {PORT_URIS}; netmap:IF[^] and valeX:PORT as libnetmap names them (the
+    README's Ports section lists them all). Once forwarding it prints
+    `ready name=... pid=... run_dir=...` (scripts wait for it, or for --ready-file).
+    SIGHUP reloads the rules from the config's [slowpath] flows.""")
 def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipeline], [[port]], [slowpath], [metrics]"),
         duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
         interval: float = typer.Option(1.0, help="seconds between live rate updates (at least 0.1)"),
@@ -73,13 +95,6 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
                                          "file (tcpdump -r FILE); repeatable, one file per port"),
         supervised: bool = typer.Option(True, "--supervise/--no-supervise",
                                         help="restart the worker (with its ports and rules) if it crashes")):
-    """Start the slow path and one worker, forward until SIGINT/SIGTERM, show live rates.
-
-    Port uris: shm:NAME, afxdp:IFNAME[:QUEUE], packet:IFNAME, tap:NAME, pcap:FILE[@write],
-    each with @options (queues=N, netns=NS, ...); netmap:IF[^] and valeX:PORT as libnetmap
-    names them (the README's Ports section lists them all). Once forwarding it prints
-    `ready name=... pid=... run_dir=...` (scripts wait for it, or for --ready-file).
-    SIGHUP reloads the rules from the config's [slowpath] flows."""
     from pipeline import config as cfgmod
     from pipeline.supervisor import crash_leftovers, supervise
     if duration is not None and duration <= 0:
@@ -192,8 +207,8 @@ class _Metrics:
 
 
 def _die_with_parent():
-    import ctypes
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)       # PR_SET_PDEATHSIG
+    from pipeline import hostos
+    hostos.die_with_parent(signal.SIGTERM)
 
 
 def _start_metrics(cfg):
@@ -759,13 +774,18 @@ def ports(name: str = NAME, run_dir: Optional[str] = RUN_DIR,
         return
     for p in ps:
         io = p.get("io") or {}
-        state = "FAULTY" if p["faulty"] else ("down" if io.get("link") == "down" else "ok")
-        print(f"{p['ofport']:>3} {p['uri']:<28} {state:<7} rx {p['rx_packets']} "
+        link = io.get("link", "up")
+        # "ok" only while the port is up (port-mod) and so is its interface's link
+        # (up, down, no-carrier, gone)
+        state = "FAULTY" if p["faulty"] else "down" if not p.get("up", True) else "ok" if link == "up" else link
+        speed = f" {io['speed_mbps']}Mb/s" if link == "up" and io.get("speed_mbps") else ""
+        print(f"{p['ofport']:>3} {p['uri']:<28} {state + speed:<10} rx {p['rx_packets']} "
               f"tx {p['tx_packets']} drops {json.dumps({k: v for k, v in p['drops'].items() if v})}")
         if io:
             counts = {k: io[k] for k in ("rx_truncated", "rx_kernel_drops", "rx_errors", "tx_errors", "tx_again",
-                                         "tx_discarded", "sync_errors") if io.get(k)}
-            extra = {k: io[k] for k in ("link", "speed_mbps", "xdp_mode", "zerocopy", "queues", "netns", "mem_id")
+                                         "tx_discarded", "sync_errors", "rx_gso", "rx_csum_partial") if io.get(k)}
+            extra = {k: io[k] for k in ("link", "speed_mbps", "mtu", "offload", "xdp_mode", "zerocopy", "queues",
+                                        "netns", "mem_id")
                      if io.get(k) is not None}
             print(f"    io: {json.dumps(counts)} {json.dumps(extra)}"
                   + (f" last error: {io['last_error']}" if io.get("last_error") else ""))
@@ -777,7 +797,8 @@ def ports(name: str = NAME, run_dir: Optional[str] = RUN_DIR,
 def add_port(uri: str = typer.Argument(..., help="port uri, as in [[port]] (shm:NAME, afxdp:IF, packet:IF, "
                                                  "tap:NAME, ...)"),
              ofport: Optional[int] = typer.Option(None, help="its OpenFlow number (default: the next free one)"),
-             slots: int = typer.Option(1024, help="ring size"),
+             slots: Optional[int] = typer.Option(None, help="ring size (default: the kind's, 1024; 256 of 64 KB "
+                                                 "for ports that carry offloads)"),
              name: str = NAME, run_dir: Optional[str] = RUN_DIR):
     """Add a port to a running pipeline (as ovs-vsctl add-port); cached flows are
     revalidated (NORMAL and FLOOD include it at once). It lasts until the pipeline stops."""
@@ -904,6 +925,7 @@ app.add_typer(topo_app, name="topo")
 def topo_up(file: str = typer.Argument(..., help="topology (TOML): [[netns]], [[veth]], [[tap]]"),
             as_json: bool = JSON):
     """Create the namespaces, veth pairs and TAP devices of FILE, with addresses, MTU, link state."""
+    _linux_only("valepipe topo")
     from tools import topo
     try:
         made = topo.up(file)
@@ -920,6 +942,7 @@ def topo_up(file: str = typer.Argument(..., help="topology (TOML): [[netns]], [[
 def topo_down(file: str = typer.Argument(..., help="the topology file given to `topo up`"),
               as_json: bool = JSON):
     """Remove exactly what `topo up FILE` created, and nothing else."""
+    _linux_only("valepipe topo")
     from tools import topo
     try:
         made, errors = topo.down(file)
@@ -933,6 +956,13 @@ def topo_down(file: str = typer.Argument(..., help="the topology file given to `
         print(f"could not remove {e}", file=sys.stderr)
     if errors:
         raise typer.Exit(1)
+
+
+def _linux_only(what):
+    from pipeline import hostos
+    if not hostos.LINUX:
+        _fail(f"{what}: network namespaces, veth and TAP devices are Linux's; not available on this OS ({hostos.NAME})")
+
 
 def _version(value: bool):
     if value:

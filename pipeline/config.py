@@ -144,7 +144,10 @@ def parse(text, path="<config>", rules=False):
         if "uri" not in p:
             bad(f"{where}: missing uri (e.g. uri = \"shm:p{i + 1}\")")
             continue
-        spec = {"uri": p["uri"], "ofport": p.get("ofport", i + 1), "slots": p.get("slots", 1024)}
+        # slots left out: each kind has its default (1024; 256 of 64 KB for offloading ports)
+        spec = {"uri": p["uri"], "ofport": p.get("ofport", i + 1)}
+        if "slots" in p:
+            spec["slots"] = p["slots"]
         if p.get("mirror"):
             spec["mirror"] = p["mirror"]
         if spec["uri"].startswith("internal:"):
@@ -158,7 +161,7 @@ def parse(text, path="<config>", rules=False):
             bad(f"{where}: ofport must be 1..65279 (OpenFlow's range)")
         if spec["ofport"] in seen_of or spec["uri"] in seen_uri:
             bad(f"{where}: ofport {spec['ofport']} or uri {spec['uri']!r} used twice")
-        if not 2 <= spec["slots"] <= 65536:
+        if not 2 <= spec.get("slots", 1024) <= 65536:
             bad(f"{where}: slots must be 2..65536")
         if "slots" in p and is_netmap(spec["uri"]):
             bad(f"{where}: the netmap module sizes {spec['uri']}'s rings; ask for a size in "

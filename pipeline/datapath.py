@@ -11,7 +11,7 @@ MAX_ACTIONS = 65536
 PARSE_ERRORS = ("eth_short", "vlan_trunc", "vlan_depth", "arp_trunc", "ipv4_trunc", "ipv4_bad",
                 "ipv6_trunc", "ipv6_ext", "l4_trunc", "nd_bad", "ipv6_bad")
 DROPS = ("action_drop", "no_port", "tx_ring_full", "too_big", "upcall_lost", "upcall_queue", "flow_limit", "no_room",
-         "upcall_rate")
+         "upcall_rate", "bad_offload")
 SET_FIELDS = {"dl_src": (lib.VP_F_DL_SRC, 6), "dl_dst": (lib.VP_F_DL_DST, 6), "nw_src": (lib.VP_F_NW_SRC, 4),
               "nw_dst": (lib.VP_F_NW_DST, 4), "ipv6_src": (lib.VP_F_IPV6_SRC, 16), "ipv6_dst": (lib.VP_F_IPV6_DST, 16),
               "nw_tos": (lib.VP_F_NW_TOS, 1), "nw_ttl": (lib.VP_F_NW_TTL, 1), "tp_src": (lib.VP_F_TP_SRC, 2),
@@ -154,6 +154,7 @@ class Datapath:
             "stage_ns_total": {k: s.stage_ns[i] for i, k in enumerate(STAGES)},
             "stage_packets": {k: s.stage_pkts[i] for i, k in enumerate(STAGES)},
             "tx_swapped": s.tx_swapped, "tx_copied": s.tx_copied,
+            "tx_segmented": s.tx_segmented, "tx_segments": s.tx_segments, "csum_completed": s.csum_completed,
             "flow_hash": "crc32c-sse4.2" if lib.vp_crc32c_used() else "crc32c-portable",
         }
 

@@ -1,4 +1,6 @@
-"""cffi build of valepipe's one native module, `pipeline._native` (API mode).
+"""cffi build of valepipe's one native module, `pipeline._native` (API mode), for the OS
+it is built on (or VP_TARGET_OS=linux|freebsd): each OS gets the portable kernels plus its
+own; VP_TARGET_OS=portable builds the portable ones alone (the tests run that on Linux).
 
 Every C kernel sits beside the Python that drives it; its header declares what
 Python may call between `/* cdef-begin */` and `/* cdef-end */`. To add a kernel,
@@ -6,19 +8,27 @@ write `x.c` and `x.h` next to its module and list the header in KERNELS.
 """
 import os
 import re
+import sys
 
 from cffi import FFI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OSES = ("linux", "freebsd")
+TARGETS = OSES + ("portable",)
 
-# headers in dependency order; each `x.h` has its `x.c` beside it (netmap.h has none)
+# headers in dependency order; each `x.h` has its `x.c` beside it (netmap.h has none).
+# (header, os): built only for that OS. Linux's: its packet interfaces (TAP through
+# /dev/net/tun, AF_PACKET, AF_XDP) and setns; FreeBSD's: procctl, cpuset, getpeereid.
 KERNELS = [
     "ring/netmap.h",
     "ring/region.h",
+    "bindings/vnet.h",
     "bindings/adapter.h",
-    "bindings/tap/tap.h",
-    "bindings/packet/packet.h",
-    "bindings/afxdp/afxdp.h",
+    ("bindings/netns.h", "linux"),
+    ("bindings/tap/tap.h", "linux"),
+    ("bindings/packet/packet.h", "linux"),
+    ("bindings/afxdp/afxdp.h", "linux"),
+    ("pipeline/hostos.h", "freebsd"),
     "bindings/pcap/pcap.h",
     "bindings/netmap/nmreq.h",
     "bindings/netmap/port.h",
@@ -52,33 +62,51 @@ def cdef_of(header_text):
     return "\n".join(out)
 
 
-def sources():
+def target_os():
+    """The OS the module is built for: VP_TARGET_OS, else this one."""
+    name = os.environ.get("VP_TARGET_OS") or ("freebsd" if sys.platform.startswith("freebsd") else sys.platform)
+    if name not in TARGETS:
+        raise SystemExit(f"valepipe builds for {' and '.join(OSES)}, not {name!r} (VP_TARGET_OS: {', '.join(TARGETS)})")
+    return name
+
+
+def headers(target):
+    """KERNELS that `target` builds, in order."""
+    return [h if isinstance(h, str) else h[0] for h in KERNELS if isinstance(h, str) or h[1] == target]
+
+
+def sources(target):
     out = []
-    for h in KERNELS:
+    for h in headers(target):
         c = os.path.join(ROOT, h[:-2] + ".c")
         if os.path.exists(c):
             out.append(os.path.relpath(c, ROOT))
     return out
 
 
+# AF_XDP: libxdp's xsk rings and libbpf's map/program/link calls (bindings/afxdp)
+LIBRARIES = {"linux": ["xdp", "bpf"]}
+# hidden + no interposition: kernels call each other inside this one .so, and gcc only
+# inlines across them (vp_extract_one, vp_key_hash) when they cannot be interposed
+CFLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function", "-fvisibility=hidden", "-fno-semantic-interposition",
+          # keys are read and written as 64-bit words and as structs
+          "-fno-strict-aliasing"]
+# no -msse4.2 (or any -m flag): the module runs on every x86-64 CPU; the flow hash uses
+# the crc32 instruction only where the CPU reports it (pipeline/stages/keyhash.h)
+TARGET = target_os()
+# the module says what it was built for (pipeline/ports.py offers that OS's port kinds)
+BUILD_OS = '\nstatic const char *vp_build_os(void) { return "%s"; }\n' % TARGET
+
 ffibuilder = FFI()
-ffibuilder.cdef("\n".join(cdef_of(open(os.path.join(ROOT, h)).read()) for h in KERNELS))
+ffibuilder.cdef("\n".join(cdef_of(open(os.path.join(ROOT, h)).read()) for h in headers(TARGET))
+                + "\nconst char *vp_build_os(void);")
 ffibuilder.set_source(
     "pipeline._native",
-    "\n".join('#include "%s"' % h for h in KERNELS),
-    sources=sources(),
+    "\n".join('#include "%s"' % h for h in headers(TARGET)) + BUILD_OS,
+    sources=sources(TARGET),
     include_dirs=[ROOT],
-    # hidden + no interposition: kernels call each other inside this one .so, and gcc
-    # only inlines across them (vp_extract_one, vp_key_hash) when they cannot be interposed
-    extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function",
-                        "-fvisibility=hidden", "-fno-semantic-interposition",
-                        # keys are read and written as 64-bit words and as structs
-                        "-fno-strict-aliasing"]
-    # no -msse4.2 (or any -m flag): the module runs on every x86-64 CPU; the flow hash
-    # uses the crc32 instruction only where the CPU reports it (pipeline/stages/keyhash.h)
-    + os.environ.get("VP_CFLAGS", "").split(),
-    # AF_XDP: libxdp's xsk rings and libbpf's map/program/link calls (bindings/afxdp)
-    libraries=["xdp", "bpf"],
+    extra_compile_args=CFLAGS + os.environ.get("VP_CFLAGS", "").split(),
+    libraries=LIBRARIES.get(TARGET, []),
     extra_link_args=os.environ.get("VP_LDFLAGS", "").split(),
     py_limited_api=False,  # one file name for both the pip build and the in-place rebuild
 )

@@ -1,19 +1,15 @@
 """Port registry: a port URI -> the binding that presents it to the pipeline as netmap rings.
 
-Kinds live in KINDS; to add one, write a function (specs) -> [Port] and register it
-(an emulated adapter: subclass bindings.adapter.Adapter and use `adapter_kind`).
+Kinds live in KINDS (those this build has: Linux's packet interfaces only on Linux); to add
+one, write a function (specs) -> [Port] and register it (an emulated adapter: subclass
+bindings.adapter.Adapter and use `adapter_kind`).
 """
-import fcntl
 import socket
-import struct
 from dataclasses import dataclass, field
 
 from bindings.adapter import AdapterError, check_ifname, in_netns, parse_uri
-from bindings.afxdp import AfxdpAdapter
 from bindings.netmap.port import NetmapError, NetmapPort
-from bindings.packet import PacketAdapter
 from bindings.pcap import PcapAdapter
-from bindings.tap import TapAdapter
 from pipeline._native import ffi, lib
 from ring.region import ROLE_KERNEL, Region, RegionError, parse_shm_uri
 
@@ -55,8 +51,9 @@ class Port:
         c = self.ring_port.c
         per = {"tx": [c.tx[i].st.packets for i in range(c.ntx)], "rx": [c.rx[i].st.packets for i in range(c.nrx)]}
         extra["rings"] = {"rx": per["tx"], "tx": per["rx"]} if self.kind == "shm" else per
+        link = extra.get("io", {}).get("link")        # interface ports: up, down, no-carrier, gone
         return {"uri": self.uri, "ofport": self.ofport, "kind": self.kind, "faulty": rs["faulty"], "up": self.up,
-                **extra,
+                **({"link": link} if link else {}), **extra,
                 "rx_packets": rx["packets"], "rx_bytes": rx["bytes"],
                 "tx_packets": tx["packets"], "tx_bytes": tx["bytes"],
                 "drops": {"rx_bad_index": rx["bad_index"], "rx_bad_buf": rx["bad_buf"],
@@ -95,7 +92,7 @@ def adapter_kind(cls):
         ports = []
         try:
             for s in specs:
-                a = cls(s["uri"], slots=s.get("slots", 1024))
+                a = cls(s["uri"], slots=s.get("slots"))
                 ports.append(Port(s["uri"], s["ofport"], cls.kind, a.user, a.region, adapter=a))
         except Exception:
             close_ports(ports)
@@ -117,7 +114,6 @@ def open_netmap(specs):
     return ports
 
 
-SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 INTERNAL_OPTIONS = {"netns": None}
 
 
@@ -125,6 +121,7 @@ def open_internal(specs):
     """internal:NAME[@netns=NS]: the switch's own port, OpenFlow's LOCAL, as Open vSwitch's
     bridge port: a TAP interface in the host stack (or in namespace NS) that the pipeline
     creates (it must not exist yet), brings up, and that goes with the pipeline's fds."""
+    from bindings.tap import TapAdapter
     ports = []
     try:
         for s in specs:
@@ -137,46 +134,51 @@ def open_internal(specs):
                     pass
                 else:
                     raise PortError(f"{s['uri']}: an interface {name} already exists; an internal port is "
-                                    "created by its pipeline (remove it, or use tap:{name} to attach to it)")
-            a = TapAdapter(f"tap:{name}" + (f"@netns={opt['netns']}" if opt["netns"] else ""),
-                           slots=s.get("slots", 1024))
+                                    f"created by its pipeline (remove it, or use tap:{name} to attach to it)")
+            a = TapAdapter(f"tap:{name}" + (f"@netns={opt['netns']}" if opt["netns"] else ""), slots=s.get("slots"))
             ports.append(Port(s["uri"], s["ofport"], "internal", a.user, a.region, adapter=a))
-            with in_netns(opt["netns"]):
-                _link_up(name)
     except Exception:
         close_ports(ports)
         raise
     return ports
 
 
-def _link_up(name):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sk:
-        try:
-            req = struct.pack("16sh22x", name.encode(), 0)
-            flags = struct.unpack("16sh22x", fcntl.ioctl(sk, SIOCGIFFLAGS, req))[1]
-            fcntl.ioctl(sk, SIOCSIFFLAGS, struct.pack("16sh22x", name.encode(), flags | IFF_UP))
-        except OSError as e:
-            raise PortError(f"internal:{name}: cannot bring the interface up: {e.strerror}") from None
-
-
-KINDS = {"shm": open_shm, "internal": open_internal, "tap": adapter_kind(TapAdapter), "packet": adapter_kind(PacketAdapter),
-         "afxdp": adapter_kind(AfxdpAdapter), "pcap": adapter_kind(PcapAdapter), "netmap": open_netmap,
-         "vale": open_netmap}
+BUILD_OS = ffi.string(lib.vp_build_os()).decode()
+KINDS = {"shm": open_shm, "pcap": adapter_kind(PcapAdapter), "netmap": open_netmap, "vale": open_netmap}
+# TAP through /dev/net/tun, AF_PACKET, AF_XDP (and internal:, a TAP): Linux's own; their C
+# is built only there
+LINUX_KINDS = ("tap", "packet", "afxdp", "internal")
+if BUILD_OS == "linux":
+    from bindings.afxdp import AfxdpAdapter
+    from bindings.packet import PacketAdapter
+    from bindings.tap import TapAdapter
+    KINDS.update(tap=adapter_kind(TapAdapter), packet=adapter_kind(PacketAdapter), afxdp=adapter_kind(AfxdpAdapter),
+                 internal=open_internal)
 
 
 def kind_of(uri):
     return "vale" if uri.startswith("vale") else uri.split(":", 1)[0]
 
 
+def known_kind(uri):
+    """The kind of a port uri this build has; PortError for another (Linux's on another
+    OS: "not available on this OS")."""
+    kind = kind_of(uri)
+    if kind in LINUX_KINDS and kind not in KINDS:
+        raise PortError(f"port {uri!r}: {kind}: ports are Linux's, not available on this OS "
+                        f"(this {BUILD_OS} build has {', '.join(sorted(KINDS))})")
+    if kind not in KINDS:
+        raise PortError(f"port {uri!r}: unknown kind {kind!r}; this build has {', '.join(sorted(KINDS))}")
+    return kind
+
+
 def check_uri(uri):
     """Refuse a port uri whose syntax its kind would refuse, without opening anything
     (what `valepipe check` and config loading use)."""
-    from bindings import afxdp, packet, pcap, tap
+    import importlib
     from bindings.adapter import check_ifname, parse_uri
     from bindings.netmap import names
-    kind = kind_of(uri)
-    if kind not in KINDS:
-        raise PortError(f"port {uri!r}: unknown kind {kind!r}; this build has {', '.join(sorted(KINDS))}")
+    kind = known_kind(uri)
     try:
         if kind == "shm":
             parse_shm_uri(uri)
@@ -186,7 +188,7 @@ def check_uri(uri):
             name, _ = parse_uri(uri, "internal", INTERNAL_OPTIONS)
             check_ifname(uri, name)
         else:
-            mod = {"tap": tap, "packet": packet, "afxdp": afxdp, "pcap": pcap}[kind]
+            mod = importlib.import_module(f"bindings.{kind}")          # tap, packet, afxdp, pcap
             body, opts = parse_uri(uri, kind, mod.OPTIONS)
             if kind != "pcap":
                 name, _, queue = body.partition(":") if kind == "afxdp" else (body, "", "")
@@ -203,10 +205,7 @@ def open_ports(specs):
     """Open every port of a config (list of dicts with uri, ofport, options) in order."""
     by_kind = {}
     for s in specs:
-        kind = kind_of(s["uri"])
-        if kind not in KINDS:
-            raise PortError(f"port {s['uri']!r}: unknown kind {kind!r}; this build has {', '.join(sorted(KINDS))}")
-        by_kind.setdefault(kind, []).append(s)
+        by_kind.setdefault(known_kind(s["uri"]), []).append(s)
     opened = {}
     try:
         for kind, ss in by_kind.items():

@@ -60,7 +60,7 @@ class PortOps:
             return
         for fd in port.fds():
             try:
-                ep.register(fd, 1) if add else ep.unregister(fd)     # EPOLLIN
+                ep.register(fd, 1) if add else ep.unregister(fd)     # EPOLLIN, POLLIN (hostos.poller)
             except OSError:
                 pass
 
@@ -78,13 +78,13 @@ class PortOps:
             raise PortError(f"ofport must be 1..65279, not {ofport!r}")
         if ofport in ofports or any(p.uri == uri for p in self.live()):
             raise PortError(f"ofport {ofport} or uri {uri!r} is in use")
-        slots = req.get("slots", 1024)
-        if not isinstance(slots, int) or not 2 <= slots <= 65536:
+        slots = req.get("slots")                     # None: the kind's default
+        if slots is not None and (not isinstance(slots, int) or not 2 <= slots <= 65536):
             raise PortError("slots must be 2..65536")
         n = len(self.w.ports)
         if n >= lib.VP_MAX_PORTS:
             raise PortError(f"this worker has had {n} ports (at most {lib.VP_MAX_PORTS} over its life)")
-        port = open_ports([{"uri": uri, "ofport": ofport, "slots": slots}])[0]
+        port = open_ports([{"uri": uri, "ofport": ofport, **({"slots": slots} if slots else {})}])[0]
         self.w.ports.append(port)
         dp = self.w.dp
         port.ring_port.c.index, port.ring_port.c.ofport = n, ofport

@@ -5,17 +5,16 @@ A worker that exits by itself (done, or refusing its config) is not restarted; o
 crashes more than MAX_RESTARTS times in WINDOW_S seconds is given up on, and what its
 crashes left (shm region descriptors, run-directory files) is removed then.
 """
-import ctypes
 import os
 import signal
 import sys
 import time
 import traceback
 
+from pipeline import hostos
+
 MAX_RESTARTS = 5
 WINDOW_S = 60.0
-PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def supervise(start_worker, give_up=lambda: None, on_hup=None):
@@ -46,7 +45,7 @@ def supervise(start_worker, give_up=lambda: None, on_hup=None):
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)     # the supervisor reloads
-                _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)   # never outlive the supervisor
+                hostos.die_with_parent(signal.SIGTERM)          # never outlive the supervisor
                 code = start_worker(restarts)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

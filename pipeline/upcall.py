@@ -16,6 +16,7 @@ MAX_OUTQ = 8 << 20          # bytes of upcalls waiting for the socket
 PENDING_TIMEOUT_NS = 2_000_000_000
 RECONNECT_S = 0.5
 REVALIDATE_CHUNK = 512        # flows per revalidate message
+OFFLOAD_SIZE = ffi.sizeof("struct vp_offload")
 
 
 class Upcalls:
@@ -115,7 +116,10 @@ class Upcalls:
         pkts = []
         for j in range(n):
             pk = batch.pkt[u.pkt_idx[j]]
-            pkts.append([u.pkt_upcall[j], ofport(pk.port), bytes(ffi.buffer(pk.data, pk.len))])
+            item = [u.pkt_upcall[j], ofport(pk.port), bytes(ffi.buffer(pk.data, pk.len))]
+            if pk.ol.flags or pk.ol.gso_type:       # a super-frame or partial checksum: say so
+                item.append(bytes(ffi.buffer(ffi.addressof(pk, "ol"), OFFLOAD_SIZE)))
+            pkts.append(item)
         self.outq += channel.encode({"v": channel.VERSION, "t": "upcall", "flows": flows, "packets": pkts})
         self.st["upcalls"] += 1
         self.st["upcall_flows"] += len(flows)
@@ -208,14 +212,17 @@ class Upcalls:
         """Run the packets the slow path returned through the C execute stage, one by one
         (only first packets of flows get here)."""
         for it in items:
-            actions = channel.actions_from_wire(it[0]) if isinstance(it, list) and len(it) == 2 else None
+            actions = channel.actions_from_wire(it[0]) if isinstance(it, list) and len(it) in (2, 3) else None
             if not (actions is not None and isinstance(it[1], bytes) and channel.fast_path_runs(actions)
-                    and 14 <= len(it[1]) <= 65535):
+                    and 14 <= len(it[1]) <= 65535
+                    and (len(it) == 2 or isinstance(it[2], bytes) and len(it[2]) == OFFLOAD_SIZE)):
                 self.st["bad_messages"] += 1
                 continue
             aid = self.dp.action_id(actions)
             drops0 = sum(self.dp.c.st.drops)
-            sent = lib.vp_execute_packet(self.dp.c, aid, it[1], len(it[1]))
+            # the C side checks the metadata against the packet before using it
+            ol = ffi.from_buffer("struct vp_offload *", it[2]) if len(it) == 3 else ffi.NULL
+            sent = lib.vp_execute_packet(self.dp.c, aid, it[1], len(it[1]), ol)
             self.st["executed"] += sent
             self.st["execute_dropped"] += sum(self.dp.c.st.drops) - drops0
 

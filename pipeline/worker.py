@@ -3,15 +3,13 @@
 receive -> extract -> lookup (misses -> upcall) -> execute -> transmit, then, every few
 batches, the channel, timers and the control socket. Python never touches a packet here.
 """
-import ctypes
 import os
-import select
 import signal
 import subprocess
 import sys
 import time
 
-from pipeline import control, registry, rundir
+from pipeline import control, hostos, registry, rundir
 from pipeline.datapath import Datapath
 from bindings.adapter import AdapterError
 from bindings.pcap import PcapWriter
@@ -20,8 +18,6 @@ from pipeline.stages import Execute, Extract, Lookup, Receive, Transmit
 from pipeline.runtime_ports import PortOps
 from pipeline.upcall import Upcalls
 
-_libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG = 1
 HOUSEKEEP_EVERY = 32          # batches between channel/timer/control polls
 IDLE_SLEEP_S = 50e-6
 IDLE_POLL_S = 0.001           # longest epoll wait: timers and the control socket need turns
@@ -81,14 +77,12 @@ class Worker:
             close_ports(self.ports)
             rundir.remove_dirs(self.created_dirs)
             raise
-        # idle: sleep in epoll on the ports' fds when every port has one (AF_XDP, AF_PACKET,
-        # TAP), so a frame wakes the worker at once; else (shm:, pcap:) nap briefly
+        # idle: sleep in epoll (poll(2) on FreeBSD) on the ports' fds when every port has one
+        # (AF_XDP, AF_PACKET, TAP, netmap), so a frame wakes the worker at once; else (shm:,
+        # pcap:) nap briefly
         self.epoll = None
         if all(p.fds() for p in self.ports):
-            self.epoll = select.epoll()
-            for p in self.ports:
-                for fd in p.fds():
-                    self.epoll.register(fd, select.EPOLLIN)
+            self.epoll = hostos.poller([fd for p in self.ports for fd in p.fds()])
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.next_revalidation = self.started + cfg.revalidate_interval
@@ -122,9 +116,9 @@ class Worker:
 
         def child_setup():
             # not pinned with the worker: on a busy worker core it would starve
-            os.sched_setaffinity(0, cpus)
+            hostos.set_cpus(cpus)
             # and not outliving the worker, however the worker ends
-            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            hostos.die_with_parent(signal.SIGTERM)
         self.slow = subprocess.Popen(cmd, preexec_fn=child_setup)
         self.slow_restarts = getattr(self, "slow_restarts", -1) + 1
         deadline = time.monotonic() + 10
@@ -218,11 +212,15 @@ class Worker:
                 break
 
     def _report_port_errors(self):
-        """One line per port whose interface reported a new error (down, gone, refused)."""
+        """One line per port whose interface reported a new error (down, gone, refused),
+        and one whenever its link goes down or comes back."""
         for p in self.ports:
             msg = p.adapter.new_error() if p.adapter else None
             if msg:
                 print(f"valepipe: port {p.ofport} {msg}", file=sys.stderr, flush=True)
+            change = p.adapter.link_change() if p.adapter and hasattr(p.adapter, "link_change") else None
+            if change:
+                print(f"valepipe: port {p.ofport} {p.uri}: {change}", file=sys.stderr, flush=True)
 
     def _supervise(self):
         if self.slow is not None and self.slow.poll() is not None and not self.stopping:

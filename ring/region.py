@@ -2,9 +2,10 @@
 
 The creator (the pipeline, like VALE for its ports) formats the region in a sealed memfd
 (no peer can shrink it under the pipeline: no SIGBUS) and publishes it under
-/dev/shm/valepipe.NAME (valepipe-UID.NAME for users other than root); a peer of the same
-user attaches by name, checks the memfd's owner and seals, and validates everything before
-touching a ring.
+/dev/shm/valepipe.NAME (valepipe-UID.NAME for users other than root; /tmp on FreeBSD),
+handing the memfd itself to peers over the socket beside it (NAME:sock, ring/fdpass.py);
+a peer of the same user attaches by name, checks the memfd's owner and seals, and
+validates everything before touching a ring.
 """
 import errno
 import fcntl
@@ -15,7 +16,9 @@ import stat
 import time
 import zlib
 
+from pipeline import hostos
 from pipeline._native import ffi, lib
+from ring import fdpass
 
 ROLE_KERNEL = lib.VP_ROLE_KERNEL
 ROLE_USER = lib.VP_ROLE_USER
@@ -49,8 +52,9 @@ def parse_shm_uri(uri):
     return body, region
 
 
-SHM_DIR = "/dev/shm"
+SHM_DIR = hostos.SHM_DIR
 DESC_MAGIC = "valepipe-region/1"
+SOCK_SUFFIX = ":sock"         # not a name character: no region's descriptor is another's socket
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
@@ -92,7 +96,7 @@ def _read_desc(path, owner=None):
     return int(parts[1]), int(parts[2]), int(parts[3])
 
 
-def _describe(path):
+def _describe(path, expected="a region descriptor"):
     """What a squatted path is, in words."""
     try:
         st = os.lstat(path)
@@ -101,7 +105,7 @@ def _describe(path):
     kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else
             "a directory" if stat.S_ISDIR(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else
             "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a file")
-    return f"it is {kind} of uid {st.st_uid}, not a region descriptor"
+    return f"it is {kind} of uid {st.st_uid}, not {expected}"
 
 
 def _user(uid):
@@ -109,14 +113,6 @@ def _user(uid):
         return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
     except KeyError:
         return f"uid {uid}"
-
-
-def _memfd_of(pid, fd, region):
-    """Whether /proc/PID/fd/FD is the memfd a pipeline made for `region`."""
-    try:
-        return os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"/memfd:valepipe.{region} ")
-    except OSError:
-        return False
 
 
 def _mem_id(region):
@@ -141,6 +137,7 @@ class Region:
         self.nm_size = size - lib.VP_REGION_HDR_SIZE
         self.mem_id = _mem_id(name)
         self._ports = []
+        self._server = None         # the creator's fdpass.FdServer
 
     @classmethod
     def create(cls, name, ports, slots=1024, buf_size=2048, extra_bufs=0, rings=1):
@@ -164,16 +161,22 @@ class Region:
             os.close(desc)
             os.unlink(path)
             raise e if isinstance(e, RegionError) else RegionError(f"region {name}: memfd: {e.strerror}") from None
-        self = cls(name, fd, size, owner=True)
-        names = [ffi.new("char[]", p.encode()) for p in ports]
-        rc = lib.vp_region_format(self.base, size, geom, ffi.new("char *[]", names), self.mem_id,
-                                  int.from_bytes(os.urandom(8), "little"), os.getpid())
-        if rc != 0:
+        self = None
+        try:
+            self = cls(name, fd, size, owner=True)
+            names = [ffi.new("char[]", p.encode()) for p in ports]
+            if lib.vp_region_format(self.base, size, geom, ffi.new("char *[]", names), self.mem_id,
+                                    int.from_bytes(os.urandom(8), "little"), os.getpid()) != 0:
+                raise RegionError(f"region {name}: format failed")
+            ffi.memmove(self.layout, self.base, ffi.sizeof("struct vp_region_hdr"))
+            self._server = _serve(name, path + SOCK_SUFFIX, fd)
+        except RegionError:
             os.close(desc)
-            self.close()
-            raise RegionError(f"region {name}: format failed")
-        ffi.memmove(self.layout, self.base, ffi.sizeof("struct vp_region_hdr"))
-        # published only once formatted: a peer that finds it finds a whole region
+            os.unlink(path)             # ours, still empty (close() goes by the pid written in it)
+            if self is not None:
+                self.close()
+            raise
+        # published only once formatted and served: a peer that finds it finds a whole region
         os.write(desc, f"{DESC_MAGIC} {os.getpid()} {fd} {size}\n".encode())
         os.close(desc)
         return self
@@ -211,17 +214,7 @@ class Region:
             raise RegionError(f"region {name}: {path} is not trusted: {e}") from None
         if desc is None:
             raise RegionNotReady(f"region {name}: not ready ({path} is not a region descriptor yet)")
-        pid, rfd, _ = desc
-        try:
-            # the owner's memfd itself, not whatever a recycled pid/fd pair now names
-            if not _memfd_of(pid, rfd, name):
-                raise FileNotFoundError
-            fd = os.open(f"/proc/{pid}/fd/{rfd}", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise RegionNotReady(f"region {name}: its pipeline (pid {pid}) is gone") from None
-        except PermissionError:
-            raise RegionError(f"region {name}: permission denied opening pid {pid}'s region "
-                              "(another user's pipeline?)") from None
+        fd = _receive_memfd(name, path + SOCK_SUFFIX, desc[0], uid)
         try:
             size = _check_memfd(fd, name, uid)
         except RegionError:
@@ -267,6 +260,9 @@ class Region:
                     os.unlink(path)
             except (FileNotFoundError, _NotADescriptor):
                 pass
+        if self._server:
+            self._server.close()        # before the memfd closes: it is never handed out closed
+            self._server = None
         for p in self._ports:
             p.region = None
         lib.vp_unmap_guarded(self.base, self.size)
@@ -334,23 +330,12 @@ def _private_mem_id():
     return 0x10000 + _next_private[0]
 
 
-def _pid_alive(pid):
-    """Running, not a zombie: a crashed owner may wait a while for its parent to reap it."""
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        return False
-    except OSError:
-        return True
-    return state not in (b"Z", b"X")
+_pid_alive = hostos.pid_running
 
 
 def _live(path, region):
-    """Whether the descriptor at `path` (ours) names a running pipeline's memfd for `region`;
-    _NotADescriptor when something else sits there."""
+    """Whether the descriptor at `path` (ours) is a running pipeline's: its socket answers
+    (a dead or zombie owner's does not); _NotADescriptor when something else sits there."""
     try:
         desc = _read_desc(path)
     except FileNotFoundError:
@@ -361,7 +346,67 @@ def _live(path, region):
             return os.stat(path).st_mtime >= time.time() - 5
         except FileNotFoundError:
             return False
-    return _pid_alive(desc[0]) and _memfd_of(desc[0], desc[1], region)
+    return fdpass.answers(path + SOCK_SUFFIX, os.geteuid())
+
+
+def _serve(region, sock, fd):
+    """Hand the memfd to this user's (and root's) peers from `sock`, replacing what a dead
+    run or another user left there (the descriptor slot is ours already: no live pipeline
+    of ours serves there)."""
+    for _ in range(3):
+        try:
+            return fdpass.FdServer(sock, fd, {os.geteuid(), 0})
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise RegionError(f"region {region}: cannot serve it at {sock}: {e.strerror}") from None
+        if fdpass.answers(sock, os.geteuid()):
+            raise RegionError(f"region {region}: {sock} is served by another pipeline of ours")
+        _remove_in_way(region, sock, None if _ours(sock) else _describe(sock, "a region's socket"))
+    raise RegionError(f"region {region}: {sock} keeps reappearing (someone else is creating it)")
+
+
+def _remove_in_way(region, path, why):
+    """Remove what stands at one of our names (stale, or another user's when we may: root
+    may; a sticky directory lets no one else)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise RegionError(f"region {region}: {path} is in the way ({why or 'stale'}) and cannot be "
+                          f"removed: {e.strerror}; remove it as its owner or root, or use another name") from None
+
+
+def _receive_memfd(region, sock, pid, uid):
+    """The region's memfd, handed over at `sock` (ring/fdpass.py): a socket of user `uid`,
+    answered by a process of that user, with a memfd made for this region where the OS
+    names fds (Linux)."""
+    try:
+        st = os.lstat(sock)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != uid:
+            raise RegionError(f"region {region}: {sock} is not trusted: {_describe(sock, 'its socket')}")
+        fd, server = fdpass.receive_fd(sock)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise RegionNotReady(f"region {region}: its pipeline (pid {pid}) is gone") from None
+    except PermissionError:
+        raise RegionError(f"region {region}: permission denied opening pid {pid}'s region "
+                          "(another user's pipeline?)") from None
+    except TimeoutError:
+        raise RegionNotReady(f"region {region}: its pipeline (pid {pid}) does not answer") from None
+    except OSError as e:
+        raise RegionNotReady(f"region {region}: its pipeline (pid {pid}) did not hand over its memory: "
+                             f"{e.strerror or e}") from None
+    if server != uid:
+        if fd is not None:
+            os.close(fd)
+        raise RegionError(f"region {region}: {sock} is answered by uid {server}, not {_user(uid)}")
+    if fd is None:
+        raise RegionError(f"region {region}: pid {pid} refused to hand its memory to {_user(os.geteuid())}")
+    name = hostos.fd_name(fd)
+    if name is not None and not name.startswith(f"/memfd:valepipe.{region} "):
+        os.close(fd)
+        raise RegionError(f"region {region}: what pid {pid} handed over is not its region's memfd ({name})")
+    return fd
 
 
 def _publish_slot(region, path):
@@ -381,13 +426,7 @@ def _publish_slot(region, path):
             why = None
         except _NotADescriptor as e:
             why = str(e)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise RegionError(f"region {region}: {path} is in the way ({why or 'stale'}) and cannot be "
-                              f"removed: {e.strerror}; remove it as its owner or root, or use another name") from None
+        _remove_in_way(region, path, why)
     raise RegionError(f"region {region}: {path} keeps reappearing (someone else is creating it)")
 
 
@@ -420,6 +459,20 @@ def remove_stale(region):
         if _live(path, region):
             return False
         os.unlink(path)
-        return True
     except (FileNotFoundError, _NotADescriptor):
         return False
+    if _ours(path + SOCK_SUFFIX):
+        try:
+            os.unlink(path + SOCK_SUFFIX)
+        except FileNotFoundError:
+            pass
+    return True
+
+
+def _ours(sock):
+    """Whether `sock` is a socket of this user (one of our regions', live or not)."""
+    try:
+        st = os.lstat(sock)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISSOCK(st.st_mode) and st.st_uid == os.geteuid()

@@ -81,7 +81,7 @@ def processes():
 
 
 class Pipeline:
-    def __init__(self, cfg_text, tmp, run_dir, ready_timeout=20):
+    def __init__(self, cfg_text, tmp, run_dir, ready_timeout=20, root=ROOT):
         self.dir, self.run_dir = tmp, run_dir
         self.cfg = os.path.join(tmp, "p.toml")
         with open(self.cfg, "w") as f:
@@ -89,7 +89,7 @@ class Pipeline:
         self.ctl = os.path.join(run_dir, "worker.ctl")
         self.proc = start([sys.executable, "-m", "pipeline.cli", "run", self.cfg, "--quiet",
                            "--stats-json", os.path.join(tmp, "final.json")],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             control.wait_ready(self.ctl, self.proc, timeout=ready_timeout)
         except BaseException:
@@ -98,6 +98,13 @@ class Pipeline:
 
     def stats(self):
         return control.request(self.ctl, "stats")
+
+    def cli(self, *args):
+        """`valepipe ARGS` against this pipeline (its run directory); returns stdout."""
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--run-dir", os.path.join(self.dir, "run")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
 
     def stop(self):
         stop(self.proc)
@@ -109,14 +116,14 @@ class Pipeline:
 def pipeline_factory():
     made = []
 
-    def make(cfg_text, ready_timeout=20, run_dir=None):
+    def make(cfg_text, ready_timeout=20, run_dir=None, root=ROOT):
         """run_dir: what "@RUN@" in cfg_text stands for (default: "run" in a new temporary
-        directory, removed after the test)."""
+        directory, removed after the test); root: the checkout to run it from."""
         tmp = tempfile.mkdtemp(prefix="valepipe-test-")
         run_dir = run_dir or os.path.join(tmp, "run")
         cfg_text = cfg_text.replace("@RUN@", run_dir)
         try:
-            p = Pipeline(cfg_text, tmp, run_dir, ready_timeout)
+            p = Pipeline(cfg_text, tmp, run_dir, ready_timeout, root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -127,6 +134,15 @@ def pipeline_factory():
     for p in made:
         p.stop()
         shutil.rmtree(p.dir, ignore_errors=True)
+
+
+def copy_checkout(dest, module=True):
+    """A copy of this checkout's sources at `dest` (a new directory), with its built native
+    module unless module=False; no venv, git, caches or build products."""
+    skip = [".venv", ".git", "build", "__pycache__", ".hypothesis", ".pytest_cache", "perf", "*.o", "_native.c",
+            "*.egg-info", ".native-stamp"] + ([] if module else ["*.so"])
+    shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(*skip))
+    return dest
 
 
 def wait_for(pred, timeout=10.0, step=0.01):

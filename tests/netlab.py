@@ -111,3 +111,46 @@ VETH_LAB = _netns("vA", "vB", "vS") + _host_veth("vA", "a", "10.61.0.1/24") + _h
 TAP_LAB = _netns("vA", "vB") + _host_tap("vA", "ta", "10.62.0.1/24") + _host_tap("vB", "tb", "10.62.0.2/24")
 # Host A behind a veth (its switch end a1 in S), host B on a TAP: kinds mixed in one pipeline
 MIXED_LAB = _netns("vA", "vB", "vS") + _host_veth("vA", "a", "10.63.0.1/24") + _host_tap("vB", "tb", "10.63.0.2/24")
+
+
+class GuestNic:
+    """Stands in for QEMU's virtio-net on a TAP (`script=no`): a guest namespace's TAP
+    (its NIC, offloads on as virtio-net has them) joined to the file side of the host's TAP
+    for that guest, frames copied both ways with their virtio_net_hdr; the host's TAP is
+    left down, as QEMU leaves it. The pipeline serves the host's TAP."""
+
+    def __init__(self, lab, guest_ns, guest_if, address, host_ns, host_if):
+        import threading
+        from pipeline._native import ffi, lib
+        from bindings.adapter import in_netns
+        from tools.topo import _configure
+        err = ffi.new("char[256]")
+        self.fds = []
+        for ns, ifc in ((guest_ns, guest_if), (host_ns, host_if)):
+            with in_netns(lab.name(ns)):
+                fd = lib.vp_tap_open(lab.name(ifc).encode(), 1, 1, err, 256)
+            assert fd >= 0, ffi.string(err)
+            self.fds.append(fd)
+        _configure(lab.name(guest_ns), lab.name(guest_if), {"address": [address], "ipv6": False})
+        with in_netns(lab.name(host_ns)), open(f"/proc/sys/net/ipv6/conf/{lab.name(host_if)}/disable_ipv6", "w") as f:
+            f.write("1")
+        self.stop = False
+        self.thread = threading.Thread(target=self._copy, daemon=True)
+        self.thread.start()
+
+    def _copy(self):
+        import select
+        a, b = self.fds
+        while not self.stop:
+            for fd in select.select([a, b], [], [], 0.1)[0]:
+                try:
+                    frame = os.read(fd, 65536 + 64)
+                    os.write(b if fd == a else a, frame)
+                except (BlockingIOError, OSError):
+                    pass
+
+    def close(self):
+        self.stop = True
+        self.thread.join()
+        for fd in self.fds:
+            os.close(fd)

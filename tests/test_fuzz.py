@@ -41,16 +41,21 @@ def test_stored_inputs(seed_dir, target):
             run(f.read())
 
 
+# libFuzzer targets: (entry, the C kernel it drives, its seeds)
+C_TARGETS = {"extract": ("fuzz_extract.c", "pipeline/stages/extract.c"), "vnet": ("fuzz_vnet.c", "bindings/vnet.c")}
+
+
 @pytest.mark.skipif(not shutil.which("clang"), reason="clang (libFuzzer, ASan) not installed")
-def test_extract_under_libfuzzer(seed_dir, tmp_path):
-    exe = str(tmp_path / "fuzz_extract")
+@pytest.mark.parametrize("target", sorted(C_TARGETS))
+def test_c_kernel_under_libfuzzer(seed_dir, tmp_path, target):
+    entry, kernel = C_TARGETS[target]
+    exe = str(tmp_path / f"fuzz_{target}")
     subprocess.run(["clang", "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=undefined",
-                    "-I", ROOT, os.path.join(FUZZ, "fuzz_extract.c"),
-                    os.path.join(ROOT, "pipeline", "stages", "extract.c"), "-o", exe], check=True, timeout=120)
+                    "-I", ROOT, os.path.join(FUZZ, entry), os.path.join(ROOT, kernel), "-o", exe], check=True, timeout=120)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    r = subprocess.run([exe, f"-max_total_time={SECONDS * 2}", "-max_len=65535", f"-artifact_prefix={tmp_path}/", str(corpus),
-                        os.path.join(seed_dir, "extract")], capture_output=True, text=True, timeout=SECONDS * 2 + 120)
+    r = subprocess.run([exe, f"-max_total_time={SECONDS * 2}", "-max_len=65545", f"-artifact_prefix={tmp_path}/", str(corpus),
+                        os.path.join(seed_dir, target)], capture_output=True, text=True, timeout=SECONDS * 2 + 120)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = [ln for ln in r.stderr.splitlines() if ln.startswith("Done ")]
     assert runs and int(runs[0].split()[1]) > 10_000, r.stderr[-500:]

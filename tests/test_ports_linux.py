@@ -115,7 +115,7 @@ def test_guest_tap_through_packet_port(lab, pipeline_factory, uniq):
     tap, ns = L.name("vm"), L.name("vG")
     err = ffi.new("char[256]")
     with in_netns(ns):
-        fd = lib.vp_tap_open(tap.encode(), 1, err, 256)
+        fd = lib.vp_tap_open(tap.encode(), 1, 0, err, 256)
     assert fd >= 0, ffi.string(err)
     try:
         _configure(ns, tap, {"ipv6": False})

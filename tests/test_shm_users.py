@@ -8,6 +8,7 @@ The other users are real: processes run by setpriv under uids no account uses.""
 import glob
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -42,15 +43,22 @@ def test_squatted_names_do_not_stop_roots_pipeline(uniq, others, pipeline_factor
     victim = tmp_path / "root-owned"
     victim.write_text("untouched\n")
     # alice squats the names root's pipeline will publish: a descriptor naming pid 1, a FIFO,
-    # a link to a root-owned file; and a FIFO where root's generator will look
+    # a link to a root-owned file; and a FIFO where root's generator will look; and the
+    # names of their sockets: a listening socket of hers, a FIFO, a link
     alice.py(f"""
-import os
+import os, socket, sys
 os.umask(0)
 with open("/dev/shm/valepipe.{uniq}a", "w") as f: f.write("valepipe-region/1 1 3 1000000\\n")
 os.mkfifo("/dev/shm/valepipe.{uniq}b", 0o666)
 os.symlink("{victim}", "/dev/shm/valepipe.{uniq}c")
 os.mkfifo("/dev/shm/valepipe.{uniq}d", 0o666)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind("/dev/shm/valepipe.{uniq}a:sock")
+s.listen(8)
+os.mkfifo("/dev/shm/valepipe.{uniq}b:sock", 0o666)
+os.symlink("{victim}", "/dev/shm/valepipe.{uniq}c:sock")
 print("ready", flush=True)
+sys.stdin.readline()
 """)
     cfg = (f'[pipeline]\nname = "{uniq}"\nrun_dir = "@RUN@"\n'
            + "".join(f'[[port]]\nuri = "shm:{uniq}{p}"\n' for p in "abc")
@@ -59,6 +67,8 @@ print("ready", flush=True)
     for p in "abc":
         st = os.lstat(f"/dev/shm/valepipe.{uniq}{p}")
         assert st.st_uid == 0 and oct(st.st_mode & 0o777) == "0o600"
+        st = os.lstat(f"/dev/shm/valepipe.{uniq}{p}:sock")
+        assert stat.S_ISSOCK(st.st_mode) and st.st_uid == 0 and oct(st.st_mode & 0o777) == "0o600"
     assert victim.read_text() == "untouched\n"
     with peers(uniq, "ab") as ps:
         ps["a"].send_all([frame(1, i) for i in range(50)])
@@ -68,7 +78,7 @@ print("ready", flush=True)
     err = _one_line_error(_cli("gen", f"shm:{uniq}d", "--count", "10"))
     assert "FIFO" in err and str(alice.uid) in err and time.monotonic() - t0 < 20
     pipe.stop()
-    assert glob.glob(f"/dev/shm/valepipe.{uniq}[abc]") == []
+    assert glob.glob(f"/dev/shm/valepipe.{uniq}[abc]*") == []
 
 
 def test_root_tools_attach_only_to_roots_pipelines(uniq, others, tmp_path):
@@ -139,11 +149,12 @@ sys.stdin.readline()
     assert "not sealed" in _one_line_error(results[1])
 
 
-def test_a_users_name_squatted_by_another_user(uniq, others, tmp_path):
+@pytest.mark.parametrize("suffix", ["", ":sock"], ids=["descriptor", "socket"])
+def test_a_users_name_squatted_by_another_user(uniq, others, tmp_path, suffix):
     alice, bob = others
     bob.py(f"""
 import os
-os.mkfifo("/dev/shm/valepipe-{alice.uid}.{uniq}z", 0o666)
+os.mkfifo("/dev/shm/valepipe-{alice.uid}.{uniq}z{suffix}", 0o666)
 print("ready", flush=True)
 """)
     cfg = os.path.join(alice.home, "p.toml")
@@ -154,3 +165,5 @@ print("ready", flush=True)
     err = _one_line_error(alice.run("-m", "pipeline.cli", "run", cfg, "-q", "--duration", "1", timeout=30))
     assert "FIFO" in err and f"uid {bob.uid}" in err and "cannot be removed" in err
     assert not os.path.exists(f"{alice.home}/run")
+    if suffix:          # her descriptor, made before the socket's name was found taken: gone again
+        assert not os.path.exists(f"/dev/shm/valepipe-{alice.uid}.{uniq}z")

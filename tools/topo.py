@@ -121,7 +121,7 @@ def _tap_create(netns, name, queues):
     TUNSETPERSIST = 0x400454CB
     err = ffi.new("char[256]")
     with in_netns(netns):
-        fd = lib.vp_tap_open(name.encode(), queues, err, 256)
+        fd = lib.vp_tap_open(name.encode(), queues, 0, err, 256)
         if fd < 0:
             raise TopoError(f"tap {name}: {ffi.string(err).decode()}")
         try:

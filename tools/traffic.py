@@ -1,9 +1,9 @@
 """pkt-gen-style traffic on a port's user side (shm:, or netmap:/valeX: on a netmap host):
 `Generator` sends prebuilt frames, `Sink` counts what arrives. The per-packet loops are C
 (traffic.c); Python only paces."""
-import os
 import time
 
+from pipeline import hostos
 from pipeline._native import ffi, lib
 from pipeline.peer import PeerGone, PortPeer, attach  # noqa: F401  (re-exported: tools and tests use them from here)
 
@@ -12,8 +12,8 @@ DEFAULT_SRC = bytes.fromhex("020000000001")
 
 
 def pin(cpu):
-    if cpu is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu})
+    if cpu is not None:
+        hostos.set_cpus({cpu})
 
 
 class _OnPeer:

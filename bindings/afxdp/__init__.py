@@ -1,13 +1,16 @@
 """afxdp: ports — AF_XDP sockets with a UMEM per queue, via libxdp and libbpf.
 
-`afxdp:IFNAME[:QUEUE][@queues=N,mode=native|generic,zerocopy=auto|yes|no,netns=NS]`.
+`afxdp:IFNAME[:QUEUE][@queues=N,mode=native|generic,zerocopy=auto|yes|no,offload=yes|no,up=yes|no,netns=NS]`.
 The XDP program is held by a bpf_link of this process: it is detached when the port
-closes and also when the process dies, however it dies.
+closes and also when the process dies, however it dies. AF_XDP hands frames without
+offload metadata; with offload (the default) a frame longer than a UMEM frame arrives in
+several descriptors (multi-buffer) and the binding infers what Linux would have said of
+it: a partial checksum, or a super-frame of MTU-sized segments.
 """
 from bindings.adapter import Adapter, AdapterError, check_ifname, in_netns, parse_uri
 from pipeline._native import ffi, lib
 
-OPTIONS = {"queues": 1, "mode": "auto", "zerocopy": "auto", "netns": None}
+OPTIONS = {"queues": 1, "mode": "auto", "zerocopy": "auto", "netns": None, "offload": True, "up": True}
 MODES = {"auto": lib.VP_XDP_AUTO, "native": lib.VP_XDP_NATIVE, "generic": lib.VP_XDP_GENERIC}
 ZEROCOPY = {"auto": lib.VP_ZC_AUTO, "yes": lib.VP_ZC_ON, "no": lib.VP_ZC_OFF}
 
@@ -15,7 +18,7 @@ ZEROCOPY = {"auto": lib.VP_ZC_AUTO, "yes": lib.VP_ZC_ON, "no": lib.VP_ZC_OFF}
 class AfxdpAdapter(Adapter):
     kind = "afxdp"
 
-    def __init__(self, uri, slots=1024):
+    def __init__(self, uri, slots=None):
         body, opt = parse_uri(uri, "afxdp", OPTIONS)
         name, _, queue = body.partition(":")
         check_ifname(uri, name)
@@ -25,16 +28,18 @@ class AfxdpAdapter(Adapter):
             raise AdapterError(f"{uri!r}: mode must be one of {', '.join(MODES)}")
         if opt["zerocopy"] not in ZEROCOPY:
             raise AdapterError(f"{uri!r}: zerocopy must be one of {', '.join(ZEROCOPY)}")
-        super().__init__(uri, name, queues=opt["queues"], slots=slots)
+        super().__init__(uri, name, queues=opt["queues"], slots=slots, offload=opt["offload"])
         info = ffi.new("struct vp_afxdp_info *")
         err = ffi.new("char[320]")
         with self.opening(), in_netns(opt["netns"]):
+            self.watch_link(name, bring_up=opt["up"])
             if lib.vp_afxdp_open(self.io, name.encode(), int(queue or 0), opt["queues"], MODES[opt["mode"]],
-                                 ZEROCOPY[opt["zerocopy"]], info, err, 320) < 0:
+                                 ZEROCOPY[opt["zerocopy"]], opt["offload"], info, err, 320) < 0:
                 raise AdapterError(f"{uri}: {ffi.string(err).decode()}")
-        self.info = {"interface": name, "ifindex": info.ifindex, "first_queue": int(queue or 0),
+        self.info = {**self.info, "interface": name, "ifindex": info.ifindex, "first_queue": int(queue or 0),
                      "queues": opt["queues"], "xdp_mode": "native" if info.mode == lib.VP_XDP_NATIVE else "generic",
-                     "zerocopy": bool(info.zerocopy), "xdp_prog_id": info.prog_id, "netns": opt["netns"]}
+                     "zerocopy": bool(info.zerocopy), "xdp_prog_id": info.prog_id, "netns": opt["netns"],
+                          "multi_buffer": bool(info.sg), "offload": opt["offload"]}
 
     def poll_kernel_stats(self):
         lib.vp_afxdp_poll_stats(self.io)

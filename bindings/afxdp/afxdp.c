@@ -17,6 +17,16 @@
 #include <xdp/xsk.h>
 #include "afxdp.h"
 
+#ifndef XDP_USE_SG                 /* multi-buffer AF_XDP: Linux 6.6 */
+#define XDP_USE_SG (1 << 4)
+#endif
+#ifndef XDP_PKT_CONTD
+#define XDP_PKT_CONTD (1 << 0)
+#endif
+#ifndef BPF_F_XDP_HAS_FRAGS
+#define BPF_F_XDP_HAS_FRAGS (1U << 5)
+#endif
+
 #define FRAME 2048u
 #define NRX 2048u                 /* frames owned by the fill/rx side of a queue */
 #define NTX 2048u                 /* frames for transmission */
@@ -33,13 +43,14 @@ struct xq {
 struct vp_afxdp {
     int prog_fd, map_fd, link_fd;
     uint32_t nq;
+    uint32_t sg;                  /* multi-buffer: a frame may span several descriptors */
     struct xq q[4];
 };
 
 /* r2 = ctx->rx_queue_index; return bpf_redirect_map(&xsks, r2, XDP_PASS): frames of a queue
  * with no socket in the map go on to the stack */
 #define INSN(c, d, s, o, i) ((struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i)})
-static int load_prog(int map_fd, char *log, size_t loglen) {
+static int load_prog(int map_fd, int frags, char *log, size_t loglen) {
     struct bpf_insn prog[] = {
         INSN(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_2, BPF_REG_1, 16, 0),
         INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_1, BPF_PSEUDO_MAP_FD, 0, map_fd),
@@ -48,7 +59,10 @@ static int load_prog(int map_fd, char *log, size_t loglen) {
         INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_redirect_map),
         INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
     };
-    LIBBPF_OPTS(bpf_prog_load_opts, opts, .log_buf = log, .log_size = (uint32_t)loglen, .log_level = 0);
+    /* frags: frames longer than a UMEM frame (a guest's 64 KB super-frames) arrive as
+     * several descriptors instead of being dropped */
+    LIBBPF_OPTS(bpf_prog_load_opts, opts, .log_buf = log, .log_size = (uint32_t)loglen, .log_level = 0,
+                .prog_flags = frags ? BPF_F_XDP_HAS_FRAGS : 0);
     return bpf_prog_load(BPF_PROG_TYPE_XDP, "valepipe_xsk", "GPL", prog, sizeof(prog) / sizeof(prog[0]), &opts);
 }
 
@@ -58,7 +72,7 @@ static int fail(char *err, size_t errlen, int e, const char *fmt, const char *wh
 }
 
 static int open_queue(struct vp_afxdp *x, uint32_t i, const char *ifname, uint32_t queue, uint32_t zc,
-                      char *err, size_t errlen) {
+                      uint32_t sg, char *err, size_t errlen) {
     struct xq *q = &x->q[i];
     struct xsk_umem_config ucfg = {.fill_size = NRX, .comp_size = NTX, .frame_size = FRAME, .frame_headroom = 0};
     struct xsk_socket_config scfg = {.rx_size = NRX, .tx_size = NTX,
@@ -72,8 +86,13 @@ static int open_queue(struct vp_afxdp *x, uint32_t i, const char *ifname, uint32
     if (rc) return fail(err, errlen, -rc, "%s: UMEM registration: %s", ifname);
     for (int attempt = 0; attempt < 2; attempt++) {
         int want_zc = zc == VP_ZC_ON || (zc == VP_ZC_AUTO && attempt == 0);
-        scfg.bind_flags = XDP_USE_NEED_WAKEUP | (want_zc ? XDP_ZEROCOPY : XDP_COPY);
+        scfg.bind_flags = XDP_USE_NEED_WAKEUP | (want_zc ? XDP_ZEROCOPY : XDP_COPY) | (sg ? XDP_USE_SG : 0);
         rc = xsk_socket__create(&q->xsk, ifname, queue, q->umem, &q->rx, &q->tx, &scfg);
+        if (rc && sg && want_zc) {            /* a zero-copy driver without multi-buffer */
+            scfg.bind_flags &= ~XDP_USE_SG;
+            rc = xsk_socket__create(&q->xsk, ifname, queue, q->umem, &q->rx, &q->tx, &scfg);
+            if (rc == 0) x->sg = 0;
+        }
         if (rc == 0 || zc != VP_ZC_AUTO) break;
     }
     if (rc) {
@@ -99,9 +118,37 @@ static int open_queue(struct vp_afxdp *x, uint32_t i, const char *ifname, uint32
     return fd;
 }
 
+/* One frame (descriptors first..end-1 of the peeked ones) into the next rx slot: after a
+ * virtio_net_hdr inferred from the frame (partial checksum, super-frame) when the port
+ * has one; else partial checksums are completed here. */
+static void rx_frame(struct vp_io *io, struct xq *q, struct vp_ring *k, uint32_t idx_rx, uint32_t first, uint32_t end) {
+    uint32_t hl = io->vnet_hdr, total = 0;
+    char *buf = vp_io_rx_buf(k);
+    struct vp_offload ol;
+    if (!buf) { k->st.bad_buf++; k->faulty = 1; return; }
+    for (uint32_t i = first; i < end; i++) {
+        /* the descriptor lives in memory the kernel shares: each field read once */
+        const struct xdp_desc *d = xsk_ring_cons__rx_desc(&q->rx, idx_rx + i);
+        uint64_t addr = xsk_umem__extract_addr(VP_READ_ONCE(d->addr)), base = addr & ~(uint64_t)(FRAME - 1);
+        uint32_t len = VP_READ_ONCE(d->len);
+        if (base >= (uint64_t)NRX * FRAME || addr + len > base + FRAME) { io->st.rx_errors++; return; }
+        if (hl + total + len > k->buf_size) { io->st.rx_truncated++; return; }
+        memcpy(buf + hl + total, q->area + addr, len);
+        total += len;
+    }
+    if (total == 0) { io->st.rx_truncated++; return; }
+    if (vp_vnet_infer((uint8_t *)buf + hl, total, hl ? io->mtu : 0, &ol)) {
+        io->st.rx_gso += ol.gso_type != VP_GSO_NONE;
+        io->st.rx_csum_partial += (ol.flags & VP_OL_CSUM) != 0;
+        if (!hl) vp_csum_complete((uint8_t *)buf, total, &ol);
+    }
+    if (hl) vp_vnet_write((uint8_t *)buf, &ol);
+    vp_io_rx_commit(io, k, hl + total);
+}
+
 static uint32_t afxdp_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint32_t space) {
     struct xq *q = &((struct vp_afxdp *)io->priv)->q[qi];
-    uint32_t idx_rx, idx_fill, got = xsk_ring_cons__peek(&q->rx, space, &idx_rx), n = 0;
+    uint32_t idx_rx, idx_fill, got = xsk_ring_cons__peek(&q->rx, NRX, &idx_rx), used = 0, n = 0;
     if (!got) {
         if (xsk_ring_prod__needs_wakeup(&q->fill)) {
             recvfrom(io->fd[qi], NULL, 0, MSG_DONTWAIT, NULL, NULL);
@@ -109,31 +156,31 @@ static uint32_t afxdp_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint3
         }
         return 0;
     }
+    while (used < got && n < space) {
+        uint32_t end = used;
+        /* a frame ends at the descriptor without XDP_PKT_CONTD; the kernel posts whole frames */
+        while (end < got && VP_READ_ONCE(xsk_ring_cons__rx_desc(&q->rx, idx_rx + end)->options) & XDP_PKT_CONTD) end++;
+        if (end == got) break;
+        end++;
+        uint64_t before = io->st.rx_packets;
+        rx_frame(io, q, k, idx_rx, used, end);
+        n += io->st.rx_packets != before;
+        used = end;
+    }
     /* every frame the rx ring hands us was on the fill ring, which is as large as the
      * frames it can hold: there is always room to give them back */
-    if (xsk_ring_prod__reserve(&q->fill, got, &idx_fill) != got) { io->st.rx_errors++; return 0; }
-    for (uint32_t i = 0; i < got; i++) {
-        /* the descriptor lives in memory the kernel shares: each field read once */
-        const struct xdp_desc *d = xsk_ring_cons__rx_desc(&q->rx, idx_rx + i);
-        uint64_t addr = xsk_umem__extract_addr(VP_READ_ONCE(d->addr)), base = addr & ~(uint64_t)(FRAME - 1);
-        uint32_t len = VP_READ_ONCE(d->len);
-        char *buf = vp_io_rx_buf(k);
-        if (base >= (uint64_t)NRX * FRAME || addr + len > base + FRAME) {
-            io->st.rx_errors++;
-        } else if (len > k->buf_size || len == 0) {
-            io->st.rx_truncated++;
-        } else if (!buf) {
-            k->st.bad_buf++;
-            k->faulty = 1;
-        } else {
-            memcpy(buf, q->area + addr, len);
-            vp_io_rx_commit(io, k, len);
-            n++;
+    if (used && xsk_ring_prod__reserve(&q->fill, used, &idx_fill) == used) {
+        for (uint32_t i = 0; i < used; i++) {
+            uint64_t base = xsk_umem__extract_addr(VP_READ_ONCE(xsk_ring_cons__rx_desc(&q->rx, idx_rx + i)->addr)) &
+                            ~(uint64_t)(FRAME - 1);
+            *xsk_ring_prod__fill_addr(&q->fill, idx_fill + i) = base < (uint64_t)NRX * FRAME ? base : 0;
         }
-        *xsk_ring_prod__fill_addr(&q->fill, idx_fill + i) = base < (uint64_t)NRX * FRAME ? base : 0;
+        xsk_ring_prod__submit(&q->fill, used);
+    } else if (used) {
+        io->st.rx_errors++;
     }
-    xsk_ring_cons__release(&q->rx, got);
-    xsk_ring_prod__submit(&q->fill, got);
+    xsk_ring_cons__release(&q->rx, used);
+    xsk_ring_cons__cancel(&q->rx, got - used);       /* left for the next call */
     return n;
 }
 
@@ -157,15 +204,21 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
         while (done < avail && j < room) {
             uint32_t bi;
             uint16_t len;
-            if (vp_slot_take(k, k->cons, &bi, &len)) {
+            int ok = vp_slot_take(k, k->cons, &bi, &len);
+            if (ok && (len <= io->vnet_hdr || len - io->vnet_hdr > (int)FRAME)) {
+                io->st.tx_errors++;               /* longer than a UMEM frame: not sent */
+                vp_io_error(io, EMSGSIZE);
+            } else if (ok) {
+                /* the pipeline segmented and completed what the header described */
                 struct xdp_desc *d = xsk_ring_prod__tx_desc(&q->tx, idx + j++);
                 uint64_t addr = q->free[--q->nfree];
-                memcpy(q->area + addr, vp_buf(k, bi), len);
+                uint32_t flen = len - io->vnet_hdr;
+                memcpy(q->area + addr, vp_buf(k, bi) + io->vnet_hdr, flen);
                 VP_WRITE_ONCE(d->addr, addr);
-                VP_WRITE_ONCE(d->len, len);
+                VP_WRITE_ONCE(d->len, flen);
                 VP_WRITE_ONCE(d->options, 0);
                 io->st.tx_packets++;
-                io->st.tx_bytes += len;
+                io->st.tx_bytes += flen;
             }
             k->cons = nm_ring_next(k->nslots, k->cons);
             done++;
@@ -224,7 +277,7 @@ void vp_afxdp_close(struct vp_io *io) {
 }
 
 int vp_afxdp_open(struct vp_io *io, const char *ifname, uint32_t first_queue, uint32_t nq,
-                  uint32_t mode, uint32_t zc, struct vp_afxdp_info *info, char *err, size_t errlen) {
+                  uint32_t mode, uint32_t zc, uint32_t sg, struct vp_afxdp_info *info, char *err, size_t errlen) {
     struct vp_afxdp *x = calloc(1, sizeof(*x));
     struct bpf_prog_info pinfo = {0};
     uint32_t plen = sizeof(pinfo), zc_all = 1;
@@ -242,14 +295,29 @@ int vp_afxdp_open(struct vp_io *io, const char *ifname, uint32_t first_queue, ui
                             : fail(err, errlen, errno, "%s: XSKMAP: %s", ifname);
         goto out;
     }
-    x->prog_fd = load_prog(x->map_fd, log, sizeof(log));
+    x->sg = sg;
+    x->prog_fd = load_prog(x->map_fd, sg, log, sizeof(log));
+    if (x->prog_fd < 0 && sg) {               /* a kernel without XDP frags */
+        x->sg = 0;
+        x->prog_fd = load_prog(x->map_fd, 0, log, sizeof(log));
+    }
     if (x->prog_fd < 0) { rc = fail(err, errlen, errno, "%s: loading the XDP program: %s", ifname); goto out; }
-    for (int attempt = 0; attempt < 2; attempt++) {
+    for (int attempt = 0; attempt < 3; attempt++) {
         uint32_t m = mode == VP_XDP_AUTO ? (attempt == 0 ? VP_XDP_NATIVE : VP_XDP_GENERIC) : mode;
         LIBBPF_OPTS(bpf_link_create_opts, lopts, .flags = m == VP_XDP_NATIVE ? XDP_FLAGS_DRV_MODE : XDP_FLAGS_SKB_MODE);
         x->link_fd = bpf_link_create(x->prog_fd, ifindex, BPF_XDP, &lopts);
         info->mode = m;
-        if (x->link_fd >= 0 || mode != VP_XDP_AUTO || errno == EBUSY || errno == EEXIST) break;
+        if (x->link_fd >= 0 || errno == EBUSY || errno == EEXIST) break;
+        if (x->sg && m == VP_XDP_NATIVE && (errno == EOPNOTSUPP || errno == EINVAL)) {
+            /* a driver whose native XDP has no multi-buffer: a program without frags */
+            close(x->prog_fd);
+            x->sg = 0;
+            x->prog_fd = load_prog(x->map_fd, 0, log, sizeof(log));
+            if (x->prog_fd < 0) { rc = fail(err, errlen, errno, "%s: loading the XDP program: %s", ifname); goto out; }
+            attempt--;
+            continue;
+        }
+        if (mode != VP_XDP_AUTO) break;
     }
     if (x->link_fd < 0) {
         int e = errno;
@@ -273,12 +341,13 @@ int vp_afxdp_open(struct vp_io *io, const char *ifname, uint32_t first_queue, ui
     for (uint32_t i = 0; i < nq; i++) {
         struct xdp_options opt;
         socklen_t ol = sizeof(opt);
-        rc = open_queue(x, i, ifname, first_queue + i, zc, err, errlen);
+        rc = open_queue(x, i, ifname, first_queue + i, zc, x->sg, err, errlen);
         if (rc < 0) goto out;
         io->fd[i] = rc;
         if (getsockopt(rc, SOL_XDP, XDP_OPTIONS, &opt, &ol) == 0 && !(opt.flags & XDP_OPTIONS_ZEROCOPY)) zc_all = 0;
     }
     info->zerocopy = zc_all;
+    info->sg = x->sg;
     io->rx = afxdp_rx;
     io->tx = afxdp_tx;
     return 0;

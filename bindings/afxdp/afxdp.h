@@ -13,9 +13,10 @@ struct vp_afxdp_info {
     uint32_t mode;            /* VP_XDP_NATIVE or VP_XDP_GENERIC: what attached */
     uint32_t zerocopy;        /* 1 if every queue bound in zero-copy mode */
     uint32_t prog_id;
+    uint32_t sg;              /* multi-buffer: frames longer than a UMEM frame arrive whole */
 };
 int vp_afxdp_open(struct vp_io *io, const char *ifname, uint32_t first_queue, uint32_t nq,
-                  uint32_t mode, uint32_t zc, struct vp_afxdp_info *info, char *err, size_t errlen);
+                  uint32_t mode, uint32_t zc, uint32_t sg, struct vp_afxdp_info *info, char *err, size_t errlen);
 void vp_afxdp_close(struct vp_io *io);
 void vp_afxdp_poll_stats(struct vp_io *io);
 /* cdef-end */

@@ -1,18 +1,13 @@
 /* port.c — NIOCCTRL and NIOC{TX,RX}SYNC on a /dev/netmap fd; errno is returned, not set. */
 #include <errno.h>
-#include <sys/ioctl.h>
 #include "port.h"
 
-#define NIOCCTRL   _IOWR('i', 151, struct nmreq_header)
-#define NIOCTXSYNC _IO('i', 148)
-#define NIOCRXSYNC _IO('i', 149)
-
 int vp_netmap_ctrl(int fd, struct nmreq_header *h) {
-    return ioctl(fd, NIOCCTRL, h) < 0 ? errno : 0;
+    return ioctl(fd, VP_NIOCCTRL, h) < 0 ? errno : 0;
 }
 
 int vp_netmap_sync(int fd, int tx) {
-    return ioctl(fd, tx ? NIOCTXSYNC : NIOCRXSYNC) < 0 ? errno : 0;
+    return ioctl(fd, tx ? VP_NIOCTXSYNC : VP_NIOCRXSYNC) < 0 ? errno : 0;
 }
 
 /* the pipeline's sync on a port: a refusal (interface gone, ring reset) is counted on the
@@ -27,5 +22,6 @@ void vp_netmap_port_sync(struct vp_port *p, int tx) {
 
 /* what the compiler made of the macros, for the test that compares them with ioctl.py */
 unsigned long vp_netmap_ioctl_number(int which) {
-    return which == 0 ? (unsigned long)NIOCCTRL : which == 1 ? (unsigned long)NIOCTXSYNC : (unsigned long)NIOCRXSYNC;
+    return which == 0 ? (unsigned long)VP_NIOCCTRL : which == 1 ? (unsigned long)VP_NIOCTXSYNC
+                                                               : (unsigned long)VP_NIOCRXSYNC;
 }

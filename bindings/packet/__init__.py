@@ -1,8 +1,11 @@
-"""packet: ports — any Linux interface through AF_PACKET (TPACKET_V3 rx ring, sendmmsg tx).
+"""packet: ports — any Linux interface through AF_PACKET (TPACKET_V2 rx ring, sendmmsg tx).
 
-`packet:IFNAME[@queues=N,fanout=GROUP,netns=NS]`: with queues > 1 or a fanout group the
-sockets join a PACKET_FANOUT (hash) group, so frames of a flow stay on one ring, and
-several pipelines giving the same group share the interface's traffic.
+`packet:IFNAME[@queues=N,fanout=GROUP,offload=yes|no,up=yes|no,netns=NS]`: with queues > 1
+or a fanout group the sockets join a PACKET_FANOUT (hash) group, so frames of a flow stay
+on one ring, and several pipelines giving the same group share the interface's traffic.
+With offload (the default) frames come and go with a virtio_net_hdr (PACKET_VNET_HDR):
+a guest's 64 KB super-frames and partial checksums pass whole, and the kernel segments
+what it sends where the interface cannot take them.
 """
 import os
 import socket
@@ -10,16 +13,16 @@ import socket
 from bindings.adapter import Adapter, AdapterError, check_ifname, in_netns, parse_uri
 from pipeline._native import ffi, lib
 
-OPTIONS = {"queues": 1, "fanout": -1, "netns": None}
+OPTIONS = {"queues": 1, "fanout": -1, "netns": None, "offload": True, "up": True}
 
 
 class PacketAdapter(Adapter):
     kind = "packet"
 
-    def __init__(self, uri, slots=1024):
+    def __init__(self, uri, slots=None):
         name, opt = parse_uri(uri, "packet", OPTIONS)
         check_ifname(uri, name)
-        super().__init__(uri, name, queues=opt["queues"], slots=slots)
+        super().__init__(uri, name, queues=opt["queues"], slots=slots, offload=opt["offload"])
         with self.opening():
             fanout = opt["fanout"]
             if fanout < 0 and opt["queues"] > 1:
@@ -31,12 +34,14 @@ class PacketAdapter(Adapter):
                 except OSError:
                     raise AdapterError(f"{uri}: no interface {name!r}"
                                        + (f" in netns {opt['netns']}" if opt["netns"] else "")) from None
+                self.watch_link(name, ifindex, bring_up=opt["up"])
                 for q in range(opt["queues"]):
-                    if lib.vp_packet_open(self.io, q, ifindex, fanout, err, 256) < 0:
+                    if lib.vp_packet_open(self.io, q, ifindex, fanout, opt["offload"], err, 256) < 0:
                         raise AdapterError(f"{uri}: {ffi.string(err).decode()}")
             lib.vp_packet_init(self.io)
-        self.info = {"interface": name, "ifindex": ifindex, "queues": opt["queues"],
-                     "fanout": fanout if fanout >= 0 else None, "netns": opt["netns"]}
+            self.io.tx_offload = opt["offload"]
+        self.info.update({"interface": name, "ifindex": ifindex, "queues": opt["queues"],
+                          "fanout": fanout if fanout >= 0 else None, "netns": opt["netns"]})
 
     def poll_kernel_stats(self):
         lib.vp_packet_poll_stats(self.io)

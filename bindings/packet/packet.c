@@ -1,5 +1,8 @@
-/* packet.c — AF_PACKET: the kernel fills TPACKET_V3 blocks in a mapped ring, rx copies
- * frames from them into the port's netmap slots; tx sends a batch with one sendmmsg. */
+/* packet.c — AF_PACKET: the kernel fills TPACKET_V2 frames in a mapped ring, rx copies
+ * them into the port's netmap slots; tx sends a batch with one sendmmsg. V2, not V3: a
+ * V3 block reaches user space only when full or after its timer (1 ms at least), which
+ * adds up to a millisecond to every frame of a quiet flow (a guest's TCP, a ping); a V2
+ * frame is handed over as it arrives. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
@@ -12,16 +15,20 @@
 #include <linux/if_packet.h>
 #include "packet.h"
 
-#define BLOCK_SIZE (1u << 20)
-#define NBLOCKS 16
-#define FRAME_SIZE 2048
 #define TX_BATCH 256
+/* frames of the rx ring: 2 KB (4096 of them), or with the virtio-net header one 64 KB
+ * super-frame each (17 pages; 512 of them) */
+#define SMALL_FRAME 2048u
+#define SMALL_BLOCK (1u << 20)
+#define SMALL_FRAMES 8192u
+#define BIG_FRAME (17u * 4096u)
+#define BIG_FRAMES 512u
 
 struct pq {                        /* one socket's rx ring walk */
     uint8_t *map;
-    uint32_t blk;                  /* block being read */
-    uint32_t left;                 /* frames left in it; 0 = not entered yet */
-    uint8_t *pkt;
+    size_t size;
+    uint32_t frame_size, block_size, per_block, nframes;
+    uint32_t cur;                  /* next frame to read */
 };
 struct vp_packet {
     struct pq q[4];
@@ -29,17 +36,19 @@ struct vp_packet {
     struct iovec iov[TX_BATCH];
 };
 
-int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, char *err, size_t errlen) {
+int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, int vnet, char *err, size_t errlen) {
     struct vp_packet *pk = io->priv;
-    struct tpacket_req3 req = {0};
+    struct tpacket_req req = {0};
     struct sockaddr_ll sll = {0};
-    int fd, e, one = 1, v = TPACKET_V3;
+    struct pq *pq;
+    int fd, e, one = 1, v = TPACKET_V2;
     const char *what;
     char group[48];
     if (!pk) {
         pk = io->priv = calloc(1, sizeof(*pk));
         if (!pk) { snprintf(err, errlen, "out of memory"); return -ENOMEM; }
     }
+    pq = &pk->q[q];
     fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         int e = errno;
@@ -47,25 +56,36 @@ int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, char *
                                          : "socket(AF_PACKET): %s", strerror(e));
         return -e;
     }
-    req.tp_block_size = BLOCK_SIZE;
-    req.tp_block_nr = NBLOCKS;
-    req.tp_frame_size = FRAME_SIZE;
-    req.tp_frame_nr = BLOCK_SIZE / FRAME_SIZE * NBLOCKS;
-    req.tp_retire_blk_tov = 1;     /* ms: a partly filled block reaches us this soon */
+    pq->frame_size = vnet ? BIG_FRAME : SMALL_FRAME;
+    pq->block_size = vnet ? BIG_FRAME : SMALL_BLOCK;
+    pq->per_block = pq->block_size / pq->frame_size;
+    pq->nframes = vnet ? BIG_FRAMES : SMALL_FRAMES;
+    pq->size = (size_t)pq->block_size * (pq->nframes / pq->per_block);
+    pq->cur = 0;
+    req.tp_block_size = pq->block_size;
+    req.tp_block_nr = pq->nframes / pq->per_block;
+    req.tp_frame_size = pq->frame_size;
+    req.tp_frame_nr = pq->nframes;
+    /* frames come and go with a virtio_net_hdr: super-frames (GSO) and partial checksums
+     * stay whole; it must be asked for before the ring exists */
+    if (vnet && setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) < 0) {
+        what = "PACKET_VNET_HDR";
+        goto fail;
+    }
     if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof(v)) < 0 ||
         setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)) < 0) {
-        what = "TPACKET_V3 rx ring";
+        what = "TPACKET_V2 rx ring";
         goto fail;
     }
     /* our own transmissions must not come back as receptions; skipping the qdisc is
      * what a switch port wants (the pipeline does its own queueing) */
     setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one));
     setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one));
-    pk->q[q].map = mmap(NULL, (size_t)BLOCK_SIZE * NBLOCKS, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, fd, 0);
-    if (pk->q[q].map == MAP_FAILED)
-        pk->q[q].map = mmap(NULL, (size_t)BLOCK_SIZE * NBLOCKS, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (pk->q[q].map == MAP_FAILED) {
-        pk->q[q].map = NULL;
+    pq->map = mmap(NULL, pq->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, fd, 0);
+    if (pq->map == MAP_FAILED)
+        pq->map = mmap(NULL, pq->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (pq->map == MAP_FAILED) {
+        pq->map = NULL;
         what = "mmap of the rx ring";
         goto fail;
     }
@@ -89,112 +109,67 @@ int vp_packet_open(struct vp_io *io, uint32_t q, int ifindex, int fanout, char *
 fail:
     e = errno;
     snprintf(err, errlen, "%s on interface %d: %s", what, ifindex, strerror(e));
-    if (pk->q[q].map) munmap(pk->q[q].map, (size_t)BLOCK_SIZE * NBLOCKS);
-    pk->q[q].map = NULL;
+    if (pq->map) munmap(pq->map, pq->size);
+    pq->map = NULL;
     close(fd);
     return -e;
-}
-
-/* The stack hands a veth's peer frames whose L4 checksum is left to "hardware"
- * (TP_STATUS_CSUMNOTREADY); nothing downstream of a switch would finish it, so we do. */
-static uint32_t sum16(const uint8_t *p, uint32_t n, uint32_t s) {
-    for (; n > 1; p += 2, n -= 2) s += (uint32_t)p[0] << 8 | p[1];
-    if (n) s += (uint32_t)p[0] << 8;
-    return s;
-}
-static void complete_csum(uint8_t *f, uint32_t len) {
-    uint32_t off = 12, s = 0, l4, l4len;
-    uint16_t type;
-    uint8_t proto;
-    if (len < 14) return;
-    type = f[12] << 8 | f[13];
-    while ((type == 0x8100 || type == 0x88a8) && off + 6 <= len) { off += 4; type = f[off] << 8 | f[off + 1]; }
-    off += 2;
-    if (type == 0x0800 && off + 20 <= len) {
-        uint32_t ihl = (f[off] & 15) * 4, tot = f[off + 2] << 8 | f[off + 3];
-        if (ihl < 20 || tot < ihl || off + tot > len) return;
-        proto = f[off + 9];
-        l4 = off + ihl; l4len = tot - ihl;
-        s = sum16(f + off + 12, 8, 0);
-    } else if (type == 0x86dd && off + 40 <= len) {
-        uint32_t pl = f[off + 4] << 8 | f[off + 5];
-        proto = f[off + 6];
-        l4 = off + 40; l4len = pl;
-        if (l4 + l4len > len) return;
-        s = sum16(f + off + 8, 32, 0);
-    } else {
-        return;
-    }
-    uint32_t at = proto == 6 ? 16 : proto == 17 ? 6 : 0;
-    if (!at || l4len < at + 2) return;
-    s += proto + l4len;
-    f[l4 + at] = f[l4 + at + 1] = 0;
-    s = sum16(f + l4, l4len, s);
-    while (s >> 16) s = (s & 0xffff) + (s >> 16);
-    s = ~s & 0xffff;
-    if (proto == 17 && s == 0) s = 0xffff;
-    f[l4 + at] = s >> 8;
-    f[l4 + at + 1] = s & 0xff;
 }
 
 static uint32_t packet_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint32_t space) {
     struct pq *q = &((struct vp_packet *)io->priv)->q[qi];
     uint32_t n = 0;
     while (n < space) {
-        struct tpacket_block_desc *bd = (void *)(q->map + (size_t)q->blk * BLOCK_SIZE);
-        struct tpacket3_hdr *h;
-        if (!q->left) {
-            uint32_t first;
-            if (!(VP_LOAD_ACQUIRE(bd->hdr.bh1.block_status) & TP_STATUS_USER)) break;
-            q->left = VP_READ_ONCE(bd->hdr.bh1.num_pkts);
-            first = VP_READ_ONCE(bd->hdr.bh1.offset_to_first_pkt);
-            q->pkt = (uint8_t *)bd + first;
-            if (!q->left || first >= BLOCK_SIZE - sizeof(*h)) goto next_block;
-        }
-        h = (struct tpacket3_hdr *)q->pkt;
+        uint8_t *fp = q->map + (size_t)(q->cur / q->per_block) * q->block_size + (size_t)(q->cur % q->per_block) * q->frame_size;
+        struct tpacket2_hdr *h = (struct tpacket2_hdr *)fp;
+        uint32_t status = VP_LOAD_ACQUIRE(h->tp_status);
+        if (!(status & TP_STATUS_USER)) break;
         /* the frame header is in memory the kernel shares: each field read once */
-        uint32_t next = VP_READ_ONCE(h->tp_next_offset);
-        {
-            uint32_t snap = VP_READ_ONCE(h->tp_snaplen), status = VP_READ_ONCE(h->tp_status);
-            uint32_t mac = VP_READ_ONCE(h->tp_mac), wire = VP_READ_ONCE(h->tp_len);
-            uint32_t vlan = (status & TP_STATUS_VLAN_VALID) ? 4 : 0;
-            const uint8_t *fr = q->pkt + mac;
-            char *buf = vp_io_rx_buf(k);
-            if ((size_t)(q->pkt - (uint8_t *)bd) + mac + snap > BLOCK_SIZE || snap < 14) {
-                io->st.rx_errors++;
-            } else if (wire > snap || snap + vlan > k->buf_size) {
-                io->st.rx_truncated++;        /* a GSO/GRO super-frame or a jumbo frame */
-            } else if (!buf) {
-                k->st.bad_buf++;
-                k->faulty = 1;
-                break;
-            } else {
-                /* the kernel took the VLAN tag off into metadata: put it back on the wire */
-                memcpy(buf, fr, 12);
-                if (vlan) {
-                    uint16_t tpid = (status & TP_STATUS_VLAN_TPID_VALID) ? VP_READ_ONCE(h->hv1.tp_vlan_tpid) : 0x8100;
-                    uint16_t tci = VP_READ_ONCE(h->hv1.tp_vlan_tci);
-                    buf[12] = tpid >> 8; buf[13] = tpid & 0xff;
-                    buf[14] = tci >> 8; buf[15] = tci & 0xff;
+        uint32_t snap = VP_READ_ONCE(h->tp_snaplen), mac = VP_READ_ONCE(h->tp_mac), wire = VP_READ_ONCE(h->tp_len);
+        uint32_t vlan = (status & TP_STATUS_VLAN_VALID) ? 4 : 0, hl = io->vnet_hdr;
+        const uint8_t *fr = fp + mac;
+        char *buf = vp_io_rx_buf(k);
+        if (!buf) { k->st.bad_buf++; k->faulty = 1; break; }
+        if ((size_t)mac + snap > q->frame_size || snap < 14 || mac < hl + sizeof(*h)) {
+            io->st.rx_errors++;
+        } else if (wire > snap || hl + snap + vlan > k->buf_size) {
+            io->st.rx_truncated++;        /* a super-frame without PACKET_VNET_HDR, or a jumbo frame */
+        } else {
+            /* the virtio_net_hdr the kernel put in front of the frame */
+            if (hl) {
+                struct vp_offload ol;
+                memcpy(buf, fr - hl, hl);
+                vp_vnet_parse((const uint8_t *)buf, snap + vlan, &ol);   /* checked by receive */
+                if (vlan && ol.flags & VP_OL_CSUM) {
+                    ol.csum_start += 4;
+                    vp_vnet_write((uint8_t *)buf, &ol);
                 }
-                memcpy(buf + 12 + vlan, fr + 12, snap - 12);
-                if (status & TP_STATUS_CSUMNOTREADY) complete_csum((uint8_t *)buf, snap + vlan);
-                vp_io_rx_commit(io, k, snap + vlan);
-                n++;
+                io->st.rx_gso += ol.gso_type != VP_GSO_NONE;
+                io->st.rx_csum_partial += (ol.flags & VP_OL_CSUM) != 0;
+                buf += hl;
             }
-        }
-        if (--q->left) {
-            q->pkt += next;
-            if (next == 0 || (size_t)(q->pkt - (uint8_t *)bd) >= BLOCK_SIZE - sizeof(*h)) {
-                io->st.rx_errors++;
-                goto next_block;
+            /* the kernel took the VLAN tag off into metadata: put it back on the wire */
+            memcpy(buf, fr, 12);
+            if (vlan) {
+                uint16_t tpid = (status & TP_STATUS_VLAN_TPID_VALID) ? VP_READ_ONCE(h->tp_vlan_tpid) : 0x8100;
+                uint16_t tci = VP_READ_ONCE(h->tp_vlan_tci);
+                buf[12] = tpid >> 8; buf[13] = tpid & 0xff;
+                buf[14] = tci >> 8; buf[15] = tci & 0xff;
             }
-            continue;
+            memcpy(buf + 12 + vlan, fr + 12, snap - 12);
+            if (!hl && status & TP_STATUS_CSUMNOTREADY) {
+                /* a partial checksum and no header to say so: nothing downstream of a
+                 * switch would finish it, so we do */
+                struct vp_offload ol;
+                if (vp_vnet_infer((uint8_t *)buf, snap + vlan, 0, &ol) && ol.flags & VP_OL_CSUM) {
+                    vp_csum_complete((uint8_t *)buf, snap + vlan, &ol);
+                    io->st.rx_csum_partial++;
+                }
+            }
+            vp_io_rx_commit(io, k, hl + snap + vlan);
+            n++;
         }
-    next_block:
-        q->left = 0;
-        VP_STORE_RELEASE(bd->hdr.bh1.block_status, TP_STATUS_KERNEL);
-        q->blk = (q->blk + 1) % NBLOCKS;
+        VP_STORE_RELEASE(h->tp_status, TP_STATUS_KERNEL);
+        q->cur = (q->cur + 1) % q->nframes;
     }
     return n;
 }
@@ -230,7 +205,7 @@ static uint32_t packet_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
             io->st.tx_errors++;
             sent = 1;
         } else {
-            for (int i = 0; i < sent; i++) { io->st.tx_packets++; io->st.tx_bytes += pk->iov[i].iov_len; }
+            for (int i = 0; i < sent; i++) { io->st.tx_packets++; io->st.tx_bytes += pk->iov[i].iov_len - io->vnet_hdr; }
         }
         {
             uint32_t adv = (uint32_t)sent == m ? scanned : upto[sent - 1];
@@ -249,7 +224,7 @@ void vp_packet_init(struct vp_io *io) {
 /* the kernel's drop count for frames it had no block for (read-and-reset by the kernel) */
 void vp_packet_poll_stats(struct vp_io *io) {
     for (uint32_t q = 0; q < io->nq; q++) {
-        struct tpacket_stats_v3 st;
+        struct tpacket_stats st;
         socklen_t len = sizeof(st);
         if (io->fd[q] >= 0 && getsockopt(io->fd[q], SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0)
             io->st.rx_kernel_drops += st.tp_drops;
@@ -259,7 +234,7 @@ void vp_packet_poll_stats(struct vp_io *io) {
 void vp_packet_close(struct vp_io *io) {
     struct vp_packet *pk = io->priv;
     for (uint32_t q = 0; q < 4; q++) {
-        if (pk && pk->q[q].map) munmap(pk->q[q].map, (size_t)BLOCK_SIZE * NBLOCKS);
+        if (pk && pk->q[q].map) munmap(pk->q[q].map, pk->q[q].size);
         if (io->fd[q] >= 0) close(io->fd[q]);
         io->fd[q] = -1;
     }

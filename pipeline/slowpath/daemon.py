@@ -134,8 +134,10 @@ class SlowPath:
             out_flows.append(reply)
         self.st["flows"] += len(flows)
         for p in pkts:
-            if not (isinstance(p, list) and len(p) == 3 and isinstance(p[0], int) and isinstance(p[2], bytes)):
-                raise channel.ChannelError("upcall: a packet is [flow id, in_port, bytes]")
+            if not (isinstance(p, list) and len(p) in (3, 4) and isinstance(p[0], int) and isinstance(p[2], bytes)
+                    and (len(p) == 3 or isinstance(p[3], bytes))):
+                raise channel.ChannelError("upcall: a packet is [flow id, in_port, bytes] or with its offload "
+                                           "metadata [flow id, in_port, bytes, offload]")
             actions, rules = client.recent.get(p[0], (None, ()))
             if actions is None:
                 self.st["unknown_flow_packets"] += 1
@@ -149,7 +151,9 @@ class SlowPath:
                     self.ofproto.packet_in(p[1], a[1], p[2])
             if len(rest) < len(actions) and not any(a[0] == "output" for a in rest):
                 continue                              # consumed by the controller queue, counted there
-            execute.append([rest, p[2]])              # a drop comes back too: the fast path counts it
+            # a drop comes back too: the fast path counts it; offload metadata (GSO, partial
+            # checksum) goes back with the packet, for the fast path to apply at output
+            execute.append([rest, p[2]] + p[3:])
         self.st["packets"] += len(execute)
         reply = {"v": channel.VERSION, "t": "upcall_reply", "flows": out_flows, "execute": execute}
         if self.ofproto.macs.changes != self.macs_seen:

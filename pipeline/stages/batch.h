@@ -3,6 +3,7 @@
 #ifndef VP_BATCH_H
 #define VP_BATCH_H
 #include "../../ring/region.h"
+#include "../../bindings/vnet.h"
 
 /* cdef-begin */
 #define VP_BATCH_MAX 1024
@@ -45,7 +46,8 @@
 #define VP_DROP_FLOW_LIMIT 6
 #define VP_DROP_NO_ROOM 7
 #define VP_DROP_UPCALL_RATE 8
-#define VP_DROP_N 9
+#define VP_DROP_BAD_OFFLOAD 9   /* offload metadata that does not fit the frame, or cannot be segmented */
+#define VP_DROP_N 10
 
 #define VP_ST_RECEIVE 0
 #define VP_ST_EXTRACT 1
@@ -96,6 +98,7 @@ struct vp_pkt {
     int32_t action;           /* action set id, or VP_ACT_MISS / VP_ACT_PENDING */
     uint32_t hash;
     uint32_t flow;            /* flow table entry, for stats */
+    struct vp_offload ol;     /* GSO / partial checksum it came with (all zero: none) */
 };
 
 struct vp_batch {
@@ -200,11 +203,14 @@ struct vp_dp_stats {
     uint64_t mf_hits;         /* exact-match misses that a megaflow answered */
     uint64_t misses;          /* went to the slow path */
     uint64_t parse_err[11];
-    uint64_t drops[9];
+    uint64_t drops[10];
     uint64_t stage_ns[5];
     uint64_t stage_pkts[5];
     uint64_t tx_swapped;
     uint64_t tx_copied;
+    uint64_t tx_segmented;    /* super-frames cut into segments for a port that takes no GSO */
+    uint64_t tx_segments;     /* the segments they became */
+    uint64_t csum_completed;  /* partial checksums completed for a port that takes none */
 };
 
 struct vp_dp {

@@ -8,6 +8,7 @@
 #include "execute.h"
 #include "transmit.h"
 #include "extract.h"
+#include "../../bindings/adapter.h"
 
 /* An action set's own memory: what a replaced or freed set held is released. */
 static void actions_clear(struct vp_actions *a) {
@@ -101,6 +102,15 @@ static void udp_csum_words(uint8_t *csum, const uint8_t *old, const uint8_t *new
     wr16(csum, c ? c : 0xffff);
 }
 
+/* a partial checksum (offload: the pseudo-header sum, not complemented, left for the
+ * receiver or a port to complete) follows a pseudo-header field: P' = P + ~m + m' */
+static void partial_words(uint8_t *csum, const uint8_t *old, const uint8_t *new, uint32_t n) {
+    uint32_t s = rd16(csum);
+    for (uint32_t i = 0; i < n; i += 2) s += (uint16_t)~rd16(old + i) + (uint32_t)rd16(new + i);
+    while (s >> 16) s = (s & 0xffff) + (s >> 16);
+    wr16(csum, (uint16_t)s);
+}
+
 static uint32_t crc32c(const uint8_t *p, uint32_t n) {
     uint32_t crc = 0xffffffffu;
     while (n--) {
@@ -117,13 +127,21 @@ struct pkt {
     uint16_t dl_type;
     uint8_t proto;            /* the flow's nw_proto: which transport header set_l4 edits */
     uint8_t l3ok;             /* the network header parsed (IPv4/IPv6 addresses present) */
+    struct vp_offload *ol;    /* offload metadata it came with, or NULL */
 };
 
-static void pkt_parse(struct pkt *k, uint8_t *p, uint32_t len) {
+/* whether the checksum field at c holds a partial checksum: it covers only the
+ * pseudo-header, so it follows address changes only; the rest is summed when it is completed */
+static int partial(const struct pkt *k, const uint8_t *c) {
+    return k->ol && k->ol->flags & VP_OL_CSUM && c == k->p + k->ol->csum_start + k->ol->csum_off;
+}
+
+static void pkt_parse(struct pkt *k, uint8_t *p, uint32_t len, struct vp_offload *ol) {
     struct vp_flow_key key;
     uint64_t perr[VP_PERR_N];
     k->p = p;
     k->len = len;
+    k->ol = ol;
     vp_parse(p, len, 0, &key, perr, &k->L);
     k->dl_type = ntohs(key.dl_type);
     k->proto = key.nw_proto;
@@ -140,7 +158,9 @@ static void set_ipv4_addr(struct pkt *k, uint32_t at, const uint8_t *old, const 
     uint8_t *ip = k->p + k->L.l3, *l4 = k->p + k->L.l4, proto = rd8(ip + 9);
     uint32_t n4 = l4_size(k);
     if (proto == 6 && n4 >= 20)
-        csum_words(l4 + 16, old, new, 4);
+        (partial(k, l4 + 16) ? partial_words : csum_words)(l4 + 16, old, new, 4);
+    else if (proto == 17 && n4 >= 8 && partial(k, l4 + 6))
+        partial_words(l4 + 6, old, new, 4);
     else if (proto == 17 && n4 >= 8 && rd16(l4 + 6))
         udp_csum_words(l4 + 6, old, new, 4);
     csum_words(ip + 10, old, new, 4);
@@ -190,11 +210,13 @@ static void set_ipv6_addr(struct pkt *k, uint32_t at, const uint8_t *old, const 
     uint32_t n4 = l4_size(k);
     if (recalc && !(is_dst && rh) && k->L.l4) {
         if (proto == 6 && n4 >= 20)
-            csum_words(l4 + 16, old, new, 16);
+            (partial(k, l4 + 16) ? partial_words : csum_words)(l4 + 16, old, new, 16);
+        else if (proto == 17 && n4 >= 8 && partial(k, l4 + 6))
+            partial_words(l4 + 6, old, new, 16);
         else if (proto == 17 && n4 >= 8 && rd16(l4 + 6))
             udp_csum_words(l4 + 6, old, new, 16);
         else if (proto == 58 && n4 >= 4)
-            csum_words(l4 + 2, old, new, 16);
+            (partial(k, l4 + 2) ? partial_words : csum_words)(l4 + 2, old, new, 16);
     }
     memcpy(k->p + at, new, 16);
 }
@@ -219,7 +241,7 @@ static void set_l4(struct pkt *k, uint32_t off, const struct vp_op *op) {
     if (op->field == VP_F_ICMP) {
         /* type and code in one step, whatever the IP version says the protocol is */
         if (n4 < 8 || !masked(nw, old, l4, 2, op)) return;
-        wr16(l4 + 2, recalc16(rd16(l4 + 2), rd16(old), rd16(nw)));
+        if (!partial(k, l4 + 2)) wr16(l4 + 2, recalc16(rd16(l4 + 2), rd16(old), rd16(nw)));
         memcpy(l4, nw, 2);
         return;
     }
@@ -227,11 +249,11 @@ static void set_l4(struct pkt *k, uint32_t off, const struct vp_op *op) {
     if (proto == 6) {
         uint32_t doff = n4 >= 20 ? (uint32_t)(rd8(l4 + 12) >> 4) * 4 : 0;
         if (doff < 20 || doff > n4) return;
-        wr16(l4 + 16, recalc16(rd16(l4 + 16), rd16(old), rd16(nw)));
+        if (!partial(k, l4 + 16)) wr16(l4 + 16, recalc16(rd16(l4 + 16), rd16(old), rd16(nw)));
         memcpy(l4 + off, nw, 2);
     } else if (proto == 17) {
         if (n4 < 8) return;
-        if (rd16(l4 + 6)) {
+        if (rd16(l4 + 6) && !partial(k, l4 + 6)) {
             uint16_t c = recalc16(rd16(l4 + 6), rd16(old), rd16(nw));
             wr16(l4 + 6, c ? c : 0xffff);
         }
@@ -260,7 +282,7 @@ static void set_nd(struct pkt *k, const struct vp_op *op) {
     if (!k->L.l4 || rem < 0) return;
     if (op->field == VP_F_ND_TARGET) {
         if (masked(nw, old, l4 + 8, 16, op)) {
-            csum_words(l4 + 2, old, nw, 16);
+            if (!partial(k, l4 + 2)) csum_words(l4 + 2, old, nw, 16);
             memcpy(l4 + 8, nw, 16);
         }
         return;
@@ -270,7 +292,7 @@ static void set_nd(struct pkt *k, const struct vp_op *op) {
         if (!olen) return;
         if ((type == 1 || type == 2) && olen == 1) {
             if (type == (op->field == VP_F_ND_SLL ? 1 : 2) && opt + 8 <= end && masked(nw, old, opt + 2, 6, op)) {
-                csum_words(l4 + 2, old, nw, 6);
+                if (!partial(k, l4 + 2)) csum_words(l4 + 2, old, nw, 6);
                 memcpy(opt + 2, nw, 6);
             }
             return;
@@ -296,6 +318,7 @@ static uint32_t apply_op(const struct vp_op *op, struct pkt *k, uint32_t cap) {
         if (k->L.l3) k->L.l3 += 4;
         if (k->L.l4) k->L.l4 += 4;
         if (k->L.end) k->L.end += 4;
+        if (k->ol && k->ol->flags & VP_OL_CSUM) k->ol->csum_start += 4;
         return k->len;
     }
     if (op->kind == VP_OP_POP_VLAN) {
@@ -306,6 +329,7 @@ static uint32_t apply_op(const struct vp_op *op, struct pkt *k, uint32_t cap) {
         if (k->L.l3) k->L.l3 -= 4;
         if (k->L.l4) k->L.l4 -= 4;
         if (k->L.end) k->L.end -= 4;
+        if (k->ol && k->ol->flags & VP_OL_CSUM) k->ol->csum_start -= 4;
         return k->len;
     }
     if (op->kind != VP_OP_SET) return len;
@@ -387,17 +411,18 @@ static uint32_t apply_op(const struct vp_op *op, struct pkt *k, uint32_t cap) {
  * this with a reference model); returns the final length, 0 when a push did not fit */
 uint32_t vp_ops_apply(const struct vp_op *ops, uint32_t nops, uint8_t *p, uint32_t len, uint32_t cap) {
     struct pkt k;
-    pkt_parse(&k, p, len);
+    pkt_parse(&k, p, len, NULL);
     for (uint32_t i = 0; i < nops; i++)
         if (ops[i].kind != VP_OP_OUTPUT && apply_op(&ops[i], &k, cap) == 0) return 0;
     return k.len;
 }
 
-/* run a modifying program on one packet held in `buf` (capacity cap), in order */
+/* run a modifying program on one packet held in `buf` (capacity cap), with its offload
+ * metadata (moved with the headers), in order */
 static void run_ops(struct vp_dp *dp, const struct vp_actions *a, uint8_t *buf, uint32_t len, uint32_t cap,
-                    struct vp_batch *b, uint32_t bi) {
+                    struct vp_offload *ol, struct vp_batch *b, uint32_t bi) {
     struct pkt k;
-    pkt_parse(&k, buf, len);
+    pkt_parse(&k, buf, len, ol);
     for (uint32_t i = 0; i < a->nops; i++) {
         const struct vp_op *op = &a->ops[i];
         if (op->kind == VP_OP_OUTPUT) {
@@ -409,7 +434,7 @@ static void run_ops(struct vp_dp *dp, const struct vp_actions *a, uint8_t *buf, 
                 b->pkt[bi].nout = 2;            /* never swapped: more than one user, or moved */
                 b->pkt[bi].len = (uint16_t)len;
             } else {
-                vp_inject(dp, op->port, buf, (const uint16_t *)&(uint16_t){(uint16_t)len}, 1);
+                vp_emit(dp, op->port, buf, len, ol);
             }
             continue;
         }
@@ -419,19 +444,26 @@ static void run_ops(struct vp_dp *dp, const struct vp_actions *a, uint8_t *buf, 
     }
 }
 
-uint32_t vp_execute_packet(struct vp_dp *dp, uint32_t id, const uint8_t *data, uint32_t len) {
+/* a packet the slow path returned, with the offload metadata it went up with (or NULL) */
+uint32_t vp_execute_packet(struct vp_dp *dp, uint32_t id, const uint8_t *data, uint32_t len,
+                           const struct vp_offload *ol_in) {
     uint8_t buf[65536];
+    struct vp_offload ol = {0};
     const struct vp_actions *a;
     if (id >= dp->nactions || len > sizeof(buf) - 8) return 0;
+    if (ol_in) {
+        ol = *ol_in;
+        if (vp_vnet_check(&ol, len)) { dp->st.drops[VP_DROP_BAD_OFFLOAD]++; return 0; }
+    }
     a = &dp->actions[id];
     if (a->nout == 0) { dp->st.drops[VP_DROP_ACTION]++; return 0; }
     memcpy(buf, data, len);
     if (!a->nops) {
         const uint16_t *out = outputs(a);
-        for (uint32_t o = 0; o < a->nout; o++) vp_inject(dp, out[o], buf, (const uint16_t *)&(uint16_t){(uint16_t)len}, 1);
+        for (uint32_t o = 0; o < a->nout; o++) vp_emit(dp, out[o], buf, len, &ol);
         return a->nout;
     }
-    run_ops(dp, a, buf, len, sizeof(buf), NULL, 0);
+    run_ops(dp, a, buf, len, sizeof(buf), &ol, NULL, 0);
     return a->nout;
 }
 
@@ -448,7 +480,8 @@ void vp_execute(struct vp_dp *dp, struct vp_batch *b) {
             /* modified in place: the buffer is ours until the next receive releases it */
             struct vp_port *p = dp->ports[pk->port];
             struct vp_ring *r = p->tx[0].role == VP_ROLE_KERNEL ? &p->tx[pk->ring] : &p->rx[pk->ring];
-            run_ops(dp, a, (uint8_t *)pk->data, pk->len, r->buf_size, b, i);
+            uint32_t hdr = p->io ? ((struct vp_io *)p->io)->vnet_hdr : 0;
+            run_ops(dp, a, (uint8_t *)pk->data, pk->len, r->buf_size - hdr, &pk->ol, b, i);
             if (a->nout == 0) dp->st.drops[VP_DROP_ACTION]++;
             continue;
         }

@@ -1,5 +1,6 @@
 /* receive.c — fill a batch with descriptors pointing into the ports' buffers.
  * The slots stay owned by the pipeline until the next call releases them. */
+#include <string.h>
 #include <time.h>
 #include "receive.h"
 #include "../../bindings/adapter.h"
@@ -44,6 +45,8 @@ uint32_t vp_receive(struct vp_dp *dp, struct vp_batch *b, uint32_t budget) {
     for (uint32_t k = 0; k < dp->nports && n < budget; k++) {
         uint32_t pi = (dp->rr + k) % dp->nports;
         struct vp_port *p = dp->ports[pi];
+        /* an adapter whose frames carry a virtio_net_hdr (GSO, partial checksums) */
+        uint32_t hdr = p->io ? ((struct vp_io *)p->io)->vnet_hdr : 0;
         for (uint32_t ri = 0; ri < in_rings(p) && n < budget; ri++) {
             struct vp_ring *r = in_ring(p, ri);
             uint32_t avail = vp_ring_avail(r);
@@ -52,10 +55,21 @@ uint32_t vp_receive(struct vp_dp *dp, struct vp_batch *b, uint32_t budget) {
                 uint16_t len;
                 r->cons = nm_ring_next(r->nslots, si);
                 if (!vp_slot_take(r, si, &idx, &len)) continue;
-                struct vp_pkt *pk = &b->pkt[n++];
+                struct vp_pkt *pk = &b->pkt[n];
                 pk->data = vp_buf(r, idx);
                 /* the peer just wrote this buffer from another core: start the transfer now */
                 __builtin_prefetch(pk->data);
+                if (hdr) {
+                    if (len < hdr + 14 || vp_vnet_parse((const uint8_t *)pk->data, len - hdr, &pk->ol)) {
+                        dp->st.drops[VP_DROP_BAD_OFFLOAD]++;
+                        continue;
+                    }
+                    pk->data += hdr;
+                    len -= hdr;
+                } else {
+                    memset(&pk->ol, 0, sizeof(pk->ol));
+                }
+                n++;
                 pk->len = len;
                 pk->port = (uint16_t)pi;
                 pk->ring = (uint16_t)ri;

@@ -1,5 +1,7 @@
 /* transmit.c — per output port: swap buffer indexes when the packet's buffer lives in
- * the same region as the out ring (zero copy), else copy once; then publish the ring. */
+ * the same region as the out ring (zero copy), else copy once; a super-frame or partial
+ * checksum bound for a port that takes none is segmented or completed on the way
+ * (bindings/vnet.c), one that takes them keeps its virtio_net_hdr; then publish the ring. */
 #include <string.h>
 #include "transmit.h"
 #include "../../bindings/adapter.h"
@@ -13,6 +15,12 @@ static inline struct vp_ring *out_ring(struct vp_port *p) {
 static inline struct vp_ring *in_ring(struct vp_port *p, uint32_t i) {
     return p->tx[0].role == VP_ROLE_KERNEL ? &p->tx[i] : &p->rx[i];
 }
+static inline uint32_t vnet_hdr(const struct vp_port *p) {
+    return p->io ? ((const struct vp_io *)p->io)->vnet_hdr : 0;
+}
+static inline int takes_offload(const struct vp_port *p) {
+    return p->io && ((const struct vp_io *)p->io)->tx_offload;
+}
 
 /* After frames were put in a port's out ring: hand them on (netmap's txsync, for an
  * emulated adapter or a real netmap port) and write out its mirror. */
@@ -22,72 +30,170 @@ static void tx_sync(struct vp_port *p) {
     if (p->mirror) vp_pcap_flush(p->mirror);
 }
 
+static void produced(struct vp_port *p, struct vp_ring *r, struct netmap_slot *ts, const uint8_t *frame,
+                     uint32_t len, uint32_t hdr) {
+    VP_WRITE_ONCE(ts->len, (uint16_t)(len + hdr));
+    VP_WRITE_ONCE(ts->flags, 0);
+    if (p->mirror) vp_pcap_mirror(p->mirror, (const char *)frame, len);
+    vp_ring_produced(r);
+    r->st.packets++;
+    r->st.bytes += len;
+}
+
+/* A super-frame for a port that takes none: one segment per slot, all or nothing. An
+ * emulated adapter's ring too full for it is handed on first (its txsync), as one frame
+ * may need dozens of slots. */
+static uint32_t put_segments(struct vp_dp *dp, struct vp_port *p, struct vp_ring *r, const uint8_t *data,
+                             uint32_t len, const struct vp_offload *ol, uint32_t space) {
+    uint8_t *bufs[VP_GSO_MAX_SEGS];
+    uint16_t lens[VP_GSO_MAX_SEGS];
+    uint32_t hdr = vnet_hdr(p), n = vp_gso_count(data, len, ol, r->buf_size - hdr), si;
+    if (!n) {
+        dp->st.drops[vp_gso_count(data, len, ol, 65535) ? VP_DROP_TOO_BIG : VP_DROP_BAD_OFFLOAD]++;
+        return 0;
+    }
+    if (n > space && p->io) {
+        vp_ring_publish(r);
+        vp_io_txsync(p->io);
+        space = vp_ring_space(r);
+    }
+    if (n > space) {
+        r->st.full++;
+        dp->st.drops[VP_DROP_TX_FULL]++;
+        return 0;
+    }
+    si = vp_ring_produce(r);
+    for (uint32_t i = 0; i < n; i++, si = nm_ring_next(r->nslots, si)) {
+        /* the peer can rewrite a slot at any time: its index is read once, checked, and
+         * only this private copy is used */
+        uint32_t idx = VP_READ_ONCE(vp_slot(r, si)->buf_idx);
+        if (!vp_buf_ok(r, idx)) { r->st.bad_buf++; r->faulty = 1; return 0; }
+        bufs[i] = (uint8_t *)vp_buf(r, idx) + hdr;
+    }
+    vp_gso_segment(data, len, ol, bufs, lens, n);
+    for (uint32_t i = 0; i < n; i++) {
+        if (hdr) memset(bufs[i] - hdr, 0, hdr);
+        produced(p, r, vp_slot(r, vp_ring_produce(r)), bufs[i], lens[i], hdr);
+    }
+    dp->st.tx_segmented++;
+    dp->st.tx_segments += n;
+    return n;
+}
+
+/* One frame copied into port p's out ring r (space > 0 slots free): with its metadata
+ * for a port that takes it, else segmented / checksum completed. Returns slots used;
+ * 0 when it was dropped (counted). */
+static uint32_t put_copy(struct vp_dp *dp, struct vp_port *p, struct vp_ring *r, const uint8_t *data,
+                         uint32_t len, const struct vp_offload *ol, uint32_t space) {
+    static const struct vp_offload none;
+    uint32_t hdr = vnet_hdr(p), idx;
+    struct netmap_slot *ts;
+    uint8_t *o;
+    if (!ol) ol = &none;
+    if (ol->gso_type != VP_GSO_NONE && !takes_offload(p)) return put_segments(dp, p, r, data, len, ol, space);
+    ts = vp_slot(r, vp_ring_produce(r));
+    idx = VP_READ_ONCE(ts->buf_idx);
+    if (!vp_buf_ok(r, idx)) { r->st.bad_buf++; r->faulty = 1; return 0; }
+    if (len + hdr > r->buf_size) { dp->st.drops[VP_DROP_TOO_BIG]++; return 0; }
+    o = (uint8_t *)vp_buf(r, idx) + hdr;
+    memcpy(o, data, len);
+    if (takes_offload(p)) {
+        vp_vnet_write(o - hdr, ol);
+    } else {
+        if (ol->flags & VP_OL_CSUM) {
+            vp_csum_complete(o, len, ol);
+            dp->st.csum_completed++;
+        }
+        if (hdr) memset(o - hdr, 0, hdr);
+    }
+    produced(p, r, ts, o, len, hdr);
+    return 1;
+}
+
 uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
     VP_TIME_BEGIN(dp);
     uint32_t sent = 0;
     for (uint32_t port = 0; port < dp->nports; port++) {
         struct vp_outq *q = &dp->outq[port];
         if (q->n == 0) continue;
-        struct vp_ring *r = out_ring(dp->ports[port]);
+        struct vp_port *op = dp->ports[port];
+        struct vp_ring *r = out_ring(op);
         uint32_t space = vp_ring_space(r), i;
         for (i = 0; i < q->n && space; i++) {
             struct vp_pkt *pk = &b->pkt[q->pkt[i]];
-            struct netmap_slot *ts = vp_slot(r, vp_ring_produce(r));
-            /* the peer can rewrite the slot at any time: its index is read once, checked,
-             * and only this private copy is used (the mirror copies the packet itself) */
-            uint32_t tidx = VP_READ_ONCE(ts->buf_idx);
-            if (!vp_buf_ok(r, tidx)) { r->st.bad_buf++; r->faulty = 1; continue; }
-            if (pk->len > r->buf_size) { dp->st.drops[VP_DROP_TOO_BIG]++; continue; }
-            struct vp_ring *ir = in_ring(dp->ports[pk->port], pk->ring);
-            if (pk->nout == 1 && ir->bufs == r->bufs && ir->buf_size == r->buf_size && ir->mem_id == r->mem_id) {
+            struct vp_port *ip = dp->ports[pk->port];
+            struct vp_ring *ir = in_ring(ip, pk->ring);
+            if (pk->nout == 1 && ir->bufs == r->bufs && ir->buf_size == r->buf_size && ir->mem_id == r->mem_id &&
+                !vnet_hdr(op) && !vnet_hdr(ip)) {
                 /* same region: hand the buffer over, give the rx slot the empty one */
-                struct netmap_slot *rs = vp_slot(ir, pk->slot);
-                uint32_t ridx = (uint32_t)((pk->data - ir->bufs) / ir->buf_size);
+                struct netmap_slot *ts = vp_slot(r, vp_ring_produce(r)), *rs = vp_slot(ir, pk->slot);
+                uint32_t tidx = VP_READ_ONCE(ts->buf_idx), ridx = (uint32_t)((pk->data - ir->bufs) / ir->buf_size);
+                if (!vp_buf_ok(r, tidx)) { r->st.bad_buf++; r->faulty = 1; continue; }
+                if (pk->len > r->buf_size) { dp->st.drops[VP_DROP_TOO_BIG]++; continue; }
                 VP_WRITE_ONCE(rs->buf_idx, tidx);
                 VP_WRITE_ONCE(rs->flags, NS_BUF_CHANGED);
                 VP_WRITE_ONCE(ts->buf_idx, ridx);
+                produced(op, r, ts, (const uint8_t *)pk->data, pk->len, 0);
                 VP_WRITE_ONCE(ts->flags, NS_BUF_CHANGED);
                 dp->st.tx_swapped++;
-            } else {
-                memcpy(vp_buf(r, tidx), pk->data, pk->len);
-                VP_WRITE_ONCE(ts->flags, 0);
-                dp->st.tx_copied++;
+                space--;
+                sent++;
+                continue;
             }
-            VP_WRITE_ONCE(ts->len, pk->len);
-            if (dp->ports[port]->mirror) vp_pcap_mirror(dp->ports[port]->mirror, pk->data, pk->len);
-            vp_ring_produced(r);
-            r->st.packets++;
-            r->st.bytes += pk->len;
-            space--;
-            sent++;
+            uint32_t used = put_copy(dp, op, r, (const uint8_t *)pk->data, pk->len, &pk->ol, space);
+            dp->st.tx_copied += used != 0;
+            /* segmenting may have handed the ring on to make room */
+            space = pk->ol.gso_type != VP_GSO_NONE ? vp_ring_space(r) : space - used;
+            sent += used;
         }
         if (i < q->n) {
             r->st.full += q->n - i;
             dp->st.drops[VP_DROP_TX_FULL] += q->n - i;
         }
         vp_ring_publish(r);
-        tx_sync(dp->ports[port]);
+        tx_sync(op);
         q->n = 0;
     }
     VP_TIME_END(dp, VP_ST_TRANSMIT, sent);
     return sent;
 }
 
-uint32_t vp_inject(struct vp_dp *dp, uint32_t port, const uint8_t *blob, const uint16_t *lens, uint32_t n) {
-    struct vp_ring *r;
-    uint32_t sent;
-    uint64_t full0;
-    if (port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT] += n; return 0; }
-    r = out_ring(dp->ports[port]);
-    full0 = r->st.full;
-    sent = vp_ring_send(r, blob, lens, n);
-    if (dp->ports[port]->mirror) {
-        /* the frames the ring took: the first `sent` with a length it accepts */
-        size_t off = 0;
-        for (uint32_t i = 0, m = 0; i < n && m < sent; off += lens[i], i++)
-            if (lens[i] && lens[i] <= r->buf_size) { vp_pcap_mirror(dp->ports[port]->mirror, (const char *)blob + off, lens[i]); m++; }
+/* A frame from outside the batch (the slow path's packet-outs) with its metadata (ol may
+ * be NULL: none); the caller publishes and syncs. */
+static uint32_t emit_one(struct vp_dp *dp, uint32_t port, const uint8_t *data, uint32_t len,
+                         const struct vp_offload *ol) {
+    struct vp_ring *r = out_ring(dp->ports[port]);
+    uint32_t space = vp_ring_space(r);
+    if (len == 0) {
+        r->st.bad_len++;
+        return 0;
     }
+    if (!space) {
+        r->st.full++;
+        dp->st.drops[VP_DROP_TX_FULL]++;
+        return 0;
+    }
+    return put_copy(dp, dp->ports[port], r, data, len, ol, space);
+}
+
+static void flush(struct vp_dp *dp, uint32_t port) {
+    vp_ring_publish(out_ring(dp->ports[port]));
     tx_sync(dp->ports[port]);
-    dp->st.drops[VP_DROP_TX_FULL] += r->st.full - full0;
+}
+
+uint32_t vp_emit(struct vp_dp *dp, uint32_t port, const uint8_t *data, uint32_t len, const struct vp_offload *ol) {
+    uint32_t used;
+    if (port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT]++; return 0; }
+    used = emit_one(dp, port, data, len, ol);
+    flush(dp, port);
+    return used;
+}
+
+uint32_t vp_inject(struct vp_dp *dp, uint32_t port, const uint8_t *blob, const uint16_t *lens, uint32_t n) {
+    uint32_t sent = 0;
+    size_t off = 0;
+    if (port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT] += n; return 0; }
+    for (uint32_t i = 0; i < n; off += lens[i], i++) sent += emit_one(dp, port, blob + off, lens[i], NULL) != 0;
+    flush(dp, port);
     return sent;
 }

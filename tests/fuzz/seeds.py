@@ -3,6 +3,7 @@
 parses, rules of every kind the flow syntax has, configs, and channel messages. Generated,
 not stored: `python tests/fuzz/seeds.py DIR`."""
 import os
+import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -34,11 +35,21 @@ CONFIGS = ['[pipeline]\nname = "s"\nbatch = 64\n[[port]]\nuri = "shm:a"\n[[port]
            '[pipeline]\nflow_limit = 10\nidle_timeout = 0.5\n[[port]]\nuri = "pcap:/tmp/x.pcap@write"\nmirror = "m.pcap"\n']
 KEY = {"in_port": 1, "eth_src": b"\x02\0\0\0\0\x01", "eth_dst": b"\x02\0\0\0\0\x02", "eth_type": 0x800,
        "ipv4_src": 0x0A000001, "ipv4_dst": 0x0A000002, "ip_proto": 17, "udp_dst": 53, "layers": 13}
+# a virtio_net_hdr (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) and a frame:
+# TCP/IPv4 and /IPv6 super-frames, UDP GSO, a VLAN-tagged one, a partial checksum, a plain frame
+OL_TCP4, OL_TCP6 = struct.pack("<BBHHHH", 1, 1, 66, 1448, 34, 16), struct.pack("<BBHHHH", 1, 4, 86, 1440, 54, 16)
+VNET = [OL_TCP4 + bytes(E / IP() / TCP(flags="PA") / (b"a" * 5000)),
+        OL_TCP6 + bytes(E / IPv6() / TCP(flags="FA") / (b"b" * 4000)),
+        struct.pack("<BBHHHH", 1, 5, 42, 1200, 34, 6) + bytes(E / IP() / UDP() / (b"c" * 3000)),
+        struct.pack("<BBHHHH", 1, 1, 70, 1000, 38, 16) + bytes(E / Dot1Q(vlan=9) / IP() / TCP() / (b"d" * 2500)),
+        struct.pack("<BBHHHH", 1, 0, 0, 0, 34, 6) + bytes(E / IP() / UDP() / (b"e" * 100)),
+        bytes(10) + bytes(FRAMES[0])]
 TO_SLOW = [{"v": 1, "t": "hello", "worker": 0, "ports": [{"ofport": 1}, {"ofport": 2}]},
            {"v": 1, "t": "upcall", "flows": [{"id": 1, "key": KEY}], "packets": [[1, 1, bytes(FRAMES[0])]]},
+           {"v": 1, "t": "upcall", "flows": [{"id": 2, "key": KEY}], "packets": [[2, 1, VNET[0][10:], bytes(8)]]},
            {"v": 1, "t": "revalidate", "flows": [{"id": 3, "key": KEY, "packets": 5, "bytes": 300}]}]
 TO_WORKER = [{"v": 1, "t": "upcall_reply", "flows": [{"id": 1, "actions": [["output", 1]], "mask": {"in_port": 65535}}],
-              "execute": [[[["output", 0]], bytes(FRAMES[0])]]},
+              "execute": [[[["output", 0]], bytes(FRAMES[0])], [[["output", 0]], VNET[0][10:], bytes([1, 1, 0xa8, 5, 34, 0, 16, 0])]]},
              {"v": 1, "t": "upcall_reply", "flows": [{"id": 2, "actions": [["set", "nw_dst", 5, 0xFFFFFFFF], ["push_vlan", 0x8100, 7],
                                                                          ["output", 1]], "mask": {"ipv4_dst": 0xFFFFFFFF}}]},
              {"v": 1, "t": "revalidate_reply", "flows": [{"id": 0, "actions": [["drop"]], "mask": {}}]},
@@ -46,7 +57,7 @@ TO_WORKER = [{"v": 1, "t": "upcall_reply", "flows": [{"id": 1, "actions": [["out
 
 
 def write(base):
-    sets = {"extract": [bytes(f) for f in FRAMES] + EDGES, "flowtext": [r.encode() for r in RULES],
+    sets = {"extract": [bytes(f) for f in FRAMES] + EDGES, "vnet": VNET, "flowtext": [r.encode() for r in RULES],
             "config": [c.encode() for c in CONFIGS], "slowpath_message": [channel.encode(m) for m in TO_SLOW],
             "worker_message": [channel.encode(m) for m in TO_WORKER]}
     for target, items in sets.items():

@@ -1,0 +1,124 @@
+"""What differs between the OSes valepipe runs on (Linux, FreeBSD), in one place: where
+shm: names live, a socket peer's uid, waiting on fds, the death signal, CPU pinning, pids.
+
+Linux keeps its calls (prctl, sched_setaffinity, SO_PEERCRED, epoll, /proc); FreeBSD's
+are in hostos.c, compiled only there (pipeline/native_build.py)."""
+import ctypes
+import errno
+import os
+import select
+import socket
+import struct
+import sys
+
+NAME = "freebsd" if sys.platform.startswith("freebsd") else sys.platform
+LINUX = NAME == "linux"
+
+# shm: region names: a directory every user may create in, sticky (only a name's owner or
+# root may remove it); FreeBSD has no /dev/shm
+SHM_DIR = "/dev/shm" if LINUX else "/tmp"
+
+PR_SET_PDEATHSIG = 1
+_UCRED = struct.Struct("3i")                  # Linux's struct ucred: pid, uid, gid
+# loaded now, not in a child between fork and exec (die_with_parent is a preexec_fn there)
+_LIBC = ctypes.CDLL(None, use_errno=True) if LINUX else None
+
+
+def _lib():
+    from pipeline._native import lib
+    return lib
+
+
+def _check(err, what):
+    if err:
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def die_with_parent(sig):
+    """Have `sig` sent to this process when its parent exits (never outlive it)."""
+    if LINUX:
+        _LIBC.prctl(PR_SET_PDEATHSIG, sig)
+    else:
+        _check(_lib().vp_die_with_parent(sig), "procctl(PROC_PDEATHSIG_CTL)")
+
+
+def set_cpus(cpus):
+    """Run this process on exactly `cpus` (OSError if the OS refuses)."""
+    if LINUX:
+        os.sched_setaffinity(0, cpus)
+    else:
+        from pipeline._native import ffi
+        cpus = sorted(cpus)
+        _check(_lib().vp_set_cpus(ffi.new("int[]", cpus), len(cpus)), "cpuset_setaffinity")
+
+
+def peer_uid(sock):
+    """The uid of the process at the other end of a connected unix socket."""
+    if LINUX:
+        return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))[1]
+    from pipeline._native import ffi
+    uid = ffi.new("uint32_t *")
+    _check(_lib().vp_peer_uid(sock.fileno(), uid), "getpeereid")
+    return uid[0]
+
+
+def pid_running(pid):
+    """Whether `pid` runs (a zombie does not: a crashed owner may wait a while for its
+    parent to reap it)."""
+    if pid <= 0:
+        return False
+    if not LINUX:
+        return _lib().vp_pid_running(pid) != 0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+    except OSError:
+        return True
+    return state not in (b"Z", b"X")
+
+
+def fd_name(fd):
+    """What the OS calls this process's `fd` (Linux: /proc/self/fd's link, e.g.
+    "/memfd:NAME (deleted)"), or None where it does not say."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") if LINUX else None
+    except OSError:
+        return None
+
+
+class PollPoller:
+    """poll(2) on a few fds, with epoll's poll(timeout_s), register, unregister and close:
+    the portable wait."""
+
+    def __init__(self, fds):
+        self._p = select.poll()
+        for fd in fds:
+            self.register(fd)
+
+    def register(self, fd, events=select.POLLIN):
+        self._p.register(fd, events)
+
+    def unregister(self, fd):
+        try:
+            self._p.unregister(fd)
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, f"fd {fd} is not registered") from None
+
+    def poll(self, timeout_s):
+        return self._p.poll(max(0, int(timeout_s * 1000 + 0.999)))
+
+    def close(self):
+        self._p = None
+
+
+def poller(fds):
+    """Something to sleep on until one of `fds` (more: .register(fd), fewer: .unregister(fd))
+    is readable: .poll(timeout_s), .close(). epoll on Linux, poll(2) elsewhere (FreeBSD)."""
+    if not LINUX:
+        return PollPoller(fds)
+    ep = select.epoll()
+    for fd in fds:
+        ep.register(fd, select.EPOLLIN)
+    return ep
