@@ -30,6 +30,24 @@ def needs_of13(text):
     return "goto_table" in acts or "push_vlan" in acts or masked_set_field(text)
 
 
+def vlan_match_oxm_exact(text):
+    """Whether OpenFlow 1.1+'s OXM carries the rule's vlan_tci match unchanged. ovs-ofctl
+    puts it as vlan_vid (maskable) and, only when the VID part is not 0, an exact vlan_pcp:
+    a partial PCP mask becomes exact, a PCP with VID 0 is dropped, and a PCP without a tag
+    makes the switch refuse the rule (OFPBMC_BAD_PREREQ). NXM (OpenFlow 1.0) carries it all."""
+    from pipeline.slowpath.flowtext import FlowError, parse_flow
+    try:
+        v, m = parse_flow(text).match.get("vlan_tci", (0, 0))
+    except FlowError:
+        return True
+    pcp_mask = m & 0xE000
+    if pcp_mask == 0:
+        return True
+    if pcp_mask == 0xE000 and v & m & 0x1000:
+        return True                              # a tag, its PCP exact: vlan_vid + vlan_pcp
+    return bool(m & 0x1000) and v == 0           # no tag: an untagged frame's PCP bits are 0
+
+
 def available():
     return all(shutil.which(b) for b in NEEDED) and os.path.exists("/usr/share/openvswitch/vswitch.ovsschema")
 
@@ -120,7 +138,10 @@ class OVS:
         """OpenFlow 1.0 + NXM when it can express the rule (keeps OF1.0 mod_vlan_vid
         semantics), else OpenFlow 1.3 (push_vlan). A masked set_field goes as OpenFlow 1.3:
         ovs-ofctl turns set_field:10.0.0.0/8->ip_dst into an OF1.0 mod_nw_dst, which drops
-        the mask; a rule with one that only OF1.0 carries raises ProtocolDependent."""
+        the mask; a rule with one that only OF1.0 carries raises ProtocolDependent. So does
+        one that goes over OpenFlow 1.3 with a VLAN match OXM cannot carry (see
+        vlan_match_oxm_exact)."""
+        exact = vlan_match_oxm_exact(text)
         if masked_set_field(text):
             try:
                 self.ofctl("-O", "OpenFlow13", "add-flow", "br0", text)
@@ -128,12 +149,27 @@ class OVS:
                 self.ofctl("add-flow", "br0", text)      # refused by both: RuntimeError
                 self.ofctl("--strict", "del-flows", "br0", text.partition(",actions=")[0])
                 raise ProtocolDependent(text) from None
+            if not exact:
+                self.ofctl("-O", "OpenFlow13", "--strict", "del-flows", "br0", text.partition(",actions=")[0])
+                raise ProtocolDependent(text)
             return
         order = [["-O", "OpenFlow13"], []] if needs_of13(text) else [[], ["-O", "OpenFlow13"]]
-        try:
-            self.ofctl(*order[0], "add-flow", "br0", text)
-        except RuntimeError:
-            self.ofctl(*order[1], "add-flow", "br0", text)
+        errors, oxm_refused = [], False
+        for args in order:
+            try:
+                self.ofctl(*args, "add-flow", "br0", text)
+            except RuntimeError as e:
+                errors.append(e)
+                oxm_refused |= bool(args) and not exact and "OFPBMC_BAD_PREREQ" in str(e)
+                continue
+            if args and not exact:
+                # taken over OpenFlow 1.3 with another VLAN match than the text says
+                self.ofctl("-O", "OpenFlow13", "--strict", "del-flows", "br0", text.partition(",actions=")[0])
+                raise ProtocolDependent(text)
+            return
+        if oxm_refused:
+            raise ProtocolDependent(text)       # refused for how OXM carries its VLAN match
+        raise errors[-1]
 
     def appctl(self, method, *params):
         """One JSON-RPC call on the persistent unixctl connection (~0.3 ms)."""
