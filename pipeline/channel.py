@@ -77,7 +77,9 @@ def actions_to_wire(actions):
 def actions_from_wire(actions):
     """Datapath actions as the channel carries them, checked and with wide values as ints:
     ["output", port], ["drop"], ["set", field, value, mask], ["push_vlan", tpid, tci],
-    ["pop_vlan"], ["controller", reason]. None when anything is off."""
+    ["pop_vlan"], ["controller", reason], ["reparse"] (the frame parsed anew where a
+    controller action was: the slow path sends the packet-in, the fast path runs the rest).
+    None when anything is off."""
     if not isinstance(actions, list) or len(actions) > MAX_ACTIONS:
         return None
     out = []
@@ -87,7 +89,7 @@ def actions_from_wire(actions):
         k = a[0]
         if k == "output":
             ok = len(a) == 2 and _uint(a[1], 16)
-        elif k in ("drop", "pop_vlan"):
+        elif k in ("drop", "pop_vlan", "reparse"):
             ok = len(a) == 1
         elif k == "set":
             w = FIELDS_SETTABLE.get(a[1]) if len(a) == 4 and isinstance(a[1], str) else None
@@ -132,7 +134,7 @@ def mask_from_wire(wc):
 def fast_path_runs(actions):
     """Whether the C execute stage runs these actions; a newer slow path may send kinds an
     older fast path lacks, and then the flow is not cached."""
-    return all(a[0] in ("output", "drop", "set", "push_vlan", "pop_vlan") for a in actions)
+    return all(a[0] in ("output", "drop", "set", "push_vlan", "pop_vlan", "reparse") for a in actions)
 
 
 def _uint(v, bits):

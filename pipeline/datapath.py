@@ -58,7 +58,7 @@ class Datapath:
 
     def action_id(self, actions):
         """Intern a datapath action list (["output", ofport], ["drop"], ["set", f, v, m],
-        ["push_vlan", tpid, tci], ["pop_vlan"]) as a C action set; returns its id. Lists
+        ["push_vlan", tpid, tci], ["pop_vlan"], ["reparse"]) as a C action set; returns its id. Lists
         of any length up to VP_MAX_PROGRAM run whole; a longer one is refused, never cut."""
         if len(actions) > lib.VP_MAX_PROGRAM:
             raise DatapathError(f"{len(actions)} datapath actions, more than the {lib.VP_MAX_PROGRAM} "
@@ -98,6 +98,8 @@ class Datapath:
                 op.kind, op.tpid, op.tci = lib.VP_OP_PUSH_VLAN, a[1], a[2]
             elif a[0] == "pop_vlan":
                 op.kind = lib.VP_OP_POP_VLAN
+            elif a[0] == "reparse":
+                op.kind = lib.VP_OP_REPARSE
         return ops
 
     def install(self, key_bytes, actions):

@@ -38,6 +38,8 @@ def c_apply(frame, actions):
             op.value, op.mask = a[2].to_bytes(16, "big"), a[3].to_bytes(16, "big")
         elif a[0] == "push_vlan":
             op.kind, op.tpid, op.tci = lib.VP_OP_PUSH_VLAN, a[1], a[2]
+        elif a[0] == "reparse":
+            op.kind = lib.VP_OP_REPARSE
         else:
             op.kind = lib.VP_OP_POP_VLAN
     n = lib.vp_ops_apply(ops, len(actions), buf, len(frame), 4096)
@@ -50,3 +52,22 @@ def c_apply(frame, actions):
 def test_c_execute_matches_reference(frame, actions):
     (_, want), = apply(frame, actions + [["output", 1]])
     assert c_apply(frame, actions) == want
+
+
+def test_reparse_takes_offsets_from_the_frame_as_it_is():
+    """After a CONTROLLER, OVS's userspace datapath parses the frame again, one tag deep: on a
+    frame that now has two tags the network header is taken to start after the first, and an
+    IPv6 flow label rewrite lands there (the bytes OVS 3.1 sends); without the reparse, the
+    offsets moved with the push put it on the IPv6 header."""
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Dot1Q, Ether
+    frame = bytes(Ether(src="02:00:00:00:00:04", dst="ff:ff:ff:ff:ff:ff") / Dot1Q(vlan=0)
+                  / IPv6(src="2001:db8::2", dst="2001:db8:1::7", fl=0x8cb4d, tc=0xe0) / UDP())
+    label = ["set", "ipv6_label", 0xABCDE, 0xFFFFF]
+    out = c_apply(frame, [["push_vlan", 0x8100, 0], ["reparse"], label, ["pop_vlan"], ["pop_vlan"]])
+    assert out[12:14] == b"\xbc\xde" and out[14:] == frame[18:]
+    out = c_apply(frame, [["push_vlan", 0x8100, 0], label, ["pop_vlan"], ["pop_vlan"]])
+    assert out[12:14] == b"\x86\xdd" and out[14:18] == bytes.fromhex("6e0abcde")
+    # one tag: the reparse finds what the first parse found
+    assert c_apply(frame, [["reparse"], label]) == c_apply(frame, [label])

@@ -145,11 +145,17 @@ class SlowPath:
             for r in rules:
                 r.n_packets += 1
                 r.n_bytes += len(p[2])
-            rest = [a for a in actions if a[0] != "controller"]
+            rest = []
             for a in actions:
                 if a[0] == "controller":
                     self.ofproto.packet_in(p[1], a[1], p[2])
-            if len(rest) < len(actions) and not any(a[0] == "output" for a in rest):
+                    # OVS's userspace datapath parses the packet anew after a userspace()
+                    # action: later rewrites take their offsets from that parse
+                    rest.append(["reparse"])
+                else:
+                    rest.append(a)
+            rest = _drop_idle_reparses(rest)
+            if any(a[0] == "controller" for a in actions) and not any(a[0] == "output" for a in rest):
                 continue                              # consumed by the controller queue, counted there
             # a drop comes back too: the fast path counts it; offload metadata (GSO, partial
             # checksum) goes back with the packet, for the fast path to apply at output
@@ -380,6 +386,20 @@ class SlowPath:
             out.append(entry)
         self.st["revalidated"] += len(out)
         return {"v": channel.VERSION, "t": "revalidate_reply", "flows": out}
+
+
+def _drop_idle_reparses(actions):
+    """A reparse matters only to the rewrites after it, up to the next one."""
+    out, rewrites = [], False
+    for a in reversed(actions):
+        if a[0] == "reparse":
+            if not rewrites:
+                continue
+            rewrites = False
+        elif a[0] == "set":
+            rewrites = True
+        out.append(a)
+    return out[::-1]
 
 
 def _describe(key):

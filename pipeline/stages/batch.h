@@ -110,11 +110,12 @@ struct vp_batch {
     struct vp_flow_key key[1024];
 };
 
-/* one datapath action: output, masked set of a header field, VLAN push/pop */
+/* one datapath action: output, masked set of a header field, VLAN push/pop, reparse */
 #define VP_OP_OUTPUT 1
 #define VP_OP_SET 2
 #define VP_OP_PUSH_VLAN 3
 #define VP_OP_POP_VLAN 4
+#define VP_OP_REPARSE 5        /* parse the frame anew (as OVS's userspace datapath after a userspace()) */
 #define VP_F_DL_SRC 1
 #define VP_F_DL_DST 2
 #define VP_F_NW_SRC 3

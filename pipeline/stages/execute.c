@@ -40,7 +40,7 @@ int vp_actions_set_ops(struct vp_dp *dp, uint32_t id, const struct vp_op *ops, u
     uint32_t nout = 0, final_from = 0;
     if (id >= dp->max_actions || nops == 0 || nops > VP_MAX_PROGRAM) return -1;
     for (uint32_t i = 0; i < nops; i++) {
-        if (ops[i].kind < VP_OP_OUTPUT || ops[i].kind > VP_OP_POP_VLAN) return -1;
+        if (ops[i].kind < VP_OP_OUTPUT || ops[i].kind > VP_OP_REPARSE) return -1;
         if (ops[i].kind == VP_OP_SET && (ops[i].field < VP_F_DL_SRC || ops[i].field > VP_F_ND_TLL)) return -1;
         if (ops[i].kind == VP_OP_OUTPUT) nout++;
         else final_from = i + 1;
@@ -128,6 +128,7 @@ struct pkt {
     uint8_t proto;            /* the flow's nw_proto: which transport header set_l4 edits */
     uint8_t l3ok;             /* the network header parsed (IPv4/IPv6 addresses present) */
     struct vp_offload *ol;    /* offload metadata it came with, or NULL */
+    uint8_t reparsed;         /* parsed anew mid-program: rewrites go where the parse says */
 };
 
 /* whether the checksum field at c holds a partial checksum: it covers only the
@@ -142,6 +143,7 @@ static void pkt_parse(struct pkt *k, uint8_t *p, uint32_t len, struct vp_offload
     k->p = p;
     k->len = len;
     k->ol = ol;
+    k->reparsed = 0;
     vp_parse(p, len, 0, &key, perr, &k->L);
     k->dl_type = ntohs(key.dl_type);
     k->proto = key.nw_proto;
@@ -332,9 +334,23 @@ static uint32_t apply_op(const struct vp_op *op, struct pkt *k, uint32_t cap) {
         if (k->ol && k->ol->flags & VP_OL_CSUM) k->ol->csum_start -= 4;
         return k->len;
     }
+    if (op->kind == VP_OP_REPARSE) {
+        /* OVS's userspace datapath parses the packet again after a userspace() action (a
+         * CONTROLLER), one VLAN tag deep; the rewrites after it take their offsets from that
+         * parse and check nothing else: an IP rewrite lands where the parse put the network
+         * header, whatever the frame's type now says (but here never past its end) */
+        struct vp_offload *ol = k->ol;
+        pkt_parse(k, p, len, ol);
+        k->reparsed = 1;
+        return len;
+    }
     if (op->kind != VP_OP_SET) return len;
     uint8_t *ip = p + k->L.l3;
     int v4 = k->l3ok && k->dl_type == 0x0800, v6 = k->l3ok && k->dl_type == 0x86dd;
+    if (k->reparsed && k->L.l3) {
+        v4 = k->L.l3 + 20 <= len;
+        v6 = k->L.l3 + 40 <= len;
+    }
     switch (op->field) {
     case VP_F_DL_DST: case VP_F_DL_SRC:
         if (len >= 14) {
@@ -396,7 +412,7 @@ static uint32_t apply_op(const struct vp_op *op, struct pkt *k, uint32_t cap) {
         break;
     case VP_F_ARP_OP: case VP_F_ARP_SHA: case VP_F_ARP_SPA: case VP_F_ARP_THA: case VP_F_ARP_TPA:
         /* OVS's set_arp(): fields of the ARP header, no checksum */
-        if (k->dl_type == 0x0806 && k->L.l3 && len >= k->L.l3 + 28) {
+        if ((k->dl_type == 0x0806 || k->reparsed) && k->L.l3 && len >= k->L.l3 + 28) {
             static const uint8_t at[] = {6, 14, 24, 8, 18}, width[] = {2, 4, 4, 6, 6};
             uint32_t f = op->field - VP_F_ARP_OP;
             masked(nw, old, ip + at[f], width[f], op);
