@@ -298,6 +298,12 @@ class Corpus:
                 tci = 0                                     # a priority-0 tag without a VLAN
             pkt = pkt[:12] + struct.pack("!HH", tpid, tci) + pkt[12:]
         pkt = self.damage(pkt)
+        end = _arp_end(pkt)
+        if end and len(pkt) < end:
+            # Open vSwitch rewrites ARP fields without a length check: on a frame that ends
+            # inside the ARP header it writes past the end of its buffer (undefined; a short
+            # enough frame crashes ovs-vswitchd), so such frames are not sent to it
+            pkt += bytes(end - len(pkt))
         return pkt[:MAX_FRAME]
 
     def damage(self, pkt):
@@ -386,3 +392,15 @@ class Corpus:
         if self.chance(0.08):
             l4.chksum = self.rng.randrange(65536)
         return l4
+
+
+def _arp_end(pkt):
+    """Where an ARP header ends in the frame as OVS parses it (one tag, SNAP), or None."""
+    off = 12
+    et = int.from_bytes(pkt[12:14], "big")
+    if et in (0x8100, 0x88A8) and len(pkt) >= 18:
+        off, et = 16, int.from_bytes(pkt[16:18], "big")
+    l3 = off + 2
+    if et < 0x600 and pkt[l3:l3 + 6] == b"\xaa\xaa\x03\x00\x00\x00" and len(pkt) >= l3 + 8:
+        et, l3 = int.from_bytes(pkt[l3 + 6:l3 + 8], "big"), l3 + 8
+    return l3 + 28 if et == 0x0806 else None

@@ -69,5 +69,23 @@ def test_reparse_takes_offsets_from_the_frame_as_it_is():
     assert out[12:14] == b"\xbc\xde" and out[14:] == frame[18:]
     out = c_apply(frame, [["push_vlan", 0x8100, 0], label, ["pop_vlan"], ["pop_vlan"]])
     assert out[12:14] == b"\x86\xdd" and out[14:18] == bytes.fromhex("6e0abcde")
-    # one tag: the reparse finds what the first parse found
-    assert c_apply(frame, [["reparse"], label]) == c_apply(frame, [label])
+    # one tag: the reparse finds what the first parse found; a TTL or TOS rewrite is for
+    # the IP version the flow had (IPv6's hop limit here, never an IPv4 TTL and checksum)
+    for op in (label, ["set", "nw_ttl", 149, 0xFF], ["set", "nw_tos", 0x20, 0xFC]):
+        assert c_apply(frame, [["reparse"], op]) == c_apply(frame, [op]) != frame
+
+
+def test_arp_rewrite_of_a_frame_that_ends_inside_the_header():
+    """OVS's set_arp() checks no length: of a frame cut inside the ARP header, the bytes it
+    has get the new values (what ovs-vswitchd 3.1 sent for these frames)."""
+    from scapy.layers.l2 import ARP, Ether
+    arp = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src="02:00:00:00:00:01")
+                / ARP(op=1, hwsrc="02:00:00:00:00:01", psrc="10.0.0.1", pdst="10.0.0.2"))
+    ops = [["set", "arp_op", 2, 0xFFFF], ["set", "arp_tpa", 0x0A090000, 0xFFFF0000],
+           ["set", "arp_sha", 0x020000000099, 0xFFFFFFFFFFFF]]
+    sent = {10: "ffffffffffff020000000001080600010800060400020200",
+            20: "ffffffffffff020000000001080600010800060400020200000000990a0000010000",
+            26: "ffffffffffff020000000001080600010800060400020200000000990a0000010000000000000a09",
+            27: "ffffffffffff020000000001080600010800060400020200000000990a0000010000000000000a0900"}
+    for n, want in sent.items():
+        assert c_apply(arp[:14 + n], ops).hex() == want, n

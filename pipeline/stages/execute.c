@@ -129,6 +129,7 @@ struct pkt {
     uint8_t l3ok;             /* the network header parsed (IPv4/IPv6 addresses present) */
     struct vp_offload *ol;    /* offload metadata it came with, or NULL */
     uint8_t reparsed;         /* parsed anew mid-program: rewrites go where the parse says */
+    uint16_t flow_dl_type;    /* the type the first parse found: what translation saw */
 };
 
 /* whether the checksum field at c holds a partial checksum: it covers only the
@@ -145,7 +146,7 @@ static void pkt_parse(struct pkt *k, uint8_t *p, uint32_t len, struct vp_offload
     k->ol = ol;
     k->reparsed = 0;
     vp_parse(p, len, 0, &key, perr, &k->L);
-    k->dl_type = ntohs(key.dl_type);
+    k->dl_type = k->flow_dl_type = ntohs(key.dl_type);
     k->proto = key.nw_proto;
     k->l3ok = (key.layers & VP_L3) && (k->dl_type == 0x0800 || k->dl_type == 0x86dd);
 }
@@ -340,16 +341,20 @@ static uint32_t apply_op(const struct vp_op *op, struct pkt *k, uint32_t cap) {
          * parse and check nothing else: an IP rewrite lands where the parse put the network
          * header, whatever the frame's type now says (but here never past its end) */
         struct vp_offload *ol = k->ol;
+        uint16_t flow_dl_type = k->flow_dl_type;
         pkt_parse(k, p, len, ol);
         k->reparsed = 1;
+        k->flow_dl_type = flow_dl_type;
         return len;
     }
     if (op->kind != VP_OP_SET) return len;
     uint8_t *ip = p + k->L.l3;
     int v4 = k->l3ok && k->dl_type == 0x0800, v6 = k->l3ok && k->dl_type == 0x86dd;
-    if (k->reparsed && k->L.l3) {
-        v4 = k->L.l3 + 20 <= len;
-        v6 = k->L.l3 + 40 <= len;
+    if (k->reparsed) {
+        /* which IP header a TTL or TOS rewrite is for: the datapath action says (set(ipv4)
+         * or set(ipv6)), as the flow translated had it */
+        v4 = k->L.l3 && k->flow_dl_type == 0x0800 && k->L.l3 + 20 <= len;
+        v6 = k->L.l3 && k->flow_dl_type == 0x86dd && k->L.l3 + 40 <= len;
     }
     switch (op->field) {
     case VP_F_DL_DST: case VP_F_DL_SRC:
@@ -411,12 +416,16 @@ static uint32_t apply_op(const struct vp_op *op, struct pkt *k, uint32_t cap) {
         if (v6) set_nd(k, op);
         break;
     case VP_F_ARP_OP: case VP_F_ARP_SHA: case VP_F_ARP_SPA: case VP_F_ARP_THA: case VP_F_ARP_TPA:
-        /* OVS's set_arp(): fields of the ARP header, no checksum */
-        if ((k->dl_type == 0x0806 || k->reparsed) && k->L.l3 && len >= k->L.l3 + 28) {
+        /* OVS's set_arp(): fields of the ARP header, no checksum, no length check: of a frame
+         * that ends inside the header, the bytes it has are written (OVS writes the rest past
+         * its end) */
+        if ((k->reparsed ? k->flow_dl_type : k->dl_type) == 0x0806 && k->L.l3) {
             static const uint8_t at[] = {6, 14, 24, 8, 18}, width[] = {2, 4, 4, 6, 6};
-            uint32_t f = op->field - VP_F_ARP_OP;
-            masked(nw, old, ip + at[f], width[f], op);
-            memcpy(ip + at[f], nw, width[f]);
+            uint32_t f = op->field - VP_F_ARP_OP, w = width[f], from = k->L.l3 + at[f];
+            for (uint32_t i = 0; i < w && from + i < len; i++) {
+                uint8_t m = op->mask[16 - w + i], b = rd8(p + from + i);
+                p[from + i] = (uint8_t)((b & ~m) | (op->value[16 - w + i] & m));
+            }
         }
         break;
     }
