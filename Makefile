@@ -5,11 +5,12 @@ PY     := $(VENV)/bin/python
 NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h \
                           bindings/*.c bindings/*.h bindings/*/*.c bindings/*/*.h tools/*.c tools/*.h) pipeline/native_build.py
 
-.PHONY: demo test test-vm bench bench-veth bench-vm fuzz diff-ovs native install check-freebsd clean help
+.PHONY: demo test test-vm soak bench bench-veth bench-vm fuzz diff-ovs native install check-freebsd clean help
 help:
 	@echo "make demo   - set up, then run gen -> pipeline -> sink on shm: ports and print Mpps"
 	@echo "make test   - set up, then run the test suite"
 	@echo "make test-vm - two QEMU guests (TCG, offloads on) through the pipeline on packet:, afxdp:, tap: (root; minutes)"
+	@echo "make soak   - SOAK_SECONDS (180) of traffic under random kills/stops, a hostile peer, bad clients; exact books per port"
 	@echo "make bench  - set up, then run perf/bench_shm.py (Mpps by flows and batch, ns/packet by stage)"
 	@echo "make bench-veth - valepipe vs Linux bridge vs Open vSwitch on veth with trafgen (root)"
 	@echo "make bench-vm - guest-to-guest TCP and ping through valepipe, the Linux bridge and Open vSwitch (root)"
@@ -53,6 +54,11 @@ test: native
 test-vm: native
 	tools/system-packages --test
 	VALEPIPE_VM_TESTS=1 $(PY) -m pytest tests/test_vm.py
+
+# the soak of tests/soak.py for minutes (make test runs it for seconds); SOAK_SEED repeats a run
+SOAK_SECONDS ?= 180
+soak: native
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/test_soak.py -s -q
 
 bench: native
 	$(PY) perf/bench_shm.py

@@ -42,6 +42,8 @@ def parse_uri(uri, kind, options):
         elif isinstance(options[k], int):
             if not (v.isascii() and v.isdigit()):   # int() would take '١', ' 2', '+2', '1_0'
                 raise AdapterError(f"{uri!r}: {k} must be a number, not {v!r}")
+            if int(v) > 2 ** 31 - 1:                # C takes it as an int
+                raise AdapterError(f"{uri!r}: {k} must be at most {2 ** 31 - 1}, not {v}")
             out[k] = int(v)
         else:
             out[k] = v

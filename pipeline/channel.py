@@ -15,7 +15,8 @@ from pipeline.slowpath.fields import FIELDS
 VERSION = 1
 MAX_MESSAGE = 16 << 20          # a batch of 1024 jumbo-less packets fits with room to spare
 MAX_ACTIONS = lib.VP_MAX_PROGRAM   # datapath actions of one flow: what a fast-path action set holds
-TYPES = {"hello", "upcall", "upcall_reply", "revalidate", "revalidate_reply", "revalidate_request", "error"}
+# "echo": the slow path's keepalive, each second (a worker restarts a slow path it stops hearing)
+TYPES = {"hello", "upcall", "upcall_reply", "revalidate", "revalidate_reply", "revalidate_request", "error", "echo"}
 
 
 class ChannelError(Exception):

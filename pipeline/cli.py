@@ -43,13 +43,20 @@ def _numbers(above_zero=(), at_least_zero=()):
                 _fail(f"{opt} must be a finite number {what} (at most 1e12), not {v}")
 
 
+def _check_cpu(cpu):
+    """--cpu N: one of this machine's CPUs (a negative one was a ValueError traceback)."""
+    n = os.cpu_count() or 1
+    if cpu is not None and not 0 <= cpu < n:
+        _fail(f"--cpu must be a CPU number, 0..{n - 1} here, not {cpu}")
+
+
 def _pin(cpu):
     if cpu is not None:
         from pipeline import hostos
         try:
             hostos.set_cpus({cpu})
-        except OSError as e:
-            _fail(f"cannot pin to CPU {cpu}: {e.strerror}")
+        except (OSError, ValueError) as e:
+            _fail(f"cannot pin to CPU {cpu}: {getattr(e, 'strerror', None) or e}")
 
 
 def _live(interval, as_json):
@@ -91,6 +98,8 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
         log_file: Optional[str] = typer.Option(None, help="with --detach: its messages go here "
                                                "(default: RUN_DIR/../NAME.log)"),
         cpu: Optional[int] = typer.Option(None, help="pin the worker to this CPU"),
+        run_dir: Optional[str] = typer.Option(None, "--run-dir", help="the run directory (default: [pipeline] "
+                                              "run_dir, else the user's default, e.g. /run/valepipe/NAME)"),
         mirror: List[str] = typer.Option([], help="PORT=FILE: write what PORT (ofport or uri) sends to a pcap "
                                          "file (tcpdump -r FILE); repeatable, one file per port"),
         supervised: bool = typer.Option(True, "--supervise/--no-supervise",
@@ -102,31 +111,41 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     if interval < 0.1:
         _fail(f"--interval must be at least 0.1 s, not {interval:g}")
     try:
-        cfg = cfgmod.load(config, rules=True)
+        cfg = cfgmod.load(config, rules=True, run_dir=run_dir)
         cfgmod.add_mirrors(cfg, mirror)
     except cfgmod.ConfigError as e:
         _fail(str(e))
     _numbers(above_zero=(("--duration", duration), ("--interval", interval)))
+    _check_cpu(cpu)
+    if (pid_file or log_file) and not detach:
+        _fail("--pid-file and --log-file go with --detach")
     for what, path in (("--stats-json", stats_json), ("--ready-file", ready_file), ("--pid-file", pid_file),
                        ("--log-file", log_file)):
         if path:
             _writable(what, path)
-    if (pid_file or log_file) and not detach:
-        _fail("--pid-file and --log-file go with --detach")
     deadline = time.monotonic() + duration if duration else None
     quiet = quiet or detach
     ready_fd = _daemonize(cfg, pid_file, log_file) if detach else None
+    _set_title(f"valepipe run {cfg.name} (supervisor)" if supervised else f"valepipe run {cfg.name} (worker)")
     metrics = _start_metrics(cfg) if cfg.metrics_listen else None
-    ready = dict(file=ready_file, fd=ready_fd, metrics=metrics and metrics.address)
-    run_one = lambda restarts: _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu,  # noqa: E731
-                                           restarts, ready)
+    ready = dict(file=ready_file, fd=ready_fd, metrics=metrics and metrics.address, json=as_json,
+                 supervisor=os.getpid())
+    run_one = lambda restarts, held=None: _run_worker(cfg, deadline, interval, quiet, as_json,  # noqa: E731
+                                                      stats_json, cpu, restarts, ready, held)
+    held = None
     try:
         if not supervised:
             signal.signal(signal.SIGHUP, lambda *_: _reload_rules(cfg))
             code = run_one(0)
         else:
-            code = supervise(run_one, give_up=crash_leftovers(cfg), on_hup=lambda: _reload_rules(cfg))
+            from ring.region import remove_stale_of
+            give_up = crash_leftovers(cfg)          # decided before anything of this run exists
+            held = _takeover(cfg)                   # the shm: rings and the counters' journal outlive each worker
+            code = supervise(lambda restarts: run_one(restarts, held), give_up=give_up,
+                             on_hup=lambda: _reload_rules(cfg), after_crash=remove_stale_of)
     finally:
+        if held:
+            held.close()
         if metrics:
             metrics.stop()
         for path in (ready_file, pid_file):
@@ -135,12 +154,27 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     raise typer.Exit(code)
 
 
+def _takeover(cfg):
+    from pipeline.ports import PortError
+    from pipeline.takeover import Takeover
+    try:
+        return Takeover(cfg)
+    except (PortError, RuntimeError, OSError) as e:
+        _fail(str(e))
+
+
 def _writable(what, path):
-    """Refuse at once a file the run could not write at its end (its counters would be lost)."""
+    """Refuse at once a file the run could not write at its end (its counters would be
+    lost), or should not: a link, FIFO or another user's file (pipeline/userfiles.py)."""
+    from pipeline import userfiles
     d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):
         _fail(f"{what} {path}: no directory {d}")
-    if os.path.isdir(path) or not os.access(d, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+    try:
+        userfiles.check_place(path, what)
+    except userfiles.UserFileError as e:
+        _fail(str(e))
+    if not os.access(d, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         _fail(f"{what} {path}: cannot write there")
 
 
@@ -155,20 +189,29 @@ def _daemonize(cfg, pid_file, log_file):
     """--detach: the foreground process waits for the pipeline's ready line (or its
     failure) and exits with it; the pipeline goes on in a new session, its messages in the
     log file. Returns the fd the worker writes its ready line to."""
+    from pipeline import userfiles
     log = log_file or os.path.join(os.path.dirname(os.path.abspath(cfg.run_dir)), cfg.name + ".log")
-    try:
-        logfd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    except OSError as e:
-        _fail(f"--log-file {log}: {e.strerror}")
+    pidfd = None
+    made = [p for p in (log, pid_file) if p and not os.path.lexists(p)]
+    try:                    # both opened here, so a refusal is one line and nothing has started
+        logfd = userfiles.open_write(log, "--log-file", append=True, mode=0o600)
+        if pid_file:
+            pidfd = userfiles.open_write(pid_file, "--pid-file")
+    except userfiles.UserFileError as e:
+        for p in made:
+            _unlink(p)
+        _fail(str(e))
     r, w = os.pipe()
     sys.stdout.flush()
     pid = os.fork()
     if pid:
         os.close(w)
         os.close(logfd)
+        if pidfd is not None:
+            os.close(pidfd)
         with os.fdopen(r) as f:
             line = f.readline().strip()
-        if not line.startswith("ready"):
+        if not line.startswith(("ready ", '{"event": "ready"')):
             _fail(f"pipeline {cfg.name!r} did not start: {line or 'see ' + log}", 1)
         print(line, flush=True)
         os._exit(0)
@@ -180,27 +223,59 @@ def _daemonize(cfg, pid_file, log_file):
     os.dup2(logfd, 2)
     os.close(null)
     os.close(logfd)
-    if pid_file:
-        with open(pid_file, "w") as f:
-            f.write(f"{os.getpid()}\n")
+    if pidfd is not None:
+        os.write(pidfd, f"{os.getpid()}\n".encode())
+        os.close(pidfd)
     return w
 
 
 class _Metrics:
-    """The metrics endpoint's process (pipeline/metrics.py)."""
+    """The metrics endpoint's process (pipeline/metrics.py), started again (on the address
+    it announced) whenever it dies, by a thread of `run` that waits for it."""
 
     def __init__(self, cfg):
+        self.cfg, self.stopping = cfg, False
+        self.address = self._start(cfg.metrics_listen)
+        import threading
+        threading.Thread(target=self._watch, name="metrics-watch", daemon=True).start()
+
+    def _start(self, listen):
         import subprocess
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.metrics", "--run-dir", cfg.run_dir,
-                                      "--name", cfg.name, "--listen", cfg.metrics_listen],
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.metrics", "--run-dir", self.cfg.run_dir,
+                                      "--name", self.cfg.name, "--listen", listen],
                                      stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
         line = self.proc.stdout.readline().strip()
         if not line.startswith("listening "):
-            self.stop()
+            self._end()
             raise RuntimeError(f"[metrics].listen: {line.removeprefix('error ') or 'the endpoint did not start'}")
-        self.address = line.split(" ", 1)[1]
+        return line.split(" ", 1)[1]
+
+    def _watch(self):
+        while not self.stopping:
+            code = self.proc.wait()                     # reaps it: no zombie
+            if self.stopping:
+                return
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+            print(f"valepipe: the metrics endpoint (pid {self.proc.pid}) ended with {how}; starting it again on "
+                  f"{self.address}", file=sys.stderr, flush=True)
+            for delay in (0.2, 1, 2, 5, 5, 10):
+                time.sleep(delay)
+                if self.stopping:
+                    return
+                try:
+                    self._start(self.address)
+                    break
+                except (RuntimeError, OSError) as e:
+                    print(f"valepipe: the metrics endpoint did not start again: {e}", file=sys.stderr, flush=True)
+            else:
+                print("valepipe: the metrics endpoint is given up on", file=sys.stderr, flush=True)
+                return
 
     def stop(self):
+        self.stopping = True
+        self._end()
+
+    def _end(self):
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait()
@@ -234,14 +309,19 @@ def _reload_rules(cfg):
 
 def _announce_ready(w, ready, restarts):
     """The ready line (stdout, or the --detach parent) and --ready-file, once forwarding."""
-    info = {"name": w.cfg.name, "pid": os.getpid(), "run_dir": os.path.abspath(w.run_dir),
-            "metrics": ready.get("metrics")}
-    line = "ready " + " ".join(f"{k}={v}" for k, v in info.items() if v is not None)
+    from pipeline import userfiles
+    # pid: the pipeline's (what --pid-file holds, where signals go); worker_pid: the process
+    # that forwards (a new one after a crash)
+    info = {"name": w.cfg.name, "pid": ready.get("supervisor", os.getpid()), "worker_pid": os.getpid(),
+            "run_dir": os.path.abspath(w.run_dir), "metrics": ready.get("metrics")}
+    info = {k: v for k, v in info.items() if v is not None}
+    line = (json.dumps({"event": "ready", **info}) if ready.get("json") else
+            "ready " + " ".join(f"{k}={v}" for k, v in info.items() if v is not None))
     if ready.get("file"):
-        tmp = ready["file"] + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(info, f)
-        os.replace(tmp, ready["file"])
+        try:
+            userfiles.write_text(ready["file"], "--ready-file", json.dumps(info))
+        except userfiles.UserFileError as e:
+            print(f"valepipe: {e}", file=sys.stderr, flush=True)
     if ready.get("fd") is not None:
         try:
             os.write(ready["fd"], (line + "\n").encode())
@@ -253,15 +333,16 @@ def _announce_ready(w, ready, restarts):
         print(line, flush=True)
 
 
-def _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu, restarts, ready):
+def _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu, restarts, ready, takeover=None):
     """One worker's life (in the supervisor's child); returns the exit code."""
     from pipeline.ports import PortError
     from pipeline.worker import Worker
     try:
         _pin(cpu)
         try:
-            # a restarted worker keeps the slow path's rules of this run
-            w = Worker(cfg, keep_rules=restarts > 0)
+            # a restarted worker keeps the slow path's rules of this run, and takes over
+            # the rings and counters of the one before it
+            w = Worker(cfg, keep_rules=restarts > 0, takeover=takeover)
         except (PortError, RuntimeError, OSError) as e:
             if ready.get("fd") is not None:
                 os.write(ready["fd"], f"{e}\n".encode())
@@ -269,6 +350,8 @@ def _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu, restar
     except typer.Exit as e:          # the child's exit code, for the supervisor
         return e.exit_code
     w.restarts = restarts
+    w.supervisor_pid = ready.get("supervisor", os.getpid())
+    _set_title(f"valepipe run {cfg.name} (worker)")
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())
     _announce_ready(w, ready, restarts)
@@ -286,22 +369,33 @@ def _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu, restar
             tick = lambda w: (lambda out: out and print(out + "\n", flush=True))(show(w.stats()))  # noqa: E731
     try:
         w.run(duration=max(0.001, deadline - time.monotonic()) if deadline else None, on_tick=tick, tick_s=interval)
-    finally:
+    except BaseException:
         if live:
             live.stop()
-        final = w.stats()
-        w.close()
+        w.close(crashed=True)        # as a crash: what the next worker takes over stays
+        raise
+    if live:
+        live.stop()
+    final = w.stats()
+    w.close()
     if stats_json:
+        from pipeline import userfiles
         try:
-            with open(stats_json, "w") as f:
+            with os.fdopen(userfiles.open_write(stats_json, "--stats-json"), "w") as f:
                 json.dump(final, f, indent=1)
         except OSError as e:
-            print(f"valepipe: --stats-json {stats_json}: {e.strerror}", file=sys.stderr)
+            print(f"valepipe: {e if isinstance(e, userfiles.UserFileError) else e.strerror}", file=sys.stderr)
             return 1
     if not quiet and not as_json:
         from pipeline.rates import render, since_start
         print(render(final, since_start(final)))
     return 0
+
+
+def _set_title(title):
+    """What ps shows for this process: supervisor and worker are told apart."""
+    from pipeline import hostos
+    hostos.set_title(title)
 
 
 def _traffic_lines(what, counter, quiet):
@@ -383,6 +477,7 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
         _fail(f"--rate must be 0..1e10 packets/s (0 = as fast as possible), not {rate:g}")
     if batch > 65536:
         _fail(f"--batch must be 1..65536 slots, not {batch}")
+    _check_cpu(cpu)
     _pin(cpu)
     uid = _owner_uid(owner)
     try:
@@ -410,7 +505,7 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
         print(f"sent {res['sent']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps")
         if s:
             print(f"received {res['rx']['received']} packets in {res['rx']['seconds']:.3f} s: "
-                  f"{res['rx']['mpps']:.3f} Mpps")
+                  f"{res['rx']['mpps']:.3f} Mpps{_discarded(res['rx'])}")
     raise typer.Exit(code)
 
 
@@ -431,6 +526,7 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
     from tools.traffic import PeerGone, Sink
     _numbers(above_zero=(("--duration", duration), ("--idle-stop", idle_stop)), at_least_zero=(("--count", count),))
     duration = _check_run_time(duration, count)
+    _check_cpu(cpu)
     _pin(cpu)
     uid = _owner_uid(owner)
     try:
@@ -448,8 +544,13 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
     finally:
         s.close()
     print(json.dumps(res) if as_json else
-          f"received {res['received']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps")
+          f"received {res['received']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps{_discarded(res)}")
     raise typer.Exit(code)
+
+
+def _discarded(res):
+    n = res.get("discarded_at_start")
+    return f" ({n} frames already waiting in the ring at start were discarded, not counted)" if n else ""
 
 
 NAME = typer.Option("valepipe", "--name", help="pipeline name ([pipeline].name); found whatever its run_dir")
@@ -482,20 +583,32 @@ def _unreachable(name, run_dir, path, e):
     return f"cannot reach pipeline {name!r} at {path}: {e} ({hint})"
 
 
+class _Unanswered(Exception):
+    """A request a pipeline did not answer (or refused); the message says why, in one line."""
+
+
 def _request(name, run_dir, cmd, which="worker.ctl", **args):
     """One control request to a running pipeline's worker (or slow path); errors end the
     command with one line that says what is running."""
+    try:
+        return _ask(name, run_dir, cmd, which, **args)
+    except _Unanswered as e:
+        _fail(str(e))
+
+
+def _ask(name, run_dir, cmd, which="worker.ctl", **args):
+    """_request's work, raising _Unanswered instead of ending the command."""
     from pipeline import control
     path = _ctl(run_dir, name, which)
     try:
         return control.request(path, cmd, **args)
     except RuntimeError as e:
-        _fail(str(e))
+        raise _Unanswered(str(e)) from None
     except OSError as e:
         if which == "slowpath.ctl" and isinstance(e, (FileNotFoundError, ConnectionRefusedError)) \
                 and os.path.exists(_ctl(run_dir, name)):
-            _fail(f"the slow path of pipeline {name!r} does not answer (restarting?); try again")
-        _fail(_unreachable(name, run_dir, path, e))
+            raise _Unanswered(f"the slow path of pipeline {name!r} does not answer (restarting?); try again") from None
+        raise _Unanswered(_unreachable(name, run_dir, path, e)) from None
 
 
 def _slowpath(name, run_dir, cmd, **args):
@@ -528,7 +641,9 @@ def add_flows(file: str = typer.Argument(..., help="file with one rule per line 
     """Add every rule of a file; nothing is added if any rule is invalid (each refused line
     is named FILE:LINE with its text)."""
     rules = _rules(file)
-    print(f"added {_slowpath(name, run_dir, 'add-flows', flows=[t for _, t, _ in rules])} rule(s)")
+    # loaded in steps while the slow path answers upcalls: a large set takes a while
+    n = _slowpath(name, run_dir, "add-flows", timeout=30 + len(rules) / 1000, flows=[t for _, t, _ in rules])
+    print(f"added {n} rule(s)")
 
 
 @app.command("replace-flows")
@@ -594,11 +709,16 @@ def trace(flow: Optional[str] = typer.Argument(None, help="'in_port=1,tcp,nw_dst
     from pipeline import rulefile
     if (flow is None) == (file is None):
         _fail("trace takes a FLOW or --file FILE (one of them)")
+    if flow is not None and not flow.strip():
+        _fail("trace: an empty flow (give in_port=N and its fields, or in_port=N and a packet in hex)")
     try:
         items = [flow] if file is None else [t for _, t in rulefile.read(file)]
     except rulefile.RuleFileError as e:
         _fail(str(e))
-    results = _slowpath(name, run_dir, "trace-many", flows=items)
+    from pipeline.slowpath.ofctl import MAX_TRACE
+    results = []            # a file of any length: in requests of what the slow path takes at once
+    for i in range(0, len(items), MAX_TRACE):
+        results += _slowpath(name, run_dir, "trace-many", flows=items[i:i + MAX_TRACE])
     if as_json:
         _print_json(results if file is not None else results[0])
         raise typer.Exit(1 if any(r.get("error") and "text" not in r for r in results) else 0)
@@ -747,19 +867,24 @@ def stats(name: str = NAME, run_dir: Optional[str] = RUN_DIR,
         live = Live(auto_refresh=False)
         live.start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    gone = None
     try:
         while True:
             time.sleep(interval)
-            out = show(_request(name, run_dir, "stats"))
+            out = show(_ask(name, run_dir, "stats"))
             if live:
                 live.update(out, refresh=True)
             else:
                 print(out if as_json else out + "\n", flush=True)
     except KeyboardInterrupt:
         pass
+    except _Unanswered as e:
+        gone = e
     finally:
         if live:
             live.stop()
+    if gone:                # said once the live display is gone, or it would draw over the line
+        _fail(f"{gone}; stopped watching", 1)
 
 
 @app.command()
@@ -782,15 +907,25 @@ def ports(name: str = NAME, run_dir: Optional[str] = RUN_DIR,
         print(f"{p['ofport']:>3} {p['uri']:<28} {state + speed:<10} rx {p['rx_packets']} "
               f"tx {p['tx_packets']} drops {json.dumps({k: v for k, v in p['drops'].items() if v})}")
         if io:
-            counts = {k: io[k] for k in ("rx_truncated", "rx_kernel_drops", "rx_errors", "tx_errors", "tx_again",
-                                         "tx_discarded", "sync_errors", "rx_gso", "rx_csum_partial") if io.get(k)}
-            extra = {k: io[k] for k in ("link", "speed_mbps", "mtu", "offload", "xdp_mode", "zerocopy", "queues",
-                                        "netns", "mem_id")
-                     if io.get(k) is not None}
-            print(f"    io: {json.dumps(counts)} {json.dumps(extra)}"
-                  + (f" last error: {io['last_error']}" if io.get("last_error") else ""))
+            # the binding's view, as the JSON has it: every counter (zeros too), then what it is
+            counts = [f"{k}={v}" for k, v in io.items() if isinstance(v, int) and not isinstance(v, bool)
+                      and k not in IO_FACTS]
+            facts = [f"{k}={_fact(v)}" for k, v in io.items() if k in IO_FACTS or isinstance(v, (bool, str))
+                     and k not in ("link", "last_error")]
+            if "link" in io:
+                print(f"    link: {io['link']}" + (f", {io['speed_mbps']} Mb/s" if io.get("speed_mbps") else ""))
+            print(f"    io: {' '.join(counts)}" + (f"; {' '.join(facts)}" if facts else ""))
+            if io.get("last_error"):
+                print(f"    last error: {io['last_error']}")
         if p.get("mirror"):
             print(f"    mirror: {p['mirror']['file']} ({p['mirror']['packets']} packets)")
+
+
+IO_FACTS = ("speed_mbps", "mtu", "queues", "first_queue", "ifindex", "xdp_prog_id", "mem_id")
+
+
+def _fact(v):
+    return "yes" if v is True else "no" if v is False else v
 
 
 @app.command("add-port")
@@ -802,6 +937,10 @@ def add_port(uri: str = typer.Argument(..., help="port uri, as in [[port]] (shm:
              name: str = NAME, run_dir: Optional[str] = RUN_DIR):
     """Add a port to a running pipeline (as ovs-vsctl add-port); cached flows are
     revalidated (NORMAL and FLOOD include it at once). It lasts until the pipeline stops."""
+    if ofport is not None and not 1 <= ofport <= 65279:        # as [[port]] ofport: 0 is not "next free"
+        _fail(f"--ofport must be 1..65279 (leave it out for the next free one), not {ofport}")
+    if slots is not None and not 2 <= slots <= 65536:
+        _fail(f"--slots must be 2..65536, not {slots}")
     r = _request(name, run_dir, "add-port", uri=uri, ofport=ofport, slots=slots)
     print(f"added port {r['ofport']} ({r['uri']})")
 
@@ -817,38 +956,48 @@ def del_port(port: str = typer.Argument(..., help="the port: its ofport or uri")
 
 @app.command("port-mod")
 def port_mod(port: str = typer.Argument(..., help="the port: its ofport or uri"),
-             up: Optional[bool] = typer.Option(None, "--up/--down", help="bring the port up or take it down"),
+             up: bool = typer.Option(False, "--up", help="bring the port up"),
+             down: bool = typer.Option(False, "--down", help="take the port down"),
              name: str = NAME, run_dir: Optional[str] = RUN_DIR):
     """Take a port down (it neither receives nor sends; floods leave it out) or bring it
     back up, as ovs-ofctl mod-port PORT down/up."""
-    if up is None:
-        _fail("port-mod needs --up or --down")
+    if up == down:
+        _fail("port-mod needs --up or --down (one of them)")
     r = _request(name, run_dir, "port-mod", port=port, up=up)
     print(f"port {r['ofport']} ({r['uri']}) is {'up' if r['up'] else 'down'}")
 
 
 @app.command("list")
 def list_(as_json: bool = JSON):
-    """The running pipelines: name, pid, uptime, ports, run directory."""
+    """The running pipelines: name, pid (the pipeline's: what --pid-file holds) and its
+    worker's, uptime, ports, run directory; one whose worker does not answer (stopped,
+    hung) is listed as such."""
     from pipeline import control, registry
     rows = []
-    for e in registry.entries():
+    for e in registry.entries():        # entries of live workers only
         try:
             st = control.request(os.path.join(e["run_dir"], "worker.ctl"), "stats", timeout=2.0)
-        except (OSError, RuntimeError):
-            continue                         # registered, but not answering: not running
-        rows.append({"name": e["name"], "pid": st["pid"], "uptime_s": st["uptime_s"], "run_dir": e["run_dir"],
-                     "config": e.get("config"), "ports": [p["uri"] for p in st["ports"]],
-                     "packets": st["packets"]})
+        except (OSError, RuntimeError) as exc:
+            rows.append({"name": e["name"], "pid": None, "worker_pid": e["pid"], "answering": False,
+                         "error": str(getattr(exc, "strerror", None) or exc or type(exc).__name__),
+                         "uptime_s": round(time.time() - e["started"], 3) if isinstance(e.get("started"), (int, float))
+                         else None, "run_dir": e["run_dir"], "config": e.get("config"),
+                         "ports": list(e.get("ports") or [])})
+            continue
+        rows.append({"name": e["name"], "pid": st.get("supervisor_pid", st["pid"]), "worker_pid": st["pid"],
+                     "answering": True, "uptime_s": st["uptime_s"], "run_dir": e["run_dir"],
+                     "config": e.get("config"), "ports": [p["uri"] for p in st["ports"]], "packets": st["packets"]})
     if as_json:
         _print_json(rows)
         return
     if not rows:
         print("no pipeline is running")
         return
-    print(f"{'name':<16} {'pid':>7} {'uptime':>10}  ports")
+    print(f"{'name':<16} {'pid':>7} {'worker':>7} {'uptime':>10}  ports")
     for r in rows:
-        print(f"{r['name']:<16} {r['pid']:>7} {_duration(r['uptime_s']):>10}  {', '.join(r['ports'])}")
+        up = _duration(r["uptime_s"]) if r["uptime_s"] is not None else "?"
+        print(f"{r['name']:<16} {r['pid'] or '?':>7} {r['worker_pid']:>7} {up:>10}  {', '.join(r['ports'])}"
+              + ("" if r["answering"] else f"  (NOT ANSWERING: {r['error']})"))
 
 
 def _duration(s):
@@ -945,13 +1094,15 @@ def topo_down(file: str = typer.Argument(..., help="the topology file given to `
     _linux_only("valepipe topo")
     from tools import topo
     try:
-        made, errors = topo.down(file)
+        made, errors, gone = topo.down(file)
     except topo.TopoError as e:
         _fail(str(e))
     if as_json:
-        _print_json({"removed": [m for m in made if str(m) not in map(str, errors)], "errors": [str(e) for e in errors]})
+        _print_json({"removed": len(made) - len(errors) - len(gone), "created": made, "errors": errors,
+                     "already_gone": gone})
         raise typer.Exit(1 if errors else 0)
-    print(f"removed {len(made) - len(errors)} of {len(made)} created objects")
+    print(f"removed {len(made) - len(errors) - len(gone)} of {len(made)} created objects"
+          + (f"; already gone: {', '.join(gone)}" if gone else ""))
     for e in errors:
         print(f"could not remove {e}", file=sys.stderr)
     if errors:

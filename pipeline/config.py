@@ -90,9 +90,10 @@ def _check_table(tbl, keys, where, bad):
     return ok
 
 
-def parse(text, path="<config>", rules=False):
+def parse(text, path="<config>", rules=False, run_dir=None):
     """A Config, or ConfigError listing every problem found. rules=True also parses each
-    [slowpath] rule (what `valepipe check` and `run` do before starting anything)."""
+    [slowpath] rule (what `valepipe check` and `run` do before starting anything); run_dir
+    (`run --run-dir`) replaces [pipeline].run_dir."""
     if len(text) > MAX_CONFIG:
         raise ConfigError(f"{path}: {len(text)} characters; a config is at most {MAX_CONFIG}")
     try:
@@ -124,7 +125,7 @@ def parse(text, path="<config>", rules=False):
         bad(f"{path}: [pipeline].upcall_rate must be 0..10000000 new flows/s per port (0 = no limit)")
     _seconds(cfg, "revalidate_interval", path, "0 = only when rules change", bad)
     _seconds(cfg, "idle_timeout", path, "0 = never", bad)
-    cfg.run_dir = cfg.run_dir or rundir.default(cfg.name)
+    cfg.run_dir = run_dir or cfg.run_dir or rundir.default(cfg.name)
     longest = len(os.fsencode(os.path.join(os.path.abspath(cfg.run_dir), rundir.LONGEST_SOCKET)))
     if longest > rundir.MAX_SOCKET_PATH:
         bad(f"{path}: [pipeline].run_dir {cfg.run_dir} is too long for its unix sockets ({longest} > "
@@ -175,6 +176,7 @@ def parse(text, path="<config>", rules=False):
         seen_uri.add(spec["uri"])
         cfg.ports.append(spec)
     _check_outputs(cfg.ports, bad, f"{path}: ")
+    _check_port_counts(cfg.ports, bad, f"{path}: ")
     sp = _check_table(doc.get("slowpath", {}), SLOWPATH_KEYS, f"{path}: [slowpath]", bad)
     for j, f in enumerate(sp.get("flows", [])):
         if not isinstance(f, str):
@@ -223,6 +225,37 @@ def _check_outputs(specs, bad, where=""):
             writers[real] = s["ofport"]
 
 
+def _check_port_counts(specs, bad, where=""):
+    """What opening the ports would refuse later: more ports than a worker has, a shm:
+    name used twice, `@share=` naming no shm: port of this config (a typo would make a
+    region of its own that no peer finds), more ports in one region than it holds."""
+    from pipeline._native import lib
+    from ring.region import RegionError, parse_shm_uri
+    if len(specs) > lib.VP_MAX_PORTS:
+        bad(f"{where}{len(specs)} ports; a pipeline has at most {lib.VP_MAX_PORTS}")
+    shm = []
+    for s in specs:
+        try:
+            shm.append((s, *parse_shm_uri(s["uri"])))
+        except RegionError:
+            pass                                   # not shm:, or already refused
+    names, regions = {}, {}
+    for s, name, region in shm:
+        if name in names:
+            bad(f"{where}ports {names[name]} and {s['ofport']} are both named {name!r} (shm: names are unique: "
+                "peers find a port by its name)")
+        names.setdefault(name, s["ofport"])
+        regions.setdefault(region, []).append(s["ofport"])
+    for s, name, region in shm:
+        if region != name and not any(n == region == r for _, n, r in shm):
+            bad(f"{where}port {s['ofport']} ({s['uri']}): @share={region} names no port of this config (give "
+                f"a shm:{region} port, or share the region of one that is: @share=NAME)")
+    for region, ofports in regions.items():
+        if len(ofports) > lib.VP_REGION_MAXPORTS:
+            bad(f"{where}region {region} has {len(ofports)} ports (ofports {ofports[0]}..{ofports[-1]}); a shared "
+                f"region holds at most {lib.VP_REGION_MAXPORTS}")
+
+
 def add_mirrors(cfg, mirrors):
     """`PORT=FILE` items (PORT an ofport or a uri): capture what PORT sends into FILE."""
     for m in mirrors:
@@ -244,12 +277,12 @@ def add_mirrors(cfg, mirrors):
         raise ConfigError(errors)
 
 
-def load(path, rules=False):
+def load(path, rules=False, run_dir=None):
+    from pipeline import userfiles
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"{path}: {e.strerror}") from None
+        text = userfiles.read_bytes(path, "config", 4 * MAX_CONFIG).decode("utf-8")   # read with a bound: /dev/zero
+    except userfiles.UserFileError as e:
+        raise ConfigError(str(e).removeprefix("config ")) from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return parse(text, path, rules=rules)
+    return parse(text, path, rules=rules, run_dir=run_dir)

@@ -11,7 +11,9 @@ MAX_ACTIONS = 65536
 PARSE_ERRORS = ("eth_short", "vlan_trunc", "vlan_depth", "arp_trunc", "ipv4_trunc", "ipv4_bad",
                 "ipv6_trunc", "ipv6_ext", "l4_trunc", "nd_bad", "ipv6_bad")
 DROPS = ("action_drop", "no_port", "tx_ring_full", "too_big", "upcall_lost", "upcall_queue", "flow_limit", "no_room",
-         "upcall_rate", "bad_offload")
+         "upcall_rate", "bad_offload", "upcall_disconnect", "worker_restart", "slowpath_drop", "bad_reply",
+         "tx_bad_slot")
+assert len(DROPS) == lib.VP_DROP_N
 SET_FIELDS = {"dl_src": (lib.VP_F_DL_SRC, 6), "dl_dst": (lib.VP_F_DL_DST, 6), "nw_src": (lib.VP_F_NW_SRC, 4),
               "nw_dst": (lib.VP_F_NW_DST, 4), "ipv6_src": (lib.VP_F_IPV6_SRC, 16), "ipv6_dst": (lib.VP_F_IPV6_DST, 16),
               "nw_tos": (lib.VP_F_NW_TOS, 1), "nw_ttl": (lib.VP_F_NW_TTL, 1), "tp_src": (lib.VP_F_TP_SRC, 2),
@@ -102,43 +104,39 @@ class Datapath:
                 op.kind = lib.VP_OP_REPARSE
         return ops
 
-    def install(self, key_bytes, actions):
+    def install(self, key_bytes, actions, megaflow=-1):
+        """The exact flow; with `megaflow` (an entry install_megaflow returned) as its cache."""
         key = ffi.from_buffer("struct vp_flow_key *", key_bytes)
-        return lib.vp_flow_install(self.c, key, self.action_id(actions))
+        return lib.vp_flow_install(self.c, key, self.action_id(actions), megaflow)
 
     def install_megaflow(self, key_bytes, wc, actions):
-        """Cache a translation for every packet that agrees with this one on `wc`'s bits."""
+        """Cache a translation for every packet that agrees with this one on `wc`'s bits;
+        returns its entry (>= 0), or < 0 when the table is full."""
         key = ffi.from_buffer("struct vp_flow_key *", key_bytes)
         return lib.vp_megaflow_install(self.c, key, key_mask(wc), self.action_id(actions))
 
-    def megaflows(self):
-        """Installed megaflows as (entry, masked key bytes, mask bytes, action id, stats)."""
-        out, start, buf, nxt = [], 0, ffi.new("uint32_t[]", 1024), ffi.new("uint32_t *")
+    def megaflow_chunks(self, n=256):
+        """Installed megaflows, up to n at a time, as lists of (entry, masked key bytes, mask
+        bytes, action id, stats); each list is read when the caller asks for it."""
+        start, buf, nxt = 0, ffi.new("uint32_t[]", n), ffi.new("uint32_t *")
         t = self.c.mflows
         size = ffi.sizeof("struct vp_flow_key")
         while start < t.limit:
-            n = lib.vp_megaflow_dump(self.c, start, buf, 1024, nxt)
-            for j in range(n):
+            got = lib.vp_megaflow_dump(self.c, start, buf, n, nxt)
+            out = []
+            for j in range(got):
                 f = t.entries[buf[j]]
                 out.append((buf[j], bytes(ffi.buffer(ffi.addressof(f, "key"), size)),
                             bytes(ffi.buffer(ffi.addressof(self.c.masks[f.upcall_id]), size)), f.action,
                             {"packets": f.packets, "bytes": f.bytes, "used_ns": f.used_ns}))
             start = nxt[0]
-        return out
+            if out:
+                yield out
 
-    def exact_flows(self):
-        """Exact-match entries installed by upcalls (not the ones cached from a megaflow,
-        whose hits the megaflow counts itself) as (key bytes, packets, bytes, used_ns)."""
-        out, start, buf, nxt = [], 0, ffi.new("uint32_t[]", 1024), ffi.new("uint32_t *")
-        t, size = self.c.flows, ffi.sizeof("struct vp_flow_key")
-        while start < t.limit:
-            n = lib.vp_flow_dump(self.c, start, buf, 1024, nxt)
-            for j in range(n):
-                f = t.entries[buf[j]]
-                if f.action >= 0 and not f.mf:
-                    out.append((bytes(ffi.buffer(ffi.addressof(f, "key"), size)), f.packets, f.bytes, f.used_ns))
-            start = nxt[0]
-        return out
+    def port_drops(self, i):
+        """Drops of packets that came in on dp port i, by reason (the port's ledger)."""
+        row = self.c.port_drops[i]
+        return {k: row[j] for j, k in enumerate(DROPS)}
 
     def stats(self):
         s = self.c.st

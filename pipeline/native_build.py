@@ -39,6 +39,7 @@ KERNELS = [
     "pipeline/stages/execute.h",
     "pipeline/stages/transmit.h",
     "pipeline/upcall.h",
+    "pipeline/journal.h",
     "tools/traffic.h",
 ]
 

@@ -19,10 +19,12 @@ class PeerGone(RegionError):
     """The pipeline that owned the port stopped and no new one came back in time."""
 
 
-def attach(uri, wait_s=10.0, owner=None):
+def attach(uri, wait_s=10.0, owner=None, rings="both"):
     """Become the user side of a port: (what to close, its RingPort, netmap fd or -1).
     shm: waits for its pipeline to create the region (a pipeline of user `owner`, a uid;
-    by default this process's user); netmap:/valeX: registers at once."""
+    by default this process's user) and claims the port's rings this peer uses ("tx" to
+    send, "rx" to receive, "both"; refused while another process holds one);
+    netmap:/valeX: registers at once."""
     if is_netmap(uri):
         from bindings.netmap.port import NetmapPort
         p = NetmapPort(uri)
@@ -32,20 +34,25 @@ def attach(uri, wait_s=10.0, owner=None):
     while True:
         try:
             reg = Region.attach(region, owner)
-            return reg, reg.port(name, ROLE_USER), -1
         except RegionNotReady:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.05)
+            continue
+        try:
+            return reg, reg.port(name, ROLE_USER, rings), -1
+        except RegionError:
+            reg.close()
+            raise
 
 
 class PortPeer:
     """One port's user side. `send`/`recv` copy frames in and out of its rings; `port` is
     the bound ring.RingPort (C tools drive its rings directly), `fd` a netmap port's fd."""
 
-    def __init__(self, uri, wait_s=10.0, owner=None):
-        self.uri, self.owner = uri, owner
-        self.region, self.port, self.fd = attach(uri, wait_s, owner)
+    def __init__(self, uri, wait_s=10.0, owner=None, rings="both"):
+        self.uri, self.owner, self.rings = uri, owner, rings
+        self.region, self.port, self.fd = attach(uri, wait_s, owner, rings)
 
     def send(self, frames):
         """Queue frames (bytes) for the pipeline; returns how many fitted in the ring."""
@@ -69,7 +76,7 @@ class PortPeer:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                self.region, self.port, self.fd = attach(self.uri, 0, self.owner)
+                self.region, self.port, self.fd = attach(self.uri, 0, self.owner, self.rings)
                 if not self.stale():
                     return
                 self.close()

@@ -190,11 +190,10 @@ def check_uri(uri):
         else:
             mod = importlib.import_module(f"bindings.{kind}")          # tap, packet, afxdp, pcap
             body, opts = parse_uri(uri, kind, mod.OPTIONS)
-            if kind != "pcap":
-                name, _, queue = body.partition(":") if kind == "afxdp" else (body, "", "")
-                check_ifname(uri, name)
-                if queue and not queue.isdigit():
-                    raise AdapterError(f"{uri!r}: queue {queue!r} must be a number")
+            if kind == "afxdp":
+                mod.split_queue(uri, body)
+            elif kind != "pcap":
+                check_ifname(uri, body)
             if not 1 <= opts.get("queues", 1) <= lib.VP_MAX_RINGS:
                 raise AdapterError(f"{uri!r}: queues must be 1..{lib.VP_MAX_RINGS}")
     except (RegionError, AdapterError, names.NameError_) as e:

@@ -1,9 +1,10 @@
 """Rule files as ovs-ofctl reads them: one rule per line, blank lines and '#' comments
 skipped, `-` for standard input. Every refused rule is reported with FILE:LINE and its
 text, so a user can go straight to it."""
-import sys
-
 from pipeline.slowpath.flowtext import FlowError, format_rule, parse_flow
+
+
+MAX_FILE = 64 << 20          # bytes of rules (or flows to trace) read from one file: ~600,000 rules
 
 
 class RuleFileError(Exception):
@@ -17,14 +18,11 @@ class RuleFileError(Exception):
 
 def read(path):
     """[(line number, rule text)] of a rule file (or '-': stdin)."""
+    from pipeline import userfiles
     try:
-        if path == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            with open(path, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-    except OSError as e:
-        raise RuleFileError([f"{path}: {e.strerror}"]) from None
+        lines = userfiles.read_bytes(path, "file", MAX_FILE).decode("utf-8").splitlines()
+    except userfiles.UserFileError as e:
+        raise RuleFileError([str(e).removeprefix("file ")]) from None
     except UnicodeDecodeError as e:
         raise RuleFileError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
     return [(i, ln.strip()) for i, ln in enumerate(lines, 1) if ln.strip() and not ln.strip().startswith("#")]

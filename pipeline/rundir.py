@@ -46,19 +46,8 @@ def check(path):
     sticky (as /tmp); the directory itself, if it exists, is ours and open to nobody else."""
     path = os.path.abspath(path)
     me = os.geteuid()
-    for chain in (path, os.path.realpath(path)):
-        for p in _prefixes(chain):
-            try:
-                st = os.lstat(p)
-            except FileNotFoundError:
-                break                              # what is missing, we create
-            if st.st_uid not in (0, me):
-                raise RunDirError(f"run directory {path}: {p} belongs to uid {st.st_uid}: other users could "
-                                  "replace what valepipe keeps there (give [pipeline] run_dir a directory of your "
-                                  "own, or set XDG_RUNTIME_DIR)")
-            if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-                raise RunDirError(f"run directory {path}: {p} is writable by other users (mode "
-                                  f"{stat.S_IMODE(st.st_mode):04o}): they could replace what valepipe keeps there")
+    check_chain(path, f"run directory {path}", "give [pipeline] run_dir a directory of your own, or set "
+                "XDG_RUNTIME_DIR")
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -68,8 +57,31 @@ def check(path):
     if st.st_uid != me:
         raise RunDirError(f"run directory {path} belongs to uid {st.st_uid}, not to us (uid {me})")
     if st.st_mode & 0o077:
+        # never "chmod 700 it": it may be /tmp or the base of every pipeline's directory
         raise RunDirError(f"run directory {path} is open to other users (mode {stat.S_IMODE(st.st_mode):04o}); "
-                          "a run directory is the pipeline's alone: chmod 700 it, or let valepipe create one")
+                          "a run directory is the pipeline's alone: name a directory that does not exist yet "
+                          f"(valepipe creates it, mode 0700), e.g. {os.path.join(path, 'NAME')}")
+
+
+def check_chain(path, label, advice="use a directory of your own"):
+    """Refuse (RunDirError, starting with `label`) a path on which a user other than us and
+    root could change something: every existing component of it, as written and with links
+    resolved, belongs to root or us, and no directory on the way is writable by others
+    unless it is sticky (as /tmp)."""
+    path = os.path.abspath(path)
+    me = os.geteuid()
+    for chain in (path, os.path.realpath(path)):
+        for p in _prefixes(chain):
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                break                              # what is missing, we create
+            if st.st_uid not in (0, me):
+                raise RunDirError(f"{label}: {p} belongs to uid {st.st_uid}: other users could replace what "
+                                  f"valepipe keeps there ({advice})")
+            if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+                raise RunDirError(f"{label}: {p} is writable by other users (mode "
+                                  f"{stat.S_IMODE(st.st_mode):04o}): they could replace what valepipe keeps there")
 
 
 def missing(path):
@@ -101,6 +113,15 @@ def make(path):
         remove_dirs(created)
         raise
     return created
+
+
+def make_for_config(path):
+    """make(path) for a pipeline's [pipeline].run_dir: a directory that cannot be made is
+    said as that setting's fault (RuntimeError)."""
+    try:
+        return make(path)
+    except OSError as e:
+        raise RuntimeError(f"[pipeline].run_dir {path!r}: cannot use it: {e.strerror or e}") from None
 
 
 def remove_dirs(created):

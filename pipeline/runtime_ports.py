@@ -73,7 +73,9 @@ class PortOps:
         if "@share=" in uri:
             raise PortError(f"{uri}: a port added at run time has a region of its own (no @share=)")
         ofports = {p.ofport for p in self.live()}
-        ofport = req.get("ofport") or max(ofports | {0}) + 1
+        ofport = req.get("ofport")
+        if ofport is None:                           # not given: the next free one (0 is refused below)
+            ofport = max(ofports | {0}) + 1
         if not isinstance(ofport, int) or isinstance(ofport, bool) or not 1 <= ofport <= 65279:
             raise PortError(f"ofport must be 1..65279, not {ofport!r}")
         if ofport in ofports or any(p.uri == uri for p in self.live()):

@@ -1,9 +1,10 @@
 """The supervisor: `valepipe run` forks the worker and, if a crash kills it, starts it
 again with its ports and the slow path's current rules; stop signals are passed on.
 
-A worker that exits by itself (done, or refusing its config) is not restarted; one that
-crashes more than MAX_RESTARTS times in WINDOW_S seconds is given up on, and what its
-crashes left (shm region descriptors, run-directory files) is removed then.
+A worker that exits by itself (done: 0, or refusing its config: 2) is not restarted; one
+that crashes — killed by a signal, or ending with another status (an exception) — is, and
+one that crashes more than MAX_RESTARTS times in WINDOW_S seconds is given up on, and what
+its crashes left (shm region descriptors, run-directory files) is removed then.
 """
 import os
 import signal
@@ -14,13 +15,15 @@ import traceback
 from pipeline import hostos
 
 MAX_RESTARTS = 5
+EXIT_REFUSED = 2              # the worker refused its config or ports at start: restarting would not help
 WINDOW_S = 60.0
 
 
-def supervise(start_worker, give_up=lambda: None, on_hup=None):
+def supervise(start_worker, give_up=lambda: None, on_hup=None, after_crash=lambda pid: None):
     """start_worker(restarts) runs a worker in a child process and returns its exit code;
-    give_up() clears what a crashed worker leaves behind, when no worker will follow;
-    on_hup() runs here (not in the worker) on SIGHUP."""
+    after_crash(pid) clears what a worker killed by a signal left that its successor will
+    not replace (regions of ports it added at run time); give_up() clears the rest, when
+    no worker will follow; on_hup() runs here (not in the worker) on SIGHUP."""
     restarts, crashes, stopping = 0, [], []
     child = [0]
 
@@ -60,20 +63,26 @@ def supervise(start_worker, give_up=lambda: None, on_hup=None):
             os.kill(pid, stopping[0])
         _, status = os.waitpid(pid, 0)
         child[0] = 0
+        after_crash(pid)                # a scan: finds nothing of a worker that cleaned up after itself
         if os.WIFEXITED(status):
-            return os.WEXITSTATUS(status)
-        sig = os.WTERMSIG(status)
-        if stopping or sig in (signal.SIGTERM, signal.SIGINT):
-            return 128 + sig
+            code = os.WEXITSTATUS(status)
+            if code in (0, EXIT_REFUSED) or stopping:
+                return code
+            how = f"exited with status {code}"
+        else:
+            sig = os.WTERMSIG(status)
+            if stopping or sig in (signal.SIGTERM, signal.SIGINT):
+                return 128 + sig
+            how = f"died of {signal.Signals(sig).name}"
         now = time.monotonic()
         crashes = [t for t in crashes if now - t < WINDOW_S] + [now]
         if len(crashes) > MAX_RESTARTS:
-            print(f"valepipe: the worker crashed {len(crashes)} times in {WINDOW_S:g} s (last: "
-                  f"{signal.Signals(sig).name}); giving up", file=sys.stderr, flush=True)
+            print(f"valepipe: the worker crashed {len(crashes)} times in {WINDOW_S:g} s (last: {how}); "
+                  "giving up", file=sys.stderr, flush=True)
             give_up()
             return 1
         restarts += 1
-        print(f"valepipe: worker {pid} died of {signal.Signals(sig).name}; restarting it with its ports "
+        print(f"valepipe: worker {pid} {how}; restarting it with its ports "
               f"(restart {restarts})", file=sys.stderr, flush=True)
         time.sleep(0.2)
 
@@ -92,7 +101,8 @@ def crash_leftovers(cfg):
         _wait_closed(os.path.join(run_dir, "slowpath.ctl"), timeout=5.0)
         for spec in cfg.ports:
             if spec["uri"].startswith("shm:"):
-                remove_stale(parse_shm_uri(spec["uri"])[1])
+                for name in set(parse_shm_uri(spec["uri"])):
+                    remove_stale(name)
         try:
             rundir.claim(run_dir)
         except (RuntimeError, OSError):

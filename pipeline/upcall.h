@@ -20,6 +20,7 @@ struct vp_upcall_batch {
     uint64_t rate_burst_ns;       /* burst flows x interval */
     uint64_t tat[64];             /* per port: when its bucket is next empty */
     uint64_t rate_limited[64];    /* per port: new flows refused */
+    uint32_t port_pkts[64];       /* per port: packets of this call going up */
 };
 uint32_t vp_upcall_collect(struct vp_dp *dp, struct vp_batch *b, struct vp_upcall_batch *u, int chan);
 /* cdef-end */

@@ -2,11 +2,13 @@
 slow path in one message per batch, install its flows, execute the packets it returns.
 
 Never blocks the fast path: the socket is non-blocking, the outgoing queue is bounded,
-and a missing slow path turns misses into counted `upcall_lost` drops.
+and a missing slow path turns misses into counted `upcall_lost` drops. Every packet sent
+up is settled: executed from the slow path's answer, or counted by port (`slowpath_drop`
+when the answer leaves it out, `upcall_disconnect` when the channel goes down first).
 """
-import errno
 import socket
 import time
+from collections import deque
 
 from pipeline import channel
 from pipeline._native import ffi, lib
@@ -14,8 +16,9 @@ from pipeline.datapath import DatapathError, key_mask
 
 MAX_OUTQ = 8 << 20          # bytes of upcalls waiting for the socket
 PENDING_TIMEOUT_NS = 2_000_000_000
-RECONNECT_S = 0.5
+RECONNECT_S = 0.05            # a failed connect to a unix socket costs microseconds
 REVALIDATE_CHUNK = 512        # flows per revalidate message
+HEARTBEAT_S = 5.0             # a connected slow path says something every second; silent this long: hung
 OFFLOAD_SIZE = ffi.sizeof("struct vp_offload")
 
 
@@ -39,6 +42,10 @@ class Upcalls:
         self.reported = {}                      # entry -> (packets, bytes) already reported
         self.reval_outstanding = 0              # revalidate messages not answered yet
         self.reval_again = False                # a request came during the round in progress
+        # per upcall message sent or queued, in order: dp port -> packets the slow path owes
+        # an answer for; its upcall_replies come back in the same order
+        self.owed = deque()
+        self.last_heard = 0.0                   # when the slow path last sent anything
         self.st = dict(upcalls=0, upcall_flows=0, upcall_packets=0, replies=0, installed=0,
                        executed=0, execute_dropped=0, stale_replies=0, bad_messages=0,
                        pending_expired=0, connects=0, disconnects=0, flow_limit_hit=0, slow_path_flows=0,
@@ -61,10 +68,12 @@ class Upcalls:
             return False
         s.setblocking(False)
         self.sock, self.up = s, True
+        self.last_heard = now
         self.st["connects"] += 1
         self.outq += channel.encode({"v": channel.VERSION, "t": "hello", "worker": self.worker_id,
                                      "ports": [p.describe() for p in self.dp.ports]})
-        self.flush()
+        if not self.flush():
+            return False
         if self.st["connects"] > 1:
             # a slow path that came back (restarted, maybe with other rules) checks every
             # cached flow before it is trusted again
@@ -75,6 +84,10 @@ class Upcalls:
         if self.sock:
             self.sock.close()
         self.sock, self.up = None, False
+        # queued here, in the socket or in the slow path's backlog: none will be answered
+        for owed in self.owed:
+            self._settle(owed, lib.VP_DROP_UPCALL_DISCONNECT)
+        self.owed.clear()
         self.outq.clear()
         self.unpacker = channel.unpacker()
         self.st["disconnects"] += 1
@@ -88,8 +101,11 @@ class Upcalls:
         self.keys.clear()
 
     def flush(self):
-        if not self.up or not self.outq:
-            return
+        """Send what the socket takes now; False when the channel is (or just went) down."""
+        if not self.up:
+            return False
+        if not self.outq:
+            return True
         try:
             n = self.sock.send(self.outq)
             del self.outq[:n]
@@ -97,6 +113,21 @@ class Upcalls:
             pass
         except OSError:
             self._down()
+        return self.up
+
+    def _settle(self, owed, reason):
+        """Packets the slow path will not return: a drop for the port each came in on."""
+        c = self.dp.c
+        for i, n in owed.items():
+            if n > 0:
+                c.st.drops[reason] += n
+                c.port_drops[i][reason] += n
+                c.upcall_inflight[i] = max(0, c.upcall_inflight[i] - n)
+        owed.clear()
+
+    def silent_for(self):
+        """Seconds since a connected slow path last sent anything (0 when not connected)."""
+        return time.monotonic() - self.last_heard if self.up else 0.0
 
     # -- fast path -> slow path ---------------------------------------------------------
     def send_misses(self, batch):
@@ -120,6 +151,7 @@ class Upcalls:
             if pk.ol.flags or pk.ol.gso_type:       # a super-frame or partial checksum: say so
                 item.append(bytes(ffi.buffer(ffi.addressof(pk, "ol"), OFFLOAD_SIZE)))
             pkts.append(item)
+        self.owed.append({i: u.port_pkts[i] for i in range(len(self.dp.ports)) if u.port_pkts[i]})
         self.outq += channel.encode({"v": channel.VERSION, "t": "upcall", "flows": flows, "packets": pkts})
         self.st["upcalls"] += 1
         self.st["upcall_flows"] += len(flows)
@@ -128,35 +160,45 @@ class Upcalls:
 
     # -- slow path -> fast path ---------------------------------------------------------
     def poll(self):
-        """Read and apply whatever replies have arrived; returns how many were applied."""
+        """Read and apply whatever replies have arrived, then commit what they did (the
+        packets they executed are published); returns how many were applied. Safe against
+        the channel going down at any point: each step checks it is still up."""
+        try:
+            return self._poll()
+        finally:
+            lib.vp_commit(self.dp.c)
+
+    def _poll(self):
         if not self.up:
             self.connect()
             return 0
-        self.flush()
+        if not self.flush():
+            return 0
         try:
             data = self.sock.recv(1 << 20)
         except BlockingIOError:
             return 0
-        except OSError as e:
-            if e.errno != errno.EAGAIN:
-                self._down()
+        except OSError:
+            self._down()
             return 0
         if not data:
             self._down()
             return 0
+        self.last_heard = time.monotonic()
+        done = 0
         try:
             self.unpacker.feed(data)
-            done = 0
             for msg in self.unpacker:
                 self._apply(msg)
                 done += 1
-            return done
+                if not self.up:
+                    break
         except (channel.ChannelError, DatapathError, ValueError, TypeError, KeyError, AttributeError) as e:
             # whatever the slow path sent, the fast path survives it: count, reconnect later
             self.st["bad_messages"] += 1
             self.last_error = str(e)
             self._down()
-            return 0
+        return done
 
     def _apply(self, msg):
         t = channel.check(msg)
@@ -171,6 +213,16 @@ class Upcalls:
             if t == "error":
                 self.last_error = str(msg.get("error"))
             return
+        if not self.owed:
+            raise channel.ChannelError("an upcall_reply with no upcall outstanding")
+        owed = self.owed.popleft()
+        try:
+            self._reply(msg, owed)
+        finally:
+            # what the answer did not return stays with the slow path (controller, unknown flow)
+            self._settle(owed, lib.VP_DROP_SLOWPATH)
+
+    def _reply(self, msg, owed):
         self.st["replies"] += 1
         for f in _list(msg, "flows"):
             fid = f.get("id") if isinstance(f, dict) else None
@@ -186,15 +238,16 @@ class Upcalls:
                 lib.vp_flow_remove(self.dp.c, ffi.from_buffer("struct vp_flow_key *", kb))
                 self.st["slow_path_flows"] += 1
                 continue
-            if self.dp.install(kb, actions) < 0:
+            wc = channel.mask_from_wire(f.get("mask"))
+            mf = self.dp.install_megaflow(kb, wc, actions) if wc is not None else -1
+            if mf >= 0:
+                self.st["megaflows_installed"] += 1
+            if self.dp.install(kb, actions, mf) < 0:
                 self.st["flow_limit_hit"] += 1
             else:
                 self.st["installed"] += 1
-            wc = channel.mask_from_wire(f.get("mask"))
-            if wc is not None and self.dp.install_megaflow(kb, wc, actions) >= 0:
-                self.st["megaflows_installed"] += 1
         self._forget(msg)
-        self._execute(_list(msg, "execute"))
+        self._execute(_list(msg, "execute"), owed)
 
     def _forget(self, msg):
         """NORMAL learned where these MACs are ([mac, ofport], ofport -1 when one aged out):
@@ -208,23 +261,41 @@ class Upcalls:
                 home = self.dp.ofport_to_index.get(item[1], lib.VP_MAX_PORTS)
                 self.st["forgotten"] += lib.vp_flows_forget_mac(self.dp.c, item[0], home)
 
-    def _execute(self, items):
+    def _execute(self, items, owed):
         """Run the packets the slow path returned through the C execute stage, one by one
-        (only first packets of flows get here)."""
+        (only first packets of flows get here). Each is one the slow path owed for its input
+        port; one it does not owe is refused."""
+        c = self.dp.c
         for it in items:
-            actions = channel.actions_from_wire(it[0]) if isinstance(it, list) and len(it) in (2, 3) else None
-            if not (actions is not None and isinstance(it[1], bytes) and channel.fast_path_runs(actions)
-                    and 14 <= len(it[1]) <= 65535
-                    and (len(it) == 2 or isinstance(it[2], bytes) and len(it[2]) == OFFLOAD_SIZE)):
+            # [actions, frame, offload metadata or nil, in_port]; older slow paths send
+            # [actions, frame] or [actions, frame, metadata]
+            i = self.dp.ofport_to_index.get(it[3], -1) if isinstance(it, list) and len(it) == 4 and _is_int(it[3]) else -1
+            if i < 0:      # an older slow path names no port: the first one still owed
+                i = next((k for k, n in owed.items() if n > 0), -1)
+            if owed.get(i, 0) <= 0:
                 self.st["bad_messages"] += 1
                 continue
-            aid = self.dp.action_id(actions)
-            drops0 = sum(self.dp.c.st.drops)
+            owed[i] -= 1
+            c.upcall_inflight[i] = max(0, c.upcall_inflight[i] - 1)
+            meta = it[2] if isinstance(it, list) and len(it) > 2 else None
+            actions = channel.actions_from_wire(it[0]) if isinstance(it, list) and len(it) in (2, 3, 4) else None
+            if not (isinstance(it, list) and len(it) in (2, 3, 4) and isinstance(it[1], bytes)
+                    and actions is not None and channel.fast_path_runs(actions) and 14 <= len(it[1]) <= 65535
+                    and (meta is None or isinstance(meta, bytes) and len(meta) == OFFLOAD_SIZE)):
+                self.st["bad_messages"] += 1
+                c.st.drops[lib.VP_DROP_BAD_REPLY] += 1
+                c.port_drops[i][lib.VP_DROP_BAD_REPLY] += 1
+                continue
+            drops0 = sum(c.st.drops)
+            try:
+                aid = self.dp.action_id(actions)
+            except DatapathError:
+                aid = 0xFFFFFFFF            # refused by the datapath: counted as bad_reply below
             # the C side checks the metadata against the packet before using it
-            ol = ffi.from_buffer("struct vp_offload *", it[2]) if len(it) == 3 else ffi.NULL
-            sent = lib.vp_execute_packet(self.dp.c, aid, it[1], len(it[1]), ol)
+            ol = ffi.from_buffer("struct vp_offload *", meta) if meta is not None else ffi.NULL
+            sent = lib.vp_execute_packet(c, aid, it[1], len(it[1]), ol, i)
             self.st["executed"] += sent
-            self.st["execute_dropped"] += sum(self.dp.c.st.drops) - drops0
+            self.st["execute_dropped"] += sum(c.st.drops) - drops0
 
     # -- revalidation: re-translate installed flows after rules change ------------------------
     def start_revalidation(self):
@@ -313,14 +384,20 @@ class Upcalls:
                 self.st["revalidated_removed"] += 1
 
     def _revalidated_megaflow(self, e, kb, actions, wc, keep):
-        """A megaflow stays only if both its actions and its mask are what translation
-        gives now; otherwise it goes, and the next packet sets up the right one."""
+        """A megaflow stays if translation gives it the same mask now (with the actions it
+        gives now: its exact-match caches follow); otherwise it goes, and the next packet
+        sets up the right one."""
         ent = self.dp.c.mflows.entries[e]
         if ent.action < 0 or bytes(ffi.buffer(ffi.addressof(ent, "key"), self._key_size)) != kb:
             return
         same_mask = wc is not None and bytes(ffi.buffer(key_mask(wc))) == bytes(
             ffi.buffer(ffi.addressof(self.dp.c.masks[ent.upcall_id])))
-        if same_mask and keep and self.dp.action_id(actions) == ent.action:
+        if same_mask and keep:
+            aid = self.dp.action_id(actions)
+            if aid != ent.action:
+                ent.action = aid
+                ent.gen = (ent.gen + 1) & 0xFFFFFFFF    # its exact-match caches are stale now
+                self.st["revalidated_changed"] += 1
             return
         lib.vp_megaflow_remove_entry(self.dp.c, e)
         self.reval.pop(e + self.dp.c.flows.limit, None)
@@ -330,17 +407,19 @@ class Upcalls:
         """Idle flows leave the table; pending flows whose answer is overdue may miss again."""
         expired = ffi.new("uint32_t *")
         lib.vp_flow_sweep(self.dp.c, self.dp.idle_ns, PENDING_TIMEOUT_NS, expired)
-        lib.vp_megaflow_sweep(self.dp.c, self.dp.idle_ns)
+        self.st["megaflows_removed"] += lib.vp_megaflow_sweep(self.dp.c, self.dp.idle_ns)     # idle: expired
         lib.vp_megaflow_rerank(self.dp.c)
         self.st["pending_expired"] += expired[0]
         old = time.monotonic() - PENDING_TIMEOUT_NS / 1e9
         for uid in [u for u, (_, t) in self.keys.items() if t < old]:
             del self.keys[uid]
 
-    def close(self):
-        if self.sock:
-            self.sock.close()
-        self.sock, self.up = None, False
+    def disconnect(self):
+        """Drop the channel (its unanswered upcalls are counted); the loop reconnects."""
+        if self.up:
+            self._down()
+
+    close = disconnect
 
 
 def _is_int(v):

@@ -15,17 +15,23 @@ from bindings.adapter import AdapterError
 from bindings.pcap import PcapWriter
 from pipeline.ports import PortError, close_ports, open_ports
 from pipeline.stages import Execute, Extract, Lookup, Receive, Transmit
+from pipeline._native import lib
 from pipeline.runtime_ports import PortOps
-from pipeline.upcall import Upcalls
+from pipeline.upcall import HEARTBEAT_S, Upcalls
 
 HOUSEKEEP_EVERY = 32          # batches between channel/timer/control polls
 IDLE_SLEEP_S = 50e-6
 IDLE_POLL_S = 0.001           # longest epoll wait: timers and the control socket need turns
+SUPERVISE_S = 0.1             # how often the slow path's health is checked
+CONNECT_S = 30.0              # a slow path not taking connections this long after its start is hung
 
 
 class Worker:
-    def __init__(self, cfg, start_slowpath=True, keep_rules=False):
+    def __init__(self, cfg, start_slowpath=True, keep_rules=False, takeover=None):
+        """takeover: a pipeline.takeover.Takeover (the supervisor's): its shm: ports and its
+        journal are used, so this worker continues where a crashed one stopped."""
         self.cfg = cfg
+        self.takeover = takeover
         self.run_dir = cfg.run_dir
         self.slow_sock = os.path.join(self.run_dir, "slowpath.sock")
         self.ctl_path = os.path.join(self.run_dir, "worker.ctl")
@@ -33,11 +39,7 @@ class Worker:
         self.stopping = False
         # the run directory first: it tells whether this pipeline already runs, and what a
         # crashed run of it left there is cleared (its shm regions are replaced when opened)
-        try:
-            self.created_dirs = rundir.make(self.run_dir)
-        except OSError as e:
-            raise RuntimeError(f"[pipeline].run_dir {self.run_dir!r}: cannot use it: "
-                               f"{e.strerror or e}") from None
+        self.created_dirs = rundir.make_for_config(self.run_dir)
         try:
             rundir.claim(self.run_dir, keep=rundir.KEPT_FILES if keep_rules else ())
         except RuntimeError:
@@ -46,7 +48,7 @@ class Worker:
         # this run's to remove at exit, also when an earlier run created it
         self.created_dirs = self.created_dirs or [os.path.abspath(self.run_dir)]
         try:
-            self.ports = open_ports(cfg.ports)
+            self.ports = takeover.open_ports(cfg.ports) if takeover else open_ports(cfg.ports)
         except Exception:
             rundir.remove_dirs(self.created_dirs)
             raise
@@ -56,13 +58,17 @@ class Worker:
                     port.mirror = PcapWriter(spec["mirror"])
                     port.ring_port.c.mirror = port.mirror.c
         except AdapterError as e:
-            close_ports(self.ports)
+            self._close_ports()
             rundir.remove_dirs(self.created_dirs)
             raise PortError(str(e)) from None
         try:
             self.dp = Datapath(self.ports, flow_limit=cfg.flow_limit, batch=cfg.batch, emc_limit=cfg.emc_limit or None)
             self.dp.idle_ns = int(cfg.idle_timeout * 1e9)
             self.dp.ofport_of = lambda i: self.ports[i].ofport
+            if takeover:
+                # counters and ring cursors continue from the last commit of the worker before
+                self.dp.c.journal = takeover.journal
+                lib.vp_journal_takeover(self.dp.c, sum(1 << i for i, p in enumerate(self.ports) if takeover.owns(p)))
             self.upcalls = Upcalls(self.dp, self.slow_sock, rate=cfg.upcall_rate)
             self.portops = PortOps(self)
             self.stages = [Receive(self.dp), Extract(self.dp), Lookup(self.dp, self.upcalls),
@@ -74,7 +80,7 @@ class Worker:
                 "add-port": self._port_op("add"), "del-port": self._port_op("delete"),
                 "port-mod": self._port_op("mod")})
         except Exception:
-            close_ports(self.ports)
+            self._close_ports()
             rundir.remove_dirs(self.created_dirs)
             raise
         # idle: sleep in epoll (poll(2) on FreeBSD) on the ports' fds when every port has one
@@ -86,9 +92,12 @@ class Worker:
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.next_revalidation = self.started + cfg.revalidate_interval
+        self.slow_hangs = 0
         if start_slowpath:
             try:
-                self.start_slowpath()
+                # a worker's start waits for its slow path, so the first packets (after a
+                # crash: those waiting in the rings, every flow new to the empty caches) find it
+                self.start_slowpath(wait=True, refuse=not keep_rules)
             except BaseException:
                 self.close()            # nothing of this run is left behind: regions, sockets, run dir
                 raise
@@ -108,7 +117,14 @@ class Worker:
                 raise ValueError(str(e)) from None
         return run
 
-    def start_slowpath(self):
+    def _close_ports(self):
+        """Close what this worker opened; the takeover's ports stay with the supervisor."""
+        close_ports([p for p in self.ports if not (self.takeover and self.takeover.owns(p))])
+
+    def start_slowpath(self, wait=False, refuse=False):
+        """Start the slow path. wait: until it takes connections (at the worker's start; later
+        the loop connects when it is ready, forwarding never waits for it); refuse: raise if
+        it exits meanwhile (a first start with a bad rule set)."""
         cmd = [sys.executable, "-m", "pipeline.slowpath", "--socket", self.slow_sock, "--name", self.cfg.name]
         if self.cfg.path and os.path.exists(self.cfg.path):
             cmd += ["--config", self.cfg.path]
@@ -120,47 +136,37 @@ class Worker:
             # and not outliving the worker, however the worker ends
             hostos.die_with_parent(signal.SIGTERM)
         self.slow = subprocess.Popen(cmd, preexec_fn=child_setup)
+        self.slow_started = time.monotonic()
         self.slow_restarts = getattr(self, "slow_restarts", -1) + 1
+        if not wait:
+            return
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not self.upcalls.connect():
             if self.slow.poll() is not None:
-                raise RuntimeError(f"slow path exited with status {self.slow.returncode}")
+                if refuse:
+                    raise RuntimeError(f"slow path exited with status {self.slow.returncode}")
+                return                          # the loop starts another
             self.upcalls.next_try = 0
             time.sleep(0.02)
 
     def megaflows(self):
-        """Installed megaflows, as `valepipe dump-megaflows` prints them."""
+        """Installed megaflows, as `valepipe dump-megaflows` prints them: streamed a chunk
+        per step, so a large table never holds up forwarding."""
         from pipeline import channel
-        names = {aid: key for key, aid in self.dp._action_ids.items()}
-        out, now = [], self.dp.c.now_ns
         ofport = self.dp.ofport_of
-        mflows = self.dp.megaflows()
-        # the exact-match entries an upcall installed beside its megaflow carry that flow's
-        # packets: counted into the megaflow, as OVS's dump shows EMC hits in its dpcls rule
-        by_mask = {}
-        for j, (_, kb, mb, _, _) in enumerate(mflows):
-            m = int.from_bytes(mb, "little")
-            by_mask.setdefault(m, {})[int.from_bytes(kb, "little") & m] = j
-        extra = [[0, 0, 0] for _ in mflows]
-        for kb, packets, nbytes, used in self.dp.exact_flows():
-            k = int.from_bytes(kb, "little")
-            for m, keys in by_mask.items():
-                j = keys.get(k & m)
-                if j is not None:
-                    e = extra[j]
-                    e[0], e[1], e[2] = e[0] + packets, e[1] + nbytes, max(e[2], used if packets else 0)
-                    break
-        for (_, kb, mb, aid, st), (xp, xb, xu) in zip(mflows, extra):
-            st = {"packets": st["packets"] + xp, "bytes": st["bytes"] + xb,
-                  "used_ns": max(st["used_ns"] if st["packets"] else 0, xu)}
-            key, mask = channel.key_attrs(kb, ofport), channel.key_attrs(mb, lambda i: 0xFFFF, like=kb)
-            out.append({"key": {k: (v.hex() if isinstance(v, bytes) else v) for k, v in key.items()},
-                        "mask": {k: (v.hex() if isinstance(v, bytes) else v) for k, v in mask.items()
-                                 if v and v != b"\0" * len(v if isinstance(v, bytes) else b"")},
-                        "actions": _describe_actions(names.get(aid), self.ports),
-                        "packets": st["packets"], "bytes": st["bytes"],
-                        "used_s": round((now - st["used_ns"]) / 1e9, 3) if st["packets"] else None})
-        return out
+        for chunk in self.dp.megaflow_chunks():
+            names = {aid: key for key, aid in self.dp._action_ids.items()}
+            out, now = [], self.dp.c.now_ns
+            for _, kb, mb, aid, st in chunk:
+                key, mask = channel.key_attrs(kb, ofport), channel.key_attrs(mb, lambda i: 0xFFFF, like=kb)
+                out.append({"key": {k: (v.hex() if isinstance(v, bytes) else v) for k, v in key.items()},
+                            "mask": {k: (v.hex() if isinstance(v, bytes) else v) for k, v in mask.items()
+                                     if v and v != b"\0" * len(v if isinstance(v, bytes) else b"")},
+                            "actions": _describe_actions(names.get(aid), self.ports),
+                            "packets": st["packets"], "bytes": st["bytes"],
+                            "used_s": round((now - st["used_ns"]) / 1e9, 3) if st["packets"] else None})
+            yield out
+        return []                           # the result when there was nothing to stream
 
     def revalidate_now(self):
         """Start a revalidation round (pushes flow stats to the slow path); returns the number
@@ -178,13 +184,14 @@ class Worker:
         up = self.upcalls
         end = time.monotonic() + duration if duration else None
         next_tick = time.monotonic() + tick_s
+        next_check = time.monotonic() + SUPERVISE_S
         it = 0
         while not self.stopping:
             if recv.process_batch(b):
                 ext.process_batch(b)
                 look.process_batch(b)
                 exe.process_batch(b)
-                tx.process_batch(b)
+                tx.process_batch(b)              # and the batch's commit
                 it += 1
                 if it % HOUSEKEEP_EVERY:
                     continue
@@ -198,13 +205,15 @@ class Worker:
             up.revalidate_step()
             self.control.poll()
             now = time.monotonic()
+            if now >= next_check:
+                next_check = now + SUPERVISE_S
+                self._supervise()
             if now >= next_tick:
                 next_tick = now + tick_s
                 up.expire()
                 if self.cfg.revalidate_interval and now >= self.next_revalidation:
                     self.next_revalidation = now + self.cfg.revalidate_interval
                     up.start_revalidation()
-                self._supervise()
                 self._report_port_errors()
                 if on_tick:
                     on_tick(self)
@@ -223,26 +232,53 @@ class Worker:
                 print(f"valepipe: port {p.ofport} {p.uri}: {change}", file=sys.stderr, flush=True)
 
     def _supervise(self):
-        if self.slow is not None and self.slow.poll() is not None and not self.stopping:
-            self.start_slowpath()
+        """Restart a slow path that exited, or that is alive but hung: connected and silent
+        (it says something every second) or never taking connections after its start."""
+        if self.slow is None or self.stopping:
+            return
+        if self.slow.poll() is None:
+            up = self.upcalls
+            silent = up.silent_for()
+            if silent > HEARTBEAT_S:
+                why = f"silent for {silent:.1f} s"
+            elif not up.up and time.monotonic() - self.slow_started > CONNECT_S:
+                why = f"not taking connections {CONNECT_S:g} s after its start"
+            else:
+                return
+            print(f"valepipe: slow path {self.slow.pid} {why}; killing and restarting it", file=sys.stderr, flush=True)
+            self.slow_hangs += 1
+            self.slow.kill()
+            self.slow.wait()
+            up.disconnect()
+        self.start_slowpath()
 
     def stats(self):
         st = self.dp.stats()
         st["uptime_s"] = round(time.monotonic() - self.started, 3)
-        st["name"], st["run_dir"], st["config"] = self.cfg.name, os.path.abspath(self.run_dir), self.cfg.path
-        st["pid"] = os.getpid()
+        st["name"], st["run_dir"] = self.cfg.name, os.path.abspath(self.run_dir)
+        st["config"] = os.path.abspath(self.cfg.path) if self.cfg.path else None      # as `list` shows it
+        st["pid"] = os.getpid()                      # the worker's; its supervisor's (valepipe run) beside it
+        st["supervisor_pid"] = getattr(self, "supervisor_pid", os.getpid())
         st["worker_restarts"] = getattr(self, "restarts", 0)
         st["upcall"] = dict(self.upcalls.st, channel_up=self.upcalls.up, last_error=getattr(self.upcalls, "last_error", None),
                             pending=len(self.upcalls.keys), slowpath_restarts=getattr(self, "slow_restarts", 0),
-                            slowpath_pid=self.slow.pid if self.slow else None)
-        st["ports"] = [dict(p.stats(), upcall_rate_limited=self.upcalls.c.rate_limited[i])
+                            slowpath_pid=self.slow.pid if self.slow else None, slowpath_hangs=self.slow_hangs,
+                            upcalls_unanswered=len(self.upcalls.owed))
+        st["takeovers"] = self.takeover.journal.takeovers if self.takeover else 0
+        # by input port: what came in was delivered, dropped for a reason here, or is still
+        # with the slow path (upcall_inflight)
+        st["ports"] = [dict(p.stats(), upcall_rate_limited=self.upcalls.c.rate_limited[i],
+                            in_drops=self.dp.port_drops(i), upcall_inflight=self.dp.c.upcall_inflight[i])
                        for i, p in enumerate(self.ports) if p.kind != "removed"]
         return st
 
-    def close(self):
+    def close(self, crashed=False):
+        """Stop and clean up. crashed (under a supervisor): leave the run directory (rules,
+        sockets) and the takeover's ports as they are, for the worker it starts next."""
         owner = self.control.owns_path()
         registry.unregister(self.cfg.name)           # only if the entry is still this process's
         self.upcalls.close()
+        lib.vp_commit(self.dp.c)
         if self.slow is not None and self.slow.poll() is None:
             self.slow.send_signal(signal.SIGTERM)
             try:
@@ -253,8 +289,10 @@ class Worker:
         self.control.close()
         if self.epoll:
             self.epoll.close()
-        close_ports(self.ports)
+        self._close_ports()
         self.portops.close()
+        if crashed and self.takeover:
+            return
         if owner:        # else a successor runs here now (we were stopped, then resumed): its files
             rundir.remove_files(self.run_dir)        # the slow path's rules, sockets
             rundir.remove_dirs(self.created_dirs)

@@ -126,6 +126,16 @@ static int pool_fits(uint64_t off, uint64_t n, uint64_t objsize, uint64_t memsiz
     return n <= (1u << 24) && objsize <= (1u << 20) && off <= memsize && n * objsize <= memsize - off;
 }
 
+/* Peers claim a port's ring by swapping their pid into its slot of the descriptor page
+ * atomically, so two peers starting at once cannot both win. The page is shared with
+ * every peer of the region: the pids are what peers say, used only to keep honest peers
+ * from sharing a ring; the pipeline never trusts them. */
+int vp_region_claim(struct vp_region_hdr *h, uint32_t port, uint32_t rx, uint32_t old, uint32_t pid) {
+    if (port >= VP_REGION_MAXPORTS) return 0;
+    uint32_t *slot = rx ? &h->port[port].rx_peer_pid : &h->port[port].peer_pid;
+    return __atomic_compare_exchange_n(slot, &old, pid, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+
 int vp_region_check(const char *base, uint64_t size, char *err, size_t errlen) {
     /* copy first: the creator may rewrite the header while we look at it */
     struct vp_region_hdr h;

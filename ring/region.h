@@ -25,8 +25,8 @@
 struct vp_region_port {
     char name[64];
     uint64_t nr_offset;       /* netmap_if of this port, from the netmap region start */
-    uint32_t peer_pid;        /* last process that attached as the user side */
-    uint32_t pad;
+    uint32_t peer_pid;        /* the process that sends on its TX ring (user side), 0: none */
+    uint32_t rx_peer_pid;     /* the process that receives on its RX ring, 0: none */
 };
 struct vp_region_hdr {
     uint64_t magic;
@@ -104,6 +104,8 @@ int vp_unmap_guarded(char *p, uint64_t size);
 int vp_region_format(char *base, uint64_t size, const struct vp_geom *g,
                      char **names, uint32_t mem_id, uint64_t generation, uint32_t pid);
 int vp_region_check(const char *base, uint64_t size, char *err, size_t errlen);
+/* a ring's peer claim: compare-and-swap of a pid in the descriptor page (1 if swapped) */
+int vp_region_claim(struct vp_region_hdr *h, uint32_t port, uint32_t rx, uint32_t old, uint32_t pid);
 int vp_port_bind(struct vp_port *p, char *nm_base, uint64_t nm_size, uint64_t if_off,
                  uint32_t role, uint32_t mem_id, char *err, size_t errlen);
 

@@ -5,7 +5,9 @@ The creator (the pipeline, like VALE for its ports) formats the region in a seal
 /dev/shm/valepipe.NAME (valepipe-UID.NAME for users other than root; /tmp on FreeBSD),
 handing the memfd itself to peers over the socket beside it (NAME:sock, ring/fdpass.py);
 a peer of the same user attaches by name, checks the memfd's owner and seals, and
-validates everything before touching a ring.
+validates everything before touching a ring. The other ports of a shared region
+(`shm:b@share=a`) are published under their own names too (valepipe.b names region a),
+so peers find every port by its name; each ring of a port has one peer at a time.
 """
 import errno
 import fcntl
@@ -54,6 +56,7 @@ def parse_shm_uri(uri):
 
 SHM_DIR = hostos.SHM_DIR
 DESC_MAGIC = "valepipe-region/1"
+ALIAS_MAGIC = "valepipe-share/1"     # "valepipe-share/1 REGION PID": a port of REGION, published by PID
 SOCK_SUFFIX = ":sock"         # not a name character: no region's descriptor is another's socket
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
@@ -72,9 +75,26 @@ class _NotADescriptor(Exception):
 
 def _read_desc(path, owner=None):
     """(pid, fd, size) from a descriptor file of user `owner` (default: us), or None while
-    it is being written. Opened without following links and without blocking (a FIFO
-    someone put there must not hang us); anything but a regular file of that user raises
-    _NotADescriptor. FileNotFoundError when there is nothing."""
+    it is being written (or when it names a shared region's port: _read_alias). Opened
+    without following links and without blocking (a FIFO someone put there must not hang
+    us); anything but a regular file of that user raises _NotADescriptor.
+    FileNotFoundError when there is nothing."""
+    parts = _read_words(path, owner)
+    if len(parts) != 4 or parts[0] != DESC_MAGIC or not all(p.isascii() and p.isdigit() for p in parts[1:]):
+        return None
+    return int(parts[1]), int(parts[2]), int(parts[3])
+
+
+def _read_alias(words):
+    """(region, pid) if a descriptor's words name a port of a shared region, else None."""
+    if len(words) == 3 and words[0] == ALIAS_MAGIC and NAME_RE.fullmatch(words[1]) and words[2].isascii() \
+            and words[2].isdigit():
+        return words[1], int(words[2])
+    return None
+
+
+def _read_words(path, owner=None):
+    """The words of a descriptor file of user `owner` (see _read_desc)."""
     uid = os.geteuid() if owner is None else owner
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -88,12 +108,9 @@ def _read_desc(path, owner=None):
             raise _NotADescriptor(_describe(path))
         if st.st_uid != uid:
             raise _NotADescriptor(f"it belongs to uid {st.st_uid}, not {_user(uid)}")
-        parts = os.read(fd, 256).decode("ascii", "replace").split()
+        return os.read(fd, 256).decode("ascii", "replace").split()
     finally:
         os.close(fd)
-    if len(parts) != 4 or parts[0] != DESC_MAGIC or not all(p.isascii() and p.isdigit() for p in parts[1:]):
-        return None
-    return int(parts[1]), int(parts[2]), int(parts[3])
 
 
 def _describe(path, expected="a region descriptor"):
@@ -138,6 +155,8 @@ class Region:
         self.mem_id = _mem_id(name)
         self._ports = []
         self._server = None         # the creator's fdpass.FdServer
+        self._aliases = []          # the creator's descriptors naming its other ports
+        self._claims = []           # a peer's (port index, rx) ring claims
 
     @classmethod
     def create(cls, name, ports, slots=1024, buf_size=2048, extra_bufs=0, rings=1):
@@ -170,6 +189,13 @@ class Region:
                 raise RegionError(f"region {name}: format failed")
             ffi.memmove(self.layout, self.base, ffi.sizeof("struct vp_region_hdr"))
             self._server = _serve(name, path + SOCK_SUFFIX, fd)
+            for p in ports:
+                if p != name:
+                    alias = desc_path(p)
+                    afd = _publish_slot(name, alias)
+                    self._aliases.append(alias)
+                    os.write(afd, f"{ALIAS_MAGIC} {name} {os.getpid()}\n".encode())
+                    os.close(afd)
         except RegionError:
             os.close(desc)
             os.unlink(path)             # ours, still empty (close() goes by the pid written in it)
@@ -206,6 +232,9 @@ class Region:
         uid = os.geteuid() if owner is None else owner
         path = desc_path(name, uid)
         try:
+            alias = _read_alias(_read_words(path, uid))
+            if alias:                   # a port of a shared region: that region (one step only)
+                name, path = alias[0], desc_path(alias[0], uid)
             desc = _read_desc(path, uid)
         except FileNotFoundError:
             raise RegionNotReady(f"region {name}: no such shm region ({path}); "
@@ -221,6 +250,7 @@ class Region:
             os.close(fd)
             raise
         self = cls(name, fd, size, owner=False)
+        self.attached = True
         err = ffi.new("char[256]")
         if lib.vp_region_check(ffi.cast("char *", self.layout), size, err, 256) != 0:
             self.close()
@@ -230,8 +260,10 @@ class Region:
     def port_names(self):
         return [ffi.string(self.layout.port[i].name).decode(errors="replace") for i in range(self.layout.nports)]
 
-    def port(self, name, role):
-        """Bind port `name` of this region; role is ROLE_KERNEL (switch) or ROLE_USER (peer)."""
+    def port(self, name, role, rings="both"):
+        """Bind port `name` of this region; role is ROLE_KERNEL (switch) or ROLE_USER (peer).
+        A peer of a shm: region claims the rings it uses ("tx": it sends, "rx": it
+        receives, or "both"): one that another live process holds is refused."""
         names = self.port_names()
         if name not in names:
             raise RegionError(f"region {self.name} has no port {name!r} (has {', '.join(names)})")
@@ -241,10 +273,35 @@ class Region:
         if lib.vp_port_bind(p.c, self.nm_base, self.nm_size, self.layout.port[i].nr_offset,
                             role, self.mem_id, err, 256) != 0:
             raise RegionError(f"port {name}: {ffi.string(err).decode()}")
-        if role == ROLE_USER:
-            self.hdr.port[i].peer_pid = os.getpid()
+        if role == ROLE_USER and getattr(self, "attached", False):
+            for rx in ((0, 1) if rings == "both" else (int(rings == "rx"),)):
+                self._claim(i, name, rx)
         self._ports.append(p)
         return p
+
+    def _claim(self, i, name, rx):
+        """Take ring `rx` (0: the port's TX ring, 1: its RX ring) of port i for this process,
+        unless a live process holds it (two senders would interleave in one ring, two
+        receivers would each take part of the traffic: netmap's rings have one user)."""
+        me = os.getpid()
+        for _ in range(1000):
+            cur = self.hdr.port[i].rx_peer_pid if rx else self.hdr.port[i].peer_pid
+            if cur == me:
+                break
+            if cur and _pid_alive(cur):
+                self._release()
+                raise RegionError(f"port {name}: pid {cur} already {'receives on' if rx else 'sends on'} it (a "
+                                  "port's ring has one peer at a time); stop it first, or use another port")
+            if lib.vp_region_claim(self.hdr, i, rx, cur, me):
+                break
+        else:
+            raise RegionError(f"port {name}: its {'RX' if rx else 'TX'} ring keeps changing hands")
+        self._claims.append((i, rx))
+
+    def _release(self):
+        for i, rx in self._claims:
+            lib.vp_region_claim(self.hdr, i, rx, os.getpid(), 0)
+        self._claims = []
 
     def owner_alive(self):
         return _pid_alive(self.layout.owner_pid)
@@ -254,12 +311,15 @@ class Region:
             return
         if self.owner:
             self.hdr.state = 2
-            path = desc_path(self.name)
-            try:
-                if (_read_desc(path) or (0,))[0] == os.getpid():
-                    os.unlink(path)
-            except (FileNotFoundError, _NotADescriptor):
-                pass
+            for path in [desc_path(self.name)] + self._aliases:
+                try:
+                    words = _read_words(path)
+                    if (_read_desc(path) or (0,))[0] == os.getpid() or (_read_alias(words) or (0, 0))[1] == os.getpid():
+                        os.unlink(path)
+                except (FileNotFoundError, _NotADescriptor):
+                    pass
+        else:
+            self._release()
         if self._server:
             self._server.close()        # before the memfd closes: it is never handed out closed
             self._server = None
@@ -337,9 +397,17 @@ def _live(path, region):
     """Whether the descriptor at `path` (ours) is a running pipeline's: its socket answers
     (a dead or zombie owner's does not); _NotADescriptor when something else sits there."""
     try:
+        words = _read_words(path)
         desc = _read_desc(path)
     except FileNotFoundError:
         return False
+    alias = _read_alias(words)
+    if alias:                       # a port of a live region, published by its pipeline
+        target = desc_path(alias[0])
+        try:
+            return (_read_desc(target) or (0,))[0] == alias[1] and _live(target, alias[0])
+        except (FileNotFoundError, _NotADescriptor):
+            return False
     if desc is None:
         # not (yet) a descriptor: being written right now, or debris from a crash
         try:
@@ -367,14 +435,24 @@ def _serve(region, sock, fd):
 
 def _remove_in_way(region, path, why):
     """Remove what stands at one of our names (stale, or another user's when we may: root
-    may; a sticky directory lets no one else)."""
+    may; a sticky directory lets no one else). An empty directory goes too; a directory
+    with something in it is left alone (its contents are not ours to judge)."""
     try:
-        os.unlink(path)
+        try:
+            isdir = stat.S_ISDIR(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            return
+        if isdir:
+            os.rmdir(path)          # never follows a link: one put there instead fails (ENOTDIR)
+        else:
+            os.unlink(path)
     except FileNotFoundError:
         pass
     except OSError as e:
-        raise RegionError(f"region {region}: {path} is in the way ({why or 'stale'}) and cannot be "
-                          f"removed: {e.strerror}; remove it as its owner or root, or use another name") from None
+        what = "is a directory with files in it" if e.errno in (errno.ENOTEMPTY, errno.EEXIST) else \
+            f"cannot be removed: {e.strerror}"
+        raise RegionError(f"region {region}: {path} is in the way ({why or 'stale'}) and {what}; remove it as its "
+                          "owner or root, or use another name") from None
 
 
 def _receive_memfd(region, sock, pid, uid):
@@ -452,8 +530,9 @@ def _check_memfd(fd, region, owner):
 
 
 def remove_stale(region):
-    """Remove this user's descriptor of `region` if no running pipeline owns it (what a run
-    that died, or was given up on, left); returns whether one was removed."""
+    """Remove this user's descriptor of `region` (or of a shared region's port) if no
+    running pipeline owns it (what a run that died, or was given up on, left); returns
+    whether one was removed."""
     path = desc_path(region)
     try:
         if _live(path, region):
@@ -467,6 +546,29 @@ def remove_stale(region):
         except FileNotFoundError:
             pass
     return True
+
+
+def remove_stale_of(pid):
+    """Remove this user's descriptors (regions and shared regions' ports) published by
+    process `pid` that no running pipeline serves: what a worker that died left, those of
+    ports it added at run time included; returns the names removed."""
+    prefix = os.path.basename(desc_path(""))
+    removed = []
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return removed
+    for f in names:
+        if not f.startswith(prefix) or f.endswith(SOCK_SUFFIX) or not NAME_RE.fullmatch(f[len(prefix):]):
+            continue
+        try:
+            words = _read_words(os.path.join(SHM_DIR, f))
+        except (OSError, _NotADescriptor):
+            continue
+        desc, alias = (_read_desc(os.path.join(SHM_DIR, f)) if len(words) == 4 else None), _read_alias(words)
+        if (desc and desc[0] == pid or alias and alias[1] == pid) and remove_stale(f[len(prefix):]):
+            removed.append(f[len(prefix):])
+    return removed
 
 
 def _ours(sock):

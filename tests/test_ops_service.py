@@ -19,7 +19,12 @@ from tests.test_ops_cli import _published, cli
 
 
 def _ready_line(proc):
+    """The ready notice: `ready k=v ...`, or with --json a JSON object (jq reads every line)."""
     line = proc.stdout.readline()
+    if line.startswith("{"):
+        info = json.loads(line)
+        assert info.pop("event") == "ready", line
+        return {k: str(v) for k, v in info.items()}
     assert line.startswith("ready "), (line, proc.stderr.read() if proc.poll() is not None else "")
     return dict(kv.split("=", 1) for kv in line.split()[1:])
 
@@ -83,7 +88,7 @@ def test_live_rates_stream(uniq, tmp_path):
     p = _start(conf, "--json", "--interval", "0.2")
     gen = None
     try:
-        _ready_line(p)
+        assert _ready_line(p)["name"] == uniq and p.stdout is not None    # a JSON line too, with --json
         gen = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "gen", f"shm:{uniq}a", "--rx", f"shm:{uniq}b",
                                 "--rate", "5000", "--duration", "5", "-q"], cwd=ROOT, stdout=subprocess.DEVNULL)
         busy = None

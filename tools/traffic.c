@@ -5,6 +5,9 @@
 #include <string.h>
 #include <sched.h>
 #include <time.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 #include <arpa/inet.h>
 #include "traffic.h"
 #include "../bindings/netmap/port.h"
@@ -43,15 +46,36 @@ int vp_gen_build(uint8_t *frames, uint32_t stride, uint32_t nflows, uint32_t len
     return 0;
 }
 
+/* Paced sending: packet k of a schedule is due k/rate after it starts (1/rate apart).
+ * Falling behind by a scheduling delay (a loaded machine wakes a sleeper milliseconds
+ * late) is made up at once, so the rate holds; a sender held up for longer (ring full,
+ * its pipeline stopped) does not catch up afterwards in a burst: once more than 200 ms
+ * (or a batch) behind, the schedule restarts from now. Returns how many packets are due
+ * by `now` in all. */
+static uint64_t paced_due(struct vp_gen *g, uint64_t now) {
+    double gap = 1e9 / g->rate_pps;
+    if (!g->pace_ns) { g->pace_ns = now; g->pace_sent = g->sent; }
+    if (now < g->pace_ns) return g->sent;
+    double behind = (double)(now - g->pace_ns) / gap - (double)(g->sent - g->pace_sent);
+    double burst = g->rate_pps * 0.2;        /* 200 ms of packets, at least a batch */
+    if (burst < (double)g->batch) burst = (double)g->batch;
+    if (behind > burst) {
+        g->pace_ns = now;
+        g->pace_sent = g->sent;
+        return g->sent;
+    }
+    return g->pace_sent + (uint64_t)((double)(now - g->pace_ns) / gap);
+}
+
 /* one generator step: fill up to a batch of slots; returns how many were sent */
 static uint32_t gen_step(struct vp_gen *g, uint64_t now) {
     struct vp_ring *r = g->ring;
     uint32_t n = vp_ring_space(r), sent = 0;
     if (n > g->batch) n = g->batch;
     if (g->count && g->sent + n > g->count) n = (uint32_t)(g->count - g->sent);
-    if (g->rate_pps) {
-        uint64_t allowed = (now - g->start_ns) * g->rate_pps / 1000000000ull;
-        n = allowed > g->sent ? (uint32_t)(allowed - g->sent < n ? allowed - g->sent : n) : 0;
+    if (g->rate_pps > 0) {
+        uint64_t due = paced_due(g, now);
+        n = due > g->sent ? (uint32_t)(due - g->sent < n ? due - g->sent : n) : 0;
     }
     for (uint32_t i = 0; i < n; i++) {
         struct netmap_slot *s = vp_slot(r, vp_ring_produce(r));
@@ -99,23 +123,35 @@ static uint32_t sink_step(struct vp_sink *s, uint64_t now) {
     return n;
 }
 
-/* Nothing to do: spin a little (traffic usually resumes at once), then sleep, longer the
- * longer it stays idle, up to IDLE_MAX_NS: an idle generator or sink costs a few wake-ups
- * per millisecond, not a core. `*spins` is reset by the caller whenever work was done. */
-#define IDLE_SPINS 64
+/* Nothing to do. A ring that is full or empty for a few microseconds is the common case
+ * under load (the pipeline is about to drain or fill it): keep the CPU then, yielding now
+ * and again, as pkt-gen does. Only after IDLE_SPIN_NS of nothing is the tool idle for real:
+ * then it sleeps, longer the longer it stays idle, up to IDLE_MAX_NS, so an idle generator
+ * or sink costs a few wake-ups per millisecond, not a core. `*since` is the time idleness
+ * began (0: working), reset by the caller whenever work was done. */
+#define IDLE_SPIN_NS 2000000ull
 #define IDLE_MAX_NS 100000ull
-static void idle(uint32_t *spins) {
-    if (++*spins <= IDLE_SPINS) return;
-    uint64_t ns = 1000ull << (*spins - IDLE_SPINS < 7 ? *spins - IDLE_SPINS : 7);
-    if (ns > IDLE_MAX_NS) ns = IDLE_MAX_NS;
-    struct timespec ts = { 0, (long)ns };
+static void idle(uint64_t *since, uint64_t now) {
+    if (!*since) *since = now;
+    uint64_t idle_ns = now - *since;
+    if (idle_ns < IDLE_SPIN_NS) {
+        sched_yield();
+        return;
+    }
+    uint64_t ns = (idle_ns - IDLE_SPIN_NS) / 8 + 1000;
+    struct timespec ts = { 0, (long)(ns > IDLE_MAX_NS ? IDLE_MAX_NS : ns) };
     nanosleep(&ts, NULL);
 }
 
 /* A paced generator with nothing due yet sleeps until its next packet is (at most a
  * slice away): --rate 10 costs ten wake-ups a second, not a spinning core. */
 static void pace_wait(const struct vp_gen *g, uint64_t now, uint64_t end) {
-    uint64_t due = g->start_ns + (g->sent + 1) * 1000000000ull / g->rate_pps;
+#ifdef __linux__
+    /* the default 50 us timer slack would stretch every wait of a fast paced sender */
+    static int slack_set;
+    if (!slack_set) { prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0); slack_set = 1; }
+#endif
+    uint64_t due = g->pace_ns + (uint64_t)((double)(g->sent - g->pace_sent + 1) * 1e9 / g->rate_pps);
     if (due > end) due = end;
     if (due > now) {
         uint64_t ns = due - now;
@@ -129,13 +165,13 @@ static int sink_done(const struct vp_sink *s) { return s->count && s->packets >=
 
 uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns) {
     uint64_t t0 = vp_now_ns(), now = t0, before = g->sent;
-    uint32_t spins = 0;
+    uint64_t since = 0;
     if (!g->start_ns) g->start_ns = t0;
     if (g->frame_len > g->ring->buf_size) return 0;
     while (now - t0 < max_ns && !gen_done(g)) {
-        if (gen_step(g, now)) spins = 0;
-        else if (g->rate_pps && vp_ring_space(g->ring)) pace_wait(g, now, t0 + max_ns);
-        else idle(&spins);
+        if (gen_step(g, now)) since = 0;
+        else if (g->rate_pps > 0 && vp_ring_space(g->ring)) pace_wait(g, now, t0 + max_ns);
+        else idle(&since, now);
         now = vp_now_ns();
     }
     g->bytes = g->sent * g->frame_len;
@@ -144,9 +180,9 @@ uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns) {
 
 uint64_t vp_sink_run(struct vp_sink *s, uint64_t max_ns) {
     uint64_t t0 = vp_now_ns(), now = t0, before = s->packets;
-    uint32_t spins = 0;
+    uint64_t since = 0;
     while (now - t0 < max_ns && !sink_done(s)) {
-        if (!sink_step(s, now)) idle(&spins); else spins = 0;
+        if (!sink_step(s, now)) idle(&since, now); else since = 0;
         now = vp_now_ns();
     }
     return s->packets - before;
@@ -155,13 +191,13 @@ uint64_t vp_sink_run(struct vp_sink *s, uint64_t max_ns) {
 /* pkt-gen's txrx on two ports in one loop: no scheduler between sending and draining */
 uint64_t vp_gen_sink_run(struct vp_gen *g, struct vp_sink *s, uint64_t max_ns) {
     uint64_t t0 = vp_now_ns(), now = t0, before = s->packets;
-    uint32_t spins = 0;
+    uint64_t since = 0;
     if (!g->start_ns) g->start_ns = t0;
     if (g->frame_len > g->ring->buf_size) return 0;
     while (now - t0 < max_ns && !(gen_done(g) && sink_done(s))) {
         uint32_t work = gen_done(g) ? 0 : gen_step(g, now);
         work += sink_step(s, now);
-        if (!work) idle(&spins); else spins = 0;
+        if (!work) idle(&since, now); else since = 0;
         now = vp_now_ns();
     }
     g->bytes = g->sent * g->frame_len;

@@ -12,13 +12,15 @@ struct vp_gen {
     uint32_t frame_len;
     uint32_t next;
     uint32_t batch;
-    uint64_t rate_pps;        /* 0 = as fast as the ring drains */
+    double rate_pps;          /* packets per second (fractions too); 0 = as fast as the ring drains */
     uint64_t count;           /* 0 = no limit */
     uint64_t sent;
     uint64_t bytes;
     uint64_t start_ns;
     uint64_t ring_full;       /* polls that found no room */
     uint64_t sync_errors;     /* sync ioctls the kernel refused */
+    uint64_t pace_ns;         /* paced: when packet pace_sent + 1 was due */
+    uint64_t pace_sent;
 };
 struct vp_sink {
     struct vp_ring *ring;

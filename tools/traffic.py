@@ -19,9 +19,13 @@ def pin(cpu):
 class _OnPeer:
     """A tool on a port's user side that follows its pipeline through a restart."""
 
+    gone_ns = None                                  # when its pipeline was found gone
+
     def _follow_pipeline(self):
         if self.peer.stale():
+            self.gone_ns = lib.vp_now_ns()          # a summary after PeerGone ends here, not after the wait
             self.peer.reattach(self.wait_s)         # PeerGone if it does not come back
+            self.gone_ns = None
             self.port = self.peer.port
             self._bind()
             self.reattached += 1
@@ -42,12 +46,12 @@ class Generator(_OnPeer):
         self._frames = ffi.new("uint8_t[]", flows * self.stride)
         if lib.vp_gen_build(self._frames, self.stride, flows, size, dst_mac, src_mac) != 0:
             raise ValueError("cannot build frames")
-        self.peer = PortPeer(uri, wait_s, owner)
+        self.peer = PortPeer(uri, wait_s, owner, rings="tx")
         self.port, fd = self.peer.port, self.peer.fd
         self.reattached = 0
         self.g = ffi.new("struct vp_gen *", dict(
             ring=self.port.tx_ring(), fd=fd, frames=self._frames, nframes=flows, stride=self.stride,
-            frame_len=size, batch=batch, rate_pps=int(rate), count=int(count)))
+            frame_len=size, batch=batch, rate_pps=float(rate), count=int(count)))
         self.sent_end = None                    # when sending stopped (a sink may drain on)
         self.wait_s = wait_s
         if size > self.port.c.tx[0].buf_size:
@@ -95,7 +99,7 @@ class Generator(_OnPeer):
         self.g.ring, self.g.fd = self.port.tx_ring(), self.peer.fd
 
     def result(self):
-        end = self.sent_end or lib.vp_now_ns()
+        end = self.sent_end or self.gone_ns or lib.vp_now_ns()
         el = (end - self.g.start_ns) / 1e9 if self.g.start_ns else 0.0
         return {"sent": self.g.sent, "bytes": self.g.sent * self.g.frame_len, "seconds": round(el, 6),
                 "mpps": round(self.g.sent / el / 1e6, 4) if el else 0.0, "ring_full_polls": self.g.ring_full,
@@ -109,10 +113,23 @@ class Sink(_OnPeer):
     def __init__(self, uri, count=0, batch=1024, wait_s=10.0, owner=None):
         if count < 0:
             raise ValueError(f"count must be >= 0 (0 = no limit), not {count}")
-        self.peer = PortPeer(uri, wait_s, owner)
+        self.peer = PortPeer(uri, wait_s, owner, rings="rx")
         self.port, self.wait_s, self.reattached = self.peer.port, wait_s, 0
         self.s = ffi.new("struct vp_sink *", dict(ring=self.port.rx_ring(), fd=self.peer.fd, batch=batch,
                                                   count=int(count)))
+        self.discarded = self._discard_waiting()
+
+    def _discard_waiting(self):
+        """Drop what a shm: port's RX ring already holds (left by an earlier peer, or sent
+        before this one attached): a sink counts only what arrives while it runs."""
+        if self.peer.fd >= 0:
+            return 0
+        r = self.port.rx_ring()
+        n = lib.vp_ring_avail(r)
+        if n:
+            r.cons = (r.cons + n) % r.nslots
+            lib.vp_ring_release(r)
+        return n
 
     def _bind(self):
         self.s.ring, self.s.fd = self.port.rx_ring(), self.peer.fd
@@ -141,7 +158,7 @@ class Sink(_OnPeer):
         return {"received": self.s.packets, "bytes": self.s.bytes, "seconds": round(el, 6),
                 "mpps": round(self.s.packets / el / 1e6, 4) if el > 0 else 0.0,
                 "errors": self.port.ring_stats()["rx"], "sync_errors": self.s.sync_errors,
-                "reattached": self.reattached}
+                "reattached": self.reattached, "discarded_at_start": self.discarded}
 
     def close(self):
         self.peer.close()

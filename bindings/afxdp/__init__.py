@@ -15,15 +15,26 @@ MODES = {"auto": lib.VP_XDP_AUTO, "native": lib.VP_XDP_NATIVE, "generic": lib.VP
 ZEROCOPY = {"auto": lib.VP_ZC_AUTO, "yes": lib.VP_ZC_ON, "no": lib.VP_ZC_OFF}
 
 
+MAX_QUEUE = 65535            # a queue index the kernel takes (a larger one was an OverflowError)
+
+
+def split_queue(uri, body):
+    """`IFNAME[:QUEUE]` -> (interface name, queue index), checked."""
+    name, _, queue = body.partition(":")
+    check_ifname(uri, name)
+    if queue and not (queue.isascii() and queue.isdigit()):
+        raise AdapterError(f"{uri!r}: queue {queue!r} must be a number")
+    if queue and int(queue) > MAX_QUEUE:
+        raise AdapterError(f"{uri!r}: queue {queue} is past the last one an interface can have ({MAX_QUEUE})")
+    return name, int(queue or 0)
+
+
 class AfxdpAdapter(Adapter):
     kind = "afxdp"
 
     def __init__(self, uri, slots=None):
         body, opt = parse_uri(uri, "afxdp", OPTIONS)
-        name, _, queue = body.partition(":")
-        check_ifname(uri, name)
-        if queue and not (queue.isascii() and queue.isdigit()):
-            raise AdapterError(f"{uri!r}: queue {queue!r} must be a number")
+        name, queue = split_queue(uri, body)
         if opt["mode"] not in MODES:
             raise AdapterError(f"{uri!r}: mode must be one of {', '.join(MODES)}")
         if opt["zerocopy"] not in ZEROCOPY:
@@ -33,10 +44,10 @@ class AfxdpAdapter(Adapter):
         err = ffi.new("char[320]")
         with self.opening(), in_netns(opt["netns"]):
             self.watch_link(name, bring_up=opt["up"])
-            if lib.vp_afxdp_open(self.io, name.encode(), int(queue or 0), opt["queues"], MODES[opt["mode"]],
+            if lib.vp_afxdp_open(self.io, name.encode(), queue, opt["queues"], MODES[opt["mode"]],
                                  ZEROCOPY[opt["zerocopy"]], opt["offload"], info, err, 320) < 0:
                 raise AdapterError(f"{uri}: {ffi.string(err).decode()}")
-        self.info = {**self.info, "interface": name, "ifindex": info.ifindex, "first_queue": int(queue or 0),
+        self.info = {**self.info, "interface": name, "ifindex": info.ifindex, "first_queue": queue,
                      "queues": opt["queues"], "xdp_mode": "native" if info.mode == lib.VP_XDP_NATIVE else "generic",
                      "zerocopy": bool(info.zerocopy), "xdp_prog_id": info.prog_id, "netns": opt["netns"],
                           "multi_buffer": bool(info.sg), "offload": opt["offload"]}

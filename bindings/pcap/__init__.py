@@ -4,6 +4,7 @@
 counted as tx_discarded. `pcap:FILE@write` writes what the port sends (tcpdump-readable).
 """
 import os
+import stat
 import struct
 
 from bindings.adapter import Adapter, AdapterError, parse_uri
@@ -13,6 +14,7 @@ OPTIONS = {"write": False, "rate": "max", "loop": 1}
 MAGICS = {b"\xd4\xc3\xb2\xa1": (0, 0), b"\xa1\xb2\xc3\xd4": (1, 0),
           b"\x4d\x3c\xb2\xa1": (0, 1), b"\xa1\xb2\x3c\x4d": (1, 1)}   # (swapped, ns) on little-endian
 LINKTYPE_ETHERNET = 1
+MAX_REPLAY = 1 << 30          # bytes of a capture replayed (held in memory)
 
 
 def pcap_header(snaplen=65535):
@@ -23,10 +25,11 @@ class PcapWriter:
     """A pcap file written by C (mirrors, pcap:...@write ports)."""
 
     def __init__(self, path):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise AdapterError(f"cannot write pcap {path}: {e.strerror}") from None
+        from pipeline.userfiles import UserFileError, open_write
+        try:        # never through a link, into a FIFO (no hang) or another user's file
+            fd = open_write(path, "pcap file")
+        except UserFileError as e:
+            raise AdapterError(f"cannot write {e}") from None
         os.write(fd, pcap_header())
         self.path = path
         self.c = ffi.new("struct vp_pcap_out *")
@@ -46,8 +49,12 @@ class PcapWriter:
 def read_pcap(path):
     """Check a pcap file's header; returns (bytes, swapped, ns) for the C reader."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:   # a FIFO: no hang
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REPLAY:    # kept in memory: bounded
+                raise AdapterError(f"cannot read pcap {path}: " + ("larger than 1 GiB" if stat.S_ISREG(st.st_mode)
+                                                                   else "not a regular file"))
+            data = f.read(MAX_REPLAY + 1)
     except OSError as e:
         raise AdapterError(f"cannot read pcap {path}: {e.strerror}") from None
     if len(data) < 24 or data[:4] not in MAGICS:

@@ -25,6 +25,7 @@ class Subtable:
             self.stages = [[]]
         self.prefixes = [dict() for _ in self.stages[:-1]]   # stage -> {masked prefix: refcount}
         self.rules = {}                              # full masked key -> [rules], highest priority first
+        self.priorities = {}                         # priority -> rules with it
         self.max_priority = -1
         self.hits = 0
 
@@ -39,6 +40,7 @@ class Subtable:
         lst = self.rules.setdefault(self._key(self.stages[-1], vals), [])
         lst.append(rule)
         lst.sort(key=lambda r: -r.priority)
+        self.priorities[rule.priority] = self.priorities.get(rule.priority, 0) + 1
         self.max_priority = max(self.max_priority, rule.priority)
 
     def remove(self, rule):
@@ -55,7 +57,11 @@ class Subtable:
             self.prefixes[i][pk] -= 1
             if not self.prefixes[i][pk]:
                 del self.prefixes[i][pk]
-        self.max_priority = max((lst[0].priority for lst in self.rules.values()), default=-1)
+        self.priorities[rule.priority] -= 1
+        if not self.priorities[rule.priority]:
+            del self.priorities[rule.priority]
+            # over the distinct priorities, not the rules: deleting many rules stays linear
+            self.max_priority = max(self.priorities, default=-1)
         return True
 
     def lookup(self, flow, wc):
@@ -76,11 +82,16 @@ class Table:
     def __init__(self, table_id):
         self.id = table_id
         self.subtables = {}                          # mask key -> Subtable
-        self.order = []                              # by max priority, highest first
+        self.by_key = {}                             # Rule.key() -> rule (same priority and match: one rule)
+        self._order = None                           # by max priority, highest first; None: to sort again
         self.lookups = self.matched = 0
 
-    def _resort(self):
-        self.order = sorted(self.subtables.values(), key=lambda s: -s.max_priority)
+    @property
+    def order(self):
+        # sorted when next looked up, not on every change: loading many rules stays linear
+        if self._order is None:
+            self._order = sorted(self.subtables.values(), key=lambda s: -s.max_priority)
+        return self._order
 
     def insert(self, rule):
         mk = tuple(sorted((f, m) for f, (_, m) in rule.match.items() if m))
@@ -88,7 +99,8 @@ class Table:
         if st is None:
             st = self.subtables[mk] = Subtable(dict(mk))
         st.insert(rule)
-        self._resort()
+        self.by_key[rule.key()] = rule
+        self._order = None
 
     def remove(self, rule):
         mk = tuple(sorted((f, m) for f, (_, m) in rule.match.items() if m))
@@ -97,7 +109,9 @@ class Table:
             return False
         if not st.rules:
             del self.subtables[mk]
-        self._resort()
+        if self.by_key.get(rule.key()) is rule:
+            del self.by_key[rule.key()]
+        self._order = None
         return True
 
     def rules(self):

@@ -1,8 +1,10 @@
 """The slow-path process: answers each worker's upcall batches with flows to install and
 packets to execute. It trusts no message: every field is checked, bad ones are counted
-and answered with an error, and one bad worker never stops the others. A translation
-that fails is answered with a drop and an error, counted (`xlate_errors`) and logged
-once; the process keeps serving."""
+and answered with an error, and one bad worker never stops the others. It never blocks
+on one client: writes are queued per client, long translations and rule loads pause
+between steps to serve the control socket, and every worker hears from it each second. A
+translation that fails is answered with a drop and an error, counted (`xlate_errors`) and
+logged once; the process keeps serving."""
 import argparse
 import json
 import os
@@ -22,6 +24,11 @@ from pipeline.slowpath import ofctl
 from pipeline.slowpath.ofproto import OFProto
 
 RECENT_FLOWS = 65536
+KEEPALIVE_S = 1.0             # a worker that hears nothing for a few of these restarts us
+SERVICE_S = 0.02              # longest stretch of translation between two turns of the control socket
+MAX_CLIENT_OUT = 64 << 20     # replies queued for a worker that does not read: past it, dropped
+MAX_RULES_REQUEST = 256 << 20 # add-flows of a few hundred thousand rules in one request
+STEP_RULES = 500              # rules parsed, inserted or written per step of a large rule change
 STATE_EVERY_S = 1.0          # rule counters written to rules.state at most this often
 MAX_RULES_FILE = 1 << 30
 MACS_SAVE_S = 1.0             # NORMAL's MAC table is saved at most this often (and at exit)
@@ -36,9 +43,12 @@ RULES_HEADER = "# valepipe slow-path rules (ovs-ofctl syntax), rewritten on ever
 class Client:
     def __init__(self, sock):
         self.sock = sock
+        sock.setblocking(False)
         self.unpacker = channel.unpacker()
         self.recent = OrderedDict()         # upcall id -> actions, for packets of pending flows
         self.worker = None
+        self.out = bytearray()              # encoded messages the socket has not taken yet
+        self.gone = False
 
 
 class SlowPath:
@@ -57,9 +67,12 @@ class SlowPath:
         self.state_every = STATE_EVERY_S
         self.owner = lambda: True   # serve() tells: is this still the pipeline's slow path
         self.clients = {}
+        self.ctl = None             # the control server, served between translation steps too
+        self.changing = False       # a rule change is under way (in steps): the next one waits
         self.macs_seen = 0          # MAC table change count last revalidated for
         self.macs_saved = 0         # ... and last saved
         self.last_reval = self.last_expire = self.last_macs_save = 0.0
+        self.last_keepalive = self.last_service = 0.0
         self.logged = set()
         self.fault = None
         if os.environ.get(FAULT_ENV):
@@ -67,40 +80,72 @@ class SlowPath:
 
     # -- control requests (valepipe add-flow / del-flows / mod-flows / dump-flows) -------------
     def control_handlers(self):
+        # rule changes and dumps run in steps of STEP_RULES rules: upcalls are answered
+        # while a large set loads
         def add_flows(req):
             texts = req.get("flows")
             if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
                 raise ValueError("add-flows takes a list of flow strings")
-            rules = [parse_flow(t) for t in texts]     # all or nothing
+            rules = []
+            for t in texts:                            # all or nothing: every rule parses first
+                rules.append(parse_flow(t))
+                if len(rules) % STEP_RULES == 0:
+                    yield None
 
             def add_all():
-                for r in rules:
+                for k, r in enumerate(rules, 1):
                     self.ofproto.add_flow(r)
+                    if k % STEP_RULES == 0:
+                        yield None
                 return len(rules)
-            return self.change(add_all)
+            return (yield from self.change(add_all()))
 
         of = self.ofproto
 
-        def dump(show):
+        def del_flows(req):
+            def remove_all():
+                gone = ofctl.selected(of, _text(req, "match"), req.get("strict") is True)
+                for k in range(0, len(gone), STEP_RULES):
+                    for r in gone[k:k + STEP_RULES]:
+                        of.remove(r)
+                    yield None
+                return len(gone)
+            return (yield from self.change(remove_all()))
+
+        def at_once(fn):
+            """A change made in one step (mod-flows, replace-flows)."""
             def run(req):
-                self.save_state()                     # what it shows is what a restart keeps
-                return show(req)
+                return (yield from self.change(_at_once(lambda: fn(of, req))))
             return run
+
+        def dump(show):
+            """A dump streamed STEP_RULES rules at a time; it shows what a restart keeps."""
+            def run(req):
+                self.save_state()
+                rules = show(req)
+                for k in range(0, len(rules), STEP_RULES):
+                    yield rules[k:k + STEP_RULES]
+                return []                       # the result when there was nothing to stream
+            return run
+
+        def dump_rules(req):
+            now = time.monotonic()
+            rules = ofctl.selected(of, _text(req, "match"), req.get("strict") is True)
+            return _Rendered(rules, lambda r: ofctl.rule_data(of, r, now))
 
         def trace(req):
             from pipeline.slowpath.trace import render, trace_input
             return render(self.ofproto, trace_input(_text(req, "flow")), bridge=self.name)[0]
 
         return {"add-flows": _errors(add_flows), "trace": _errors(trace),
-                "del-flows": _errors(lambda req: self.change(lambda: ofctl.delete(of, req))),
-                "mod-flows": _errors(lambda req: self.change(lambda: ofctl.modify(of, req))),
-                "dump-flows": dump(lambda req: of.dump()),
+                "del-flows": _errors(del_flows), "mod-flows": _errors(at_once(ofctl.modify)),
+                "dump-flows": dump(lambda req: _Rendered(list(of.rules()), lambda r: of.dump([r])[0])),
                 "fdb-show": lambda req: self.ofproto.macs.show(),
                 "fdb-flush": lambda req: self.fdb_flush(),
                 "stats": lambda req: dict(self.st, **self.ofproto.st),
                 # ovs-ofctl habits (pipeline/slowpath/ofctl.py): filters, --strict, replace, batch trace
-                "dump-rules": _errors(dump(lambda req: ofctl.dump(of, req))),
-                "replace-flows": _errors(lambda req: self.change(lambda: ofctl.replace(of, req))),
+                "dump-rules": _errors(dump(dump_rules)),
+                "replace-flows": _errors(at_once(ofctl.replace)),
                 "trace-many": _errors(lambda req: ofctl.trace(self, req))}
 
     def handle(self, client, msg):
@@ -125,6 +170,7 @@ class SlowPath:
         for f in flows:
             if not (isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("key"), dict)):
                 raise channel.ChannelError("upcall: a flow needs an integer id and a key map")
+            self.between()
             reply, res = self.translate(f, may_learn=True)
             client.recent[f["id"]] = (reply["actions"], res.rules if res else [])   # wire forms
             if len(client.recent) > RECENT_FLOWS:
@@ -157,9 +203,10 @@ class SlowPath:
             rest = _drop_idle_reparses(rest)
             if any(a[0] == "controller" for a in actions) and not any(a[0] == "output" for a in rest):
                 continue                              # consumed by the controller queue, counted there
-            # a drop comes back too: the fast path counts it; offload metadata (GSO, partial
-            # checksum) goes back with the packet, for the fast path to apply at output
-            execute.append([rest, p[2]] + p[3:])
+            # a drop comes back too (the fast path counts it), with its offload metadata (GSO,
+            # partial checksum: for the fast path to apply at output, or nil) and the port it
+            # came in on (the worker settles each packet it sent up by port)
+            execute.append([rest, p[2], p[3] if len(p) > 3 else None, p[1]])
         self.st["packets"] += len(execute)
         reply = {"v": channel.VERSION, "t": "upcall_reply", "flows": out_flows, "execute": execute}
         if self.ofproto.macs.changes != self.macs_seen:
@@ -186,7 +233,8 @@ class SlowPath:
         try:
             if self.fault is not None and self._fault_hit(f["key"]):
                 raise RuntimeError(f"injected translation fault ({FAULT_ENV})")
-            res = self.ofproto.translate(f["key"], may_learn=may_learn, touch=bool(may_learn))
+            # an upcall's rules are used now; revalidation says so itself, for flows with packets
+            res = self.ofproto.translate(f["key"], may_learn=may_learn, touch=may_learn is True)
             entry = {"id": f["id"], "actions": channel.actions_to_wire(res.actions),
                      "mask": channel.mask_to_wire(res.wc)}
             if not channel.actions_ok(entry["actions"]) or channel.mask_from_wire(entry["mask"]) is None:
@@ -205,7 +253,7 @@ class SlowPath:
         why = f"{type(e).__name__}: {e}"[:300]
         self.st["internal_errors"] = self.st.get("internal_errors", 0) + 1
         self._log_once(why, f"internal error answering a worker ({why}); still serving")
-        return channel.encode({"v": channel.VERSION, "t": "error", "error": why})
+        return {"v": channel.VERSION, "t": "error", "error": why}
 
     def _log_once(self, why, line):
         if why not in self.logged and len(self.logged) < LOGGED_ERRORS:
@@ -217,13 +265,17 @@ class SlowPath:
         return all(flow.get(k, 0) & m == v for k, (v, m) in self.fault.items())
 
 
-    def change(self, apply):
-        """Make a rule change durable or not at all: applied, then saved; if the save fails
-        (disk full, ...) the tables go back to what they were and the request fails."""
+    def change(self, steps):
+        """Make a rule change durable or not at all: applied (by the generator `steps`, a
+        step at a time), then saved; if the save fails (disk full, ...) the tables go back
+        to what they were and the request fails. One change at a time."""
+        while self.changing:
+            yield None
+        self.changing = True
         self.ofproto.begin()
         try:
-            n = apply()
-            self.save_rules()
+            n = yield from steps
+            yield from self.save_rules_steps()
         except OSError as e:
             self.ofproto.rollback()
             self.st["changes_refused"] += 1
@@ -232,6 +284,8 @@ class SlowPath:
         except BaseException:
             self.ofproto.rollback()
             raise
+        finally:
+            self.changing = False
         self.ofproto.commit()
         self.st["rule_changes"] += 1
         self.request_revalidation()
@@ -241,11 +295,20 @@ class SlowPath:
         """The rule tables as ovs-ofctl text (rules.flows) and their counters and times
         (rules.state), rewritten atomically and synced on every change, so a slow path
         restarted after a crash comes back with the rules it had. Raises OSError."""
+        for _ in self.save_rules_steps():
+            pass
+
+    def save_rules_steps(self):
+        """save_rules, the rules formatted STEP_RULES at a time (a generator)."""
         if not self.rules_file:
             return
         if not self.owner():
             raise OSError(f"{self.rules_file} belongs to a newer slow path of this pipeline")
-        text = RULES_HEADER + "".join(format_rule(r) + "\n" for r in self.ofproto.rules())
+        parts, rules = [RULES_HEADER], list(self.ofproto.rules())
+        for k in range(0, len(rules), STEP_RULES):
+            parts.extend(format_rule(r) + "\n" for r in rules[k:k + STEP_RULES])
+            yield None
+        text = "".join(parts)
         try:
             rundir.write_files({self.rules_file: text.encode(), self.state_file: self._state()})
         except OSError:
@@ -306,11 +369,85 @@ class SlowPath:
             msg["forget_macs"] = list(forget_macs)
         if flush:
             msg["flush"] = True
-        for cl in self.clients.values():
+        for cl in list(self.clients.values()):
+            self.send(cl, msg)
+
+    # -- clients: queued writes, never blocking ----------------------------------------------
+    def send(self, cl, msg):
+        if cl.gone:
+            return
+        cl.out += channel.encode(msg)
+        self.flush(cl)
+        if len(cl.out) > MAX_CLIENT_OUT:
+            self.st["clients_dropped"] = self.st.get("clients_dropped", 0) + 1
+            self.drop(cl)                 # it reads nothing: it sees the channel go down
+
+    def flush(self, cl):
+        while cl.out and not cl.gone:
             try:
-                cl.sock.sendall(channel.encode(msg))
+                n = cl.sock.send(cl.out[:1 << 20])
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError:
-                pass
+                return self.drop(cl)
+            del cl.out[:n]
+
+    def drop(self, cl):
+        if not cl.gone:
+            cl.gone = True
+            self.clients.pop(cl.sock, None)
+            cl.sock.close()
+
+    def read(self, cl):
+        """Answer what a worker sent; a message that breaks the protocol ends its channel."""
+        try:
+            data = cl.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return self.drop(cl)
+        try:
+            cl.unpacker.feed(data)
+            for msg in cl.unpacker:
+                try:
+                    reply = self.handle(cl, msg)
+                except channel.ChannelError:
+                    raise
+                except Exception as e:              # a bug of ours: answer, count, keep serving
+                    reply = self.internal_error(e)
+                if cl.gone:
+                    return
+                if reply is not None:
+                    self.send(cl, reply)
+        except (channel.ChannelError, ValueError, TypeError) as e:
+            self.st["bad_messages"] += 1
+            why = str(e) if isinstance(e, channel.ChannelError) else f"malformed msgpack ({type(e).__name__}: {e})"
+            self.send(cl, {"v": channel.VERSION, "t": "error", "error": why})
+            self.flush(cl)
+            self.drop(cl)
+
+    def service(self, advance=True):
+        """A turn of everything but reading upcalls: timers, keepalives, queued writes and the
+        control socket (with advance, a step of a long change or dump too). Between two
+        translations as well, so none of them waits on an upcall."""
+        now = time.monotonic()
+        self.last_service = now
+        self.housekeep()
+        if now - self.last_keepalive >= KEEPALIVE_S:
+            self.last_keepalive = now
+            for cl in list(self.clients.values()):
+                self.send(cl, {"v": channel.VERSION, "t": "echo"})
+        for cl in list(self.clients.values()):
+            self.flush(cl)
+        if self.ctl:
+            self.ctl.poll(budget_s=0.005, advance=advance)
+
+    def between(self):
+        # long control work goes on between upcall batches, not inside one
+        if time.monotonic() - self.last_service >= SERVICE_S:
+            self.service(advance=False)
 
     def housekeep(self):
         """Rule timeouts and MAC aging once a second; MAC table changes revalidate at once,
@@ -383,6 +520,8 @@ class SlowPath:
             for r in res.rules if res else ():        # stats go to the rules that produced the flow
                 r.n_packets += packets
                 r.n_bytes += _count(f.get("bytes"))
+                if packets:
+                    r.used = time.monotonic()
             out.append(entry)
         self.st["revalidated"] += len(out)
         return {"v": channel.VERSION, "t": "revalidate_reply", "flows": out}
@@ -421,6 +560,25 @@ def _text(req, key):
     return v
 
 
+class _Rendered:
+    """Rules rendered only when a slice of them is taken (a dump streams in slices)."""
+
+    def __init__(self, rules, render):
+        self.rules, self.render = rules, render
+
+    def __len__(self):
+        return len(self.rules)
+
+    def __getitem__(self, part):
+        return [self.render(r) for r in self.rules[part]]
+
+
+def _at_once(fn):
+    """A change done in one step, as the generator change() takes."""
+    return fn()
+    yield                                            # never reached: makes this a generator
+
+
 def _errors(fn):
     """Turn a bad rule into an error reply that says why."""
     def run(req):
@@ -432,10 +590,13 @@ def _errors(fn):
 
 
 def serve(path, slow, stop=lambda: False, control_path=None):
-    ctl = control.ControlServer(control_path, slow.control_handlers()) if control_path else None
+    ctl = control.ControlServer(control_path, slow.control_handlers(), max_request=MAX_RULES_REQUEST) \
+        if control_path else None
+    slow.ctl = ctl
     ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     ident = rundir.bind_unix(ls, path)
     ls.listen(16)
+    ls.setblocking(False)
     # the pipeline's slow path while the socket at `path` is ours: one that was stopped and
     # resumed after its worker started another finds a successor's socket there, and goes
     slow.owner = lambda: rundir.is_own(path, ident)
@@ -443,60 +604,31 @@ def serve(path, slow, stop=lambda: False, control_path=None):
     next_check = 0.0
     try:
         while not stop():
-            r, _, _ = select.select([ls] + list(clients) + ([ctl.sock] if ctl else []), [], [], 0.05)
+            wl = [s for s, c in clients.items() if c.out] + (ctl.writers() if ctl else [])
+            r, _, _ = select.select([ls] + list(clients) + (ctl.fds() if ctl else []), wl, [],
+                                    0 if ctl and ctl.busy() else 0.05)
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + 1.0
                 if not slow.owner():
                     print(f"valepipe-slowpath: {path} is no longer mine (a newer slow path took over); exiting",
                           file=sys.stderr)
                     break
-            slow.housekeep()
-            for s in r:
-                if ctl and s is ctl.sock:
-                    ctl.poll()
-                    continue
-                if s is ls:
+            slow.service()
+            if ls in r:
+                try:
                     c, _ = ls.accept()
                     clients[c] = Client(c)
-                    continue
-                cl = clients[s]
-                try:
-                    data = s.recv(1 << 20)
                 except OSError:
-                    data = b""
-                if not data:
-                    del clients[s]
-                    s.close()
-                    continue
-                try:
-                    cl.unpacker.feed(data)
-                    for msg in cl.unpacker:
-                        try:
-                            reply = slow.handle(cl, msg)
-                            out = channel.encode(reply) if reply is not None else None
-                        except channel.ChannelError:
-                            raise
-                        except Exception as e:          # a bug of ours: answer, count, keep serving
-                            out = slow.internal_error(e)
-                        if out is not None:
-                            s.sendall(out)
-                except (channel.ChannelError, ValueError, TypeError) as e:
-                    slow.st["bad_messages"] += 1
-                    why = str(e) if isinstance(e, channel.ChannelError) else f"malformed msgpack ({type(e).__name__}: {e})"
-                    try:
-                        s.sendall(channel.encode({"v": channel.VERSION, "t": "error", "error": why}))
-                    except OSError:
-                        pass
-                    del clients[s]
-                    s.close()
-                except OSError:
-                    del clients[s]
-                    s.close()
+                    pass
+            for s in r:
+                cl = clients.get(s)
+                if cl is not None:
+                    slow.read(cl)
     finally:
         slow.save_state()
         slow.save_macs()
-        for s in clients:
-            s.close()
+        for cl in list(clients.values()):
+            slow.drop(cl)
         ls.close()
         if ctl:
             ctl.close()

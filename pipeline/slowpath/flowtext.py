@@ -181,7 +181,8 @@ def parse_flow(text, mode="add"):
                 if mk:
                     if mode == "add":
                         raise FlowError("flow additions cannot use a cookie mask")
-                    rule.cookie_mask = _int(mk, 0, 2 ** 64 - 1, "cookie mask")
+                    # /-1: every bit, as ovs-ofctl documents for an exact cookie match
+                    rule.cookie_mask = 2 ** 64 - 1 if mk.strip() == "-1" else _int(mk, 0, 2 ** 64 - 1, "cookie mask")
                 elif mode != "add":
                     rule.cookie_mask = 2 ** 64 - 1
             elif name in ("idle_timeout", "hard_timeout", "idle", "hard"):

@@ -63,9 +63,9 @@ class OFProto:
 
     def add_flow(self, rule):
         t = self.tables.setdefault(rule.table, Table(rule.table))
-        for old in list(t.rules()):                 # same table, priority and match: replace
-            if old.key() == rule.key():
-                self.remove(old)
+        old = t.by_key.get(rule.key())              # same table, priority and match: replace
+        if old is not None:
+            self.remove(old)
         t.insert(rule)
         self.created[id(rule)] = rule.used = time.monotonic()
         self._undo(lambda: (t.remove(rule), self.created.pop(id(rule), None)))
@@ -90,10 +90,12 @@ class OFProto:
         self.st["expired_rules"] = self.st.get("expired_rules", 0) + len(gone)
         return len(gone)
 
-    def dump(self):
+    def dump(self, rules=None):
+        """`rules` (default: all) as ovs-ofctl dump-flows lines."""
         from pipeline.slowpath.flowtext import format_rule
         now = time.monotonic()
-        return [format_rule(r, {"duration": now - self.created.get(id(r), now)}) for r in self.rules()]
+        return [format_rule(r, {"duration": now - self.created.get(id(r), now)})
+                for r in (self.rules() if rules is None else rules)]
 
     def rules(self):
         for tid in sorted(self.tables):

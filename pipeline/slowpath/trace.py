@@ -26,6 +26,10 @@ def trace_input(text):
     other fields followed by a packet in hex (spaces allowed, any length) -> a flow."""
     from pipeline.slowpath.fields import flow_from_attrs
     text = text.strip()
+    if not text:
+        raise FlowError("an empty flow: give its fields (in_port=N,...) or in_port=N and a packet in hex")
+    if "actions=" in text:          # a rule's actions are not traced: refused, not ignored
+        raise FlowError(f"{text[:60]!r}: a trace flow is a match (in_port=1,tcp,...), not a rule: leave out actions=")
     if text and set("".join(text.split())) <= HEX:
         raise FlowError(f"{text[:40]!r}: a packet needs its input port first: in_port=N <hex>")
     # the packet is the longest tail of hex digits and blanks after the first blank

@@ -47,7 +47,12 @@
 #define VP_DROP_NO_ROOM 7
 #define VP_DROP_UPCALL_RATE 8
 #define VP_DROP_BAD_OFFLOAD 9   /* offload metadata that does not fit the frame, or cannot be segmented */
-#define VP_DROP_N 10
+#define VP_DROP_UPCALL_DISCONNECT 10  /* handed to a slow path that went away before answering */
+#define VP_DROP_WORKER_RESTART 11     /* handed to the slow path by a worker that died before the answer */
+#define VP_DROP_SLOWPATH 12           /* the slow path kept it (controller, unknown flow) */
+#define VP_DROP_BAD_REPLY 13          /* the slow path's answer for it was refused */
+#define VP_DROP_TX_BAD_SLOT 14        /* the out ring's slot named no valid buffer (the peer wrote it) */
+#define VP_DROP_N 15
 
 #define VP_ST_RECEIVE 0
 #define VP_ST_EXTRACT 1
@@ -152,7 +157,6 @@ struct vp_op {
 struct vp_actions {
     uint32_t nout;            /* outputs; 0 = drop */
     uint32_t nops;            /* > 0: the program in ops */
-    uint32_t final_from;      /* program: no op from here on modifies, so outputs here are final */
     uint16_t out[8];          /* datapath port indexes, when nout <= VP_INLINE_OUTPUTS */
     uint16_t *more;           /* all nout port indexes when more (owned) */
     struct vp_op *ops;        /* the program (owned) */
@@ -204,7 +208,7 @@ struct vp_dp_stats {
     uint64_t mf_hits;         /* exact-match misses that a megaflow answered */
     uint64_t misses;          /* went to the slow path */
     uint64_t parse_err[11];
-    uint64_t drops[10];
+    uint64_t drops[15];
     uint64_t stage_ns[5];
     uint64_t stage_pkts[5];
     uint64_t tx_swapped;
@@ -232,11 +236,21 @@ struct vp_dp {
     uint32_t mask_refs[64];
     uint8_t mask_order[64];   /* subtables by hits, re-ranked periodically */
     uint32_t nmasks;
+    /* the ledger by input port: every packet a port received is delivered, dropped with a
+     * reason here, or still with the slow path (upcall_inflight) */
+    uint64_t port_drops[64][15];
+    uint64_t upcall_inflight[64];
+    uint64_t tx_dirty;        /* ports whose out ring got frames since the last commit */
+    void *journal;            /* struct vp_journal in memory that outlives this worker, or NULL */
 };
 
 uint64_t vp_now_ns(void);
 uint32_t vp_key_hash(const struct vp_flow_key *k);
 /* cdef-end */
+
+/* a drop of n packets that came in on dp port `port`, by reason */
+#define VP_DROP(dp, reason, port, n) do { uint64_t _n = (n); (dp)->st.drops[reason] += _n; \
+    (dp)->port_drops[(port) & (VP_MAX_PORTS - 1)][reason] += _n; } while (0)
 
 #define VP_TIME_BEGIN(dp) uint64_t _t0 = vp_now_ns()
 #define VP_TIME_END(dp, stage, npk) do { uint64_t _t1 = vp_now_ns(); \

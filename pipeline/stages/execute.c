@@ -1,6 +1,6 @@
 /* execute.c — datapath actions: outputs are grouped per port for transmit; a flow whose
  * actions modify packets (masked set with checksum updates, push/pop VLAN) runs its
- * action program in order, sending a copy at each output that later actions would change.
+ * action program in order on a copy of the packet, copying it into each output's ring.
  * Packets are edited as Open vSwitch's datapath edits them (lib/packets.c). */
 #include <stdlib.h>
 #include <string.h>
@@ -37,13 +37,12 @@ int vp_actions_set(struct vp_dp *dp, uint32_t id, const uint16_t *out, uint32_t 
 int vp_actions_set_ops(struct vp_dp *dp, uint32_t id, const struct vp_op *ops, uint32_t nops) {
     struct vp_actions *a;
     struct vp_op *prog;
-    uint32_t nout = 0, final_from = 0;
+    uint32_t nout = 0;
     if (id >= dp->max_actions || nops == 0 || nops > VP_MAX_PROGRAM) return -1;
     for (uint32_t i = 0; i < nops; i++) {
         if (ops[i].kind < VP_OP_OUTPUT || ops[i].kind > VP_OP_REPARSE) return -1;
         if (ops[i].kind == VP_OP_SET && (ops[i].field < VP_F_DL_SRC || ops[i].field > VP_F_ND_TLL)) return -1;
         if (ops[i].kind == VP_OP_OUTPUT) nout++;
-        else final_from = i + 1;
     }
     if (!(prog = malloc(nops * sizeof(*prog)))) return -1;
     memcpy(prog, ops, nops * sizeof(*ops));
@@ -52,7 +51,6 @@ int vp_actions_set_ops(struct vp_dp *dp, uint32_t id, const struct vp_op *ops, u
     a->ops = prog;
     a->nops = nops;
     a->nout = nout;
-    a->final_from = final_from;
     if (id >= dp->nactions) dp->nactions = id + 1;
     return 0;
 }
@@ -443,52 +441,45 @@ uint32_t vp_ops_apply(const struct vp_op *ops, uint32_t nops, uint8_t *p, uint32
 }
 
 /* run a modifying program on one packet held in `buf` (capacity cap), with its offload
- * metadata (moved with the headers), in order */
+ * metadata (moved with the headers), in order; each output copies the packet as it is at
+ * that point into the port's ring */
 static void run_ops(struct vp_dp *dp, const struct vp_actions *a, uint8_t *buf, uint32_t len, uint32_t cap,
-                    struct vp_offload *ol, struct vp_batch *b, uint32_t bi) {
+                    struct vp_offload *ol, uint32_t in_port) {
     struct pkt k;
     pkt_parse(&k, buf, len, ol);
     for (uint32_t i = 0; i < a->nops; i++) {
         const struct vp_op *op = &a->ops[i];
         if (op->kind == VP_OP_OUTPUT) {
-            if (op->port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT]++; continue; }
-            if (b && i >= a->final_from) {       /* final form: let transmit take it */
-                struct vp_outq *q = &dp->outq[op->port];
-                if (q->n == VP_BATCH_MAX) { dp->st.drops[VP_DROP_TX_FULL]++; continue; }
-                q->pkt[q->n++] = bi;
-                b->pkt[bi].nout = 2;            /* never swapped: more than one user, or moved */
-                b->pkt[bi].len = (uint16_t)len;
-            } else {
-                vp_emit(dp, op->port, buf, len, ol);
-            }
+            vp_emit(dp, op->port, buf, len, ol, in_port);
             continue;
         }
         uint32_t n = apply_op(op, &k, cap);
-        if (n == 0) { dp->st.drops[VP_DROP_NO_ROOM]++; return; }
+        if (n == 0) { VP_DROP(dp, VP_DROP_NO_ROOM, in_port, 1); return; }
         len = n;
     }
 }
 
-/* a packet the slow path returned, with the offload metadata it went up with (or NULL) */
+/* a packet the slow path returned, with the offload metadata it went up with (or NULL),
+ * for the port it came in on */
 uint32_t vp_execute_packet(struct vp_dp *dp, uint32_t id, const uint8_t *data, uint32_t len,
-                           const struct vp_offload *ol_in) {
+                           const struct vp_offload *ol_in, uint32_t in_port) {
     uint8_t buf[65536];
     struct vp_offload ol = {0};
     const struct vp_actions *a;
-    if (id >= dp->nactions || len > sizeof(buf) - 8) return 0;
+    if (id >= dp->nactions || len > sizeof(buf) - 8) { VP_DROP(dp, VP_DROP_BAD_REPLY, in_port, 1); return 0; }
     if (ol_in) {
         ol = *ol_in;
-        if (vp_vnet_check(&ol, len)) { dp->st.drops[VP_DROP_BAD_OFFLOAD]++; return 0; }
+        if (vp_vnet_check(&ol, len)) { VP_DROP(dp, VP_DROP_BAD_OFFLOAD, in_port, 1); return 0; }
     }
     a = &dp->actions[id];
-    if (a->nout == 0) { dp->st.drops[VP_DROP_ACTION]++; return 0; }
+    if (a->nout == 0) { VP_DROP(dp, VP_DROP_ACTION, in_port, 1); return 0; }
     memcpy(buf, data, len);
     if (!a->nops) {
         const uint16_t *out = outputs(a);
-        for (uint32_t o = 0; o < a->nout; o++) vp_emit(dp, out[o], buf, len, &ol);
+        for (uint32_t o = 0; o < a->nout; o++) vp_emit(dp, out[o], buf, len, &ol, in_port);
         return a->nout;
     }
-    run_ops(dp, a, buf, len, sizeof(buf), &ol, NULL, 0);
+    run_ops(dp, a, buf, len, sizeof(buf), &ol, in_port);
     return a->nout;
 }
 
@@ -499,25 +490,26 @@ void vp_execute(struct vp_dp *dp, struct vp_batch *b) {
         const struct vp_actions *a;
         pk->nout = 0;
         if (pk->action < 0) continue;              /* miss: the upcall owns it */
-        if ((uint32_t)pk->action >= dp->nactions) { dp->st.drops[VP_DROP_ACTION]++; continue; }
+        if ((uint32_t)pk->action >= dp->nactions) { VP_DROP(dp, VP_DROP_ACTION, pk->port, 1); continue; }
         a = &dp->actions[pk->action];
         if (a->nops) {
-            /* modified in place: the buffer is ours until the next receive releases it */
-            struct vp_port *p = dp->ports[pk->port];
-            struct vp_ring *r = p->tx[0].role == VP_ROLE_KERNEL ? &p->tx[pk->ring] : &p->rx[pk->ring];
-            uint32_t hdr = p->io ? ((struct vp_io *)p->io)->vnet_hdr : 0;
-            run_ops(dp, a, (uint8_t *)pk->data, pk->len, r->buf_size - hdr, &pk->ol, b, i);
-            if (a->nout == 0) dp->st.drops[VP_DROP_ACTION]++;
+            /* on a copy: the frame in the ring stays as it came until the batch commits, so
+             * a batch cut short by a crash replays on the same bytes */
+            uint8_t buf[65536];
+            struct vp_offload ol = pk->ol;
+            memcpy(buf, pk->data, pk->len);
+            run_ops(dp, a, buf, pk->len, sizeof(buf), &ol, pk->port);
+            if (a->nout == 0) VP_DROP(dp, VP_DROP_ACTION, pk->port, 1);
             continue;
         }
-        if (a->nout == 0) { dp->st.drops[VP_DROP_ACTION]++; continue; }
+        if (a->nout == 0) { VP_DROP(dp, VP_DROP_ACTION, pk->port, 1); continue; }
         const uint16_t *out = outputs(a);
         for (uint32_t o = 0; o < a->nout; o++) {
             uint16_t port = out[o];
-            if (port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT]++; continue; }
+            if (port >= dp->nports) { VP_DROP(dp, VP_DROP_NO_PORT, pk->port, 1); continue; }
             struct vp_outq *q = &dp->outq[port];
             /* one batch fits a queue; repeated outputs to one port could overrun it */
-            if (q->n == VP_BATCH_MAX) { dp->st.drops[VP_DROP_TX_FULL]++; continue; }
+            if (q->n == VP_BATCH_MAX) { VP_DROP(dp, VP_DROP_TX_FULL, pk->port, 1); continue; }
             q->pkt[q->n++] = i;
             pk->nout++;
         }

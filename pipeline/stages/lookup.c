@@ -8,6 +8,7 @@
 #define IDX(h, e) (((uint64_t)(h) << 32) | ((uint64_t)(e) + 1))
 #define IDX_HASH(w) ((uint32_t)((w) >> 32))
 #define IDX_ENTRY(w) ((uint32_t)(w) - 1)
+#define EVICT_LOOK 64           /* entries the eviction clock passes looking for a megaflow's cache */
 
 static int table_init(struct vp_flow_table *t, uint32_t limit) {
     uint32_t cap = 1024;
@@ -232,13 +233,20 @@ static struct vp_flow *insert_in(struct vp_flow_table *t, uint64_t now, const st
 static struct vp_flow *insert_evicting(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t h) {
     struct vp_flow_table *t = &dp->flows;
     if (dp->nmasks && ((t->cap && t->count >= t->cap) || t->nfree == 0)) {
+        /* rather an entry a megaflow backs (its flow still hits there) than one that exists
+         * only here: those are looked for a little way round the clock first */
+        int64_t victim = -1;
         for (uint32_t tries = 0; tries < t->limit; tries++) {
             uint32_t e = t->hand;
             t->hand = t->hand + 1 == t->limit ? 0 : t->hand + 1;
-            if (t->entries[e].action >= 0) {
-                int64_t pos = find_pos(t, &t->entries[e].key, t->entries[e].hash);
-                if (pos >= 0) { delete_at(t, (uint32_t)pos); t->evictions++; break; }
-            }
+            if (t->entries[e].action < 0) continue;            /* free, or waiting for the slow path */
+            if (t->entries[e].mf) { victim = e; break; }
+            if (victim < 0) victim = e;
+            if (tries >= EVICT_LOOK) break;
+        }
+        if (victim >= 0) {
+            int64_t pos = find_pos(t, &t->entries[victim].key, t->entries[victim].hash);
+            if (pos >= 0) { delete_at(t, (uint32_t)pos); t->evictions++; }
         }
     }
     return insert_in(t, dp->now_ns, k, h);
@@ -271,23 +279,31 @@ int vp_flow_insert_pending(struct vp_dp *dp, const struct vp_flow_key *k, uint32
     return 0;
 }
 
-/* 0 installed over a pending entry, 1 inserted new, -1 flow limit reached */
-int vp_flow_install(struct vp_dp *dp, const struct vp_flow_key *k, int32_t action) {
+/* Install the slow path's answer for a flow: with mf_entry >= 0 as a cache of that
+ * megaflow (its hits are the megaflow's, so an active flow keeps its megaflow alive and a
+ * flow evicted from here still hits there), else as an entry of its own.
+ * 0 installed over a pending entry, 1 inserted new, -1 flow limit reached */
+int vp_flow_install(struct vp_dp *dp, const struct vp_flow_key *k, int32_t action, int32_t mf_entry) {
     uint32_t h = vp_key_hash(k);
     int32_t e = find(&dp->flows, k, h);
     struct vp_flow *f;
+    int rc = 0;
     if (e >= 0) {
         f = &dp->flows.entries[e];
         if (f->action == VP_ACT_PENDING) f->packets = 0;   /* it counted queued upcall packets */
-        f->action = action;
-        f->mf = 0;                                          /* the slow path's own now */
         f->used_ns = dp->now_ns;
-        return 0;
+    } else {
+        f = insert(dp, k, h);
+        if (!f) return -1;
+        rc = 1;
     }
-    f = insert(dp, k, h);
-    if (!f) return -1;
     f->action = action;
-    return 1;
+    f->mf = 0;
+    if (mf_entry >= 0 && (uint32_t)mf_entry < dp->mflows.limit && dp->mflows.entries[mf_entry].action == action) {
+        f->mf = (uint32_t)mf_entry + 1;
+        f->gen = dp->mflows.entries[mf_entry].gen;
+    }
+    return rc;
 }
 
 /* backward-shift deletion keeps every probe sequence unbroken without tombstones */
@@ -378,14 +394,14 @@ int vp_megaflow_install(struct vp_dp *dp, const struct vp_flow_key *k, const str
     if (e >= 0) {
         if (dp->mflows.entries[e].action != action) dp->mflows.entries[e].gen++;
         dp->mflows.entries[e].action = action;
-        return 0;
+        return e;
     }
     f = insert_in(&dp->mflows, dp->now_ns, &mk, h);
     if (!f) return -1;
     f->action = action;
     f->upcall_id = id;            /* which subtable, for removal */
     dp->mask_refs[id]++;
-    return 1;
+    return (int)(f - dp->mflows.entries);
 }
 
 int vp_megaflow_remove_entry(struct vp_dp *dp, uint32_t e) {

@@ -3,7 +3,7 @@
 /* cdef-begin */
 int vp_flows_init(struct vp_dp *dp, uint32_t limit);
 uint32_t vp_lookup(struct vp_dp *dp, struct vp_batch *b);
-int vp_flow_install(struct vp_dp *dp, const struct vp_flow_key *k, int32_t action);
+int vp_flow_install(struct vp_dp *dp, const struct vp_flow_key *k, int32_t action, int32_t mf_entry);
 int vp_flow_insert_pending(struct vp_dp *dp, const struct vp_flow_key *k, uint32_t hash, uint32_t upcall_id);
 int vp_flow_remove(struct vp_dp *dp, const struct vp_flow_key *k);
 uint32_t vp_flow_sweep(struct vp_dp *dp, uint64_t idle_ns, uint64_t pending_ns, uint32_t *expired_pending);

@@ -1,6 +1,6 @@
 """receive: take up to a batch of slots from the ports' rx rings, no copy.
 
-Slots taken by one batch are released to their peer at the start of the next.
+Slots taken by one batch are released to their peer when the batch commits (transmit).
 """
 from pipeline._native import lib
 

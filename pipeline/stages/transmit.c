@@ -1,9 +1,11 @@
 /* transmit.c — per output port: swap buffer indexes when the packet's buffer lives in
  * the same region as the out ring (zero copy), else copy once; a super-frame or partial
  * checksum bound for a port that takes none is segmented or completed on the way
- * (bindings/vnet.c), one that takes them keeps its virtio_net_hdr; then publish the ring. */
+ * (bindings/vnet.c), one that takes them keeps its virtio_net_hdr. The frames are
+ * published at the batch's commit (pipeline/journal.c), not here. */
 #include <string.h>
 #include "transmit.h"
+#include "../journal.h"
 #include "../../bindings/adapter.h"
 #include "../../bindings/netmap/port.h"
 #include "../../bindings/pcap/pcap.h"
@@ -22,9 +24,9 @@ static inline int takes_offload(const struct vp_port *p) {
     return p->io && ((const struct vp_io *)p->io)->tx_offload;
 }
 
-/* After frames were put in a port's out ring: hand them on (netmap's txsync, for an
+/* After frames were published in a port's out ring: hand them on (netmap's txsync, for an
  * emulated adapter or a real netmap port) and write out its mirror. */
-static void tx_sync(struct vp_port *p) {
+void vp_tx_sync(struct vp_port *p) {
     if (p->io) vp_io_txsync(p->io);
     if (p->fd >= 0) vp_netmap_port_sync(p, 1);
     if (p->mirror) vp_pcap_flush(p->mirror);
@@ -40,16 +42,23 @@ static void produced(struct vp_port *p, struct vp_ring *r, struct netmap_slot *t
     r->st.bytes += len;
 }
 
+/* the out ring's next slot names no buffer of its region: the peer wrote it */
+static void bad_slot(struct vp_dp *dp, struct vp_ring *r, uint32_t in_port) {
+    r->st.bad_buf++;
+    r->faulty = 1;
+    VP_DROP(dp, VP_DROP_TX_BAD_SLOT, in_port, 1);
+}
+
 /* A super-frame for a port that takes none: one segment per slot, all or nothing. An
  * emulated adapter's ring too full for it is handed on first (its txsync), as one frame
  * may need dozens of slots. */
 static uint32_t put_segments(struct vp_dp *dp, struct vp_port *p, struct vp_ring *r, const uint8_t *data,
-                             uint32_t len, const struct vp_offload *ol, uint32_t space) {
+                             uint32_t len, const struct vp_offload *ol, uint32_t space, uint32_t in_port) {
     uint8_t *bufs[VP_GSO_MAX_SEGS];
     uint16_t lens[VP_GSO_MAX_SEGS];
     uint32_t hdr = vnet_hdr(p), n = vp_gso_count(data, len, ol, r->buf_size - hdr), si;
     if (!n) {
-        dp->st.drops[vp_gso_count(data, len, ol, 65535) ? VP_DROP_TOO_BIG : VP_DROP_BAD_OFFLOAD]++;
+        VP_DROP(dp, vp_gso_count(data, len, ol, 65535) ? VP_DROP_TOO_BIG : VP_DROP_BAD_OFFLOAD, in_port, 1);
         return 0;
     }
     if (n > space && p->io) {
@@ -59,7 +68,7 @@ static uint32_t put_segments(struct vp_dp *dp, struct vp_port *p, struct vp_ring
     }
     if (n > space) {
         r->st.full++;
-        dp->st.drops[VP_DROP_TX_FULL]++;
+        VP_DROP(dp, VP_DROP_TX_FULL, in_port, 1);
         return 0;
     }
     si = vp_ring_produce(r);
@@ -67,7 +76,7 @@ static uint32_t put_segments(struct vp_dp *dp, struct vp_port *p, struct vp_ring
         /* the peer can rewrite a slot at any time: its index is read once, checked, and
          * only this private copy is used */
         uint32_t idx = VP_READ_ONCE(vp_slot(r, si)->buf_idx);
-        if (!vp_buf_ok(r, idx)) { r->st.bad_buf++; r->faulty = 1; return 0; }
+        if (!vp_buf_ok(r, idx)) { bad_slot(dp, r, in_port); return 0; }
         bufs[i] = (uint8_t *)vp_buf(r, idx) + hdr;
     }
     vp_gso_segment(data, len, ol, bufs, lens, n);
@@ -84,17 +93,17 @@ static uint32_t put_segments(struct vp_dp *dp, struct vp_port *p, struct vp_ring
  * for a port that takes it, else segmented / checksum completed. Returns slots used;
  * 0 when it was dropped (counted). */
 static uint32_t put_copy(struct vp_dp *dp, struct vp_port *p, struct vp_ring *r, const uint8_t *data,
-                         uint32_t len, const struct vp_offload *ol, uint32_t space) {
+                         uint32_t len, const struct vp_offload *ol, uint32_t space, uint32_t in_port) {
     static const struct vp_offload none;
     uint32_t hdr = vnet_hdr(p), idx;
     struct netmap_slot *ts;
     uint8_t *o;
     if (!ol) ol = &none;
-    if (ol->gso_type != VP_GSO_NONE && !takes_offload(p)) return put_segments(dp, p, r, data, len, ol, space);
+    if (ol->gso_type != VP_GSO_NONE && !takes_offload(p)) return put_segments(dp, p, r, data, len, ol, space, in_port);
     ts = vp_slot(r, vp_ring_produce(r));
     idx = VP_READ_ONCE(ts->buf_idx);
-    if (!vp_buf_ok(r, idx)) { r->st.bad_buf++; r->faulty = 1; return 0; }
-    if (len + hdr > r->buf_size) { dp->st.drops[VP_DROP_TOO_BIG]++; return 0; }
+    if (!vp_buf_ok(r, idx)) { bad_slot(dp, r, in_port); return 0; }
+    if (len + hdr > r->buf_size) { VP_DROP(dp, VP_DROP_TOO_BIG, in_port, 1); return 0; }
     o = (uint8_t *)vp_buf(r, idx) + hdr;
     memcpy(o, data, len);
     if (takes_offload(p)) {
@@ -128,8 +137,11 @@ uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
                 /* same region: hand the buffer over, give the rx slot the empty one */
                 struct netmap_slot *ts = vp_slot(r, vp_ring_produce(r)), *rs = vp_slot(ir, pk->slot);
                 uint32_t tidx = VP_READ_ONCE(ts->buf_idx), ridx = (uint32_t)((pk->data - ir->bufs) / ir->buf_size);
-                if (!vp_buf_ok(r, tidx)) { r->st.bad_buf++; r->faulty = 1; continue; }
-                if (pk->len > r->buf_size) { dp->st.drops[VP_DROP_TOO_BIG]++; continue; }
+                if (!vp_buf_ok(r, tidx)) { bad_slot(dp, r, pk->port); continue; }
+                if (pk->len > r->buf_size) { VP_DROP(dp, VP_DROP_TOO_BIG, pk->port, 1); continue; }
+                /* noted first: a batch that never commits gets its buffers back */
+                if (vp_journal_swap(dp, pk->port, pk->ring, pk->slot, ridx, port, vp_ring_produce(r), tidx) != 0)
+                    goto copy;
                 VP_WRITE_ONCE(rs->buf_idx, tidx);
                 VP_WRITE_ONCE(rs->flags, NS_BUF_CHANGED);
                 VP_WRITE_ONCE(ts->buf_idx, ridx);
@@ -140,7 +152,8 @@ uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
                 sent++;
                 continue;
             }
-            uint32_t used = put_copy(dp, op, r, (const uint8_t *)pk->data, pk->len, &pk->ol, space);
+        copy:;
+            uint32_t used = put_copy(dp, op, r, (const uint8_t *)pk->data, pk->len, &pk->ol, space, pk->port);
             dp->st.tx_copied += used != 0;
             /* segmenting may have handed the ring on to make room */
             space = pk->ol.gso_type != VP_GSO_NONE ? vp_ring_space(r) : space - used;
@@ -148,52 +161,31 @@ uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
         }
         if (i < q->n) {
             r->st.full += q->n - i;
-            dp->st.drops[VP_DROP_TX_FULL] += q->n - i;
+            for (; i < q->n; i++) VP_DROP(dp, VP_DROP_TX_FULL, b->pkt[q->pkt[i]].port, 1);
         }
-        vp_ring_publish(r);
-        tx_sync(op);
+        dp->tx_dirty |= 1ull << port;
         q->n = 0;
     }
     VP_TIME_END(dp, VP_ST_TRANSMIT, sent);
     return sent;
 }
 
-/* A frame from outside the batch (the slow path's packet-outs) with its metadata (ol may
- * be NULL: none); the caller publishes and syncs. */
-static uint32_t emit_one(struct vp_dp *dp, uint32_t port, const uint8_t *data, uint32_t len,
-                         const struct vp_offload *ol) {
-    struct vp_ring *r = out_ring(dp->ports[port]);
-    uint32_t space = vp_ring_space(r);
-    if (len == 0) {
-        r->st.bad_len++;
-        return 0;
-    }
+/* A frame from outside the batch (the slow path's packet-outs, an action program's
+ * outputs) with its metadata (ol may be NULL: none), for the port it came in on; it is
+ * published at the commit. */
+uint32_t vp_emit(struct vp_dp *dp, uint32_t port, const uint8_t *data, uint32_t len, const struct vp_offload *ol,
+                 uint32_t in_port) {
+    struct vp_ring *r;
+    uint32_t space;
+    if (port >= dp->nports) { VP_DROP(dp, VP_DROP_NO_PORT, in_port, 1); return 0; }
+    r = out_ring(dp->ports[port]);
+    if (len == 0) { VP_DROP(dp, VP_DROP_TOO_BIG, in_port, 1); return 0; }
+    space = vp_ring_space(r);
     if (!space) {
         r->st.full++;
-        dp->st.drops[VP_DROP_TX_FULL]++;
+        VP_DROP(dp, VP_DROP_TX_FULL, in_port, 1);
         return 0;
     }
-    return put_copy(dp, dp->ports[port], r, data, len, ol, space);
-}
-
-static void flush(struct vp_dp *dp, uint32_t port) {
-    vp_ring_publish(out_ring(dp->ports[port]));
-    tx_sync(dp->ports[port]);
-}
-
-uint32_t vp_emit(struct vp_dp *dp, uint32_t port, const uint8_t *data, uint32_t len, const struct vp_offload *ol) {
-    uint32_t used;
-    if (port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT]++; return 0; }
-    used = emit_one(dp, port, data, len, ol);
-    flush(dp, port);
-    return used;
-}
-
-uint32_t vp_inject(struct vp_dp *dp, uint32_t port, const uint8_t *blob, const uint16_t *lens, uint32_t n) {
-    uint32_t sent = 0;
-    size_t off = 0;
-    if (port >= dp->nports) { dp->st.drops[VP_DROP_NO_PORT] += n; return 0; }
-    for (uint32_t i = 0; i < n; off += lens[i], i++) sent += emit_one(dp, port, blob + off, lens[i], NULL) != 0;
-    flush(dp, port);
-    return sent;
+    dp->tx_dirty |= 1ull << port;
+    return put_copy(dp, dp->ports[port], r, data, len, ol, space, in_port);
 }

@@ -1,5 +1,6 @@
 """transmit: move queued packets into their output rings — buffer swap when both
-rings share a region, one copy otherwise — and publish the rings."""
+rings share a region, one copy otherwise — then commit the batch (pipeline/journal.c):
+its counters are recorded, its rings published and its taken slots released."""
 from pipeline._native import lib
 
 
@@ -8,4 +9,6 @@ class Transmit:
         self.dp = dp.c
 
     def process_batch(self, batch):
-        return lib.vp_transmit(self.dp, batch)
+        sent = lib.vp_transmit(self.dp, batch)
+        lib.vp_commit(self.dp)
+        return sent
