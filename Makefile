@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h \
                           bindings/*.c bindings/*.h bindings/*/*.c bindings/*/*.h tools/*.c tools/*.h) pipeline/native_build.py
 
-.PHONY: demo test test-vm soak bench bench-veth bench-vm fuzz native install check-freebsd clean help
+.PHONY: demo test test-vm soak bench bench-veth bench-vm fuzz diff-ovs native install check-freebsd clean help
 help:
 	@echo "make demo   - set up, then run gen -> pipeline -> sink on shm: ports and print Mpps"
 	@echo "make test   - set up, then run the test suite"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench-veth - valepipe vs Linux bridge vs Open vSwitch on veth with trafgen (root)"
 	@echo "make bench-vm - guest-to-guest TCP and ping through valepipe, the Linux bridge and Open vSwitch (root)"
 	@echo "make fuzz   - libFuzzer+ASan on extract, atheris on the parsers, FUZZ_SECONDS each (default 120)"
+	@echo "make diff-ovs - every frame through a running pipeline against Open vSwitch, DIFF_FRAMES (default 50000)"
 	@echo "make install - set up, then link valepipe into PREFIX/bin (default /usr/local, ~/.local as non-root)"
 	@echo "make check-freebsd - compile and link the native build for x86_64-freebsd (zig cc, ~400 MB into the venv)"
 
@@ -69,6 +70,14 @@ bench-vm: native
 bench-veth: native
 	tools/system-packages --bench
 	$(PY) perf/bench_veth.py
+
+# The differential test against Open vSwitch at length (make test runs 3,000 frames);
+# DIFF_SEED=N replays a run
+DIFF_FRAMES ?= 50000
+diff-ovs: native
+	tools/system-packages --test
+	VP_DIFF_FRAMES=$(DIFF_FRAMES) VP_DIFF_SETS=$$(( $(DIFF_FRAMES) / 800 + 1 )) VP_DIFF_SEED=$(DIFF_SEED) \
+	    $(PY) -m pytest tests/test_ovs_pipeline.py -q -s -k every_frame
 
 # Longer fuzzing than `make test` does; corpora grow in build/fuzz; a finding stops the run
 # and is written to build/fuzz/crash-* (keep it in tests/fuzz/regressions/TARGET/).

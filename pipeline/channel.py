@@ -2,12 +2,15 @@
 
 Every message is a map with "v" (channel version) and "t" (type). Flow keys travel
 as attribute/value maps: unknown attributes are ignored, missing ones are wildcards.
+Values wider than 64 bits (IPv6 addresses, their masks) travel as bytes, both ways. A flow
+whose translation failed comes back with ["drop"] actions, an "error" and no mask.
 """
 import struct
 
 import msgpack
 
 from pipeline._native import ffi, lib
+from pipeline.slowpath.fields import FIELDS
 
 VERSION = 1
 MAX_MESSAGE = 16 << 20          # a batch of 1024 jumbo-less packets fits with room to spare
@@ -49,25 +52,57 @@ def check(msg):
 
 
 FIELDS_SETTABLE = {"dl_src": 48, "dl_dst": 48, "nw_src": 32, "nw_dst": 32, "ipv6_src": 128, "ipv6_dst": 128,
-                   "nw_tos": 8, "nw_ttl": 8, "tp_src": 16, "tp_dst": 16}
+                   "nw_tos": 8, "nw_ttl": 8, "tp_src": 16, "tp_dst": 16, "icmp": 16, "ipv6_label": 20,
+                   "arp_op": 16, "arp_spa": 32, "arp_tpa": 32, "arp_sha": 48, "arp_tha": 48, "nd_target": 128,
+                   "nd_sll": 48, "nd_tll": 48}
+# msgpack integers stop at 64 bits: a wider value (an IPv6 address, its mask) travels as
+# big-endian bytes of the field's width. Receivers take either form.
+WIRE_INT_BITS = 64
 
 
-def actions_ok(actions):
-    """Datapath actions as the channel carries them: ["output", port], ["drop"],
-    ["set", field, value, mask], ["push_vlan", tpid, tci], ["pop_vlan"], ["meter", slot]."""
+def to_wire(v, bits):
+    return v.to_bytes(bits // 8, "big") if bits > WIRE_INT_BITS else v
+
+
+def from_wire(v, bits):
+    """The int a wire value stands for, or None when it is not a value of `bits`."""
+    t = type(v)
+    if t is int:
+        return v if v >= 0 and not v >> bits else None
+    if t is bytes and len(v) * 8 == bits:
+        return int.from_bytes(v, "big")
+    return None
+
+
+def actions_to_wire(actions):
+    return [["set", a[1], to_wire(a[2], FIELDS_SETTABLE[a[1]]), to_wire(a[3], FIELDS_SETTABLE[a[1]])]
+            if a[0] == "set" else a for a in actions]
+
+
+def actions_from_wire(actions):
+    """Datapath actions as the channel carries them, checked and with wide values as ints:
+    ["output", port], ["drop"], ["set", field, value, mask], ["push_vlan", tpid, tci],
+    ["pop_vlan"], ["controller", reason], ["reparse"] (the frame parsed anew where a
+    controller action was: the slow path sends the packet-in, the fast path runs the rest),
+    ["meter", slot] (an OpenFlow meter's token bucket in the fast path).
+    None when anything is off."""
     if not isinstance(actions, list) or len(actions) > MAX_ACTIONS:
-        return False
+        return None
+    out = []
     for a in actions:
         if not isinstance(a, list) or not a or not isinstance(a[0], str):
-            return False
+            return None
         k = a[0]
         if k == "output":
             ok = len(a) == 2 and _uint(a[1], 16)
-        elif k in ("drop", "pop_vlan"):
+        elif k in ("drop", "pop_vlan", "reparse"):
             ok = len(a) == 1
         elif k == "set":
             w = FIELDS_SETTABLE.get(a[1]) if len(a) == 4 and isinstance(a[1], str) else None
-            ok = w is not None and _uint(a[2], w) and _uint(a[3], w)
+            v, m = (from_wire(a[2], w), from_wire(a[3], w)) if w else (None, None)
+            if v is None or m is None:
+                return None
+            a, ok = ["set", a[1], v, m], True
         elif k == "push_vlan":
             ok = len(a) == 3 and _uint(a[1], 16) and a[1] in (0x8100, 0x88A8) and _uint(a[2], 16)
         elif k == "controller":
@@ -77,14 +112,37 @@ def actions_ok(actions):
         else:
             ok = False
         if not ok:
-            return False
-    return True
+            return None
+        out.append(a)
+    return out
+
+
+def actions_ok(actions):
+    return actions_from_wire(actions) is not None
+
+
+def mask_to_wire(wc):
+    return {k: to_wire(v, FIELDS[k].width) for k, v in wc.items() if v}
+
+
+def mask_from_wire(wc):
+    """A megaflow mask (field -> bits) with wide values as ints; None when malformed."""
+    if not isinstance(wc, dict) or len(wc) > len(FIELDS):
+        return None
+    out = {}
+    for k, v in wc.items():
+        f = FIELDS.get(k) if isinstance(k, str) else None
+        m = from_wire(v, f.width) if f else None
+        if m is None:
+            return None
+        out[k] = m
+    return out
 
 
 def fast_path_runs(actions):
     """Whether the C execute stage runs these actions; a newer slow path may send kinds an
     older fast path lacks, and then the flow is not cached."""
-    return all(a[0] in ("output", "drop", "set", "push_vlan", "pop_vlan", "meter") for a in actions)
+    return all(a[0] in ("output", "drop", "set", "push_vlan", "pop_vlan", "reparse", "meter") for a in actions)
 
 
 def _uint(v, bits):

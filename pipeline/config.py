@@ -11,6 +11,9 @@ from pipeline import rundir
 from pipeline.slowpath.flowtext import FlowError, parse_flow
 
 
+LOCAL = 0xFFFE                    # OpenFlow's port number of the switch's own port
+
+
 class ConfigError(Exception):
     """A config the pipeline cannot run; `errors` lists every problem found, each with its
     place (`valepipe check` prints them all, `run` the first)."""
@@ -152,7 +155,14 @@ def parse(text, path="<config>", rules=False, run_dir=None):
             spec["slots"] = p["slots"]
         if p.get("mirror"):
             spec["mirror"] = p["mirror"]
-        if not 1 <= spec["ofport"] <= 65279:
+        if spec["uri"].startswith("internal:"):
+            # the switch's own port is OpenFlow's LOCAL, as an Open vSwitch bridge's is
+            if "ofport" in p and p["ofport"] != LOCAL:
+                bad(f"{where}: an internal: port is OpenFlow port LOCAL ({LOCAL}); leave ofport out")
+            if any(q["uri"].startswith("internal:") for q in cfg.ports):
+                bad(f"{where}: a pipeline has one internal: port (OpenFlow's LOCAL)")
+            spec["ofport"] = LOCAL
+        elif not 1 <= spec["ofport"] <= 65279:
             bad(f"{where}: ofport must be 1..65279 (OpenFlow's range)")
         if spec["ofport"] in seen_of or spec["uri"] in seen_uri:
             bad(f"{where}: ofport {spec['ofport']} or uri {spec['uri']!r} used twice")

@@ -17,7 +17,10 @@ assert len(DROPS) == lib.VP_DROP_N
 SET_FIELDS = {"dl_src": (lib.VP_F_DL_SRC, 6), "dl_dst": (lib.VP_F_DL_DST, 6), "nw_src": (lib.VP_F_NW_SRC, 4),
               "nw_dst": (lib.VP_F_NW_DST, 4), "ipv6_src": (lib.VP_F_IPV6_SRC, 16), "ipv6_dst": (lib.VP_F_IPV6_DST, 16),
               "nw_tos": (lib.VP_F_NW_TOS, 1), "nw_ttl": (lib.VP_F_NW_TTL, 1), "tp_src": (lib.VP_F_TP_SRC, 2),
-              "tp_dst": (lib.VP_F_TP_DST, 2)}
+              "tp_dst": (lib.VP_F_TP_DST, 2), "icmp": (lib.VP_F_ICMP, 2), "ipv6_label": (lib.VP_F_IPV6_LABEL, 4),
+              "arp_op": (lib.VP_F_ARP_OP, 2), "arp_spa": (lib.VP_F_ARP_SPA, 4), "arp_tpa": (lib.VP_F_ARP_TPA, 4),
+              "arp_sha": (lib.VP_F_ARP_SHA, 6), "arp_tha": (lib.VP_F_ARP_THA, 6), "nd_target": (lib.VP_F_ND_TARGET, 16),
+              "nd_sll": (lib.VP_F_ND_SLL, 6), "nd_tll": (lib.VP_F_ND_TLL, 6)}
 STAGES = ("receive", "extract", "lookup", "execute", "transmit")
 
 
@@ -59,7 +62,7 @@ class Datapath:
 
     def action_id(self, actions):
         """Intern a datapath action list (["output", ofport], ["drop"], ["set", f, v, m],
-        ["push_vlan", tpid, tci], ["pop_vlan"]) as a C action set; returns its id. Lists
+        ["push_vlan", tpid, tci], ["pop_vlan"], ["reparse"]) as a C action set; returns its id. Lists
         of any length up to VP_MAX_PROGRAM run whole; a longer one is refused, never cut."""
         if len(actions) > lib.VP_MAX_PROGRAM:
             raise DatapathError(f"{len(actions)} datapath actions, more than the {lib.VP_MAX_PROGRAM} "
@@ -99,6 +102,8 @@ class Datapath:
                 op.kind, op.tpid, op.tci = lib.VP_OP_PUSH_VLAN, a[1], a[2]
             elif a[0] == "pop_vlan":
                 op.kind = lib.VP_OP_POP_VLAN
+            elif a[0] == "reparse":
+                op.kind = lib.VP_OP_REPARSE
             elif a[0] == "meter":
                 op.kind, op.port = lib.VP_OP_METER, a[1]
         return ops

@@ -4,9 +4,10 @@ Kinds live in KINDS (those this build has: Linux's packet interfaces only on Lin
 one, write a function (specs) -> [Port] and register it (an emulated adapter: subclass
 bindings.adapter.Adapter and use `adapter_kind`).
 """
+import socket
 from dataclasses import dataclass, field
 
-from bindings.adapter import AdapterError
+from bindings.adapter import AdapterError, check_ifname, in_netns, parse_uri
 from bindings.netmap.port import NetmapError, NetmapPort
 from bindings.pcap import PcapAdapter
 from pipeline._native import ffi, lib
@@ -116,15 +117,46 @@ def open_netmap(specs):
     return ports
 
 
+INTERNAL_OPTIONS = {"netns": None}
+
+
+def open_internal(specs):
+    """internal:NAME[@netns=NS]: the switch's own port, OpenFlow's LOCAL, as Open vSwitch's
+    bridge port: a TAP interface in the host stack (or in namespace NS) that the pipeline
+    creates (it must not exist yet), brings up, and that goes with the pipeline's fds."""
+    from bindings.tap import TapAdapter
+    ports = []
+    try:
+        for s in specs:
+            name, opt = parse_uri(s["uri"], "internal", INTERNAL_OPTIONS)
+            check_ifname(s["uri"], name)
+            with in_netns(opt["netns"]):
+                try:
+                    socket.if_nametoindex(name)
+                except OSError:
+                    pass
+                else:
+                    raise PortError(f"{s['uri']}: an interface {name} already exists; an internal port is "
+                                    f"created by its pipeline (remove it, or use tap:{name} to attach to it)")
+            a = TapAdapter(f"tap:{name}" + (f"@netns={opt['netns']}" if opt["netns"] else ""), slots=s.get("slots"))
+            ports.append(Port(s["uri"], s["ofport"], "internal", a.user, a.region, adapter=a))
+    except Exception:
+        close_ports(ports)
+        raise
+    return ports
+
+
 BUILD_OS = ffi.string(lib.vp_build_os()).decode()
 KINDS = {"shm": open_shm, "pcap": adapter_kind(PcapAdapter), "netmap": open_netmap, "vale": open_netmap}
-# TAP through /dev/net/tun, AF_PACKET, AF_XDP: Linux's own; their C is built only there
-LINUX_KINDS = ("tap", "packet", "afxdp")
+# TAP through /dev/net/tun, AF_PACKET, AF_XDP (and internal:, a TAP): Linux's own; their C
+# is built only there
+LINUX_KINDS = ("tap", "packet", "afxdp", "internal")
 if BUILD_OS == "linux":
     from bindings.afxdp import AfxdpAdapter
     from bindings.packet import PacketAdapter
     from bindings.tap import TapAdapter
-    KINDS.update(tap=adapter_kind(TapAdapter), packet=adapter_kind(PacketAdapter), afxdp=adapter_kind(AfxdpAdapter))
+    KINDS.update(tap=adapter_kind(TapAdapter), packet=adapter_kind(PacketAdapter), afxdp=adapter_kind(AfxdpAdapter),
+                 internal=open_internal)
 
 
 def kind_of(uri):
@@ -155,6 +187,9 @@ def check_uri(uri):
             parse_shm_uri(uri)
         elif kind in ("netmap", "vale"):
             names.parse(uri)
+        elif kind == "internal":
+            name, _ = parse_uri(uri, "internal", INTERNAL_OPTIONS)
+            check_ifname(uri, name)
         else:
             mod = importlib.import_module(f"bindings.{kind}")          # tap, packet, afxdp, pcap
             body, opts = parse_uri(uri, kind, mod.OPTIONS)

@@ -4,8 +4,9 @@ import os
 import stat
 
 # what a pipeline keeps in its run directory while it runs (and FILE.tmp while writing one)
-RUN_FILES = ("worker.ctl", "slowpath.sock", "slowpath.ctl", "rules.flows", "rules.state")
-KEPT_FILES = ("rules.flows", "rules.state")      # what a restarted worker's slow path takes over
+RUN_FILES = ("worker.ctl", "slowpath.sock", "slowpath.ctl", "rules.flows", "rules.state", "macs.json")
+# what a restarted worker's slow path takes over: its rules and NORMAL's MAC table
+KEPT_FILES = ("rules.flows", "rules.state", "macs.json")
 LONGEST_SOCKET = "slowpath.sock"
 MAX_SOCKET_PATH = 107                              # sockaddr_un.sun_path, less its NUL
 

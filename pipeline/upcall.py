@@ -13,7 +13,6 @@ from collections import deque
 from pipeline import channel
 from pipeline._native import ffi, lib
 from pipeline.datapath import DatapathError, key_mask
-from pipeline.slowpath.fields import FIELDS
 
 MAX_OUTQ = 8 << 20          # bytes of upcalls waiting for the socket
 PENDING_TIMEOUT_NS = 2_000_000_000
@@ -42,6 +41,7 @@ class Upcalls:
         self.reval = {}                         # entry -> key bytes sent for revalidation
         self.reported = {}                      # entry -> (packets, bytes) already reported
         self.reval_outstanding = 0              # revalidate messages not answered yet
+        self.reval_again = False                # a request came during the round in progress
         # per upcall message sent or queued, in order: dp port -> packets the slow path owes
         # an answer for; its upcall_replies come back in the same order
         self.owed = deque()
@@ -52,7 +52,8 @@ class Upcalls:
                        executed=0, execute_dropped=0, stale_replies=0, bad_messages=0,
                        pending_expired=0, connects=0, disconnects=0, flow_limit_hit=0, slow_path_flows=0,
                        revalidations=0, revalidations_done=0, revalidated=0, revalidated_changed=0,
-                       revalidated_removed=0, megaflows_installed=0, megaflows_removed=0)
+                       revalidated_removed=0, megaflows_installed=0, megaflows_removed=0,
+                       xlate_errors=0, forgotten=0)
         self._key_size = ffi.sizeof("struct vp_flow_key")
 
     # -- connection -----------------------------------------------------------------------
@@ -205,6 +206,7 @@ class Upcalls:
     def _apply(self, msg):
         t = channel.check(msg)
         if t == "revalidate_request":
+            self._forget(msg)
             if _is_int(msg.get("seq")):
                 self.reval_wanted = max(self.reval_wanted, msg["seq"])
             self.start_revalidation()
@@ -234,23 +236,39 @@ class Upcalls:
         for f in _list(msg, "flows"):
             fid = f.get("id") if isinstance(f, dict) else None
             kb = self.keys.pop(fid, (None,))[0] if _is_int(fid) else None
-            if kb is None or not channel.actions_ok(f.get("actions")):
+            actions = channel.actions_from_wire(f.get("actions")) if kb is not None else None
+            if actions is None:
                 self.st["stale_replies"] += 1
                 continue
-            if not channel.fast_path_runs(f["actions"]):
+            if f.get("error"):
+                self.st["xlate_errors"] += 1        # answered with a drop, no megaflow
+            if not channel.fast_path_runs(actions):
                 # not cacheable here yet: the slow path executes every packet of this flow
                 lib.vp_flow_remove(self.dp.c, ffi.from_buffer("struct vp_flow_key *", kb))
                 self.st["slow_path_flows"] += 1
                 continue
-            wc = f.get("mask")
-            mf = self.dp.install_megaflow(kb, wc, f["actions"]) if _mask_ok(wc) else -1
+            wc = channel.mask_from_wire(f.get("mask"))
+            mf = self.dp.install_megaflow(kb, wc, actions) if wc is not None else -1
             if mf >= 0:
                 self.st["megaflows_installed"] += 1
-            if self.dp.install(kb, f["actions"], mf) < 0:
+            if self.dp.install(kb, actions, mf) < 0:
                 self.st["flow_limit_hit"] += 1
             else:
                 self.st["installed"] += 1
+        self._forget(msg)
         self._execute(_list(msg, "execute"), owed)
+
+    def _forget(self, msg):
+        """NORMAL learned where these MACs are ([mac, ofport], ofport -1 when one aged out):
+        what was cached to them (flooding, or their old port), or from them on another
+        port, goes now, before any later packet can use it."""
+        if msg.get("flush") is True:
+            self.st["forgotten"] += lib.vp_flows_forget_mac(self.dp.c, ffi.NULL, lib.VP_MAX_PORTS)
+        for item in _list(msg, "forget_macs")[:16]:
+            if isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes) and len(item[0]) == 6 \
+                    and _is_int(item[1]):
+                home = self.dp.ofport_to_index.get(item[1], lib.VP_MAX_PORTS)
+                self.st["forgotten"] += lib.vp_flows_forget_mac(self.dp.c, item[0], home)
 
     def _execute(self, items, owed):
         """Run the packets the slow path returned through the C execute stage, one by one
@@ -269,8 +287,9 @@ class Upcalls:
             owed[i] -= 1
             c.upcall_inflight[i] = max(0, c.upcall_inflight[i] - 1)
             meta = it[2] if isinstance(it, list) and len(it) > 2 else None
+            actions = channel.actions_from_wire(it[0]) if isinstance(it, list) and len(it) in (2, 3, 4) else None
             if not (isinstance(it, list) and len(it) in (2, 3, 4) and isinstance(it[1], bytes)
-                    and channel.actions_ok(it[0]) and channel.fast_path_runs(it[0]) and 14 <= len(it[1]) <= 65535
+                    and actions is not None and channel.fast_path_runs(actions) and 14 <= len(it[1]) <= 65535
                     and (meta is None or isinstance(meta, bytes) and len(meta) == OFFLOAD_SIZE)):
                 self.st["bad_messages"] += 1
                 c.st.drops[lib.VP_DROP_BAD_REPLY] += 1
@@ -278,7 +297,7 @@ class Upcalls:
                 continue
             drops0 = sum(c.st.drops)
             try:
-                aid = self.dp.action_id(it[0])
+                aid = self.dp.action_id(actions)
             except DatapathError:
                 aid = 0xFFFFFFFF            # refused by the datapath: counted as bad_reply below
             # the C side checks the metadata against the packet before using it
@@ -289,9 +308,15 @@ class Upcalls:
 
     # -- revalidation: re-translate installed flows after rules change ------------------------
     def start_revalidation(self):
-        if self.reval_cursor is None:
+        """Recheck every cached flow; returns the number of the round that will have done
+        it. A request during a round gets another round after it (restarting the round
+        instead would starve the flows at its end while requests keep coming)."""
+        if self.reval_cursor is None and self.reval_outstanding == 0:
             self.st["revalidations"] += 1
-        self.reval_cursor = 0                   # (re)start from the beginning
+            self.reval_cursor = 0
+            return self.st["revalidations"]
+        self.reval_again = True
+        return self.st["revalidations"] + 1
 
     def revalidate_step(self):
         """Send the next chunk of installed flows (keys + stats since last time): exact
@@ -327,19 +352,26 @@ class Upcalls:
 
     def _round_done(self):
         if self.reval_cursor is None and self.reval_outstanding == 0:
-            self.st["revalidations_done"] = self.st["revalidations"]
-            if self.reval_wanted > self.reval_acked and self.up:
-                # the slow path waits on this (an OpenFlow barrier, fresh counters)
-                self.reval_acked = self.reval_wanted
-                self.outq += channel.encode({"v": channel.VERSION, "t": "revalidated", "seq": self.reval_acked,
-                                             "cached": self.dp.c.flows.count + self.dp.c.mflows.count})
+            if self.reval_again:
+                self.reval_again = False
+                self.st["revalidations"] += 1
+                self.reval_cursor = 0
+            else:
+                self.st["revalidations_done"] = self.st["revalidations"]
+                if self.reval_wanted > self.reval_acked and self.up:
+                    # the slow path waits on this (an OpenFlow barrier, fresh counters): every
+                    # flow cached was rechecked by a round that started after the request
+                    self.reval_acked = self.reval_wanted
+                    self.outq += channel.encode({"v": channel.VERSION, "t": "revalidated", "seq": self.reval_acked,
+                                                 "cached": self.dp.c.flows.count + self.dp.c.mflows.count})
 
     def _revalidated(self, flows):
         self.reval_outstanding = max(0, self.reval_outstanding - 1)
         self._round_done()
         limit = self.dp.c.flows.limit
         for f in flows:
-            if not isinstance(f, dict) or not channel.actions_ok(f.get("actions")):
+            actions = channel.actions_from_wire(f.get("actions")) if isinstance(f, dict) else None
+            if actions is None:
                 self.st["bad_messages"] += 1
                 continue
             uid = f.get("id")
@@ -347,14 +379,16 @@ class Upcalls:
             if kb is None:
                 continue
             self.st["revalidated"] += 1
+            # "uncache": its next packet must reach the slow path (NORMAL would learn from it)
+            keep = channel.fast_path_runs(actions) and f.get("uncache") is not True
             if uid >= limit:
-                self._revalidated_megaflow(uid - limit, kb, f)
+                self._revalidated_megaflow(uid - limit, kb, actions, channel.mask_from_wire(f.get("mask")), keep)
                 continue
             key = ffi.from_buffer("struct vp_flow_key *", kb)
             if lib.vp_flow_find(self.dp.c, key) != uid:
                 continue                        # gone or replaced since it was sent
-            if channel.fast_path_runs(f["actions"]):
-                aid = self.dp.action_id(f["actions"])
+            if keep:
+                aid = self.dp.action_id(actions)
                 if self.dp.c.flows.entries[uid].action != aid:
                     self.dp.c.flows.entries[uid].action = aid
                     self.st["revalidated_changed"] += 1
@@ -364,17 +398,17 @@ class Upcalls:
                 self.reported.pop(uid, None)
                 self.st["revalidated_removed"] += 1
 
-    def _revalidated_megaflow(self, e, kb, f):
+    def _revalidated_megaflow(self, e, kb, actions, wc, keep):
         """A megaflow stays if translation gives it the same mask now (with the actions it
         gives now: its exact-match caches follow); otherwise it goes, and the next packet
         sets up the right one."""
         ent = self.dp.c.mflows.entries[e]
         if ent.action < 0 or bytes(ffi.buffer(ffi.addressof(ent, "key"), self._key_size)) != kb:
             return
-        same_mask = _mask_ok(f.get("mask")) and bytes(ffi.buffer(key_mask(f["mask"]))) == bytes(
+        same_mask = wc is not None and bytes(ffi.buffer(key_mask(wc))) == bytes(
             ffi.buffer(ffi.addressof(self.dp.c.masks[ent.upcall_id])))
-        if same_mask and channel.fast_path_runs(f["actions"]):
-            aid = self.dp.action_id(f["actions"])
+        if same_mask and keep:
+            aid = self.dp.action_id(actions)
             if aid != ent.action:
                 ent.action = aid
                 ent.gen = (ent.gen + 1) & 0xFFFFFFFF    # its exact-match caches are stale now
@@ -413,8 +447,3 @@ def _list(msg, name):
         raise channel.ChannelError(f"{msg.get('t')}: {name} must be an array")
     return v
 
-
-def _mask_ok(wc):
-    return isinstance(wc, dict) and len(wc) <= len(FIELDS) and all(
-        k in FIELDS and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= FIELDS[k].full
-        for k, v in wc.items())

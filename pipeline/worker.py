@@ -170,9 +170,9 @@ class Worker:
         return []                           # the result when there was nothing to stream
 
     def revalidate_now(self):
-        """Start a revalidation round (pushes flow stats to the slow path); returns its number."""
-        self.upcalls.start_revalidation()
-        return self.upcalls.st["revalidations"]
+        """Start a revalidation round (pushes flow stats to the slow path); returns the number
+        of the round that covers this request (`revalidations_done` reaches it when done)."""
+        return self.upcalls.start_revalidation()
 
     def stop(self):
         self.stopping = True
@@ -262,7 +262,7 @@ class Worker:
         st["pid"] = os.getpid()                      # the worker's; its supervisor's (valepipe run) beside it
         st["supervisor_pid"] = getattr(self, "supervisor_pid", os.getpid())
         st["worker_restarts"] = getattr(self, "restarts", 0)
-        st["upcall"] = dict(self.upcalls.st, channel_up=self.upcalls.up,
+        st["upcall"] = dict(self.upcalls.st, channel_up=self.upcalls.up, last_error=getattr(self.upcalls, "last_error", None),
                             pending=len(self.upcalls.keys), slowpath_restarts=getattr(self, "slow_restarts", 0),
                             slowpath_pid=self.slow.pid if self.slow else None, slowpath_hangs=self.slow_hangs,
                             upcalls_unanswered=len(self.upcalls.owed))

@@ -1,105 +1,254 @@
-"""Reference executor for datapath actions, written independently of the C execute stage:
-set (with IPv4 header and TCP/UDP checksum updates), push_vlan, pop_vlan, output. Tests
-compare the C stage against it on generated packets and action lists."""
+"""Reference executor for datapath actions, written independently of the C execute stage
+from Open vSwitch's lib/packets.c and lib/odp-execute.c: set (IPv4/IPv6 addresses, TOS,
+TTL, flow label, ports, ICMP type/code, ARP fields, with OVS's checksum updates word by
+word), push_vlan, pop_vlan, output. Header offsets come from one parse of the frame as
+received (OVS's miniflow_extract rules) and move with VLAN pushes and pops. Tests compare
+the C stage against it on generated packets and action lists."""
 import struct
 
 ETH_VLANS = (0x8100, 0x88A8)
+EXT = (0, 43, 60, 51, 44)
 
 
-def _fold(s):
+def _rd(b, at):
+    return struct.unpack_from("!H", b, at)[0]
+
+
+def layout(pkt):
+    """{'l3', 'l4', 'end', 'dl_type', 'proto', 'ip'} as OVS's parser leaves a packet."""
+    L = dict(l3=None, l4=None, end=None, dl_type=0, proto=0, ip=False)
+    if len(pkt) < 14:
+        return L
+    off, et = 12, _rd(pkt, 12)
+    if et in ETH_VLANS and len(pkt) - 12 >= 6:
+        off += 4
+        et = _rd(pkt, off)
+    off += 2
+    if et < 0x600:
+        if len(pkt) - off >= 8 and pkt[off:off + 6] == b"\xaa\xaa\x03\x00\x00\x00":
+            et = _rd(pkt, off + 6)
+            off += 8
+            et = et if et >= 0x600 else 0x05FF
+        else:
+            et = 0x05FF
+    L.update(l3=off, dl_type=et)
+    n = len(pkt) - off
+    if et == 0x0800:
+        if n < 20:
+            return L
+        ihl, tot = (pkt[off] & 15) * 4, _rd(pkt, off + 2)
+        if ihl < 20 or ihl > n or tot < ihl or tot > n:
+            return L
+        L.update(l4=off + ihl, end=off + tot, proto=pkt[off + 9], ip=True)
+    elif et == 0x86DD:
+        if n < 40 or _rd(pkt, off + 4) > n - 40:
+            return L
+        end = off + 40 + _rd(pkt, off + 4)
+        L.update(end=end, ip=True)
+        nh, at = pkt[off + 6], off + 40
+        while nh in EXT:
+            if end - at < 8:
+                return L
+            if nh == 44:
+                fo = _rd(pkt, at + 2)
+                nh, at = pkt[at], at + 8
+                if fo & 0xFFF8:
+                    nh = 44
+                    break
+                continue
+            hlen = (pkt[at + 1] + 2) * 4 if nh == 51 else (pkt[at + 1] + 1) * 8
+            if hlen > end - at:
+                return L
+            nh, at = pkt[at], at + hlen
+        L.update(l4=at, proto=nh)
+    return L
+
+
+def recalc16(csum, old, new):
+    """OVS's recalc_csum16 on network-order 16-bit values."""
+    s = (~csum & 0xFFFF) + (~old & 0xFFFF) + new
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
-    return s
+    return ~s & 0xFFFF
 
 
-def _sum16(b):
-    if len(b) % 2:
-        b = bytes(b) + b"\0"
-    return sum(struct.unpack(f"!{len(b) // 2}H", b))
+def _recalc_words(csum, old, new):
+    for i in range(0, len(old), 2):
+        csum = recalc16(csum, _rd(old, i), _rd(new, i))
+    return csum
 
 
-def _csum_update(pkt, at, old, new):
-    """RFC 1624 incremental update, HC' = ~(~HC + ~m + m'), of the checksum at `at`."""
-    hc = struct.unpack_from("!H", pkt, at)[0]
-    s = (~hc & 0xFFFF) + (~_fold(_sum16(old)) & 0xFFFF) + _fold(_sum16(new))
-    struct.pack_into("!H", pkt, at, ~_fold(s) & 0xFFFF)
+def _csum(pkt, at, old, new, udp=False):
+    c = _recalc_words(_rd(pkt, at), old, new)
+    struct.pack_into("!H", pkt, at, 0xFFFF if udp and c == 0 else c)
 
 
-def _layers(pkt):
-    """(ethertype, l3 offset, l4 offset or None, ip proto or None)."""
-    off = 12
-    et = struct.unpack_from("!H", pkt, off)[0] if len(pkt) >= 14 else 0
-    while et in ETH_VLANS and len(pkt) >= off + 6:
-        off += 4
-        et = struct.unpack_from("!H", pkt, off)[0]
-    l3 = off + 2
-    if et == 0x0800 and len(pkt) >= l3 + 20:
-        ihl = (pkt[l3] & 15) * 4
-        frag_later = struct.unpack_from("!H", pkt, l3 + 6)[0] & 0x1FFF
-        return et, l3, (None if frag_later or len(pkt) < l3 + ihl else l3 + ihl), pkt[l3 + 9]
-    if et == 0x86DD and len(pkt) >= l3 + 40:
-        return et, l3, l3 + 40 if pkt[l3 + 6] in (6, 17) else None, pkt[l3 + 6]
-    return et, l3, None, None
+def _masked(old, value, mask, width):
+    v = int.from_bytes(old, "big")
+    return ((v & ~mask) | (value & mask)).to_bytes(width, "big")
 
 
-def _l4_csum_at(pkt, l4, proto):
-    if l4 is None:
-        return None
-    if proto == 6 and len(pkt) >= l4 + 18:
-        return l4 + 16
-    if proto == 17 and len(pkt) >= l4 + 8 and struct.unpack_from("!H", pkt, l4 + 6)[0]:
-        return l4 + 6                               # 0 = no UDP checksum (IPv4)
-    return None
+def _l4size(L):
+    return L["end"] - L["l4"] if L["l4"] is not None else 0
 
 
-def _write(pkt, at, width, value, mask, csums=()):
-    """Write the masked bits of a field and update the checksums that cover it. Checksummed
-    regions start at even offsets of the frame, so 16-bit words align absolutely."""
-    s, e = at & ~1, (at + width + 1) & ~1
-    before = bytes(pkt[s:e])
-    cur = int.from_bytes(pkt[at:at + width], "big")
-    pkt[at:at + width] = ((cur & ~mask) | (value & mask)).to_bytes(width, "big")
-    after = bytes(pkt[s:e])
-    for c in csums:
-        if c is not None:
-            _csum_update(pkt, c, before, after)
+def _rh(pkt, L):
+    """OVS's packet_rh_present: (final protocol, checksum covers it, routing header left)."""
+    at, rem = L["l3"], (L["l4"] if L["l4"] is not None else len(pkt)) - L["l3"]
+    if rem < 40:
+        return 0, True, False
+    proto, at, rem, recalc = pkt[at + 6], at + 40, rem - 40, True
+    while proto in EXT:
+        if rem < 8:
+            return proto, recalc, False
+        if proto == 51:
+            proto, ln = pkt[at], (pkt[at + 1] + 2) * 4
+        elif proto == 44:
+            offlg = _rd(pkt, at + 2)
+            recalc = not offlg & 0xFFF8 and bool(offlg & 1)
+            proto, ln = pkt[at], 8
+        elif proto == 43 and pkt[at + 3] > 0:
+            return proto, recalc, True
+        else:
+            proto, ln = pkt[at], (pkt[at + 1] + 1) * 8
+        if rem < ln:
+            return proto, recalc, False
+        rem, at = rem - ln, at + ln
+    return proto, recalc, False
 
 
-def set_field(pkt, field, value, mask):
-    et, l3, l4, proto = _layers(pkt)
+def _crc32c(b):
+    crc = 0xFFFFFFFF
+    for x in b:
+        crc ^= x
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    return ~crc & 0xFFFFFFFF
+
+
+def set_field(pkt, L, field, value, mask):
+    l3, l4 = L["l3"], L["l4"]
+    v4 = L["ip"] and L["dl_type"] == 0x0800
+    v6 = L["ip"] and L["dl_type"] == 0x86DD
     if field in ("dl_dst", "dl_src"):
-        _write(pkt, 0 if field == "dl_dst" else 6, 6, value, mask)
-        return True
-    if et == 0x0800 and field in ("nw_src", "nw_dst", "nw_tos", "nw_ttl"):
-        at, w = {"nw_src": (l3 + 12, 4), "nw_dst": (l3 + 16, 4), "nw_tos": (l3 + 1, 1), "nw_ttl": (l3 + 8, 1)}[field]
-        l4c = _l4_csum_at(pkt, l4, proto) if field in ("nw_src", "nw_dst") else None   # pseudo-header
-        _write(pkt, at, w, value, mask, (l3 + 10, l4c))
-        return True
-    if et == 0x86DD and field in ("ipv6_src", "ipv6_dst", "nw_ttl", "nw_tos"):
-        if field == "nw_tos":
-            word = struct.unpack_from("!I", pkt, l3)[0]
-            struct.pack_into("!I", pkt, l3, (word & ~(mask << 20)) | ((value & mask) << 20))
-            return True
-        at, w = {"ipv6_src": (l3 + 8, 16), "ipv6_dst": (l3 + 24, 16), "nw_ttl": (l3 + 7, 1)}[field]
-        _write(pkt, at, w, value, mask, (_l4_csum_at(pkt, l4, proto),) if w == 16 else ())
-        return True
-    if field in ("tp_src", "tp_dst") and l4 is not None and proto in (6, 17):
-        _write(pkt, l4 + (0 if field == "tp_src" else 2), 2, value, mask, (_l4_csum_at(pkt, l4, proto),))
-        return True
-    return False                                    # the packet has no such field: nothing to set
+        at = 0 if field == "dl_dst" else 6
+        pkt[at:at + 6] = _masked(pkt[at:at + 6], value, mask, 6)
+    elif field in ("nw_src", "nw_dst") and v4:
+        at = l3 + (12 if field == "nw_src" else 16)
+        old, new = bytes(pkt[at:at + 4]), _masked(pkt[at:at + 4], value, mask, 4)
+        if old != new:
+            proto, n4 = pkt[l3 + 9], _l4size(L)
+            if proto == 6 and n4 >= 20:
+                _csum(pkt, l4 + 16, old, new)
+            elif proto == 17 and n4 >= 8 and _rd(pkt, l4 + 6):
+                _csum(pkt, l4 + 6, old, new, udp=True)
+            _csum(pkt, l3 + 10, old, new)
+            pkt[at:at + 4] = new
+    elif field in ("ipv6_src", "ipv6_dst") and v6:
+        at = l3 + (8 if field == "ipv6_src" else 24)
+        old, new = bytes(pkt[at:at + 16]), _masked(pkt[at:at + 16], value, mask, 16)
+        if old != new:
+            proto, recalc, rh = _rh(pkt, L)
+            n4 = _l4size(L)
+            if recalc and not (field == "ipv6_dst" and rh) and l4 is not None:
+                if proto == 6 and n4 >= 20:
+                    _csum(pkt, l4 + 16, old, new)
+                elif proto == 17 and n4 >= 8 and _rd(pkt, l4 + 6):
+                    _csum(pkt, l4 + 6, old, new, udp=True)
+                elif proto == 58 and n4 >= 4:
+                    _csum(pkt, l4 + 2, old, new)
+            pkt[at:at + 16] = new
+    elif field == "nw_tos" and v4:
+        new = (pkt[l3 + 1] & ~mask) | (value & mask)
+        if new != pkt[l3 + 1]:
+            struct.pack_into("!H", pkt, l3 + 10, recalc16(_rd(pkt, l3 + 10), pkt[l3 + 1], new))
+            pkt[l3 + 1] = new
+    elif field == "nw_tos" and v6:
+        w = struct.unpack_from("!I", pkt, l3)[0]
+        tc = (((w >> 20) & 0xFF) & ~mask) | (value & mask)
+        struct.pack_into("!I", pkt, l3, (w & 0xF00FFFFF) | (tc << 20))
+    elif field == "nw_ttl" and v4:
+        new = (pkt[l3 + 8] & ~mask) | (value & mask)
+        if new != pkt[l3 + 8]:
+            struct.pack_into("!H", pkt, l3 + 10, recalc16(_rd(pkt, l3 + 10), pkt[l3 + 8] << 8, new << 8))
+            pkt[l3 + 8] = new
+    elif field == "nw_ttl" and v6:
+        pkt[l3 + 7] = (pkt[l3 + 7] & ~mask) | (value & mask)
+    elif field == "ipv6_label" and v6:
+        w = struct.unpack_from("!I", pkt, l3)[0]
+        struct.pack_into("!I", pkt, l3, (w & ~(mask & 0xFFFFF)) | (value & mask & 0xFFFFF))
+    elif field in ("tp_src", "tp_dst", "icmp") and (v4 or v6) and l4 is not None:
+        n4, proto = _l4size(L), L["proto"]
+        off = 2 if field == "tp_dst" else 0
+        new = _masked(pkt[l4 + off:l4 + off + 2], value, mask, 2)
+        if new == pkt[l4 + off:l4 + off + 2]:
+            return
+        if field == "icmp":
+            if n4 >= 8:
+                struct.pack_into("!H", pkt, l4 + 2, recalc16(_rd(pkt, l4 + 2), _rd(pkt, l4), _rd(new, 0)))
+                pkt[l4:l4 + 2] = new
+        elif proto == 6 and n4 >= 20 and 20 <= (pkt[l4 + 12] >> 4) * 4 <= n4:
+            struct.pack_into("!H", pkt, l4 + 16, recalc16(_rd(pkt, l4 + 16), _rd(pkt, l4 + off), _rd(new, 0)))
+            pkt[l4 + off:l4 + off + 2] = new
+        elif proto == 17 and n4 >= 8:
+            if _rd(pkt, l4 + 6):
+                c = recalc16(_rd(pkt, l4 + 6), _rd(pkt, l4 + off), _rd(new, 0))
+                struct.pack_into("!H", pkt, l4 + 6, c or 0xFFFF)
+            pkt[l4 + off:l4 + off + 2] = new
+        elif proto == 132 and n4 >= 12:
+            old_csum = bytes(pkt[l4 + 8:l4 + 12])
+            pkt[l4 + 8:l4 + 12] = bytes(4)
+            good = _crc32c(pkt[l4:l4 + n4])
+            pkt[l4 + off:l4 + off + 2] = new
+            fresh = _crc32c(pkt[l4:l4 + n4])
+            x = struct.unpack("<I", old_csum)[0] ^ good ^ fresh
+            pkt[l4 + 8:l4 + 12] = struct.pack("<I", x)
+    elif field.startswith("nd_") and v6 and l4 is not None and _l4size(L) >= 24:
+        if field == "nd_target":
+            old, new = bytes(pkt[l4 + 8:l4 + 24]), _masked(pkt[l4 + 8:l4 + 24], value, mask, 16)
+            if old != new:
+                _csum(pkt, l4 + 2, old, new)
+                pkt[l4 + 8:l4 + 24] = new
+            return
+        rem, at = _l4size(L) - 24, l4 + 24                # packet_set_nd's walk, its arithmetic kept
+        while rem >= 8 and at + 2 <= len(pkt) and pkt[at + 1]:
+            if pkt[at] in (1, 2) and pkt[at + 1] == 1:
+                if pkt[at] == (1 if field == "nd_sll" else 2):
+                    old, new = bytes(pkt[at + 2:at + 8]), _masked(pkt[at + 2:at + 8], value, mask, 6)
+                    if old != new:
+                        _csum(pkt, l4 + 2, old, new)
+                        pkt[at + 2:at + 8] = new
+                return
+            at += pkt[at + 1] * 8
+            if at + 2 > len(pkt):
+                return
+            rem -= pkt[at + 1] * 8
+    elif field.startswith("arp_") and L["dl_type"] == 0x0806 and len(pkt) >= l3 + 28:
+        at, w = {"arp_op": (6, 2), "arp_sha": (8, 6), "arp_spa": (14, 4), "arp_tha": (18, 6),
+                 "arp_tpa": (24, 4)}[field]
+        pkt[l3 + at:l3 + at + w] = _masked(pkt[l3 + at:l3 + at + w], value, mask, w)
 
 
 def apply(frame, actions):
     """Run datapath actions on a frame; returns [(port, bytes)] in output order."""
     pkt, outs = bytearray(frame), []
+    L = layout(pkt)
     for a in actions:
         k = a[0]
         if k == "output":
             outs.append((a[1], bytes(pkt)))
         elif k == "set":
-            set_field(pkt, a[1], a[2], a[3])
-        elif k == "push_vlan" and len(pkt) >= 14:
-            pkt[12:12] = struct.pack("!HH", a[1], a[2] & 0xFFFF)
-        elif k == "pop_vlan" and len(pkt) >= 18 and struct.unpack_from("!H", pkt, 12)[0] in ETH_VLANS:
-            del pkt[12:16]
+            set_field(pkt, L, a[1], a[2], a[3])
+        elif k in ("push_vlan", "pop_vlan"):
+            if k == "push_vlan" and len(pkt) >= 14:
+                pkt[12:12] = struct.pack("!HH", a[1], a[2] & 0xEFFF)
+                d = 4
+            elif k == "pop_vlan" and len(pkt) >= 18 and _rd(pkt, 12) in ETH_VLANS:
+                del pkt[12:16]
+                d = -4
+            else:
+                continue
+            for x in ("l3", "l4", "end"):
+                if L[x] is not None:
+                    L[x] += d
     return outs

@@ -61,32 +61,47 @@ def test_normal_switching_and_megaflow():
     assert macs.changes == before
 
 
-def test_mac_move_revalidates_cached_flows(uniq, pipeline_factory):
+def test_mac_move_takes_effect_with_the_learning_packet(uniq, pipeline_factory):
+    """A MAC that moves: cached flows to it are dropped when the worker applies the upcall
+    reply for the learning packet itself, before that packet is sent on. So every packet
+    sent after the learning packet arrived goes the new way (counts, not timing), which
+    also bounds the time a stale flow can live by the learning packet's own round trip."""
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
     pipe = pipeline_factory(cfg(uniq, ["actions=NORMAL"]).replace("[pipeline]\n", "[pipeline]\nrevalidate_interval = 0\n"))
 
     def pkt(src, dst, i):
-        return bytes(Ether(src=src, dst=dst) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / (bytes([i]) * 20))
+        return bytes(Ether(src=src, dst=dst) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2)
+                     / i.to_bytes(4, "big") / bytes(20))
     ma, mb = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
     with peers(uniq) as ps:
         a, b, c = ps["a"], ps["b"], ps["c"]
         a.send_all([pkt(ma, mb, 0)], others=(b, c))               # b unknown: flooded to b and c
         assert wait_for(lambda: b.drain() >= 1 and c.drain() >= 1)
-        b.send_all([pkt(mb, ma, 1)], others=(a,))                  # a learned: only to a
+        b.send_all([pkt(mb, ma, 1)], others=(a,))                  # b learned (and a): unicast now
         assert wait_for(lambda: a.drain() >= 1)
-        time.sleep(0.3)
-        assert c.drain() == 1
-        # the cached a->b flow flooded; learning b revalidated it into a unicast
-        assert wait_for(lambda: pipe.stats()["upcall"]["revalidated_changed"] >= 1)
-        a.send_all([pkt(ma, mb, i) for i in range(2, 12)], others=(b,))
-        assert wait_for(lambda: b.drain() >= 11)
-        time.sleep(0.2)
-        assert c.drain() == 1
-        # b moves to port c: traffic to b follows it after revalidation
-        c.send_all([pkt(mb, ma, 99)], others=(a,))
+        to_b = [pkt(ma, mb, i) for i in range(2, 202)]
+        a.send_all(to_b[:1], others=(b,))                          # set up a -> b, then use it
+        assert wait_for(lambda: b.drain() >= 2)
+        a.send_all(to_b[1:], others=(b,))
+        assert wait_for(lambda: b.drain() >= 201)
+        assert b.got[1:] == to_b and c.drain() == 1                # to b only
+        hits = pipe.stats()["hits"] + pipe.stats()["megaflow_hits"]
+        assert hits >= 199
+        # b moves to port c; its learning packet reaches a through the slow path
+        t0 = time.monotonic()
+        c.send_all([pkt(mb, ma, 1000)], others=(a,))
         assert wait_for(lambda: a.drain() >= 2)
-        assert wait_for(lambda: pipe.stats()["upcall"]["revalidated_changed"] >= 2)
-        a.send_all([pkt(ma, mb, 50)], others=(c,))
+        took_ms = (time.monotonic() - t0) * 1e3
+        after = [pkt(ma, mb, i) for i in range(2000, 2200)]
+        a.send_all(after[:1], others=(c,))
         assert wait_for(lambda: c.drain() >= 2)
-        assert b.drain() == 11
+        a.send_all(after[1:], others=(c,))
+        assert wait_for(lambda: c.drain() >= 201)
+        time.sleep(0.1)
+        assert c.got[1:] == after and b.drain() == 201              # every one the new way
+        st = pipe.stats()
+        assert st["upcall"]["forgotten"] >= 1
+        assert st["hits"] + st["megaflow_hits"] > hits              # and cached again once set up
+        print(f"learning packet delivered {took_ms:.1f} ms after it was sent; 200 of 200 packets after it "
+              "went to the new port")

@@ -122,10 +122,11 @@ def test_megaflow_is_narrow_where_rules_are():
     f.update(in_port=1, dl_type=0x0800, nw_dst=0x0A010203, tp_dst=80)
     res = x.translate(f)
     assert res.actions == [["output", 2]]
-    assert res.wc == {"in_port": 0xFFFF, "dl_type": 0xFFFF, "nw_dst": 0xFF000000}   # /8, not /32; no L4
+    # /8, not /32; no L4; an IP flow always carries its fragment bits (as in Open vSwitch)
+    assert res.wc == {"in_port": 0xFFFF, "dl_type": 0xFFFF, "nw_frag": 3, "nw_dst": 0xFF000000}
     f["dl_type"] = 0x86DD
     res = x.translate(f)
-    assert res.actions == [["output", 3]] and res.wc == {"in_port": 0xFFFF, "dl_type": 0xFFFF}
+    assert res.actions == [["output", 3]] and res.wc == {"in_port": 0xFFFF, "dl_type": 0xFFFF, "nw_frag": 3}
 
 
 def test_set_actions_are_committed_before_output():
@@ -146,9 +147,23 @@ def test_set_actions_are_committed_before_output():
 
 def test_resubmit_depth_is_bounded():
     t0 = Table(0)
-    t0.insert(parse_flow("actions=resubmit(,0)"))
+    t0.insert(parse_flow("actions=output:2,resubmit(,0)"))
     res = Xlate({0: t0}, PORTS).translate({k: 0 for k in ORDER})
-    assert res.actions == [["drop"]] and "depth" in res.error
+    # as Open vSwitch: 64 nested resubmits to the same table, then an error that drops the
+    # packet, outputs made before it included
+    assert res.actions == [["drop"]] and res.error == "over max translation depth 64"
+    assert len(res.trace) == 65
+
+
+def test_resubmits_per_translation_are_bounded():
+    """40 tables each resubmitting twice to the next: 2^40 lookups unbounded. Open vSwitch
+    stops at 4,096 resubmits per translation, and so does valepipe."""
+    tables = {}
+    for k in range(40):
+        tables.setdefault(k, Table(k)).insert(parse_flow(f"table={k},actions=resubmit(,{k + 1}),resubmit(,{k + 1})"))
+    res = Xlate(tables, PORTS).translate({k: 0 for k in ORDER})
+    assert res.actions == [["drop"]] and res.error == "over 4096 resubmit actions"
+    assert len(res.trace) == 1 + 4096
 
 
 def test_rule_timeouts():

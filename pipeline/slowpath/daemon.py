@@ -2,8 +2,11 @@
 packets to execute. It trusts no message: every field is checked, bad ones are counted
 and answered with an error, and one bad worker never stops the others. It never blocks
 on one client: writes are queued per client, long translations and rule loads pause
-between steps to serve the control socket, and every worker hears from it each second."""
+between steps to serve the control socket, and every worker hears from it each second. A
+translation that fails is answered with a drop and an error, counted (`xlate_errors`) and
+logged once; the process keeps serving."""
 import argparse
+import json
 import os
 import time
 import select
@@ -15,6 +18,7 @@ from collections import OrderedDict
 import msgpack
 
 from pipeline import channel, config, control, rundir
+from pipeline.slowpath.fields import flow_from_attrs
 from pipeline.slowpath.flowtext import FlowError, format_rule, parse_flow
 from pipeline.slowpath import ofctl
 from pipeline.slowpath.ofproto import OFProto
@@ -27,6 +31,11 @@ MAX_RULES_REQUEST = 256 << 20 # add-flows of a few hundred thousand rules in one
 STEP_RULES = 500              # rules parsed, inserted or written per step of a large rule change
 STATE_EVERY_S = 1.0          # rule counters written to rules.state at most this often
 MAX_RULES_FILE = 1 << 30
+MACS_SAVE_S = 1.0             # NORMAL's MAC table is saved at most this often (and at exit)
+FORGET_MACS = 8               # MAC changes per upcall the workers act on at once; more: revalidation
+LOGGED_ERRORS = 256           # distinct translation errors logged (each once)
+# test-only fault injection: translating a flow that matches this ovs-ofctl match raises
+FAULT_ENV = "VALEPIPE_SLOWPATH_FAULT"
 RULES_HEADER = "# valepipe slow-path rules (ovs-ofctl syntax), rewritten on every change;\n" \
                "# a restarted slow path of this pipeline loads them instead of the config's flows\n"
 
@@ -47,13 +56,14 @@ class Client:
 class SlowPath:
     name = "valepipe"                   # the pipeline's name, the bridge `trace` shows
 
-    def __init__(self, ofproto, rules_file=None):
+    def __init__(self, ofproto, rules_file=None, macs_file=None):
         self.ofproto = ofproto
         self.rules_file = rules_file
         self.state_file = rules_file and os.path.join(os.path.dirname(rules_file), "rules.state")
+        self.macs_file = macs_file
         self.st = dict(upcalls=0, flows=0, packets=0, bad_messages=0, unknown_flow_packets=0, slow_flows=0,
                        revalidated=0, rule_changes=0, rules_saved=0, rules_save_errors=0, state_saved=0,
-                       state_save_errors=0, changes_refused=0)
+                       state_save_errors=0, changes_refused=0, xlate_errors=0, macs_saved=0, macs_save_errors=0)
         self.counted = False        # rule counters moved since rules.state was written
         self.last_state = 0.0
         self.state_every = STATE_EVERY_S
@@ -65,7 +75,13 @@ class SlowPath:
         self.agent = None           # the OpenFlow agent, with an [openflow] config
         self.reval_seq = 0          # revalidate_requests sent, numbered; workers say when each is done
         self.reval_sent = {}        # seq -> when it was sent (recent ones)
-        self.last_reval = self.last_expire = self.last_keepalive = self.last_service = 0.0
+        self.macs_saved = 0         # ... and last saved
+        self.last_reval = self.last_expire = self.last_macs_save = 0.0
+        self.last_keepalive = self.last_service = 0.0
+        self.logged = set()
+        self.fault = None
+        if os.environ.get(FAULT_ENV):
+            self.fault = parse_flow(os.environ[FAULT_ENV], mode="match").match
 
     # -- control requests (valepipe add-flow / del-flows / mod-flows / dump-flows) -------------
     def control_handlers(self):
@@ -130,6 +146,7 @@ class SlowPath:
                 "del-flows": _errors(del_flows), "mod-flows": _errors(at_once(ofctl.modify)),
                 "dump-flows": dump(lambda req: _Rendered(list(of.rules()), lambda r: of.dump([r])[0])),
                 "fdb-show": lambda req: self.ofproto.macs.show(),
+                "fdb-flush": lambda req: self.fdb_flush(),
                 "stats": lambda req: dict(self.st, **self.ofproto.st,
                                           **({"openflow": self.agent.stats()} if self.agent else {})),
                 # ovs-ofctl habits (pipeline/slowpath/ofctl.py): filters, --strict, replace, batch trace
@@ -174,13 +191,14 @@ class SlowPath:
             if not (isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("key"), dict)):
                 raise channel.ChannelError("upcall: a flow needs an integer id and a key map")
             self.between()
-            res = self.ofproto.translate(f["key"], may_learn=True)
-            client.recent[f["id"]] = (res.actions, res.rules, res.packet_ins)
+            reply, res = self.translate(f, may_learn=True)
+            # wire forms; the packet-ins' OpenFlow context (table, cookie, max_len) beside them
+            client.recent[f["id"]] = (reply["actions"], res.rules if res else [], res.packet_ins if res else [])
             if len(client.recent) > RECENT_FLOWS:
                 client.recent.popitem(last=False)
-            if not channel.fast_path_runs(res.actions):
+            if res and not channel.fast_path_runs(res.actions):
                 self.st["slow_flows"] += 1
-            out_flows.append({"id": f["id"], "actions": res.actions, "mask": res.wc})
+            out_flows.append(reply)
         self.st["flows"] += len(flows)
         if out_flows:
             client.cached = None                      # it may cache these
@@ -196,19 +214,79 @@ class SlowPath:
             for r in rules:
                 r.n_packets += 1
                 r.n_bytes += len(p[2])
-            rest = [a for a in actions if a[0] != "controller"]
+            rest = []
             for i, a in enumerate(actions):
                 if a[0] == "controller":
                     pin = next((x for x in pins if x["at"] == i), None)
                     self.ofproto.packet_in(p[1], a[1], p[2], pin, actions[:i])
-            if len(rest) < len(actions) and not any(a[0] == "output" for a in rest):
+                    # OVS's userspace datapath parses the packet anew after a userspace()
+                    # action: later rewrites take their offsets from that parse
+                    rest.append(["reparse"])
+                else:
+                    rest.append(a)
+            rest = _drop_idle_reparses(rest)
+            if any(a[0] == "controller" for a in actions) and not any(a[0] == "output" for a in rest):
                 continue                              # consumed by the controller queue, counted there
             # a drop comes back too (the fast path counts it), with its offload metadata (GSO,
             # partial checksum: for the fast path to apply at output, or nil) and the port it
             # came in on (the worker settles each packet it sent up by port)
             execute.append([rest, p[2], p[3] if len(p) > 3 else None, p[1]])
         self.st["packets"] += len(execute)
-        return {"v": channel.VERSION, "t": "upcall_reply", "flows": out_flows, "execute": execute}
+        reply = {"v": channel.VERSION, "t": "upcall_reply", "flows": out_flows, "execute": execute}
+        if self.ofproto.macs.changes != self.macs_seen:
+            forget = self.macs_changed()
+            if forget:
+                # this worker applies it after installing this reply's flows, which may
+                # have been translated before the MAC was learned
+                reply["forget_macs"] = forget
+        return reply
+
+    def macs_changed(self):
+        """NORMAL learned or moved MACs: every worker drops what it cached to and from them
+        (when there are few) and rechecks all it cached. Returns the MACs to forget."""
+        changed = self.ofproto.macs.take_changed()
+        forget = [[m.to_bytes(6, "big"), -1 if port is None else port] for m, port in sorted(changed.items())] \
+            if len(changed) <= FORGET_MACS else []
+        self.request_revalidation(forget)
+        return forget
+
+    def translate(self, f, may_learn=False):
+        """(reply entry, xlate Result) for one flow of an upcall or a revalidation; a
+        translation that raises, or gives what the channel cannot carry, is answered
+        with a drop and an error (and None for the result), counted and logged once."""
+        try:
+            if self.fault is not None and self._fault_hit(f["key"]):
+                raise RuntimeError(f"injected translation fault ({FAULT_ENV})")
+            # an upcall's rules are used now; revalidation says so itself, for flows with packets
+            res = self.ofproto.translate(f["key"], may_learn=may_learn, touch=may_learn is True)
+            entry = {"id": f["id"], "actions": channel.actions_to_wire(res.actions),
+                     "mask": channel.mask_to_wire(res.wc)}
+            if not channel.actions_ok(entry["actions"]) or channel.mask_from_wire(entry["mask"]) is None:
+                raise ValueError(f"translation gave what the channel cannot carry: {res.actions}"[:300])
+            return entry, res
+        except Exception as e:                       # one bad translation never stops the switch
+            why = f"{type(e).__name__}: {e}"[:300]
+            self.st["xlate_errors"] += 1
+            self._log_once(why, f"translation failed ({why}) for flow {_describe(f['key'])}; "
+                                "answered with drop (counted as xlate_errors)")
+            return {"id": f["id"], "actions": [["drop"]], "error": why}, None
+
+    def internal_error(self, e):
+        """A message whose handling failed outside any one translation: counted, logged once,
+        answered with an error (the worker's pending flows then time out and ask again)."""
+        why = f"{type(e).__name__}: {e}"[:300]
+        self.st["internal_errors"] = self.st.get("internal_errors", 0) + 1
+        self._log_once(why, f"internal error answering a worker ({why}); still serving")
+        return {"v": channel.VERSION, "t": "error", "error": why}
+
+    def _log_once(self, why, line):
+        if why not in self.logged and len(self.logged) < LOGGED_ERRORS:
+            self.logged.add(why)
+            print(f"valepipe-slowpath: {line}", file=sys.stderr, flush=True)
+
+    def _fault_hit(self, key):
+        flow = flow_from_attrs(key)
+        return all(flow.get(k, 0) & m == v for k, (v, m) in self.fault.items())
 
 
     def change(self, steps):
@@ -305,8 +383,9 @@ class SlowPath:
             print(f"valepipe-slowpath: cannot save the rules ({why}) to {self.rules_file}: {e.strerror or e}",
                   file=sys.stderr)
 
-    def request_revalidation(self):
-        """Workers re-translate what they cached (after rules or MAC entries changed), and
+    def request_revalidation(self, forget_macs=(), flush=False):
+        """Workers re-translate what they cached (after rules or MAC entries changed), having
+        first dropped what they cached to or from `forget_macs` (everything: `flush`), and
         push its counters to the rules; returns the request's seq (revalidated_through)."""
         self.macs_seen = self.ofproto.macs.changes
         self.last_reval = time.monotonic()
@@ -315,8 +394,13 @@ class SlowPath:
         if len(self.reval_sent) > 4096:
             acked = min((cl.reval_acked for cl in self.clients.values()), default=self.reval_seq)
             self.reval_sent = {k: v for k, v in self.reval_sent.items() if k >= acked}
+        msg = {"v": channel.VERSION, "t": "revalidate_request", "seq": self.reval_seq}
+        if forget_macs:
+            msg["forget_macs"] = list(forget_macs)
+        if flush:
+            msg["flush"] = True
         for cl in list(self.clients.values()):
-            self.send(cl, {"v": channel.VERSION, "t": "revalidate_request", "seq": self.reval_seq})
+            self.send(cl, msg)
         return self.reval_seq
 
     def revalidated_through(self, seq):
@@ -372,7 +456,12 @@ class SlowPath:
         try:
             cl.unpacker.feed(data)
             for msg in cl.unpacker:
-                reply = self.handle(cl, msg)
+                try:
+                    reply = self.handle(cl, msg)
+                except channel.ChannelError:
+                    raise
+                except Exception as e:              # a bug of ours: answer, count, keep serving
+                    reply = self.internal_error(e)
                 if cl.gone:
                     return
                 if reply is not None:
@@ -406,7 +495,8 @@ class SlowPath:
             self.service(advance=False)
 
     def housekeep(self):
-        """MAC aging, and one revalidation per 100 ms at most for MAC table changes."""
+        """Rule timeouts and MAC aging once a second; MAC table changes revalidate at once,
+        and the table is saved (at most once a second) for a restarted slow path."""
         now = time.monotonic()
         if now - self.last_expire >= 1.0:
             self.last_expire = now
@@ -419,8 +509,45 @@ class SlowPath:
                 self.request_revalidation()           # idle by the counters it has: fresh ones first
         if self.counted and now - self.last_state >= self.state_every:
             self.save_state()
-        if self.ofproto.macs.changes != self.macs_seen and now - self.last_reval >= 0.1:
-            self.request_revalidation()
+        if self.ofproto.macs.changes != self.macs_seen:
+            self.macs_changed()
+        if self.ofproto.macs.changes != self.macs_saved and now - self.last_macs_save >= MACS_SAVE_S:
+            self.save_macs()
+
+    def fdb_flush(self):
+        """Forget every learned MAC (ovs-appctl fdb/flush): workers drop every cached flow,
+        so traffic that was cached reaches NORMAL again and is learned anew."""
+        n = len(self.ofproto.macs.entries)
+        self.ofproto.macs.entries.clear()
+        self.ofproto.macs.take_changed()
+        self.ofproto.macs.changes += 1
+        self.request_revalidation(flush=True)
+        self.save_macs()
+        return n
+
+    def save_macs(self):
+        """NORMAL's MAC table, with ages, beside the rules (written atomically)."""
+        self.macs_saved, self.last_macs_save = self.ofproto.macs.changes, time.monotonic()
+        if not (self.macs_file and self.owner()):
+            return
+        try:
+            rundir.write_files({self.macs_file: json.dumps(self.ofproto.macs.snapshot()).encode()})
+            self.st["macs_saved"] += 1
+        except OSError as e:
+            self.st["macs_save_errors"] += 1
+            if self.st["macs_save_errors"] == 1:
+                print(f"valepipe-slowpath: cannot save the MAC table to {self.macs_file}: {e.strerror or e}",
+                      file=sys.stderr)
+
+    def load_macs(self):
+        """NORMAL's MAC table as a slow path before this one left it, aged since."""
+        try:
+            raw = rundir.read_own(self.macs_file, MAX_RULES_FILE)
+            if raw is not None:
+                self.st["macs_restored"] = self.ofproto.macs.restore(json.loads(raw))
+        except (OSError, ValueError) as e:
+            print(f"valepipe-slowpath: {self.macs_file}: {e}; NORMAL's MAC table starts empty", file=sys.stderr)
+        self.macs_saved = self.ofproto.macs.changes
 
     def revalidate(self, msg):
         flows = msg.get("flows", [])
@@ -431,16 +558,43 @@ class SlowPath:
         for f in flows:
             if not (isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("key"), dict)):
                 raise channel.ChannelError("revalidate: a flow needs an integer id and a key map")
-            res = self.ofproto.translate(f["key"], touch=False)
             packets = _count(f.get("packets"))
-            for r in res.rules:                      # stats go to the rules that produced the flow
+            # a flow that carried packets since the last round keeps the MAC entry of its
+            # source alive, as Open vSwitch's revalidators do with the statistics they push;
+            # one through NORMAL that would learn something new is not kept cached
+            entry, res = self.translate(f, may_learn="refresh" if packets else "check")
+            if res is not None and res.relearn:
+                entry["uncache"] = True              # its next packet comes here and is learned
+            for r in res.rules if res else ():        # stats go to the rules that produced the flow
                 r.n_packets += packets
                 r.n_bytes += _count(f.get("bytes"))
                 if packets:
                     r.used = time.monotonic()
-            out.append({"id": f["id"], "actions": res.actions, "mask": res.wc})
+            out.append(entry)
         self.st["revalidated"] += len(out)
         return {"v": channel.VERSION, "t": "revalidate_reply", "flows": out}
+
+
+def _drop_idle_reparses(actions):
+    """A reparse matters only to the rewrites after it, up to the next one."""
+    out, rewrites = [], False
+    for a in reversed(actions):
+        if a[0] == "reparse":
+            if not rewrites:
+                continue
+            rewrites = False
+        elif a[0] == "set":
+            rewrites = True
+        out.append(a)
+    return out[::-1]
+
+
+def _describe(key):
+    from pipeline.slowpath.trace import describe_flow
+    try:
+        return describe_flow(flow_from_attrs(key))
+    except Exception:                                   # the key may be what broke translation
+        return repr(key)[:200]
 
 
 def _count(v):
@@ -527,6 +681,7 @@ def serve(path, slow, stop=lambda: False, control_path=None):
         if slow.agent:
             slow.agent.close()
         slow.save_state()
+        slow.save_macs()
         for cl in list(clients.values()):
             slow.drop(cl)
         ls.close()
@@ -544,9 +699,12 @@ def main(argv=None):
                                       "(default: slowpath.ctl beside --socket)")
     ap.add_argument("--rules", help="file the rules are kept in across restarts (default: rules.flows "
                                     "beside --socket); when it exists it is loaded instead of the config's flows")
+    ap.add_argument("--macs", help="file NORMAL's MAC table is kept in across restarts (default: macs.json "
+                                   "beside --socket)")
     a = ap.parse_args(argv)
     here = os.path.dirname(os.path.abspath(a.socket))
     rules_file = os.path.abspath(a.rules or os.path.join(here, "rules.flows"))
+    macs_file = os.path.abspath(a.macs or os.path.join(here, "macs.json"))
     source = rules_file
     try:
         for d in {here, os.path.dirname(rules_file)}:
@@ -565,7 +723,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     ctl = a.control or os.path.join(here, "slowpath.ctl")
-    slow = SlowPath(ofproto, rules_file)
+    slow = SlowPath(ofproto, rules_file, macs_file)
     slow.name = a.name
     try:
         openflow = config.load(a.config).openflow if a.config else None
@@ -577,5 +735,6 @@ def main(argv=None):
         sys.exit(2)
     if text is not None:
         slow.load_state()
+    slow.load_macs()
     slow.try_save_rules("at start")
     serve(a.socket, slow, stop=lambda: bool(stopping), control_path=ctl)

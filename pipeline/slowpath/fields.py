@@ -49,6 +49,7 @@ FIELDS = {f.name: f for f in [
 ORDER = list(FIELDS)
 ETH_IP, ETH_IPV6, ETH_ARP, ETH_RARP = 0x0800, 0x86DD, 0x0806, 0x8035
 VLAN_CFI = 0x1000
+LOCAL = 0xFFFE                 # OpenFlow's port number for the switch's own (internal) port
 
 
 HEX = frozenset("0123456789abcdefABCDEF")
@@ -158,6 +159,15 @@ def _uint(v, bits):
     return 0
 
 
+def vlans_of(flow):
+    """The flow's VLAN stack, outermost first, two entries of [tpid, tci] (tci with CFI
+    when the tag exists); a flow without one gets it from its vlan_tci."""
+    if "vlans" in flow:
+        return [[t, c] if c & VLAN_CFI else [t, 0] for t, c in flow["vlans"]]
+    tci = flow.get("vlan_tci", 0)
+    return [[0x8100, tci] if tci & VLAN_CFI else [0, 0], [0, 0]]
+
+
 def flow_from_attrs(a):
     """A fast-path key (attribute map from the channel) as slow-path field ints.
     Unknown attributes are ignored; missing or malformed ones read as 0."""
@@ -166,10 +176,14 @@ def flow_from_attrs(a):
     f["dl_src"] = _uint(a.get("eth_src"), 48)
     f["dl_dst"] = _uint(a.get("eth_dst"), 48)
     dl = f["dl_type"] = _uint(a.get("eth_type"), 16)
+    vlans = [[0, 0], [0, 0]]
     vl = a.get("vlan")
-    if type(vl) is list and vl and type(vl[0]) is list and len(vl[0]) == 2:
-        f["vlan_tci"] = _uint(vl[0][1], 16)
-        f["_tpid"] = _uint(vl[0][0], 16)   # not matchable; kept so a rewritten tag keeps its TPID
+    if type(vl) is list:
+        for i, tag in enumerate(vl[:2]):
+            if type(tag) is list and len(tag) == 2:
+                vlans[i] = [_uint(tag[0], 16), _uint(tag[1], 16)]
+    f["vlans"] = vlans
+    f["vlan_tci"] = vlans[0][1]
     for attr, field, bits in _BY_TYPE.get(dl, ()):
         v = a.get(attr)
         if v is not None:

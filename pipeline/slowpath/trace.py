@@ -2,7 +2,7 @@
 tables and printed in the shape of `ovs-appctl ofproto/trace`."""
 from pipeline import channel
 from pipeline._native import ffi, lib
-from pipeline.slowpath.fields import FIELDS, ORDER, format_value_mask
+from pipeline.slowpath.fields import FIELDS, LOCAL, ORDER, format_value_mask
 from pipeline.slowpath.flowtext import FlowError, format_actions, format_match, parse_flow
 from pipeline.slowpath.xlate import Xlate
 
@@ -92,9 +92,13 @@ def format_dp_actions(actions):
     parts = []
     for a in actions:
         if a[0] == "output":
-            parts.append(str(a[1]))
+            parts.append("LOCAL" if a[1] == LOCAL else str(a[1]))
+        elif a[0] == "set" and a[1] == "icmp":
+            parts.append(f"set(icmp(type={a[2] >> 8},code={a[2] & 0xFF}))")
         elif a[0] == "set":
-            f = FIELDS[a[1]]
+            # the datapath's names for fields the flow keeps under other names, for their format
+            f = FIELDS[{"arp_spa": "nw_src", "arp_tpa": "nw_dst", "arp_op": "tp_src", "nd_sll": "arp_sha",
+                        "nd_tll": "arp_tha"}.get(a[1], a[1])]
             parts.append(f"set({a[1]}={format_value_mask(f, a[2], a[3])})")
         elif a[0] == "push_vlan":
             parts.append(f"push_vlan(tpid={hex(a[1])},vid={a[2] & 0xFFF},pcp={a[2] >> 13})")

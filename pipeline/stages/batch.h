@@ -33,7 +33,7 @@
 #define VP_PERR_IPV6_EXT 7
 #define VP_PERR_L4_TRUNC 8
 #define VP_PERR_ND_BAD 9
-#define VP_PERR_IPV6_BAD 10
+#define VP_PERR_IPV6_BAD 10     /* not counted any more: OVS parses whatever the version says */
 #define VP_PERR_N 11
 
 /* drop reasons of the fast path (per datapath; ring errors are per ring) */
@@ -116,11 +116,12 @@ struct vp_batch {
     struct vp_flow_key key[1024];
 };
 
-/* one datapath action: output, masked set of a header field, VLAN push/pop */
+/* one datapath action: output, masked set of a header field, VLAN push/pop, reparse */
 #define VP_OP_OUTPUT 1
 #define VP_OP_SET 2
 #define VP_OP_PUSH_VLAN 3
 #define VP_OP_POP_VLAN 4
+#define VP_OP_REPARSE 5        /* parse the frame anew (as OVS's userspace datapath after a userspace()) */
 #define VP_OP_METER 6          /* port: the meter's slot; a packet over its band is dropped */
 #define VP_MAX_METERS 1024
 #define VP_F_DL_SRC 1
@@ -133,6 +134,16 @@ struct vp_batch {
 #define VP_F_NW_TTL 8
 #define VP_F_TP_SRC 9
 #define VP_F_TP_DST 10
+#define VP_F_ICMP 11           /* ICMP/ICMPv6 type and code, one 16-bit word */
+#define VP_F_IPV6_LABEL 12
+#define VP_F_ARP_OP 13
+#define VP_F_ARP_SPA 14
+#define VP_F_ARP_TPA 15
+#define VP_F_ARP_SHA 16
+#define VP_F_ARP_THA 17
+#define VP_F_ND_TARGET 18
+#define VP_F_ND_SLL 19
+#define VP_F_ND_TLL 20
 struct vp_op {
     uint8_t kind;
     uint8_t field;

@@ -1,6 +1,8 @@
-/* extract.c — Ethernet, 802.1Q/802.1ad, ARP, IPv4, IPv6 (bounded extension headers),
- * TCP/UDP/SCTP, ICMP/ICMPv6 (ND) into struct vp_flow_key. Never reads past len;
- * a truncated or malformed header ends parsing at the last layer that was whole. */
+/* extract.c — Ethernet, one 802.1Q/802.1ad tag (Open vSwitch's default vlan-limit=1), ARP,
+ * IPv4, IPv6 (extension headers), TCP/UDP/SCTP, ICMP/ICMPv6 (ND) into struct vp_flow_key,
+ * following Open vSwitch's miniflow_extract() field for field, so that the slow path
+ * classifies a frame exactly as OVS would. Never reads past len; a truncated or malformed
+ * header ends parsing where OVS's parser ends it. */
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
@@ -17,7 +19,7 @@
 #define ETH_VLAN 0x8100
 #define ETH_QINQ 0x88a8
 #define DL_TYPE_NONE 0x05ff   /* OVS's dl_type for 802.2 frames without SNAP */
-#define IPV6_MAX_EXT 8        /* bound on the extension-header walk */
+#define VLAN_LIMIT 1          /* tags parsed; OVS's other_config:vlan-limit default */
 
 /* The frame may sit in a buffer its sender can still write: every byte that decides an
  * offset or a length is loaded once (ring/shared.h), so a bound checked is the bound
@@ -25,82 +27,85 @@
 #define rd8(p) vp_pkt_u8(p)
 #define rd16(p) vp_pkt_u16(p)
 #define rd32(p) vp_pkt_u32(p)
+static inline int is_zero6(const uint8_t *m) { return !(m[0] | m[1] | m[2] | m[3] | m[4] | m[5]); }
 
-static void parse_l4(const uint8_t *p, uint32_t n, struct vp_flow_key *k, int v6, uint64_t *perr) {
+/* ICMPv6 neighbour discovery: target and link-layer address options, as OVS's
+ * parse_icmpv6(): a missing target or a bad option length ends the walk keeping what was
+ * found; a second source or target address option voids all three fields */
+static void parse_nd(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint64_t *perr) {
+    uint32_t off = 8 + 16;
+    if (n < off) return;
+    memcpy(k->nd_target, p + 8, 16);
+    while (n - off >= 8) {
+        uint32_t olen = (uint32_t)rd8(p + off + 1) * 8;
+        uint8_t type = rd8(p + off);
+        if (olen == 0 || olen > n - off) return;
+        if (olen == 8 && (type == 1 || type == 2)) {
+            uint8_t *lla = type == 1 ? k->arp_sha : k->arp_tha;
+            if (!is_zero6(lla)) {
+                memset(k->nd_target, 0, 16);
+                memset(k->arp_sha, 0, 6);
+                memset(k->arp_tha, 0, 6);
+                perr[VP_PERR_ND_BAD]++;
+                return;
+            }
+            memcpy(lla, p + off + 2, 6);
+        }
+        off += olen;
+    }
+}
+
+/* the transport header by protocol number alone (OVS does not check it against the IP
+ * version: ICMP inside IPv6 and ICMPv6 inside IPv4 are parsed too) */
+static void parse_l4(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint64_t *perr) {
     switch (k->nw_proto) {
     case 6: {
         uint32_t doff;
         if (n < 20) goto trunc;
         doff = (uint32_t)(rd8(p + 12) >> 4) * 4;
         if (doff < 20 || doff > n) goto trunc;
-        k->tp_src = rd16(p);
-        k->tp_dst = rd16(p + 2);
         k->tcp_flags = htons(ntohs(rd16(p + 12)) & 0x0fff);
         break;
     }
     case 17:
         if (n < 8) goto trunc;
-        k->tp_src = rd16(p);
-        k->tp_dst = rd16(p + 2);
         break;
     case 132:
         if (n < 12) goto trunc;
-        k->tp_src = rd16(p);
-        k->tp_dst = rd16(p + 2);
         break;
-    case 1:
-        if (v6) return;
+    case 1: case 58: {
+        uint8_t type, code;
         if (n < 8) goto trunc;
-        k->tp_src = htons(rd8(p));
-        k->tp_dst = htons(rd8(p + 1));
-        break;
-    case 58: {
-        if (!v6) return;
-        if (n < 4) goto trunc;
-        uint8_t type = rd8(p), code = rd8(p + 1);
+        type = rd8(p);
+        code = rd8(p + 1);
         k->tp_src = htons(type);
         k->tp_dst = htons(code);
-        if ((type == 135 || type == 136) && code == 0) {
-            uint32_t off = 24;
-            if (n < 24) goto trunc;
-            memcpy(k->nd_target, p + 8, 16);
-            while (off + 8 <= n) {          /* options are multiples of 8 bytes */
-                uint32_t olen = (uint32_t)rd8(p + off + 1) * 8;
-                if (olen == 0 || off + olen > n) goto nd_bad;
-                uint8_t otype = rd8(p + off);
-                if (otype == 1 && olen == 8 && type == 135) memcpy(k->arp_sha, p + off + 2, 6);
-                else if (otype == 2 && olen == 8 && type == 136) memcpy(k->arp_tha, p + off + 2, 6);
-                off += olen;
-            }
-        }
-        break;
-    nd_bad:
-        memset(k->nd_target, 0, 16);
-        memset(k->arp_sha, 0, 6);
-        memset(k->arp_tha, 0, 6);
-        perr[VP_PERR_ND_BAD]++;
-        break;
+        k->layers |= VP_L4;
+        if (k->nw_proto == 58 && (type == 135 || type == 136) && code == 0) parse_nd(p, n, k, perr);
+        return;
     }
     default:
         return;
     }
+    k->tp_src = rd16(p);
+    k->tp_dst = rd16(p + 2);
     k->layers |= VP_L4;
     return;
 trunc:
     perr[VP_PERR_L4_TRUNC]++;
 }
 
-static void parse_ipv4(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint64_t *perr) {
+/* OVS's ipv4_sanity_check(): header length and total length, not the version */
+static void parse_ipv4(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint64_t *perr, struct vp_layout *L) {
     uint32_t ihl, tot;
     uint16_t frag;
-    uint8_t vihl;
     if (n < 20) { perr[VP_PERR_IPV4_TRUNC]++; return; }
-    vihl = rd8(p);
-    ihl = (uint32_t)(vihl & 15) * 4;
-    if ((vihl >> 4) != 4 || ihl < 20) { perr[VP_PERR_IPV4_BAD]++; return; }
+    ihl = (uint32_t)(rd8(p) & 15) * 4;
+    if (ihl < 20) { perr[VP_PERR_IPV4_BAD]++; return; }
+    if (ihl > n) { perr[VP_PERR_IPV4_TRUNC]++; return; }
     tot = ntohs(rd16(p + 2));
     if (tot < ihl) { perr[VP_PERR_IPV4_BAD]++; return; }
-    if (ihl > n || tot > n) { perr[VP_PERR_IPV4_TRUNC]++; return; }
+    if (tot > n) { perr[VP_PERR_IPV4_TRUNC]++; return; }
     k->nw_tos = rd8(p + 1);
     k->nw_ttl = rd8(p + 8);
     k->nw_proto = rd8(p + 9);
@@ -112,45 +117,58 @@ static void parse_ipv4(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint
         if (frag & 0x1fff) k->nw_frag |= VP_FRAG_LATER;
     }
     k->layers |= VP_L3;
-    if (!(k->nw_frag & VP_FRAG_LATER)) parse_l4(p + ihl, tot - ihl, k, 0, perr);
+    L->l4 = L->l3 + ihl;
+    L->end = L->l3 + tot;                   /* what follows is link-layer padding */
+    if (!(k->nw_frag & VP_FRAG_LATER)) parse_l4(p + ihl, tot - ihl, k, perr);
 }
 
-static void parse_ipv6(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint64_t *perr) {
+/* OVS's ipv6_sanity_check() and parse_ipv6_ext_hdrs(): the addresses stand even when an
+ * extension header is cut short; everything after them then reads as 0 */
+static void parse_ipv6(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint64_t *perr, struct vp_layout *L) {
     uint32_t w0, plen, off = 40;
-    uint8_t nh;
+    uint8_t nh, frag = 0;
     if (n < 40) { perr[VP_PERR_IPV6_TRUNC]++; return; }
-    w0 = ntohl(rd32(p));
-    if ((w0 >> 28) != 6) { perr[VP_PERR_IPV6_BAD]++; return; }
     plen = ntohs(rd16(p + 4));
     if (plen > n - 40) { perr[VP_PERR_IPV6_TRUNC]++; return; }
     n = 40 + plen;                         /* ignore link-layer padding */
-    k->nw_tos = (uint8_t)(w0 >> 20);
-    k->ipv6_label = htonl(w0 & 0xfffff);
-    k->nw_ttl = rd8(p + 7);
+    L->end = L->l3 + n;
     memcpy(k->ipv6_src, p + 8, 16);
     memcpy(k->ipv6_dst, p + 24, 16);
+    k->layers |= VP_L3;
     nh = rd8(p + 6);
-    for (int i = 0;; i++) {
+    for (;;) {
         uint32_t hlen;
-        k->nw_proto = nh;
         if (nh != 0 && nh != 43 && nh != 60 && nh != 51 && nh != 44) break;
-        if (i == IPV6_MAX_EXT || n - off < 8) { perr[VP_PERR_IPV6_EXT]++; return; }
+        if (n - off < 8) goto bad;
         if (nh == 44) {
-            /* as Open vSwitch: any non-zero offset/flags word marks a fragment (and it
-             * stays marked); a later fragment keeps nw_proto = 44 and ends the walk */
+            /* a non-zero offset/flags word marks a fragment; a later one keeps
+             * nw_proto = 44 and ends the walk just after the fragment header */
             uint16_t fo = ntohs(rd16(p + off + 2));
-            hlen = 8;
-            if (fo) k->nw_frag |= VP_FRAG_ANY;
-            if (fo & 0xfff8) { k->nw_frag |= VP_FRAG_LATER; k->nw_proto = 44; break; }
-        } else {
-            hlen = nh == 51 ? ((uint32_t)rd8(p + off + 1) + 2) * 4 : ((uint32_t)rd8(p + off + 1) + 1) * 8;
+            nh = rd8(p + off);
+            off += 8;
+            if (fo) {
+                frag = VP_FRAG_ANY;
+                if (fo & 0xfff8) { frag |= VP_FRAG_LATER; nh = 44; break; }
+            }
+            continue;
         }
-        if (hlen > n - off) { perr[VP_PERR_IPV6_EXT]++; return; }
+        hlen = rd8(p + off + 1);
+        hlen = nh == 51 ? (hlen + 2) * 4 : (hlen + 1) * 8;
+        if (hlen > n - off) goto bad;
         nh = rd8(p + off);
         off += hlen;
     }
-    k->layers |= VP_L3;
-    if (!(k->nw_frag & VP_FRAG_LATER)) parse_l4(p + off, n - off, k, 1, perr);
+    w0 = ntohl(rd32(p));
+    k->nw_tos = (uint8_t)(w0 >> 20);
+    k->ipv6_label = htonl(w0 & 0xfffff);
+    k->nw_ttl = rd8(p + 7);
+    k->nw_proto = nh;
+    k->nw_frag = frag;
+    L->l4 = L->l3 + off;
+    if (!(frag & VP_FRAG_LATER)) parse_l4(p + off, n - off, k, perr);
+    return;
+bad:
+    perr[VP_PERR_IPV6_EXT]++;
 }
 
 static void parse_arp(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint64_t *perr) {
@@ -166,33 +184,43 @@ static void parse_arp(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint6
     k->layers |= VP_L3;
 }
 
-void vp_extract_one(const uint8_t *p, uint32_t len, uint32_t in_port, struct vp_flow_key *k, uint64_t *perr) {
+void vp_parse(const uint8_t *p, uint32_t len, uint32_t in_port, struct vp_flow_key *k, uint64_t *perr,
+              struct vp_layout *L) {
     uint32_t off = 12;
     uint16_t et;
     int nv = 0;
     memset(k, 0, sizeof(*k));
+    L->l3 = L->l4 = L->end = 0;
     k->in_port = in_port;
     if (len < 14) { perr[VP_PERR_ETH_SHORT]++; return; }
     memcpy(k->dl_dst, p, 6);
     memcpy(k->dl_src, p + 6, 6);
     et = ntohs(rd16(p + 12));
-    while (et == ETH_VLAN || et == ETH_QINQ) {
-        if (nv == 2) { perr[VP_PERR_VLAN_DEPTH]++; break; }
-        if (len - off < 6) { perr[VP_PERR_VLAN_TRUNC]++; break; }
-        k->vlans[nv].tpid = htons(et);
-        k->vlans[nv].tci = rd16(p + off + 2) | htons(0x1000);
-        off += 4;
-        et = ntohs(rd16(p + off));
-        nv++;
+    if ((et == ETH_VLAN || et == ETH_QINQ) && nv < VLAN_LIMIT) {
+        if (len - off < 6) {
+            perr[VP_PERR_VLAN_TRUNC]++;
+        } else {
+            k->vlans[nv].tpid = htons(et);
+            k->vlans[nv].tci = rd16(p + off + 2) | htons(0x1000);
+            off += 4;
+            et = ntohs(rd16(p + off));
+            nv++;
+        }
     }
     k->dl_type = htons(et);
     k->layers = VP_L2 | (nv ? VP_VLAN : 0);
-    if (et == ETH_VLAN || et == ETH_QINQ) return;   /* a tag we could not take */
+    L->l3 = off + 2;
+    if (et == ETH_VLAN || et == ETH_QINQ) {
+        /* a tag past the limit (or cut short): its TPID is the frame's type */
+        if (nv) perr[VP_PERR_VLAN_DEPTH]++;
+        return;
+    }
     off += 2;
     if (et < 0x600) {
         /* 802.3 length field: SNAP carries an ethertype, plain LLC does not */
         const uint8_t *l = p + off;
-        if (len - off >= 8 && rd8(l) == 0xaa && rd8(l + 1) == 0xaa && rd8(l + 2) == 0x03 && !rd8(l + 3) && !rd8(l + 4) && !rd8(l + 5)) {
+        if (len - off >= 8 && rd8(l) == 0xaa && rd8(l + 1) == 0xaa && rd8(l + 2) == 0x03 && !rd8(l + 3)
+            && !rd8(l + 4) && !rd8(l + 5)) {
             et = ntohs(rd16(l + 6));
             off += 8;
             if (et < 0x600) et = DL_TYPE_NONE;
@@ -200,13 +228,19 @@ void vp_extract_one(const uint8_t *p, uint32_t len, uint32_t in_port, struct vp_
             et = DL_TYPE_NONE;
         }
         k->dl_type = htons(et);
+        L->l3 = off;
     }
     switch (et) {
-    case ETH_IPV4: parse_ipv4(p + off, len - off, k, perr); break;
-    case ETH_IPV6: parse_ipv6(p + off, len - off, k, perr); break;
+    case ETH_IPV4: parse_ipv4(p + off, len - off, k, perr, L); break;
+    case ETH_IPV6: parse_ipv6(p + off, len - off, k, perr, L); break;
     case ETH_ARP: case ETH_RARP: parse_arp(p + off, len - off, k, perr); break;
     default: break;
     }
+}
+
+void vp_extract_one(const uint8_t *p, uint32_t len, uint32_t in_port, struct vp_flow_key *k, uint64_t *perr) {
+    struct vp_layout L;
+    vp_parse(p, len, in_port, k, perr, &L);
 }
 
 /* --- the key hash (keyhash.h): its path is chosen once, when the extension loads ------- */

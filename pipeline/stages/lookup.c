@@ -443,3 +443,34 @@ void vp_megaflow_rerank(struct vp_dp *dp) {
     }
     for (uint32_t i = 0; i < dp->nmasks; i++) dp->mask_hits[i] /= 2;
 }
+
+/* Forget the cached flows to `mac`, and from it on any port but `home` (exact entries, and
+ * megaflows that match that whole address): NORMAL just learned that the MAC is on port
+ * `home` (a datapath index; VP_MAX_PORTS: nowhere, it aged out), so what flows to it did
+ * (flood, or its old port) is stale, and packets from it on another port must reach NORMAL
+ * to be learned again (a MAC moving back). The next packet of each asks the slow path.
+ * mac NULL: every cached flow (the MAC table was flushed). */
+static int full6(const uint8_t *m) { return (m[0] & m[1] & m[2] & m[3] & m[4] & m[5]) == 0xff; }
+
+static uint32_t forget(struct vp_dp *dp, struct vp_flow_table *t, const uint8_t *mac, uint32_t home, int mega) {
+    uint32_t removed = 0;
+    for (uint32_t i = 0; i <= t->mask; i++) {
+        uint64_t w = t->index[i];
+        if (!w) continue;
+        struct vp_flow *f = &t->entries[IDX_ENTRY(w)];
+        if (f->action < 0) continue;
+        const struct vp_flow_key *m = mega ? &dp->masks[f->upcall_id] : NULL;
+        int dst = !mac || (!memcmp(f->key.dl_dst, mac, 6) && (!m || full6(m->dl_dst)));
+        int src = !mac || (!memcmp(f->key.dl_src, mac, 6) && (!m || full6(m->dl_src)) && f->key.in_port != home);
+        if (!dst && !src) continue;
+        if (mega) dp->mask_refs[f->upcall_id]--;
+        delete_at(t, i);
+        removed++;
+        i--;                        /* a shifted word may now sit at i (wraps to 0 safely) */
+    }
+    return removed;
+}
+
+uint32_t vp_flows_forget_mac(struct vp_dp *dp, const uint8_t *mac, uint32_t home) {
+    return forget(dp, &dp->flows, mac, home, 0) + forget(dp, &dp->mflows, mac, home, 1);
+}

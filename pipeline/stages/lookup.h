@@ -15,4 +15,5 @@ int vp_megaflow_remove_entry(struct vp_dp *dp, uint32_t e);
 uint32_t vp_megaflow_dump(struct vp_dp *dp, uint32_t start, uint32_t *entries, uint32_t max, uint32_t *next);
 uint32_t vp_megaflow_sweep(struct vp_dp *dp, uint64_t idle_ns);
 void vp_megaflow_rerank(struct vp_dp *dp);
+uint32_t vp_flows_forget_mac(struct vp_dp *dp, const uint8_t *mac, uint32_t home);
 /* cdef-end */

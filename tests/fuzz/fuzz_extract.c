@@ -4,6 +4,7 @@
  * the key must be what the parser's contract says. */
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include "pipeline/stages/extract.h"
 
 /* the batch entry (not fuzzed here) times itself; this build has no clock to link */
@@ -21,6 +22,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if ((k.layers & VP_L4) && !(k.layers & VP_L3)) abort();
     if ((k.layers & VP_L3) && !(k.layers & VP_L2)) abort();
     if (k.in_port != 7) abort();
+    /* Open vSwitch's vlan-limit=1: one tag at most, and a tag there has its CFI bit */
+    if (k.vlans[1].tpid || k.vlans[1].tci) abort();
+    if (!!(k.layers & VP_VLAN) != !!k.vlans[0].tpid || ((k.layers & VP_VLAN) && !(k.vlans[0].tci & htons(0x1000))))
+        abort();
     /* a frame too short for Ethernet yields nothing but its error counter */
     if (size < 14 && (k.layers || perr[VP_PERR_ETH_SHORT] != 1)) abort();
     /* one frame, at most one parse error; padding fields stay zero (they are hashed) */

@@ -774,7 +774,7 @@ def flow_of_frame(frame, in_port):
 def rewritten(frame, actions):
     """The frame as the datapath actions before a controller action left it (sets, VLAN
     pushes and pops run by the fast path's own code)."""
-    mods = [a for a in actions if a[0] in ("set", "push_vlan", "pop_vlan")]
+    mods = [a for a in wire.actions_from_wire([list(x) for x in actions]) or () if a[0] in ("set", "push_vlan", "pop_vlan")]
     if not mods:
         return frame
     from pipeline._native import ffi, lib
