@@ -122,9 +122,9 @@ def test_errors_name_their_cause(tmp_path):
     assert f"{c['rules']}:4:" in err and "in_port=2,actions=bogus" in err
 
 
-def test_check_reports_every_error_with_its_place(tmp_path):
+def test_check_reports_every_error_with_its_place(tmp_path, uniq):
     bad = tmp_path / "bad.toml"
-    bad.write_text("[pipeline]\nbatch = 0\n[[port]]\nuri = 'shm:a@x=1'\n[[port]]\nuri = 'tap:@netns=x'\n"
+    bad.write_text(f"[pipeline]\nbatch = 0\n[[port]]\nuri = 'shm:{uniq}@x=1'\n[[port]]\nuri = 'tap:@netns=x'\n"
                    "[slowpath]\nflows = ['in_port=1,actions=output:2', 'tp_dst=80,actions=drop', 'nope']\n"
                    "[metrics]\nlisten = 'nowhere'\n")
     r = cli("check", str(bad))
@@ -133,7 +133,7 @@ def test_check_reports_every_error_with_its_place(tmp_path):
     for place in ("[pipeline].batch", "[[port]] #1", "[[port]] #2", "flows[1]", "flows[2]", "[metrics].listen"):
         assert sum(place in ln for ln in lines) == 1, (place, lines)
     assert len(lines) == 6 and all(str(bad) in ln for ln in lines)
-    assert not any(f.startswith(_published("a")) for f in os.listdir("/dev/shm"))      # nothing was started
+    assert not any(f.startswith(_published(uniq)) for f in os.listdir("/dev/shm"))      # nothing was started
     j = json.loads(cli("check", str(bad), "--json").stdout)
     assert j["ok"] is False and len(j["errors"]) == 6
     good = tmp_path / "good.toml"
