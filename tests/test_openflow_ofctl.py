@@ -6,6 +6,8 @@ rules are the pipeline's own: `valepipe dump-flows` shows a controller's cookies
 added by the CLI is dumped over OpenFlow, and a flow_mod reaches cached flows at once."""
 import os
 import re
+import subprocess
+import sys
 import time
 
 import dpkt
@@ -134,6 +136,20 @@ def test_one_table_for_controller_and_cli(pair):
     assert "cookie=0x5eed" in pipe.cli("dump-flows")
     pipe.cli("add-flow", "priority=20,in_port=2,cookie=0x77,actions=output:1")
     assert "cookie=0x77" in lab.ofctl(target, "dump-flows")
+    # groups and meters a CLI rule names must exist, as on an OVS bridge (which refuses too)
+    run_dir = os.path.join(pipe.dir, "run")
+    for rule, error in (("priority=30,in_port=2,actions=group:9", "group 9 does not exist"),
+                        ("priority=30,in_port=2,actions=meter:4,output:1", "meter 4 does not exist")):
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "add-flow", rule, "--run-dir", run_dir],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and error in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert lab.ofctl("br0", "add-flow", rule, env=ovs.env, check=False).count("OFPT_ERROR") == 1
+        assert "priority=30" not in pipe.cli("dump-flows")
+    lab.ofctl(target, "add-group", "group_id=9,type=all,bucket=output:1")
+    lab.ofctl(target, "add-meter", "meter=4,pktps,band=type=drop,rate=1000")
+    pipe.cli("add-flow", "priority=30,in_port=2,actions=meter:4,group:9")
+    assert "priority=30,in_port=2 actions=meter:4,group:9" in lab.ofctl(target, "dump-flows")
+    pipe.cli("del-flows", "priority=30,in_port=2", "--strict")
     frame = bytes.fromhex(UDP)
     n = 0
     for rnd in range(3):                     # one path, cached, then moved by flow_mods

@@ -94,6 +94,7 @@ class SlowPath:
             rules = []
             for t in texts:                            # all or nothing: every rule parses first
                 rules.append(parse_flow(t))
+                self.ofproto.check_references(rules[-1].actions)
                 if len(rules) % STEP_RULES == 0:
                     yield None
 

@@ -54,6 +54,7 @@ def modify(ofproto, req):
         raise FlowError(f"{text!r}: mod-flows needs actions=")
     m = parse_flow(text, mode="match")
     actions = parse_actions(text.split("actions=", 1)[1], m.table, text)
+    ofproto.check_references(actions)
     hit = selected(ofproto, text.split("actions=", 1)[0].rstrip(" ,"), _flag(req, "strict"))
     for r in hit:
         ofproto.modify(r, actions, reset_counts=_flag(req, "reset_counts"))
@@ -70,6 +71,7 @@ def replace(ofproto, req):
     new = {}
     for t in texts:
         r = parse_flow(t)
+        ofproto.check_references(r.actions)
         new[r.key()] = r
     old = {r.key(): r for r in ofproto.rules()}
     same = {k for k, r in new.items() if k in old and _spec(old[k]) == _spec(r)}

@@ -8,7 +8,7 @@ CONTROLLER_QUEUE = 1024       # packet-ins waiting for the OpenFlow agent (or fo
 
 from pipeline.slowpath.classifier import Table
 from pipeline.slowpath.fields import flow_from_attrs
-from pipeline.slowpath.flowtext import format_match, parse_flow
+from pipeline.slowpath.flowtext import FlowError, format_match, parse_flow
 from pipeline.slowpath.normal import MacTable
 from pipeline.slowpath.xlate import Xlate
 
@@ -63,6 +63,17 @@ class OFProto:
         self.tables.setdefault(r.table, Table(r.table)).insert(r)
         if created is not None:
             self.created[id(r)] = created
+
+    def check_references(self, actions):
+        """A rule from the CLI may name only groups and meters the switch has (as
+        `ovs-ofctl add-flow` on an OVS bridge: OFPBAC_BAD_OUT_GROUP, OFPMMFC_UNKNOWN_METER);
+        rules reloaded at start are not checked: their controller resyncs groups and meters."""
+        for a in actions:
+            if a[0] in ("group", "meter"):
+                have = getattr(self.ext, a[0] + "s", None) if self.ext is not None else None
+                if have is None or a[1] not in have:
+                    how = "" if self.ext is not None else " (groups and meters come over OpenFlow: [openflow])"
+                    raise FlowError(f"{a[0]} {a[1]} does not exist{how}")
 
     def add_flow(self, rule):
         t = self.tables.setdefault(rule.table, Table(rule.table))
