@@ -6,13 +6,10 @@ os-ken's simple_switch_13 (the app file of an os-ken release that shipped it) le
 ping through it."""
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-import zipfile
 
 import pytest
 
@@ -201,23 +198,18 @@ def test_faucet_drives_valepipe(lab, pipeline_factory, processes, tmp_path):
     assert pipe.stats()["upcall"]["slowpath_restarts"] == 0
 
 
-def simple_switch_13(cache):
+def simple_switch_13():
     """os-ken's simple_switch_13.py, unmodified, from os-ken 1.4.1 (the last release that
-    ships its sample apps) fetched from PyPI by pip."""
-    path = os.path.join(cache, "simple_switch_13.py")
-    if not os.path.exists(path):
-        os.makedirs(cache, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
-                        "-d", cache, "os-ken==1.4.1"], check=True, capture_output=True, timeout=300)
-        whl = next(f for f in os.listdir(cache) if f.startswith("os_ken-1.4.1") and f.endswith(".whl"))
-        with zipfile.ZipFile(os.path.join(cache, whl)) as z, open(path + ".tmp", "wb") as f:
-            f.write(z.read("os_ken/app/simple_switch_13.py"))
-        os.rename(path + ".tmp", path)
-    return path
+    ships its sample apps): `make test` fetches it with pip (its Makefile target, run here
+    when pytest runs alone)."""
+    target = "build/openflow-apps/simple_switch_13.py"
+    if not os.path.exists(os.path.join(ROOT, target)):
+        subprocess.run(["make", "-s", target], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    return os.path.join(ROOT, target)
 
 
 def test_os_ken_simple_switch_13(lab, pipeline_factory, processes):
-    app = simple_switch_13(os.path.join(ROOT, "build", "openflow-apps"))
+    app = simple_switch_13()
     L = lab(_netns("oA", "oB", "oC", "vS") + _host_veth("oA", "a", "10.68.0.1/24")
             + _host_veth("oB", "b", "10.68.0.2/24") + _host_veth("oC", "c", "10.68.0.3/24"))
     port = free_port()
