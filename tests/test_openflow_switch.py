@@ -219,8 +219,9 @@ def test_groups_in_the_datapath(sw):
 
 
 def test_meter_drops_what_exceeds_its_band(sw):
-    """A 50 packets/s meter (burst 20) on a flow: of 400 frames sent at once, about the
-    burst passes and the rest is dropped, each counted as a meter drop; the books close."""
+    """A 50 packets/s meter (burst 20) on a flow: of 400 frames sent at once, the burst and
+    what the rate refills while they pass get through (bounded by the time they took, however
+    slow the machine), the rest is dropped, each counted as a meter drop; the books close."""
     pipe, c, peers = sw
     D = lab.dp()
     send(c, P.OFPMeterMod(D, ofp.OFPMC_ADD, ofp.OFPMF_PKTPS | ofp.OFPMF_BURST | ofp.OFPMF_STATS, 7,
@@ -230,17 +231,19 @@ def test_meter_drops_what_exceeds_its_band(sw):
     peers[1].send([udp(1234)])                       # the flow cached first: the rest meets the fast path
     assert collect(peers, lambda g: g[2])[2]
     sent = 400
+    t0 = time.monotonic()                            # the bucket holds at most the burst by now
     for _ in range(sent // 50):
         peers[1].send([udp(1234)] * 50)
         time.sleep(0.01)
-    assert wait_for(lambda: pipe.stats()["ports"][0]["rx_packets"] >= sent + 1, 10)
+    assert wait_for(lambda: pipe.stats()["ports"][0]["rx_packets"] >= sent + 1, 30)
+    took = time.monotonic() - t0                     # every frame met the meter within this
     got = collect(peers, lambda g: False)[2]
     st = pipe.stats()
     meter_drops = st["drops"]["meter"]
     in_drops = st["ports"][0]["in_drops"]
     assert len(got) + sum(in_drops.values()) == sent, (len(got), in_drops)
     assert in_drops["meter"] == meter_drops and sum(in_drops.values()) == meter_drops
-    assert 20 <= len(got) < sent // 2, len(got)
+    assert 19 <= len(got) <= 20 + 50 * took + 1 and meter_drops > 0, (len(got), took)
     sent += 1
     c.send_msg(P.OFPMeterStatsRequest(D, 0, ofp.OFPM_ALL), 3)
     m, _ = c.until(ofp.OFPT_MULTIPART_REPLY, 3)
