@@ -161,8 +161,14 @@ class SlowPath:
             client.worker = msg.get("worker")
             ports = msg.get("ports")
             if isinstance(ports, list):
-                self.ofproto.set_ports([p["ofport"] for p in ports if isinstance(p, dict)
-                                        and isinstance(p.get("ofport"), int)])
+                ports = [p for p in ports if isinstance(p, dict)]
+                self.ofproto.set_ports([p["ofport"] for p in ports if isinstance(p.get("ofport"), int)])
+                # a deleted port's MACs go with it: a host that comes back on another port
+                # is flooded to, not sent to the old one, until it speaks again
+                numbered = [(p.get("kind") == "removed", p["port"]) for p in ports if type(p.get("port")) is int]
+                gone = {n for removed, n in numbered if removed} - {n for removed, n in numbered if not removed}
+                if self.ofproto.macs.forget_ports(gone):
+                    self.macs_changed()
                 if self.agent:
                     self.agent.ports_changed(ports)
             if self.agent:
