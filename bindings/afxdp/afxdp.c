@@ -198,6 +198,9 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
     struct xq *q = &((struct vp_afxdp *)io->priv)->q[0];
     uint32_t done = 0, room, idx, j = 0;
     reclaim(q);
+    /* link down: what is posted would wait in the kernel's ring and go out stale when the
+     * link is back; txsync drops it (tx_link_down) instead */
+    if (io->link_down) { io->tx_inflight = q->nfree < NTX; return 0; }
     room = xsk_prod_nb_free(&q->tx, avail);
     if (room > avail) room = avail;
     if (room > q->nfree) room = q->nfree;
