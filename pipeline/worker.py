@@ -13,7 +13,7 @@ from pipeline import control, hostos, registry, rundir
 from pipeline.datapath import Datapath
 from bindings.adapter import AdapterError
 from bindings.pcap import PcapWriter
-from pipeline.ports import PortError, close_ports, open_ports
+from pipeline.ports import PortError, add_binding_losses, close_ports, open_ports
 from pipeline.stages import Execute, Extract, Lookup, Receive, Transmit
 from pipeline._native import lib
 from pipeline.runtime_ports import PortOps
@@ -208,13 +208,13 @@ class Worker:
             if now >= next_check:
                 next_check = now + SUPERVISE_S
                 self._supervise()
+                self._report_port_errors()
             if now >= next_tick:
                 next_tick = now + tick_s
                 up.expire()
                 if self.cfg.revalidate_interval and now >= self.next_revalidation:
                     self.next_revalidation = now + self.cfg.revalidate_interval
                     up.start_revalidation()
-                self._report_port_errors()
                 if on_tick:
                     on_tick(self)
             if end and now >= end:
@@ -222,7 +222,9 @@ class Worker:
 
     def _report_port_errors(self):
         """One line per port whose interface reported a new error (down, gone, refused),
-        and one whenever its link goes down or comes back."""
+        and one whenever its link goes down or comes back (or its interface is re-opened)."""
+        for line in self.portops.follow_links():
+            print(f"valepipe: {line}", file=sys.stderr, flush=True)
         for p in self.ports:
             msg = p.adapter.new_error() if p.adapter else None
             if msg:
@@ -268,8 +270,10 @@ class Worker:
         # by input port: what came in was delivered, dropped for a reason here, or is still
         # with the slow path (upcall_inflight)
         st["ports"] = [dict(p.stats(), upcall_rate_limited=self.upcalls.c.rate_limited[i],
-                            in_drops=self.dp.port_drops(i), upcall_inflight=self.dp.c.upcall_inflight[i])
+                            in_drops=dict(self.dp.port_drops(i), **p.rx_losses()),
+                            upcall_inflight=self.dp.c.upcall_inflight[i])
                        for i, p in enumerate(self.ports) if p.kind != "removed"]
+        add_binding_losses(st)
         return st
 
     def close(self, crashed=False):
