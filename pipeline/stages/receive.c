@@ -61,7 +61,7 @@ uint32_t vp_receive(struct vp_dp *dp, struct vp_batch *b, uint32_t budget) {
                 __builtin_prefetch(pk->data);
                 if (hdr) {
                     if (len < hdr + 14 || vp_vnet_parse((const uint8_t *)pk->data, len - hdr, &pk->ol)) {
-                        dp->st.drops[VP_DROP_BAD_OFFLOAD]++;
+                        VP_DROP(dp, VP_DROP_BAD_OFFLOAD, pi, 1);     /* in the port's ledger too */
                         continue;
                     }
                     pk->data += hdr;
@@ -84,6 +84,9 @@ uint32_t vp_receive(struct vp_dp *dp, struct vp_batch *b, uint32_t budget) {
     b->n = n;
     b->nmiss = 0;
     if (n) { dp->st.batches++; dp->st.packets += n; }
-    VP_TIME_END(dp, VP_ST_RECEIVE, n);
+    /* a poll that found nothing is idle time, not the cost of receiving: at a low rate
+     * it would swamp ns/packet, so only calls that took packets are timed */
+    if (n) VP_TIME_END(dp, VP_ST_RECEIVE, n);
+    else dp->now_ns = vp_now_ns();
     return n;
 }
