@@ -64,10 +64,15 @@ def _stats(up, rid):
             continue
         s = p.stats()
         d = s["drops"]
+        # the binding's own losses (interface ports) count too: dropped before the pipeline
+        # saw them, or given to send and never sent
         ports.append({"ofport": p.ofport, "rx_packets": s["rx_packets"], "rx_bytes": s["rx_bytes"],
                       "tx_packets": s["tx_packets"], "tx_bytes": s["tx_bytes"],
-                      "rx_dropped": sum(up.dp.port_drops(i).values()), "tx_dropped": d["tx_ring_full"],
-                      "rx_errors": d["rx_bad_index"] + d["rx_bad_buf"] + d["rx_bad_len"] + d["rx_bad_flags"]})
+                      "rx_dropped": sum(up.dp.port_drops(i).values()) + d.get("rx_truncated", 0)
+                      + d.get("rx_kernel_drops", 0),
+                      "tx_dropped": d["tx_ring_full"] + d.get("tx_discarded", 0) + d.get("tx_link_down", 0),
+                      "rx_errors": d["rx_bad_index"] + d["rx_bad_buf"] + d["rx_bad_len"] + d["rx_bad_flags"]
+                      + d.get("rx_errors", 0)})
     m = up.dp.meters
     meters = [[k, m[k].packets, m[k].bytes, m[k].drop_packets, m[k].drop_bytes] for k in range(lib.VP_MAX_METERS)
               if m[k].rate]
