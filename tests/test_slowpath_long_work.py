@@ -154,3 +154,39 @@ def test_new_flow_overload_converges(uniq, pipeline_factory):
     books = {k: up[k] for k in ("upcall_flows", "installed", "late_installed", "stale_replies")}
     assert up["stale_replies"] * 20 < up["upcall_flows"], books
     assert up["upcall_flows"] - up["installed"] < up["upcall_flows"] / 20, books
+
+
+def test_many_idle_connections_to_the_slow_path_socket(uniq, pipeline_factory):
+    """1,100 idle connections to slowpath.sock (a buggy local client): the slow path crashed
+    on select()'s fd limit. Now it waits with poll(2), refuses connections past a few
+    (counted), drops ones that never say hello, and keeps serving its worker."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    pipe = pipeline_factory(cfg(uniq, ["priority=45000,ip,nw_src=10.9.9.9,actions=drop",
+                                       "priority=10,in_port=1,actions=output:2"], ports=("a", "b")))
+    before = pipe.stats()["upcall"]
+    held = []
+    try:
+        for _ in range(1100):
+            s = socket.socket(socket.AF_UNIX)
+            held.append(s)
+            s.setblocking(False)
+            # a full backlog: again once the slow path has taken (or refused) those waiting
+            assert wait_for(lambda: s.connect_ex(os.path.join(pipe.dir, "run", "slowpath.sock")) in (0, 106),
+                            timeout=30)
+        st = _slowpath_stats(pipe)
+        assert st is not None and st.get("clients_refused", 0) >= 1100 - 8, st
+        # the ones it took but never heard hello from are dropped after a while
+        assert wait_for(lambda: (_slowpath_stats(pipe) or {}).get("clients_silent", 0) >= 1, timeout=30)
+        # still its worker's slow path, answering new flows
+        replies = pipe.stats()["upcall"]["replies"]
+        traffic = gen(f"shm:{uniq}a", flows=1000, rate=2000, duration=1)
+        traffic.communicate(timeout=60)
+        assert wait_for(lambda: pipe.stats()["upcall"]["replies"] > replies, timeout=20)
+    finally:
+        for s in held:
+            s.close()
+    after = pipe.stats()["upcall"]
+    assert after["slowpath_pid"] == before["slowpath_pid"] and after["slowpath_hangs"] == 0, after
+    assert after["connects"] == before["connects"] and after["channel_up"], after

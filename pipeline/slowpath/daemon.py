@@ -523,6 +523,7 @@ class SlowPath:
         now = time.monotonic()
         if now - self.last_expire >= 1.0:
             self.last_expire = now
+            self.drop_silent()
             self.ofproto.macs.expire()
             if self.ofproto.expire():
                 self.try_save_rules("after rules timed out")
