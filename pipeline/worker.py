@@ -32,6 +32,7 @@ class Worker:
         journal are used, so this worker continues where a crashed one stopped."""
         self.cfg = cfg
         self.takeover = takeover
+        self.supervisor = os.getppid() if takeover else 0
         self.run_dir = cfg.run_dir
         self.slow_sock = os.path.join(self.run_dir, "slowpath.sock")
         self.ctl_path = os.path.join(self.run_dir, "worker.ctl")
@@ -297,6 +298,13 @@ class Worker:
         self.portops.close()
         if crashed and self.takeover:
             return
+        if self.takeover and os.getppid() != self.supervisor:
+            # the supervisor was killed (its death signal stopped us): nobody else will
+            # remove the regions it owned; close our inherited copies (their fd servers
+            # included, or they would look alive) and remove what the dead one published
+            from ring.region import remove_stale_of
+            close_ports(self.takeover.ports.values())
+            remove_stale_of(self.supervisor)
         if owner:        # else a successor runs here now (we were stopped, then resumed): its files
             rundir.remove_files(self.run_dir)        # the slow path's rules, sockets
             rundir.remove_dirs(self.created_dirs)
