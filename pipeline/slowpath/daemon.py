@@ -289,7 +289,7 @@ class SlowPath:
         return n
 
     def load(self, texts, source, with_state):
-        """Start loading the rules `texts` (from `source`) in steps that serve() runs between
+        """Start loading the rules `texts` (text, or rules parsed already; from `source`) in steps that serve() runs between
         turns of its loop: the worker connects at once and hears keepalives while a large
         set loads (upcalls wait in the socket until it is done), so a restart with 100,000
         rules is never taken for a hang. with_state: counters and times from rules.state.
@@ -299,7 +299,7 @@ class SlowPath:
             try:
                 def add(t):
                     try:
-                        self.ofproto.add_flow(parse_flow(t))
+                        self.ofproto.add_flow(parse_flow(t) if isinstance(t, str) else t)
                     except FlowError as e:
                         print(f"valepipe-slowpath: {source}: {e}", file=sys.stderr, flush=True)
                         raise SystemExit(2) from None
@@ -718,8 +718,11 @@ def main(argv=None):
             flows = [ln.strip() for ln in text.decode("utf-8", "replace").splitlines()
                      if ln.strip() and not ln.lstrip().startswith("#")]
         else:
+            # the config's rules (at most 1 MiB of them) are checked before serving: a first
+            # start with a bad one is refused (rules.flows, which can be far larger, loads in steps)
             flows, source = (config.load(a.config).flows if a.config else []), a.config
-    except (config.ConfigError, OSError, rundir.RunDirError) as e:
+            flows = [parse_flow(f) for f in flows]
+    except (config.ConfigError, FlowError, OSError, rundir.RunDirError) as e:
         print(f"valepipe-slowpath: {source}: {e}", file=sys.stderr)
         sys.exit(2)
     stopping = []
