@@ -133,6 +133,14 @@ def rules(pipe):
     return pipe.cli("dump-flows")
 
 
+def diagnosis(pipe, faucet):
+    """What a failure message shows: the switch's OpenFlow counters and drops, its rules,
+    the end of Faucet's log."""
+    st = pipe.stats()
+    return (f"openflow {oflab.openflow_stats(pipe)}\ndrops {dict((k, v) for k, v in st['drops'].items() if v)}\n"
+            f"upcall {st['upcall']}\n{rules(pipe)[-4000:]}\nfaucet: {faucet.log()[-2000:]}")
+
+
 def test_faucet_drives_valepipe(lab, pipeline_factory, processes, tmp_path):
     L = lab(LAB)
     dpid = 0x5600 + int(L.tag, 16) % 4096
@@ -146,7 +154,8 @@ def test_faucet_drives_valepipe(lab, pipeline_factory, processes, tmp_path):
     assert wait_for(lambda: "Cold start configuring DP" in faucet.log() and "priority=0" in rules(pipe), 30)
 
     # two VLANs: hosts ping within theirs, never across
-    assert reaches(L, "A", "10.67.0.2") and reaches(L, "A", "10.67.0.5") and reaches(L, "C", "10.67.0.4")
+    assert reaches(L, "A", "10.67.0.2"), diagnosis(pipe, faucet)
+    assert reaches(L, "A", "10.67.0.5") and reaches(L, "C", "10.67.0.4")
     for src, dst in (("A", "10.67.0.3"), ("B", "10.67.0.4"), ("D", "10.67.0.5")):
         assert not ping(L, src, dst), (src, dst)
     # the ACL on port 1 (A): TCP to 5001 is dropped, other ports pass
