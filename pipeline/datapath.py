@@ -12,7 +12,7 @@ PARSE_ERRORS = ("eth_short", "vlan_trunc", "vlan_depth", "arp_trunc", "ipv4_trun
                 "ipv6_trunc", "ipv6_ext", "l4_trunc", "nd_bad", "ipv6_bad")
 DROPS = ("action_drop", "no_port", "tx_ring_full", "too_big", "upcall_lost", "upcall_queue", "flow_limit", "no_room",
          "upcall_rate", "bad_offload", "upcall_disconnect", "worker_restart", "slowpath_drop", "bad_reply",
-         "tx_bad_slot")
+         "tx_bad_slot", "meter")
 assert len(DROPS) == lib.VP_DROP_N
 SET_FIELDS = {"dl_src": (lib.VP_F_DL_SRC, 6), "dl_dst": (lib.VP_F_DL_DST, 6), "nw_src": (lib.VP_F_NW_SRC, 4),
               "nw_dst": (lib.VP_F_NW_DST, 4), "ipv6_src": (lib.VP_F_IPV6_SRC, 16), "ipv6_dst": (lib.VP_F_IPV6_DST, 16),
@@ -47,6 +47,8 @@ class Datapath:
         # long output lists and programs live in memory the C side allocates
         weakref.finalize(self, lib.vp_actions_free, self.c)
         self._outq = ffi.new("struct vp_outq[]", lib.VP_MAX_PORTS)     # room for ports added at run time
+        self.meters = ffi.new("struct vp_meter[]", lib.VP_MAX_METERS)   # OpenFlow meters' token buckets
+        self.c.meters = self.meters
         self.c.outq = self._outq
         # exact-match entries (a cache capped at emc_limit when megaflows exist) and megaflows
         if lib.vp_flows_init(self.c, flow_limit) != 0 or lib.vp_megaflows_init(self.c, flow_limit) != 0:
@@ -102,6 +104,8 @@ class Datapath:
                 op.kind = lib.VP_OP_POP_VLAN
             elif a[0] == "reparse":
                 op.kind = lib.VP_OP_REPARSE
+            elif a[0] == "meter":
+                op.kind, op.port = lib.VP_OP_METER, a[1]
         return ops
 
     def install(self, key_bytes, actions, megaflow=-1):

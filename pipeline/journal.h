@@ -23,7 +23,7 @@ struct vp_jrec {
     uint32_t pad;
     uint32_t mem_id[64];                 /* per port: the region its cursors are of */
     struct vp_dp_stats st;
-    uint64_t port_drops[64][15];
+    uint64_t port_drops[64][16];
     uint64_t upcall_inflight[64];
     struct vp_ring_stats rings[64][8];   /* per port: tx[0..4), then rx[0..4) */
     uint32_t pos[64][8];                 /* per ring: consumer cursor (rings read), tail (rings written) */

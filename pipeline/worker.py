@@ -72,6 +72,7 @@ class Worker:
                 lib.vp_journal_takeover(self.dp.c, sum(1 << i for i, p in enumerate(self.ports) if takeover.owns(p)))
             self.upcalls = Upcalls(self.dp, self.slow_sock, rate=cfg.upcall_rate)
             self.portops = PortOps(self)
+            self.upcalls.on_port_mod = lambda ofport, up: self.portops.mod({"port": ofport, "up": up})
             self.stages = [Receive(self.dp), Extract(self.dp), Lookup(self.dp, self.upcalls),
                            Execute(self.dp), Transmit(self.dp)]
             self.control = control.ControlServer(self.ctl_path, {
@@ -233,6 +234,7 @@ class Worker:
             change = p.adapter.link_change() if p.adapter and hasattr(p.adapter, "link_change") else None
             if change:
                 print(f"valepipe: port {p.ofport} {p.uri}: {change}", file=sys.stderr, flush=True)
+                self.portops.announce()              # the slow path (OpenFlow's port_status) learns it
 
     def _supervise(self):
         """Restart a slow path that exited, or that is alive but hung: connected and silent

@@ -52,7 +52,8 @@
 #define VP_DROP_SLOWPATH 12           /* the slow path kept it (controller, unknown flow) */
 #define VP_DROP_BAD_REPLY 13          /* the slow path's answer for it was refused */
 #define VP_DROP_TX_BAD_SLOT 14        /* the out ring's slot named no valid buffer (the peer wrote it) */
-#define VP_DROP_N 15
+#define VP_DROP_METER 15              /* over an OpenFlow meter's band */
+#define VP_DROP_N 16
 
 #define VP_ST_RECEIVE 0
 #define VP_ST_EXTRACT 1
@@ -121,6 +122,8 @@ struct vp_batch {
 #define VP_OP_PUSH_VLAN 3
 #define VP_OP_POP_VLAN 4
 #define VP_OP_REPARSE 5        /* parse the frame anew (as OVS's userspace datapath after a userspace()) */
+#define VP_OP_METER 6          /* port: the meter's slot; a packet over its band is dropped */
+#define VP_MAX_METERS 1024
 #define VP_F_DL_SRC 1
 #define VP_F_DL_DST 2
 #define VP_F_NW_SRC 3
@@ -201,6 +204,19 @@ struct vp_outq {
 
 #define VP_MAX_MASKS 64
 
+/* An OpenFlow meter's drop band as a token bucket; tokens in 1e-9 of a packet (pktps) or
+ * of a kbit (kbps), so both refill by rate x elapsed ns */
+struct vp_meter {
+    uint64_t rate;            /* packets/s or kbit/s; 0: the slot is unused (everything passes) */
+    uint64_t burst;           /* packets or kbit */
+    uint64_t tokens;
+    uint64_t last_ns;
+    uint32_t pktps;
+    uint32_t pad;
+    uint64_t packets, bytes;  /* that met the meter */
+    uint64_t drop_packets, drop_bytes;
+};
+
 struct vp_dp_stats {
     uint64_t batches;
     uint64_t packets;
@@ -208,7 +224,7 @@ struct vp_dp_stats {
     uint64_t mf_hits;         /* exact-match misses that a megaflow answered */
     uint64_t misses;          /* went to the slow path */
     uint64_t parse_err[11];
-    uint64_t drops[15];
+    uint64_t drops[16];
     uint64_t stage_ns[5];
     uint64_t stage_pkts[5];
     uint64_t tx_swapped;
@@ -238,10 +254,11 @@ struct vp_dp {
     uint32_t nmasks;
     /* the ledger by input port: every packet a port received is delivered, dropped with a
      * reason here, or still with the slow path (upcall_inflight) */
-    uint64_t port_drops[64][15];
+    uint64_t port_drops[64][16];
     uint64_t upcall_inflight[64];
     uint64_t tx_dirty;        /* ports whose out ring got frames since the last commit */
     void *journal;            /* struct vp_journal in memory that outlives this worker, or NULL */
+    struct vp_meter *meters;  /* VP_MAX_METERS token buckets (OpenFlow meters), or NULL */
 };
 
 uint64_t vp_now_ns(void);
