@@ -889,6 +889,10 @@ def stats(name: str = NAME, run_dir: Optional[str] = RUN_DIR,
     st = _request(name, run_dir, "stats")
     if not watch:
         if as_json:
+            try:            # the slow path's own counters (rules, translation, OpenFlow) beside the worker's
+                st["slowpath"] = _ask(name, run_dir, "stats", "slowpath.ctl")
+            except _Unanswered as e:
+                st["slowpath"] = {"error": str(e)}
             _print_json(st)
         else:
             from pipeline.rates import render, since_start

@@ -28,6 +28,13 @@ def config(name, ports, listen="ptcp:0:127.0.0.1", controller=None, extra="", fl
     return "".join(lines)
 
 
+def encode(m, xid=7):
+    """An os-ken message object's bytes, with this xid."""
+    m.xid = xid
+    m.serialize()
+    return bytes(m.buf)
+
+
 def openflow_stats(pipe):
     return control.request(f"{pipe.run_dir}/slowpath.ctl", "stats")["openflow"]
 

@@ -5,6 +5,7 @@ every error is counted. Thousands of fuzzed messages (mutated real ones, random 
 wrong lengths, huge multiparts) go through one connection."""
 import os
 import random
+import socket
 import struct
 import time
 
@@ -13,6 +14,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as P
 
 from tests import openflow_lab as lab
+from tests.conftest import wait_for
 
 
 @pytest.fixture
@@ -21,10 +23,7 @@ def switch(pipeline_factory, uniq):
     return pipe, lab.listen_port(pipe)
 
 
-def _msg(m, xid=7):
-    m.xid = xid
-    m.serialize()
-    return bytes(m.buf)
+_msg = lab.encode
 
 
 def _flow(match=None, insts=None, **kw):
@@ -240,3 +239,45 @@ def test_roles(switch):
     _, before = b.until(ofp.OFPT_BARRIER_REPLY, 8)
     assert not [x for x in before if x[1] == ofp.OFPT_ERROR]
     assert "in_port=1" in pipe.cli("dump-flows")
+
+
+def test_table_mod_is_taken_and_its_bad_config_refused(switch):
+    pipe, port = switch
+    c = lab.Client(port)
+    c.send(_msg(P.OFPTableMod(lab.dp(), 0, 0), xid=21))
+    assert echo_ok(c, 22)                       # no error came before the echo's reply
+    c.send(_msg(P.OFPTableMod(lab.dp(), 0, 0x8), xid=23))
+    m, _ = c.until(ofp.OFPT_ERROR, 23)
+    assert struct.unpack_from("!HH", m[3], 8) == (ofp.OFPET_TABLE_MOD_FAILED, ofp.OFPTMFC_BAD_CONFIG)
+    assert lab.openflow_stats(pipe)["internal_errors"] == 0
+
+
+def test_management_connections_past_the_cap_are_closed_not_left_hanging(switch):
+    """Past its cap of management connections the switch closes a new one at once (a tool
+    sees it end) instead of leaving it unanswered in the listen backlog; those within serve."""
+    from pipeline.slowpath.openflow.channel import Listener
+    pipe, port = switch
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(Listener.MAX)]
+    try:
+        assert wait_for(lambda: lab.openflow_stats(pipe)["connections_open"] >= Listener.MAX, 30)
+        extra = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            assert extra.recv(1) == b""         # closed by the switch, within the timeout
+        except ConnectionResetError:
+            pass                                # closed with a reset: as good an answer
+        extra.close()
+        assert lab.openflow_stats(pipe)["connections_refused"] >= 1
+    finally:
+        for s in held:
+            s.close()
+    # room again once the switch has seen them go
+    assert wait_for(lambda: lab.openflow_stats(pipe)["connections_open"] < Listener.MAX, 30)
+    assert echo_ok(lab.Client(port), 24)
+
+
+def test_stats_json_carries_the_slow_paths_openflow_counters(switch, uniq):
+    import json
+    pipe, port = switch
+    echo_ok(lab.Client(port), 25)
+    st = json.loads(pipe.cli("stats", "--json", "--name", uniq))
+    assert st["slowpath"]["openflow"]["connections"] >= 1 and st["slowpath"]["openflow"]["listen_port"] == port

@@ -127,7 +127,7 @@ def test_barrier_means_in_effect(sw):
     assert cached["hits"] + cached["megaflow_hits"] >= 1
     for rnd in range(5):                       # back and forth: each change is there at the reply
         out = 3 if rnd % 2 == 0 else 2
-        send(c, P.OFPFlowMod(D := lab.dp(), command=ofp.OFPFC_MODIFY_STRICT, priority=10,
+        send(c, P.OFPFlowMod(lab.dp(), command=ofp.OFPFC_MODIFY_STRICT, priority=10,
                              match=P.OFPMatch(in_port=1), instructions=apply(P.OFPActionOutput(out))))
         barrier(c, 10 + rnd)
         peers[1].send([udp(1000)])
@@ -281,3 +281,25 @@ def test_fail_modes(pipeline_factory, uniq):
 
 def oflab_stats(pipe):
     return lab.openflow_stats(pipe)
+
+
+def test_a_controller_is_told_every_port_at_once(pipeline_factory, uniq):
+    """The switch calls its controller only once the worker has named its ports: the first
+    port-desc reply lists them all (a controller that masks port_status while it configures
+    itself, as Faucet does, would otherwise never learn of ports that came a moment later)."""
+    import threading
+    ctl = lab.Controller()
+    # started beside the test: the switch's first call is answered the moment it comes
+    start = threading.Thread(target=pipeline_factory, args=(lab.config(
+        uniq, [f"shm:{uniq}a", f"shm:{uniq}b", f"shm:{uniq}c"], listen="", controller=[f"tcp:127.0.0.1:{ctl.port}"]),))
+    start.start()
+    try:
+        cl = ctl.accept()
+        cl.send(lab.encode(P.OFPPortDescStatsRequest(lab.dp(), 0), 5))
+        m, _ = cl.until(ofp.OFPT_MULTIPART_REPLY, 5)
+        body = m[3][16:]
+        names = {body[i + 16:i + 32].rstrip(b"\0").decode() for i in range(0, len(body), 64)}
+        assert {f"{uniq}a", f"{uniq}b", f"{uniq}c"} <= names, names
+    finally:
+        start.join()
+        ctl.close()

@@ -27,6 +27,8 @@ TURN_S = 0.02                  # longest stretch of OpenFlow work before the upc
 WAIT_S = 2.0                   # a barrier or a stats request waits this long for the workers at most
 REVALIDATE_EVERY_S = 0.05      # rule changes coalesce into one revalidation request per this
 SAVE_EVERY_S = 1.0             # a controller's rule changes reach rules.flows within this (or at a barrier)
+PORTS_WAIT_S = 10.0            # controllers are called once the worker named its ports, or after this
+OFPTC_DEPRECATED_MASK = 3      # OpenFlow 1.3's table config bits (os-ken does not name it)
 CAPABILITIES = ofp.OFPC_FLOW_STATS | ofp.OFPC_TABLE_STATS | ofp.OFPC_PORT_STATS | ofp.OFPC_GROUP_STATS
 SLAVE_REFUSED = {ofp.OFPT_FLOW_MOD, ofp.OFPT_GROUP_MOD, ofp.OFPT_METER_MOD, ofp.OFPT_PORT_MOD, ofp.OFPT_TABLE_MOD,
                  ofp.OFPT_PACKET_OUT}
@@ -39,6 +41,7 @@ ERROR_NAMES = {getattr(ofp, n): n[6:].lower() for n in dir(ofp) if n.startswith(
 def default_datapath_id(name):
     """A stable id from the pipeline's name (as OVS takes one from its bridge's MAC)."""
     return zlib.crc32(name.encode()) | 0x0000_0200_0000_0000
+
 
 
 class Agent:
@@ -55,6 +58,10 @@ class Agent:
         self.of.ext = self.tables
         self.of.on_removed = self.rule_removed
         self.ports = {}                            # OpenFlow 1.0 port number -> ofp_port fields
+        # controllers are called once the worker has said which ports it has (or after
+        # PORTS_WAIT_S without it): a controller told of no ports at connection may mask
+        # port_status while it configures (Faucet does) and never learn of them
+        self.ports_known = False
         self.generation = None                     # the last master/slave request's generation_id
         self.started = self.last_connected = time.monotonic()
         self.dirty = False                         # rules changed since rules.flows was written
@@ -87,7 +94,7 @@ class Agent:
         """A turn: connections made and accepted, read, answered and written. readable:
         the sockets select() found readable (None: try them all)."""
         now = time.monotonic()
-        for r in self.remotes:
+        for r in self.remotes if self.ports_known or now - self.started > PORTS_WAIT_S else ():
             if r.conn is None or r.conn.closed:
                 c = r.step(now)
                 if c is not None:
@@ -264,7 +271,7 @@ class Agent:
         c.send(codec.message(ofp.OFPT_QUEUE_GET_CONFIG_REPLY, m.xid, struct.pack("!I4x", m.port)))
 
     def _table_mod(self, c, m):
-        if m.config & ~ofp.OFPTC_DEPRECATED_MASK:
+        if m.config & ~OFPTC_DEPRECATED_MASK:
             raise OFError(ofp.OFPET_TABLE_MOD_FAILED, ofp.OFPTMFC_BAD_CONFIG, f"table config {m.config:#x}")
         if m.table_id >= N_TABLES and m.table_id != ofp.OFPTT_ALL:
             raise OFError(ofp.OFPET_TABLE_MOD_FAILED, ofp.OFPTMFC_BAD_TABLE, f"table {m.table_id}")
@@ -379,6 +386,7 @@ class Agent:
     # -- ports ---------------------------------------------------------------------------------
     def ports_changed(self, described):
         """The worker's ports (its hello): port_status for what was added, went or changed."""
+        self.ports_known = True
         new = {}
         for p in described:
             if not isinstance(p, dict):
@@ -711,7 +719,8 @@ class Agent:
             1 for r in self.remotes if r.connected()), connections_open=len(self.conns),
             fail_open_now=self.of.standalone is not None, groups=len(self.tables.groups),
             meters=len(self.tables.meters), datapath_id=f"{self.dpid:#018x}",
-            listen_port=self.listener.port if self.listener else None)
+            listen_port=self.listener.port if self.listener else None,
+            connections_refused=self.listener.refused if self.listener else 0)
 
     HANDLERS = {ofp.OFPT_ECHO_REQUEST: _echo, ofp.OFPT_FEATURES_REQUEST: _features,
                 ofp.OFPT_GET_CONFIG_REQUEST: _get_config, ofp.OFPT_SET_CONFIG: _set_config,

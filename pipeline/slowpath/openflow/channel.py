@@ -219,7 +219,7 @@ class Remote:
 class Listener:
     """ptcp:PORT[:ADDR]: connections a management tool makes to the switch."""
 
-    MAX = 64
+    MAX = 512                   # management connections at once; past it, new ones are closed at once
 
     def __init__(self, target, probe_s):
         host, port = parse_target(target, passive=True)
@@ -231,6 +231,7 @@ class Listener:
         self.port = self.sock.getsockname()[1]
         self.probe_s = probe_s
         self.conns = []
+        self.refused = 0
 
     def fds(self):
         return [self.sock] + [c.sock for c in self.conns if not c.closed]
@@ -241,11 +242,15 @@ class Listener:
     def accept(self):
         new = []
         self.conns = [c for c in self.conns if not c.closed]
-        while len(self.conns) < self.MAX:
+        while True:
             try:
                 s, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError, OSError):
                 break
+            if len(self.conns) >= self.MAX:
+                s.close()               # said at once (the tool sees the connection end), not left hanging
+                self.refused += 1
+                continue
             # a management tool is probed less eagerly (Open vSwitch's service connections: 60 s)
             c = Conn(s, f"ptcp:{addr[0]}:{addr[1]}", max(self.probe_s, PASSIVE_PROBE_S), passive=True)
             self.conns.append(c)

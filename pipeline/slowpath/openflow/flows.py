@@ -7,7 +7,7 @@ import ipaddress
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as osk
 
-from pipeline.slowpath.fields import ETH_ARP, ETH_IP, ETH_IPV6, ETH_RARP, FIELDS
+from pipeline.slowpath.fields import ETH_ARP, ETH_RARP, FIELDS
 from pipeline.slowpath.flowtext import FlowError, parse_flow
 from pipeline.slowpath.openflow.codec import OFError, match_bytes, serialized
 
@@ -209,7 +209,6 @@ def oxm_fields(rule):
     dl = m.get("dl_type", (None, 0))[0]
     proto = m.get("nw_proto", (None, 0))[0]
     out = []
-    g = m.get
     if "in_port" in m:
         out.append(("in_port", port_to_of(m["in_port"][0])))
     if "metadata" in m:
