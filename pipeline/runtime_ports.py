@@ -54,16 +54,6 @@ class PortOps:
         up.start_revalidation()
         self.w.reregister()
 
-    def _epoll(self, port, add):
-        ep = self.w.epoll
-        if ep is None:
-            return
-        for fd in port.fds():
-            try:
-                ep.register(fd, 1) if add else ep.unregister(fd)     # EPOLLIN, POLLIN (hostos.poller)
-            except OSError:
-                pass
-
     # -- operations ----------------------------------------------------------------------------
     def add(self, req):
         uri = req.get("uri")
@@ -93,7 +83,6 @@ class PortOps:
         dp.c.ports[n] = port.ring_port.c
         dp.ofport_to_index[ofport] = n
         dp.c.nports = n + 1
-        self._epoll(port, True)
         self._announce()
         return {"ofport": ofport, "uri": uri}
 
@@ -103,7 +92,6 @@ class PortOps:
             raise PortError("the last port of a pipeline cannot go (stop the pipeline instead)")
         hole = self._placeholder(i)
         self._swap(i, hole)
-        self._epoll(port, False)
         self.w.dp.ofport_to_index.pop(port.ofport, None)
         self.w.ports[i] = Port(f"(removed: {port.uri})", port.ofport, "removed", hole, up=False)
         close_ports([port])

@@ -39,7 +39,7 @@ class PacketAdapter(Adapter):
                     if lib.vp_packet_open(self.io, q, ifindex, fanout, opt["offload"], err, 256) < 0:
                         raise AdapterError(f"{uri}: {ffi.string(err).decode()}")
             lib.vp_packet_init(self.io)
-            self.io.tx_offload = opt["offload"]
+            self.user.c.tx_offload = opt["offload"]     # sent frames keep their metadata
         self.info.update({"interface": name, "ifindex": ifindex, "queues": opt["queues"],
                           "fanout": fanout if fanout >= 0 else None, "netns": opt["netns"]})
 

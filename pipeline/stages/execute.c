@@ -8,7 +8,6 @@
 #include "execute.h"
 #include "transmit.h"
 #include "extract.h"
-#include "../../bindings/adapter.h"
 
 /* An action set's own memory: what a replaced or freed set held is released. */
 static void actions_clear(struct vp_actions *a) {
@@ -483,8 +482,7 @@ uint32_t vp_execute_packet(struct vp_dp *dp, uint32_t id, const uint8_t *data, u
     return a->nout;
 }
 
-void vp_execute(struct vp_dp *dp, struct vp_batch *b) {
-    VP_TIME_BEGIN(dp);
+uint32_t vp_execute(struct vp_dp *dp, struct vp_batch *b) {
     for (uint32_t i = 0; i < b->n; i++) {
         struct vp_pkt *pk = &b->pkt[i];
         const struct vp_actions *a;
@@ -514,5 +512,5 @@ void vp_execute(struct vp_dp *dp, struct vp_batch *b) {
             pk->nout++;
         }
     }
-    VP_TIME_END(dp, VP_ST_EXECUTE, b->n);
+    return b->n;
 }
