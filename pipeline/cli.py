@@ -460,6 +460,8 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
         rx: Optional[str] = typer.Option(None, help="also count what arrives on this port, in the same "
                                           "loop (pkt-gen txrx: one core, no scheduler in between)"),
         idle_stop: float = typer.Option(1.0, help="with --rx: stop once nothing arrived for this long"),
+        latency: bool = typer.Option(False, "--latency", help="stamp each frame with its send time; with --rx, "
+                                     "print each frame's latency (p50, p99, p99.9)"),
         cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
         owner: Optional[str] = OWNER,
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no line per second, only the summary"),
@@ -467,6 +469,7 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
     """pkt-gen-style generator: prebuilt UDP/IPv4 frames, C batch loop (one sync ioctl per
     batch on netmap ports). Prints a line per second and a summary (also on Ctrl-C); follows
     its pipeline through a restart, and stops with an error if it goes away."""
+    from pipeline import hostos
     from bindings.netmap.port import NetmapError
     from ring.region import RegionError
     from tools.traffic import Generator, PeerGone, Sink
@@ -479,10 +482,11 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
         _fail(f"--batch must be 1..65536 slots, not {batch}")
     _check_cpu(cpu)
     _pin(cpu)
+    hostos.fine_timers()          # a paced rate and a latency sink need sleeps of microseconds
     uid = _owner_uid(owner)
     try:
-        g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch, owner=uid)
-        s = Sink(rx, count=count, owner=uid) if rx else None
+        g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch, owner=uid, stamp=latency)
+        s = Sink(rx, count=count, owner=uid, latency=latency) if rx else None
     except (RegionError, NetmapError, ValueError) as e:
         _fail(str(e))
     line = _traffic_lines("tx", lambda t: (t.g.sent, t.g.sent * t.g.frame_len), quiet or as_json)
@@ -506,7 +510,16 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
         if s:
             print(f"received {res['rx']['received']} packets in {res['rx']['seconds']:.3f} s: "
                   f"{res['rx']['mpps']:.3f} Mpps{_discarded(res['rx'])}")
+            if latency:
+                print(_latency_line(res["rx"]["latency"]))
     raise typer.Exit(code)
+
+
+def _latency_line(lat):
+    if not lat["frames"]:
+        return f"latency: no stamped frames arrived ({lat['unstamped']} without a stamp)"
+    return (f"latency (us): p50 {lat['p50_us']:.2f}, p99 {lat['p99_us']:.2f}, p99.9 {lat['p99_9_us']:.2f}, "
+            f"min {lat['min_us']:.2f}, max {lat['max_us']:.2f} ({lat['frames']} frames)")
 
 
 @app.command()
@@ -515,6 +528,8 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
          duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
          idle_stop: Optional[float] = typer.Option(None, help="stop once nothing arrived for this many seconds "
                                                    "(counted from the start until the first packet)"),
+         latency: bool = typer.Option(False, "--latency", help="each frame's time since `gen --latency` stamped "
+                                      "it: print p50, p99, p99.9"),
          cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
          owner: Optional[str] = OWNER,
          quiet: bool = typer.Option(False, "--quiet", "-q", help="no line per second, only the summary"),
@@ -530,7 +545,7 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
     _pin(cpu)
     uid = _owner_uid(owner)
     try:
-        s = Sink(port, count=count, owner=uid)
+        s = Sink(port, count=count, owner=uid, latency=latency)
     except (RegionError, NetmapError, ValueError) as e:
         _fail(str(e))
     line = _traffic_lines("rx", lambda t: (t.s.packets, t.s.bytes), quiet or as_json)
@@ -544,7 +559,8 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
     finally:
         s.close()
     print(json.dumps(res) if as_json else
-          f"received {res['received']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps{_discarded(res)}")
+          f"received {res['received']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps{_discarded(res)}"
+          + (f"\n{_latency_line(res['latency'])}" if latency else ""))
     raise typer.Exit(code)
 
 

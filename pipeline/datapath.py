@@ -154,6 +154,8 @@ class Datapath:
             "stage_ns_per_packet": stage,
             "stage_ns_total": stage_ns,
             "stage_packets": {k: s.stage_pkts[i] for i, k in enumerate(STAGES)},
+            # a batch's whole cost per packet in the C chain (stages, commit, the chain itself)
+            "batch_ns_total": int(s.batch_cycles * rate),
             "tx_swapped": s.tx_swapped, "tx_copied": s.tx_copied,
             "tx_segmented": s.tx_segmented, "tx_segments": s.tx_segments, "csum_completed": s.csum_completed,
             "flow_hash": "crc32c-sse4.2" if lib.vp_crc32c_used() else "crc32c-portable",

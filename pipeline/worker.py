@@ -23,7 +23,9 @@ from pipeline._native import lib
 from pipeline.runtime_ports import PortOps
 from pipeline.upcall import HEARTBEAT_S, Upcalls
 
-MAX_BATCHES = 4096            # batches the C chain runs before Python's turn comes anyway
+MAX_BATCHES = 1 << 20         # batches the C chain runs before Python's turn comes anyway (a
+                              # bound, not a timer: at low load a batch is a packet or two, and a
+                              # turn every few thousand of them would stall one packet in 50)
 PY_BATCHES = 32               # the same for a chain run from Python (a stage written in Python)
 TURN_S = 0.01                 # longest time between Python's turns (the C side sees fds, not timers)
 BUSY_TURN_S = 0.0002          # ... while Python has work in steps (a stream, a revalidation, a backlog)
@@ -261,6 +263,7 @@ class Worker:
                             slowpath_pid=self.slow.pid if self.slow else None, slowpath_hangs=self.slow_hangs,
                             upcalls_unanswered=len(self.upcalls.owed))
         st["takeovers"] = self.takeover.journal.takeovers if self.takeover else 0
+        st["idle_naps"] = self.chain.c.naps          # sleeps of the idle worker (none while traffic flows)
         # by input port: what came in was delivered, dropped for a reason here, or is still
         # with the slow path (upcall_inflight)
         st["ports"] = [dict(p.stats(), upcall_rate_limited=self.upcalls.c.rate_limited[i],

@@ -134,6 +134,16 @@ uint32_t vp_ring_recv(struct vp_ring *r, uint8_t *blob, uint32_t blob_cap, uint1
 static inline struct netmap_slot *vp_slot(struct vp_ring *r, uint32_t i) { return &r->ring->slot[i]; }
 static inline char *vp_buf(struct vp_ring *r, uint32_t idx) { return r->bufs + (size_t)idx * r->buf_size; }
 static inline int vp_buf_ok(const struct vp_ring *r, uint32_t idx) { return idx >= 2 && idx < r->nbufs; }
+/* Ask for a cache line about to be written (its owner is another core: the peer read it last).
+ * PREFETCHW by hand: gcc emits it only for a -m flag, and the module is built without any;
+ * CPUs that lack it run the opcode as a NOP. */
+static inline void vp_prefetch_write(const void *p) {
+#if defined(__x86_64__)
+    __asm__ __volatile__("prefetchw %0" : : "m"(*(const char *)p));
+#else
+    __builtin_prefetch(p, 1);
+#endif
+}
 
 /* A slot the peer filled, as a consumer takes it: each field is read once (the peer may
  * rewrite it meanwhile) and checked; a bad one is counted by reason and the ring marked
@@ -149,8 +159,14 @@ static inline int vp_slot_take(struct vp_ring *r, uint32_t si, uint32_t *idx, ui
     *len = l;
     return 1;
 }
-uint32_t vp_ring_produce(struct vp_ring *r);           /* index of next producer slot */
-void vp_ring_produced(struct vp_ring *r);              /* advance after filling it */
+/* the producer's next slot, and the step past it once filled (per packet: inline) */
+static inline uint32_t vp_ring_produce(const struct vp_ring *r) {
+    return r->role == VP_ROLE_KERNEL ? r->hwtail : r->hwcur;
+}
+static inline void vp_ring_produced(struct vp_ring *r) {
+    if (r->role == VP_ROLE_KERNEL) r->hwtail = nm_ring_next(r->nslots, r->hwtail);
+    else r->hwcur = nm_ring_next(r->nslots, r->hwcur);
+}
 
 /* The rings the pipeline reads from and writes into. On a port whose kernel side it plays
  * (shm:) those are the peer's TX rings and its RX ring; on a port whose user it is (an

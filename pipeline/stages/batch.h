@@ -239,6 +239,7 @@ struct vp_dp_stats {
     uint64_t drops[VP_DROP_N];
     uint64_t stage_cycles[VP_STAGE_N]; /* vp_cycles() spent in each stage */
     uint64_t stage_pkts[VP_STAGE_N];
+    uint64_t batch_cycles;    /* whole batches in the C chain: stages, commit, the chain's own work */
     uint64_t tx_swapped;
     uint64_t tx_copied;
     uint64_t tx_segmented;    /* super-frames cut into segments for a port that takes no GSO */

@@ -23,7 +23,7 @@ static inline void count(struct vp_dp *dp, const struct vp_stage *s, uint64_t cy
 
 /* the current batch from stage k on, and its commit */
 static int run_from(struct vp_dp *dp, struct vp_batch *b, struct vp_chain *c, uint32_t k) {
-    uint64_t t0 = vp_cycles();
+    uint64_t t0 = vp_cycles(), start = t0;
     for (; k < c->n; k++) {
         const struct vp_stage *s = &c->stage[k];
         uint32_t n;
@@ -39,6 +39,7 @@ static int run_from(struct vp_dp *dp, struct vp_batch *b, struct vp_chain *c, ui
         }
     }
     vp_commit(dp);
+    dp->st.batch_cycles += vp_cycles() - start;
     return DONE;
 }
 

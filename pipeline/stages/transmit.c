@@ -7,7 +7,21 @@
 #include "transmit.h"
 #include "../journal.h"
 
-static void produced(struct vp_port *p, struct vp_ring *r, struct netmap_slot *ts, const uint8_t *frame,
+/* memcpy of a frame, the common small ones inline: overlapping copies that read and write
+ * only [0, len) (a call into libc and its dispatch cost more than a 64-byte frame's copy) */
+static inline void copy_frame(uint8_t *d, const uint8_t *s, uint32_t len) {
+    if (len >= 32 && len <= 64) {
+        __builtin_memcpy(d, s, 32);
+        __builtin_memcpy(d + len - 32, s + len - 32, 32);
+    } else if (len > 64 && len <= 128) {
+        __builtin_memcpy(d, s, 64);
+        __builtin_memcpy(d + len - 64, s + len - 64, 64);
+    } else {
+        memcpy(d, s, len);
+    }
+}
+
+static inline void produced(struct vp_port *p, struct vp_ring *r, struct netmap_slot *ts, const uint8_t *frame,
                      uint32_t len, uint32_t hdr) {
     VP_WRITE_ONCE(ts->len, (uint16_t)(len + hdr));
     VP_WRITE_ONCE(ts->flags, 0);
@@ -67,7 +81,7 @@ static uint32_t put_segments(struct vp_dp *dp, struct vp_port *p, struct vp_ring
 /* One frame copied into port p's out ring r (space > 0 slots free): with its metadata
  * for a port that takes it, else segmented / checksum completed. Returns slots used;
  * 0 when it was dropped (counted). */
-static uint32_t put_copy(struct vp_dp *dp, struct vp_port *p, struct vp_ring *r, const uint8_t *data,
+static inline uint32_t put_copy(struct vp_dp *dp, struct vp_port *p, struct vp_ring *r, const uint8_t *data,
                          uint32_t len, const struct vp_offload *ol, uint32_t space, uint32_t in_port) {
     static const struct vp_offload none;
     uint32_t hdr = p->vnet_hdr, idx;
@@ -80,7 +94,7 @@ static uint32_t put_copy(struct vp_dp *dp, struct vp_port *p, struct vp_ring *r,
     if (!vp_buf_ok(r, idx)) { bad_slot(dp, r, in_port); return 0; }
     if (len + hdr > r->buf_size) { VP_DROP(dp, VP_DROP_TOO_BIG, in_port, 1); return 0; }
     o = (uint8_t *)vp_buf(r, idx) + hdr;
-    memcpy(o, data, len);
+    copy_frame(o, data, len);
     if (p->tx_offload) {
         vp_vnet_write(o - hdr, ol);
     } else {
@@ -105,9 +119,9 @@ uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
         for (i = 0; i < q->n && space; i++) {
             struct vp_pkt *pk = &b->pkt[q->pkt[i]];
             struct vp_port *ip = dp->ports[pk->port];
-            struct vp_ring *ir = vp_in_ring(ip, pk->ring);
-            if (pk->nout == 1 && ir->bufs == r->bufs && ir->buf_size == r->buf_size && ir->mem_id == r->mem_id &&
-                !op->vnet_hdr && !ip->vnet_hdr) {
+            struct vp_ring *ir;
+            if (pk->nout == 1 && ip->mem_id == op->mem_id && (ir = vp_in_ring(ip, pk->ring))->bufs == r->bufs &&
+                ir->buf_size == r->buf_size && ir->mem_id == r->mem_id && !op->vnet_hdr && !ip->vnet_hdr) {
                 /* same region: hand the buffer over, give the rx slot the empty one */
                 struct netmap_slot *ts = vp_slot(r, vp_ring_produce(r)), *rs = vp_slot(ir, pk->slot);
                 uint32_t tidx = VP_READ_ONCE(ts->buf_idx), ridx = (uint32_t)((pk->data - ir->bufs) / ir->buf_size);
