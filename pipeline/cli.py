@@ -469,7 +469,6 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
     """pkt-gen-style generator: prebuilt UDP/IPv4 frames, C batch loop (one sync ioctl per
     batch on netmap ports). Prints a line per second and a summary (also on Ctrl-C); follows
     its pipeline through a restart, and stops with an error if it goes away."""
-    from pipeline import hostos
     from bindings.netmap.port import NetmapError
     from ring.region import RegionError
     from tools.traffic import Generator, PeerGone, Sink
@@ -482,7 +481,6 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
         _fail(f"--batch must be 1..65536 slots, not {batch}")
     _check_cpu(cpu)
     _pin(cpu)
-    hostos.fine_timers()          # a paced rate and a latency sink need sleeps of microseconds
     uid = _owner_uid(owner)
     try:
         g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch, owner=uid, stamp=latency)
@@ -1049,14 +1047,15 @@ def check(config: str = typer.Argument(..., help="pipeline config (TOML) to chec
 @app.command()
 def demo(flows: int = typer.Option(1, help="distinct flows"),
          size: int = typer.Option(60, help="frame length without FCS"),
-         seconds: float = typer.Option(5.0, help="generator run time"),
+         seconds: float = typer.Option(5.0, help="generator run time (each of the two phases)"),
          batch: int = typer.Option(256, help="pipeline batch size")):
-    """Run generator -> pipeline -> sink on shm: ports and print the throughput."""
-    from tools.shmbench import measure
+    """Run generator -> pipeline -> sink on shm: ports: print the throughput, then the
+    latency at half of it."""
+    from tools.shmbench import BenchPipeline
     if not 1 <= batch <= 1024:
         _fail(f"--batch must be 1..1024, not {batch}")
-    if not 42 <= size <= 2048:
-        _fail(f"--size must be 42..2048 bytes (60 = 64-byte frames with FCS), not {size}")
+    if not 50 <= size <= 2048:
+        _fail(f"--size must be 50..2048 bytes (60 = 64-byte frames with FCS; a frame carries its send time), not {size}")
     if not 1 <= flows <= 1_000_000:
         _fail(f"--flows must be 1..1000000, not {flows}")
     if not 0 < seconds <= 86400:
@@ -1064,10 +1063,12 @@ def demo(flows: int = typer.Option(1, help="distinct flows"),
     # SIGTERM ends the demo as Ctrl-C does: its pipeline, traffic and temporary files go too
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print(f"valepipe demo: gen -> pipeline (shm:a -> shm:b, in_port=1,actions=output:2) -> sink, "
-          f"{size + 4}-byte frames, {flows} flow(s), batch {batch}, {seconds:g} s")
+          f"{size + 4}-byte frames, {flows} flow(s), batch {batch}, {seconds:g} s at full rate, then {seconds:g} s at half")
     t0 = time.monotonic()
     try:
-        r = measure(flows=flows, size=size, batch=batch, seconds=seconds)
+        with BenchPipeline(flows=flows, size=size, batch=batch) as b:
+            r = b.run(seconds)
+            half = b.run(seconds, rate=r["mpps"] * 1e6 / 2, latency=True) if r["mpps"] else None
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except RuntimeError as e:
@@ -1077,8 +1078,16 @@ def demo(flows: int = typer.Option(1, help="distinct flows"),
     print(f"sink received    {r['sink']['received']:>12} packets")
     print(f"pipeline         hits {st['hits']}, misses {st['misses']}, upcalls {st['upcall']['upcalls']}, "
           f"drops {sum(st['drops'].values())} {json.dumps({k: v for k, v in st['drops'].items() if v})}")
-    print("ns/packet        " + ", ".join(f"{k} {v}" for k, v in st["stage_ns_per_packet"].items()))
-    print(f"THROUGHPUT       {r['mpps']:.2f} Mpps delivered ({time.monotonic() - t0:.1f} s wall)")
+    print("ns/packet        " + ", ".join(f"{k} {v}" for k, v in st["stage_ns_per_packet"].items())
+          + (f" (whole batch {st['batch_ns_per_packet']})" if st.get("batch_ns_per_packet") else ""))
+    print(f"THROUGHPUT       {r['mpps']:.2f} Mpps delivered")
+    lat = (half or {}).get("latency") or {}
+    if lat.get("frames"):
+        print(f"LATENCY          p99 {lat['p99_us']:.2f} us at half load ({half['mpps']:.2f} Mpps): "
+              f"p50 {lat['p50_us']:.2f}, p99.9 {lat['p99_9_us']:.2f}, max {lat['max_us']:.2f} us "
+              f"({time.monotonic() - t0:.1f} s wall)")
+    else:
+        print(f"LATENCY          not measured: nothing arrived at half load ({time.monotonic() - t0:.1f} s wall)")
 
 
 topo_app = typer.Typer(help="Lab topologies from a TOML file: namespaces, veth pairs, TAP devices.",
