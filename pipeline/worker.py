@@ -18,7 +18,7 @@ from pipeline.datapath import Datapath
 from bindings.adapter import AdapterError
 from bindings.pcap import PcapWriter
 from pipeline.ports import PortError, close_ports, open_ports
-from pipeline.stages import STAGES, Chain
+from pipeline.stages import Chain, stage_class
 from pipeline._native import lib
 from pipeline.runtime_ports import PortOps
 from pipeline.upcall import HEARTBEAT_S, Upcalls
@@ -34,10 +34,10 @@ CONNECT_S = 30.0              # a slow path not taking connections this long aft
 
 
 class Worker:
-    def __init__(self, cfg, start_slowpath=True, keep_rules=False, takeover=None, stages=STAGES):
+    def __init__(self, cfg, start_slowpath=True, keep_rules=False, takeover=None):
         """takeover: a pipeline.takeover.Takeover (the supervisor's): its shm: ports and its
-        journal are used, so this worker continues where a crashed one stopped. stages: the
-        stage classes a batch goes through, in order (pipeline.stages.STAGES)."""
+        journal are used, so this worker continues where a crashed one stopped. The stages
+        a batch goes through are the config's (`[pipeline] stages`), in its order."""
         self.cfg = cfg
         self.takeover = takeover
         self.run_dir = cfg.run_dir
@@ -79,7 +79,7 @@ class Worker:
                 lib.vp_journal_takeover(self.dp.c, sum(1 << i for i, p in enumerate(self.ports) if takeover.owns(p)))
             self.upcalls = Upcalls(self.dp, self.slow_sock, rate=cfg.upcall_rate)
             self.portops = PortOps(self)
-            self.stages = [cls(self.dp, self.upcalls) for cls in stages]
+            self.stages = [stage_class(name)(self.dp, self.upcalls) for name in cfg.stages]
             self.chain = Chain(self.dp, self.stages, idle_poll_s=cfg.idle_poll_us * 1e-6,
                                idle_sleep_s=cfg.idle_sleep_us * 1e-6)
             self.control = control.ControlServer(self.ctl_path, {
@@ -263,7 +263,8 @@ class Worker:
                             slowpath_pid=self.slow.pid if self.slow else None, slowpath_hangs=self.slow_hangs,
                             upcalls_unanswered=len(self.upcalls.owed))
         st["takeovers"] = self.takeover.journal.takeovers if self.takeover else 0
-        st["idle_naps"] = self.chain.c.naps          # sleeps of the idle worker (none while traffic flows)
+        st["chain"] = {"stages": [type(s).__name__ for s in self.stages], "runs_in": "C" if self.chain.native else "Python",
+                       "idle_naps": self.chain.c.naps}   # sleeps of the idle worker
         # by input port: what came in was delivered, dropped for a reason here, or is still
         # with the slow path (upcall_inflight)
         st["ports"] = [dict(p.stats(), upcall_rate_limited=self.upcalls.c.rate_limited[i],
