@@ -39,8 +39,9 @@ int vp_actions_set_ops(struct vp_dp *dp, uint32_t id, const struct vp_op *ops, u
     uint32_t nout = 0;
     if (id >= dp->max_actions || nops == 0 || nops > VP_MAX_PROGRAM) return -1;
     for (uint32_t i = 0; i < nops; i++) {
-        if (ops[i].kind < VP_OP_OUTPUT || ops[i].kind > VP_OP_REPARSE) return -1;
-        if (ops[i].kind == VP_OP_SET && (ops[i].field < VP_F_DL_SRC || ops[i].field > VP_F_ND_TLL)) return -1;
+        /* 0 is VP_OP_NONE / VP_F_NONE: an op or field left unset */
+        if (ops[i].kind == VP_OP_NONE || ops[i].kind >= VP_OP_N) return -1;
+        if (ops[i].kind == VP_OP_SET && (ops[i].field == VP_F_NONE || ops[i].field >= VP_F_N)) return -1;
         if (ops[i].kind == VP_OP_OUTPUT) nout++;
     }
     if (!(prog = malloc(nops * sizeof(*prog)))) return -1;
