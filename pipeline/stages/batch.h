@@ -155,6 +155,10 @@ struct vp_pkt {
     int32_t action;           /* action set id, or VP_ACT_MISS / VP_ACT_PENDING */
     uint32_t hash;
     uint32_t flow;            /* flow table entry, for stats */
+    /* where extract found the network and transport headers and the network packet's end
+     * (struct vp_layout, narrowed: frames are < 64 KB), so execute never parses again;
+     * parsed = 0 (receive) until extract wrote them and the packet's key */
+    uint16_t l3, l4, l_end, parsed;
     struct vp_offload ol;     /* GSO / partial checksum it came with (all zero: none) */
 };
 
@@ -273,7 +277,11 @@ struct vp_dp {
     void *journal;            /* struct vp_journal in memory that outlives this worker, or NULL */
 };
 
+/* the hash of a flow key as extract made it: of the words its kind of packet can have
+ * (vp_key_words); a megaflow's masked key: vp_masked_key_hash, of every word */
 uint32_t vp_key_hash(const struct vp_flow_key *k);
+uint32_t vp_masked_key_hash(const struct vp_flow_key *k);
+uint32_t vp_key_words(const struct vp_flow_key *k);
 /* cdef-end */
 
 /* a drop of n packets that came in on dp port `port`, by reason */

@@ -91,7 +91,7 @@ static uint32_t megaflow_batch(struct vp_dp *dp, struct vp_batch *b, const uint3
         if (!dp->mask_refs[id]) continue;
         for (uint32_t k = 0; k < nleft; k++) {
             mask_key(&mk, &b->key[left[k]], m, id);
-            hash[k] = vp_key_hash(&mk);
+            hash[k] = vp_masked_key_hash(&mk);
             __builtin_prefetch(&t->index[hash[k] & t->mask]);
         }
         for (uint32_t k = 0; k < nleft; k++) {
@@ -388,7 +388,7 @@ int vp_megaflow_install(struct vp_dp *dp, const struct vp_flow_key *k, const str
         dp->mask_hits[id] = 0;
     }
     mask_key(&mk, k, mask, id);
-    uint32_t h = vp_key_hash(&mk);
+    uint32_t h = vp_masked_key_hash(&mk);
     e = find(&dp->mflows, &mk, h);
     if (e >= 0) {
         if (dp->mflows.entries[e].action != action) dp->mflows.entries[e].gen++;

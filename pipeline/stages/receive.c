@@ -49,6 +49,7 @@ uint32_t vp_receive(struct vp_dp *dp, struct vp_batch *b) {
                 pk->ring = (uint16_t)ri;
                 pk->slot = si;
                 pk->nout = 0;
+                pk->parsed = 0;
                 r->st.packets++;
                 r->st.bytes += len;
             }
