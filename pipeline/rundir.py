@@ -139,7 +139,13 @@ def claim(path, keep=()):
     ctl = os.path.join(path, "worker.ctl")
     if os.path.exists(ctl):
         try:
-            control.request(ctl, "stats", timeout=1.0)
+            control.request(ctl, "stats", timeout=2.0)
+        except TimeoutError:
+            # the socket took the connection, so a live process listens on it: one stopped
+            # (SIGSTOP) or hung would take its run directory back when resumed
+            raise RuntimeError(f"a pipeline holds run directory {path} but does not answer (stopped or hung?); "
+                               "end it (valepipe list shows it), or give this one another [pipeline] name "
+                               "or run_dir") from None
         except (OSError, RuntimeError):
             pass                                   # nobody home: left by a run that died
         else:

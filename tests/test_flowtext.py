@@ -215,6 +215,11 @@ def test_takes_and_refuses_what_ovs_does(switch, text):
     ("ip,nw_frag=maybe,actions=drop", "nw_frag=maybe"),
     ("ip,actions=mod_nw_tos:3,output:1", "ECN bits must be zero"),
     ("in_port=1/3,actions=drop", "in_port cannot be masked"),
+    # Open vSwitch takes no mask on ICMP type/code (a mask kept but not printed matched more than shown)
+    ("icmp,icmp_type=1/5,actions=drop", "invalid mask for field icmp_type"),
+    ("icmp,icmp_code=0/0xf,actions=drop", "invalid mask for field icmp_code"),
+    ("icmp6,icmpv6_type=1/3,actions=drop", "invalid mask for field icmpv6_type"),
+    ("icmp6,icmpv6_code=1/3,actions=drop", "invalid mask for field icmpv6_code"),
 ])
 def test_rejections_say_what_and_where(text, msg):
     with pytest.raises(FlowError) as e:

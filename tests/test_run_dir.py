@@ -199,3 +199,23 @@ def test_an_old_slow_path_leaves_its_successors_sockets_alone(uniq, pipeline_fac
         ps["a"].send_all([frame(7, i) for i in range(20)], others=(ps["c"],))
         assert wait_for(lambda: ps["c"].drain() >= 20)
     assert pipe.stats()["upcall"]["channel_up"]
+
+
+def test_a_stopped_pipeline_keeps_its_run_directory(uniq, pipeline_factory):
+    """A pipeline whose worker is stopped (SIGSTOP) still holds its run directory: a second
+    `run` of the same pipeline is refused in one line instead of clearing the first one's
+    sockets and regions, and the first forwards again once resumed."""
+    pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")))
+    worker = pipe.stats()["pid"]
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", pipe.cfg, "--quiet"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert _one_line_refusal(r), (r.returncode, r.stderr)
+    assert "does not answer" in r.stderr
+    assert os.path.exists(pipe.ctl) and pipe.stats()["pid"] == worker
+    with peers(uniq, "ab") as ps:
+        ps["a"].send_all([frame(7, i) for i in range(20)], others=(ps["b"],))
+        assert wait_for(lambda: ps["b"].drain() >= 20)

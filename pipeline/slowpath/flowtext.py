@@ -22,6 +22,8 @@ ALIASES = {  # syntax name -> field (plain renames)
 }
 L4_NEEDS = {"tcp_src": (6,), "tcp_dst": (6,), "tcp_flags": (6,), "udp_src": (17,), "udp_dst": (17,),
             "sctp_src": (132,), "sctp_dst": (132,), "tp_src": (6, 17, 132), "tp_dst": (6, 17, 132)}
+# names Open vSwitch refuses a mask on although the field behind them takes one elsewhere
+UNMASKABLE_NAMES = frozenset({"icmp_type", "icmp_code", "icmpv6_type", "icmpv6_code"})
 FRAG = {"no": (0, 1), "yes": (1, 1), "first": (1, 3), "later": (3, 3), "not_later": (0, 2)}
 FRAG_NAMES = {v: k for k, v in FRAG.items()}
 FRAG_NAMES.update({(0, 3): "no", (1, 3): "first"})     # how ovs-ofctl prints the exact forms
@@ -223,6 +225,8 @@ def parse_flow(text, mode="add"):
                 if fname not in FIELDS:
                     raise FlowError(f"unknown keyword {name}")
                 f = FIELDS[fname]
+                if "/" in val and name in UNMASKABLE_NAMES:
+                    raise FlowError(f"{val}: invalid mask for field {name}")
                 v, mk = parse_value_mask(f, val)
                 put(name, fname, v, mk)
         except (FieldError, FlowError) as e:
