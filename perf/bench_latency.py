@@ -25,13 +25,15 @@ def main():
     ap.add_argument("--runs", type=int, default=1, help="maximum-rate phases per case (median taken)")
     ap.add_argument("--rt", action="store_true", help="pipeline and traffic SCHED_FIFO (root): the machine's "
                                                        "other work no longer preempts them")
+    ap.add_argument("--pipeline-from", metavar="DIR", help="run the worker of the checkout DIR (built there with "
+                                                             "`make native`), e.g. main's, with this checkout's gen and sink")
     ap.add_argument("--markdown", action="store_true")
     a = ap.parse_args()
     loads = [int(x) for x in a.loads.split(",")]
     rows = []
     for batch in map(int, a.batches.split(",")):
         for flows in map(int, a.flows.split(",")):
-            with BenchPipeline(flows=flows, batch=batch, rt=a.rt) as b:
+            with BenchPipeline(flows=flows, batch=batch, rt=a.rt, pipeline_root=a.pipeline_from) as b:
                 top = statistics.median(b.run(a.seconds)["mpps"] for _ in range(a.runs))
                 print(f"  batch {batch} flows {flows}: maximum {top:.2f} Mpps", file=sys.stderr)
                 for load in loads:

@@ -64,10 +64,13 @@ class BenchPipeline:
     """A pipeline (its own process, pinned to one core) between a generator and a sink (their
     own processes, sharing the other core), with every flow installed by a paced warm-up:
     run() as many measured phases against it as wanted, then close() (or use `with`).
-    rt: the pipeline and the traffic run SCHED_FIFO (root; other work on their cores waits)."""
+    rt: the pipeline and the traffic run SCHED_FIFO (root; other work on their cores waits).
+    pipeline_root: the worker of another checkout (its own .venv, e.g. main's, to compare
+    with; its shm: regions must be this one's), driven by this checkout's gen and sink."""
 
     def __init__(self, flows=1, size=60, batch=256, slots=1024, tag=None, share_region=False, rules=None,
-                 emc_limit=0, flow_limit=None, warmup_pps=WARMUP_PPS, gen_batch=None, vale=False, rt=False):
+                 emc_limit=0, flow_limit=None, warmup_pps=WARMUP_PPS, gen_batch=None, vale=False, rt=False,
+                 pipeline_root=None):
         self.flows, self.size, self.batch, self.gen_batch = flows, size, batch, gen_batch or batch
         self.rt = rt
         tag = tag or f"b{os.getpid()}x{int(time.time() * 1000) % 100000}"
@@ -83,8 +86,9 @@ class BenchPipeline:
                     f'[slowpath]\nflows = {json.dumps(rules or DEFAULT_RULES)}\n')
         self.ctl = os.path.join(self.tmp, "run", "worker.ctl")
         self.procs = []
-        self.pipe = subprocess.Popen(self._rt() + [sys.executable, "-m", "pipeline.cli", "run", cfg, "--quiet",
-                                                   "--cpu", str(self.pipe_cpu)])
+        python = os.path.join(pipeline_root, ".venv", "bin", "python") if pipeline_root else sys.executable
+        self.pipe = subprocess.Popen(self._rt() + [python, "-m", "pipeline.cli", "run", cfg, "--quiet",
+                                                   "--cpu", str(self.pipe_cpu)], cwd=pipeline_root)
         try:
             t0 = time.monotonic()
             if vale:      # a VALE sender does not wait for the pipeline: its switch exists without it

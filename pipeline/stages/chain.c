@@ -83,6 +83,13 @@ uint32_t vp_chain_run(struct vp_dp *dp, struct vp_batch *b, struct vp_chain *c) 
             return VP_RUN_HANDOFF;
         }
         c->batches++;
+        /* back from Python's part of the batch: its input, the deadline and the bound are
+         * looked at before the next one, or a stream of misses (a handoff every batch) would
+         * keep the slow path's answers, which end the misses, and the timers waiting */
+        now = vp_now_ns();
+        if (c->batches >= c->max_batches) return VP_RUN_BATCHES;
+        if (c->deadline_ns && now >= c->deadline_ns) return VP_RUN_DEADLINE;
+        if (readable(c, c->nwake, 0, &python) < 0 || python) return VP_RUN_WAKE;
     }
     now = vp_now_ns();
     next_check = now + c->wake_check_ns;

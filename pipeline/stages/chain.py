@@ -41,9 +41,11 @@ class Chain:
         c.nfds = len(fds)
         for i, fd in enumerate(fds):
             c.fds[i] = fd
-        c.deadline_ns, c.max_batches = deadline_ns, max_batches
+        c.deadline_ns = deadline_ns
         done = 0
         while True:
+            # the bound is over the whole turn, handoffs included (chain.c counts one call)
+            c.max_batches = max(1, max_batches - done)
             why = lib.vp_chain_run(self.dp.c, self.batch, c)
             done += c.batches
             if why != lib.VP_RUN_HANDOFF:
