@@ -3,6 +3,7 @@
 #include "adapter.h"
 
 void vp_io_rxsync(struct vp_io *io) {
+    if (io->link_down == VP_LINK_GONE) return;        /* nothing to read from */
     for (uint32_t q = 0; q < io->nq; q++) {
         struct vp_ring *k = &io->kport.rx[q];
         uint32_t space = vp_ring_space(k);
@@ -12,11 +13,25 @@ void vp_io_rxsync(struct vp_io *io) {
 }
 
 /* The binding consumes slots from k->cons on, advancing it past each frame it is done
- * with (sent, or dropped and counted); what it leaves stays for the next txsync. */
+ * with (sent, or dropped and counted); what it leaves stays for the next txsync, unless the
+ * link is down: then, as a switch does for a down port, what the interface would not take
+ * is dropped (tx_link_down), not retried until the guest is back and then sent stale. The
+ * binding still tries each time (the worker's view of the link may be a moment old). */
 void vp_io_txsync(struct vp_io *io) {
     struct vp_ring *k = &io->kport.tx[0];
     uint32_t avail = vp_ring_avail(k);
-    if (avail || io->tx_inflight) io->tx(io, k, avail);
+    if (io->link_down == VP_LINK_GONE) {          /* no fds to try */
+        io->st.tx_link_down += avail;
+        k->cons = (k->cons + avail) % k->nslots;
+    } else if (avail || io->tx_inflight) {
+        uint64_t again = io->st.tx_again;
+        io->tx(io, k, avail);
+        if (io->link_down && (avail = vp_ring_avail(k)) != 0) {
+            io->st.tx_again = again;               /* not kept for later after all */
+            io->st.tx_link_down += avail;
+            k->cons = (k->cons + avail) % k->nslots;
+        }
+    }
     vp_ring_release(k);
     io->tx_backlog = vp_ring_avail(k) != 0 || io->tx_inflight;
 }

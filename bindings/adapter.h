@@ -22,16 +22,22 @@ struct vp_io_stats {
     uint64_t syscalls;
     uint64_t rx_gso;          /* super-frames received (virtio-net header, or longer than the MTU) */
     uint64_t rx_csum_partial; /* frames received with a checksum left to complete */
+    uint64_t tx_link_down;    /* dropped: the link was down, gone or without carrier (a dead guest) */
     int32_t last_errno;       /* most recent error, 0 if none since it was read */
     uint32_t errors_seen;     /* bumps on every new error, for the worker's log */
 };
 
+#define VP_LINK_DOWN 1
+#define VP_LINK_GONE 2
 struct vp_io {
     uint32_t nq;              /* queues: rings per direction */
     uint32_t tx_backlog;      /* the last txsync left frames to push: txsync again soon */
     uint32_t tx_inflight;     /* set by a binding whose kernel queue still holds frames */
     uint32_t vnet_hdr;        /* bytes of virtio_net_hdr in front of each frame in the rings (0 or 10) */
     uint32_t mtu;             /* the interface's MTU when opened (0: unknown) */
+    uint32_t link_down;       /* set by the worker while the link is not up (VP_LINK_DOWN): frames
+                               * to send are dropped (tx_link_down), not retried until it returns;
+                               * VP_LINK_GONE: the interface went and the fds are closed */
     int fd[4];                /* one per queue; -1 when the kind has none */
     uint32_t (*rx)(struct vp_io *io, uint32_t q, struct vp_ring *k, uint32_t space);
     uint32_t (*tx)(struct vp_io *io, struct vp_ring *k, uint32_t avail);

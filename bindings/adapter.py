@@ -14,7 +14,12 @@ from pipeline._native import ffi, lib
 from ring.region import ROLE_KERNEL, ROLE_USER, Region, RegionError
 
 IO_STATS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_truncated", "rx_kernel_drops",
-            "rx_errors", "tx_errors", "tx_again", "tx_discarded", "syscalls", "rx_gso", "rx_csum_partial")
+            "rx_errors", "tx_errors", "tx_again", "tx_discarded", "syscalls", "rx_gso", "rx_csum_partial",
+            "tx_link_down")
+# the binding's losses, by reason: frames that came in and were dropped before the pipeline
+# saw them (each port's in_drops), and frames it was given to send that never left (its drops)
+RX_LOSSES = ("rx_truncated", "rx_kernel_drops", "rx_errors")
+TX_LOSSES = ("tx_errors", "tx_discarded", "tx_link_down")
 IFNAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")     # fullmatch(): $ would take a final newline
 NETNS_DIR = "/run/netns"
 
@@ -135,11 +140,13 @@ class Adapter:
             self.close()
             raise
 
-    def watch_link(self, ifname=None, ifindex=None, bring_up=False):
-        """Inside the port's namespace: follow the link state of the interface under the
-        port; bring it up first if it is a TAP and bring_up is set (uri option up=yes)."""
+    def watch_link(self, ifname=None, ifindex=None, bring_up=False, netns=None):
+        """Inside the port's namespace (netns: its name, for hints): follow the link state of
+        the interface under the port; bring it up first if it is a TAP and bring_up is set
+        (uri option up=yes)."""
         try:
             self.link = Link(ifname, ifindex)
+            self.link.netns, self.link.left_down = netns, not bring_up
             try:
                 if bring_up and self.link.is_tap() and self.link.bring_up():
                     self.info["brought_up"] = True
@@ -157,6 +164,52 @@ class Adapter:
         """A sentence when the link changed since the last call (for the worker's log)."""
         return self.link.change() if self.link else None
 
+    def follow_link(self):
+        """The worker's look at the link (ten times a second): while it is not up, frames
+        to send are dropped and counted (tx_link_down). Returns what the caller must do
+        between batches: "release" (the interface is gone: close its fds, or a socket of a
+        removed device wakes the worker's poll for ever), "reopen" (an interface of the
+        same name is back, as QEMU re-creates its TAP when a guest restarts), or None."""
+        if not self.link:
+            return None
+        st = self.link.state()
+        if self.io.link_down == lib.VP_LINK_GONE:
+            return "reopen" if self.can_reopen and self.link.returned() else None
+        if st["link"] == "gone":
+            return "release"
+        self.io.link_down = 0 if st["link"] == "up" else lib.VP_LINK_DOWN
+        return None
+
+    can_reopen = False            # kinds whose open_io() can run again on a new interface
+
+    def release(self):
+        """The interface is gone: close the kind's fds; the rings and counters stay."""
+        self.poll_kernel_stats()
+        self.io.link_down = lib.VP_LINK_GONE
+        self.close_io()
+
+    def reopen(self):
+        """Open the interface of the port's name again (AdapterError if it cannot be yet);
+        the rings, counters and the port's place in the datapath are kept."""
+        gone = self.link
+        try:
+            self.open_io()
+        except AdapterError:
+            self.close_io()
+            if self.link is not gone:               # made before the failure: keep following the old one
+                self.link.close()
+                self.link = gone
+            raise
+        gone.close()
+        self.link.last = "gone"                     # its next change() says "link up"
+        self.io.tx_inflight = 0
+        self.io.link_down = 0
+        self.reopened = getattr(self, "reopened", 0) + 1
+
+    def open_io(self):
+        """Open the kind's fds (and watch_link) for the port's interface; kinds override."""
+        raise AdapterError(f"{self.uri}: cannot be re-opened")
+
     def fds(self):
         """What the worker may poll() on when idle."""
         return [self.io.fd[i] for i in range(self.io.nq) if self.io.fd[i] >= 0]
@@ -171,7 +224,14 @@ class Adapter:
         if self.link:
             ls = self.link.state()
             st.update(link=ls["link"], speed_mbps=ls["speed_mbps"], mtu=self.io.mtu)
+        if getattr(self, "reopened", 0):
+            st["reopened"] = self.reopened
         return dict(st, **self.info)
+
+    def losses(self):
+        """The binding's dropped frames by reason (RX_LOSSES, TX_LOSSES), for the ledger."""
+        self.poll_kernel_stats()
+        return {k: getattr(self.io.st, k) for k in RX_LOSSES + TX_LOSSES}
 
     def new_error(self):
         """The last error, once per new error (for the worker's log), else None."""

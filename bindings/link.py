@@ -17,10 +17,12 @@ IFF_UP, IFF_RUNNING = 0x1, 0x40
 IFREQ = 40                       # struct ifreq: a 16-byte name and a 24-byte union
 
 HINTS = {
-    "down": "the interface is administratively down (ip link set {ifname} up, or drop up=no from the uri)",
-    "no-carrier": "no carrier (for a TAP: nothing holds its file side; is its QEMU running?)",
-    "gone": "the interface no longer exists{renamed}; frames to it are dropped (restart the pipeline "
-            "once it is back)",
+    "down": "the interface is administratively down{why}; frames to it are dropped (tx_link_down) "
+            "until it is up: {up_cmd}",
+    "no-carrier": "no carrier (for a TAP: nothing holds its file side; is its QEMU running?); frames to it "
+                  "are dropped (tx_link_down) until it has one",
+    "gone": "the interface no longer exists{renamed}; frames to it are dropped (tx_link_down); the port "
+            "re-opens an interface of its name when one appears (a guest's QEMU re-creating its TAP)",
 }
 
 
@@ -33,6 +35,8 @@ class Link:
         self.ifname = ifname
         self.ifindex = ifindex if ifindex is not None else self._index(ifname)
         self.last = "up"                          # what was last reported
+        self.netns = None                         # the namespace's name, for the commands hints give
+        self.left_down = False                    # a TAP the port was told not to bring up (up=no)
 
     def close(self):
         self.sock.close()
@@ -85,6 +89,16 @@ class Link:
         self._ioctl(SIOCSIFFLAGS, name, struct.pack("H", flags | IFF_UP))
         return True
 
+    def returned(self):
+        """True when an interface of this one's name exists now with another index: the
+        name is back (a guest's QEMU re-created its TAP)."""
+        if not self.ifname:
+            return False
+        try:
+            return self._index(self.ifname) != self.ifindex
+        except OSError:
+            return False
+
     def state(self):
         """{"link": up|down|no-carrier|gone, "speed_mbps": N or None, "ifname": current name}."""
         name = self.name()
@@ -116,4 +130,6 @@ class Link:
                 renamed = f" (a new {self.ifname} exists, but the port holds the old one)"
             except OSError:
                 pass
-        return f"link {st['link']}: " + HINTS[st["link"]].format(ifname=st["ifname"], renamed=renamed)
+        up_cmd = f"ip {'-n ' + self.netns + ' ' if self.netns else ''}link set {st['ifname']} up"
+        why = " (the port has up=no, so valepipe leaves it so)" if self.left_down else ""
+        return f"link {st['link']}: " + HINTS[st["link"]].format(renamed=renamed, up_cmd=up_cmd, why=why)

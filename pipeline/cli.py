@@ -754,8 +754,11 @@ def _megaflow_line(f):
         if k in ("layers", "in_port"):
             continue
         v = f["key"].get(k, 0)
+        if k == "vlan" and isinstance(v, list) and isinstance(m, list):
+            parts += [_show_tag(t, tm) for t, tm in zip(v, m)]
+            continue
         full = m == (("f" * len(m)) if isinstance(m, str) else {"eth_type": 0xFFFF}.get(k, _ones(m)))
-        parts.append(f"{k}={_show(k, v)}" if full else f"{k}={_show(k, v)}/{_show(k, m)}")
+        parts.append(f"{k}={_show(k, v)}" if full else f"{k}={_show(k, v, True)}/{_show(k, m, True)}")
     # the headers the frame had are always part of a megaflow: two that differ only in them
     # (an ARP frame and a UDP one, say) are different entries and print differently
     layers = "+".join(n for bit, n in LAYERS if f["key"].get("layers", 0) & bit) or "none"
@@ -781,7 +784,21 @@ def _ones(v):
     return v if isinstance(v, int) and v and (v + 1) & v == 0 and v.bit_length() % 8 == 0 else -1
 
 
-def _show(k, v):
+def _show_tag(tag, mask):
+    """One VLAN tag of a megaflow: [TPID, TCI] and their masks, as vlan(tpid=,vid=,pcp=)
+    when the whole tag is matched, else tpid and tci with their masks."""
+    if not (isinstance(tag, list) and isinstance(mask, list) and len(tag) == len(mask) == 2
+            and all(isinstance(x, int) for x in tag + mask)):
+        return f"vlan={tag}/{mask}"
+    (tpid, tci), (tpid_m, tci_m) = tag, mask
+    if tpid_m == tci_m == 0xFFFF:
+        return f"vlan(tpid={tpid:#06x},vid={tci & 0xFFF},pcp={tci >> 13})"
+    return f"vlan(tpid={tpid:#06x}/{tpid_m:#06x},tci={tci:#06x}/{tci_m:#06x})"
+
+
+def _show(k, v, masked=False):
+    """A megaflow field's value (or mask) as ovs-appctl prints it: addresses in their
+    notation, numbers with a mask in hex."""
     import ipaddress
     if k in ("ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa") and isinstance(v, int):
         return str(ipaddress.IPv4Address(v))
@@ -790,7 +807,7 @@ def _show(k, v):
     if isinstance(v, str) and len(v) == 32:
         return str(ipaddress.IPv6Address(bytes.fromhex(v)))
     return f"{v:#06x}" if k == "eth_type" and isinstance(v, int) else (
-        hex(v) if k == "tcp_flags" and isinstance(v, int) else str(v))
+        hex(v) if (masked or k == "tcp_flags") and isinstance(v, int) else str(v))
 
 
 @app.command("fdb-show")

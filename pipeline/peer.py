@@ -55,7 +55,12 @@ class PortPeer:
         self.region, self.port, self.fd = attach(uri, wait_s, owner, rings)
 
     def send(self, frames):
-        """Queue frames (bytes) for the pipeline; returns how many fitted in the ring."""
+        """Queue frames (bytes) for the pipeline; returns how many fitted in the ring.
+        ValueError for a frame no slot can hold (empty, or longer than the port's buffers)."""
+        cap = self.port.c.tx[0].buf_size
+        for i, f in enumerate(frames):
+            if not 1 <= len(f) <= cap:
+                raise ValueError(f"frame {i}: {len(f)} bytes; a slot of {self.uri} holds 1 to {cap}")
         return self.port.send(frames)
 
     def recv(self, max_frames=1024):

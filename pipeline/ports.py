@@ -7,7 +7,7 @@ bindings.adapter.Adapter and use `adapter_kind`).
 import socket
 from dataclasses import dataclass, field
 
-from bindings.adapter import AdapterError, check_ifname, in_netns, parse_uri
+from bindings.adapter import RX_LOSSES, TX_LOSSES, AdapterError, check_ifname, in_netns, parse_uri
 from bindings.netmap.port import NetmapError, NetmapPort
 from bindings.pcap import PcapAdapter
 from pipeline._native import ffi, lib
@@ -59,7 +59,25 @@ class Port:
                 "drops": {"rx_bad_index": rx["bad_index"], "rx_bad_buf": rx["bad_buf"],
                           "rx_bad_len": rx["bad_len"], "rx_bad_flags": rx["bad_flags"],
                           "tx_ring_full": tx["full"], "tx_bad_index": tx["bad_index"],
-                          "tx_bad_buf": tx["bad_buf"]}}
+                          "tx_bad_buf": tx["bad_buf"], **self._losses()}}
+
+    def _losses(self):
+        return self.adapter.losses() if hasattr(self.adapter, "losses") else {}     # netmap's: none
+
+    def rx_losses(self):
+        """Frames that came in on this port and that its binding dropped (rx_truncated, ...):
+        part of the port's in_drops, beside the stages' drops."""
+        lost = self._losses()
+        return {k: lost[k] for k in RX_LOSSES if k in lost}
+
+
+def add_binding_losses(st):
+    """The bindings' losses of every port in a pipeline's drops by reason too, so the
+    totals (the live display, `stats`, valepipe_drops) count every frame lost."""
+    for p in st["ports"]:
+        for k in RX_LOSSES + TX_LOSSES:
+            if k in p["drops"]:
+                st["drops"][k] = st["drops"].get(k, 0) + p["drops"][k]
 
 
 def open_shm(specs):

@@ -30,7 +30,9 @@ def rates(prev, cur):
     stage = {k: round((cur["stage_ns_total"][k] - prev["stage_ns_total"].get(k, 0)) / n[k], 1) if n[k] > 0 else None
              for k in n}
     total = {k: round(sum(p[k] for p in ports), 1) for k in ("rx_pps", "rx_bps", "tx_pps", "tx_bps")}
-    total["drops_ps"] = round(sum(drops.values()) + sum(sum(v for k, v in p["drops_ps"].items() if k != "tx_ring_full")
+    # a port's reasons that the pipeline's drops count too (tx_ring_full, the bindings' losses)
+    # are in the total once
+    total["drops_ps"] = round(sum(drops.values()) + sum(sum(v for k, v in p["drops_ps"].items() if k not in cur["drops"])
                                                        for p in ports), 1)
     return {"name": cur.get("name"), "uptime_s": cur["uptime_s"], "interval_s": round(dt, 3), "total": total,
             "ports": ports, "drops_ps": drops, "hits_ps": per_s(cur["hits"], prev["hits"]),
@@ -79,14 +81,18 @@ def render(st, r):
     t = r["total"]
     lines.append(f"{'total':>5} {'':<26} {human(t['rx_pps']):>9} {human(t['rx_bps']):>10} {human(t['tx_pps']):>9} "
                  f"{human(t['tx_bps']):>10} {human(t['drops_ps']):>9}  {st['packets']:>12}")
-    drops = dict(r["drops_ps"])
+    # by port where a port is the place (a binding's losses: rx_truncated, tx_link_down, ...),
+    # else by reason alone (tx_ring_full counts by input port in the datapath's drops)
+    by_port = {k for p in st["ports"] for k in p["drops"]} - {"tx_ring_full"}
+    drops = {k: v for k, v in r["drops_ps"].items() if k not in by_port}
     for p in r["ports"]:
         for k, v in p["drops_ps"].items():
-            if k != "tx_ring_full":            # counted in the datapath's drops already
+            if k in by_port:
                 drops[f"port {p['ofport']} {k}"] = v
     if drops:
         lines.append("drops/s: " + ", ".join(f"{k} {human(v)}" for k, v in sorted(drops.items())))
-    totals = {k: v for k, v in st["drops"].items() if v}
+    totals = {k: v for k, v in st["drops"].items() if v and k not in by_port}
+    totals.update({f"port {p['ofport']} {k}": v for p in st["ports"] for k, v in p["drops"].items() if v and k in by_port})
     if totals:
         lines.append("drops since start: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     perr = {k: v for k, v in st["parse_errors"].items() if v}

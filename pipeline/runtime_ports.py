@@ -6,6 +6,7 @@ index), so one that leaves, or goes down, is replaced in the datapath by a place
 port with empty rings; the slow path is told the new port list and every cached flow is
 revalidated, so outputs to it become drops and floods leave it out at once.
 """
+from bindings.adapter import AdapterError
 from pipeline import channel
 from pipeline._native import lib
 from pipeline.ports import Port, PortError, check_uri, close_ports, open_ports
@@ -108,6 +109,30 @@ class PortOps:
             self._swap(i, port.ring_port if up else self._placeholder(i))
             self._announce()
         return {"ofport": port.ofport, "uri": port.uri, "up": up}
+
+    def follow_links(self):
+        """The links under the ports (the worker calls this ten times a second): a port
+        whose interface went is released, and re-opened in place when an interface of its
+        name is back (as Open vSwitch re-opens its ports). Returns lines for the log."""
+        lines = []
+        for p in self.live():
+            a = p.adapter
+            what = a.follow_link() if a and hasattr(a, "follow_link") else None
+            if what == "release":
+                # the chain takes the ports' fds afresh each turn (a released port has none)
+                a.release()
+            elif what == "reopen":
+                try:
+                    a.reopen()
+                except AdapterError as e:
+                    if str(e) != getattr(a, "reopen_error", None):     # said once, not ten times a second
+                        a.reopen_error = str(e)
+                        lines.append(f"port {p.ofport} {p.uri}: its interface is back but cannot be re-opened "
+                                     f"yet: {e}")
+                else:
+                    a.reopen_error = None
+                    lines.append(f"port {p.ofport} {p.uri}: its interface is back; re-opened")
+        return lines
 
     def close(self):
         for reg, _ in self._idle.values():

@@ -284,7 +284,7 @@ class Upcalls:
             meta = it[2] if isinstance(it, list) and len(it) > 2 else None
             actions = channel.actions_from_wire(it[0]) if isinstance(it, list) and len(it) in (2, 3, 4) else None
             if not (isinstance(it, list) and len(it) in (2, 3, 4) and isinstance(it[1], bytes)
-                    and actions is not None and channel.fast_path_runs(actions) and 14 <= len(it[1]) <= 65535
+                    and actions is not None and channel.fast_path_runs(actions) and 1 <= len(it[1]) <= 65535
                     and (meta is None or isinstance(meta, bytes) and len(meta) == OFFLOAD_SIZE)):
                 self.st["bad_messages"] += 1
                 c.st.drops[lib.VP_DROP_BAD_REPLY] += 1

@@ -17,7 +17,7 @@ from pipeline import control, hostos, registry, rundir
 from pipeline.datapath import Datapath
 from bindings.adapter import AdapterError
 from bindings.pcap import PcapWriter
-from pipeline.ports import PortError, close_ports, open_ports
+from pipeline.ports import PortError, add_binding_losses, close_ports, open_ports
 from pipeline.stages import Chain, stage_class
 from pipeline._native import lib
 from pipeline.runtime_ports import PortOps
@@ -40,6 +40,7 @@ class Worker:
         a batch goes through are the config's (`[pipeline] stages`), in its order."""
         self.cfg = cfg
         self.takeover = takeover
+        self.supervisor = os.getppid() if takeover else 0
         self.run_dir = cfg.run_dir
         self.slow_sock = os.path.join(self.run_dir, "slowpath.sock")
         self.ctl_path = os.path.join(self.run_dir, "worker.ctl")
@@ -206,13 +207,13 @@ class Worker:
                 if now >= next_check:
                     next_check = now + SUPERVISE_S
                     self._supervise()
+                    self._report_port_errors()
                 if now >= next_tick:
                     next_tick = now + tick_s
                     up.expire()
                     if self.cfg.revalidate_interval and now >= self.next_revalidation:
                         self.next_revalidation = now + self.cfg.revalidate_interval
                         up.start_revalidation()
-                    self._report_port_errors()
                     if on_tick:
                         on_tick(self)
                 if end and now >= end:
@@ -220,7 +221,9 @@ class Worker:
 
     def _report_port_errors(self):
         """One line per port whose interface reported a new error (down, gone, refused),
-        and one whenever its link goes down or comes back."""
+        and one whenever its link goes down or comes back (or its interface is re-opened)."""
+        for line in self.portops.follow_links():
+            print(f"valepipe: {line}", file=sys.stderr, flush=True)
         for p in self.ports:
             msg = p.adapter.new_error() if p.adapter else None
             if msg:
@@ -268,8 +271,10 @@ class Worker:
         # by input port: what came in was delivered, dropped for a reason here, or is still
         # with the slow path (upcall_inflight)
         st["ports"] = [dict(p.stats(), upcall_rate_limited=self.upcalls.c.rate_limited[i],
-                            in_drops=self.dp.port_drops(i), upcall_inflight=self.dp.c.upcall_inflight[i])
+                            in_drops=dict(self.dp.port_drops(i), **p.rx_losses()),
+                            upcall_inflight=self.dp.c.upcall_inflight[i])
                        for i, p in enumerate(self.ports) if p.kind != "removed"]
+        add_binding_losses(st)
         return st
 
     def close(self, crashed=False):
@@ -291,6 +296,13 @@ class Worker:
         self.portops.close()
         if crashed and self.takeover:
             return
+        if self.takeover and os.getppid() != self.supervisor:
+            # the supervisor was killed (its death signal stopped us): nobody else will
+            # remove the regions it owned; close our inherited copies (their fd servers
+            # included, or they would look alive) and remove what the dead one published
+            from ring.region import remove_stale_of
+            close_ports(self.takeover.ports.values())
+            remove_stale_of(self.supervisor)
         if owner:        # else a successor runs here now (we were stopped, then resumed): its files
             rundir.remove_files(self.run_dir)        # the slow path's rules, sockets
             rundir.remove_dirs(self.created_dirs)

@@ -150,7 +150,9 @@ class GuestNic:
                     pass
 
     def close(self):
+        """The guest's QEMU exits (a second call does nothing)."""
         self.stop = True
         self.thread.join()
         for fd in self.fds:
             os.close(fd)
+        self.fds = []

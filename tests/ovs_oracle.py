@@ -146,6 +146,8 @@ class OVS:
             try:
                 self.ofctl("-O", "OpenFlow13", "add-flow", "br0", text)
             except RuntimeError:
+                if not exact:
+                    raise ProtocolDependent(text) from None    # refused for how OXM carries its VLAN match
                 self.ofctl("add-flow", "br0", text)      # refused by both: RuntimeError
                 self.ofctl("--strict", "del-flows", "br0", text.partition(",actions=")[0])
                 raise ProtocolDependent(text) from None

@@ -288,3 +288,17 @@ def test_controller_packets_are_queued_and_not_cached(uniq, pipeline_factory):
         assert st["upcall"]["upcall_packets"] == 5 and st["hits"] == 0        # every packet went up
         sp = control.request(os.path.join(pipe.dir, "run", "slowpath.ctl"), "stats")
         assert sp["controller_queued"] == 5 and sp["controller"] == 5
+
+
+def test_runt_frames_go_where_the_rules_say_first_one_included(uniq, pipeline_factory):
+    """Frames shorter than an Ethernet header have a flow (everything but in_port zero, as
+    in Open vSwitch): the first one, executed by the slow path's answer, is forwarded like
+    those after it from the cache."""
+    pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")))
+    runts = [b"\x03", b"\x03", bytes(range(13)), b"\xff" * 7]
+    with peers(uniq, "ab") as ps:
+        for i, f in enumerate(runts):       # one at a time: the first waits for its upcall
+            ps["a"].send_all([f], others=(ps["b"],))
+            assert wait_for(lambda: ps["b"].drain() >= i + 1), (i, pipe.stats()["drops"])
+        assert ps["b"].got == runts
+    assert not any(pipe.stats()["drops"].values()), pipe.stats()["drops"]

@@ -159,6 +159,10 @@ EDGE = [
     "udp6,actions=set_field:1.2.3.4->ip_src", "udp6,actions=mod_nw_src:1.2.3.4", "actions=set_field:1.2.3.4->nw_dst",
     "arp,actions=set_field:4->nw_tos", "arp,actions=mod_nw_tos:4", "dl_type=0x1234,actions=set_field:4->ip_dscp",
     "ipv6,actions=set_field:80->tp_dst", "actions=mod_tp_dst:80",
+    # ip_frag takes the fragment names as nw_frag does; vlan_pcp is dl_vlan_pcp; no ICMP masks
+    "ip,ip_frag=first,actions=drop", "ipv6,ip_frag=not_later,actions=drop", "ip,ip_frag=1,actions=drop",
+    "vlan_pcp=5,actions=drop", "icmp,icmp_type=1/5,actions=drop",
+    "icmp6,icmpv6_code=1/3,actions=drop",
 ]
 
 

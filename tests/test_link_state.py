@@ -77,7 +77,9 @@ def test_pipeline_tap_comes_up(lab, pipeline_factory):
     lines = _ports_cli(p)
     assert " ok " in lines[0] and " down " in [ln for ln in lines if tb in ln][0], lines
     log = Log(p)
-    assert log.wait(f"port 2 tap:{tb}@up=no,netns={L.name('vB')}: link down"), log.text
+    assert log.wait(f"port 2 tap:{tb}@up=no,netns={L.name('vB')}: link down: the interface is administratively "
+                    f"down (the port has up=no, so valepipe leaves it so); frames to it are dropped (tx_link_down) "
+                    f"until it is up: ip -n {L.name('vB')} link set {tb} up"), log.text
     assert "port 1" not in log.text
 
 

@@ -1,6 +1,7 @@
 """The fast path's megaflow cache: after one flow is set up, packets of new flows that
 differ only in bits no rule consulted are answered in the fast path (no upcall); a rule
 change that alters the mask or the actions removes the megaflow (revalidation)."""
+import re
 import os
 import subprocess
 import sys
@@ -70,3 +71,26 @@ def test_new_flows_hit_the_megaflow(uniq, pipeline_factory):
         assert wait_for(lambda: c.drain() >= 202)
         time.sleep(0.1)
         assert b.drain() == 401
+
+
+def test_megaflows_print_tags_and_masked_fields_readably(uniq, pipeline_factory):
+    """A megaflow of a tagged frame prints its tag as vlan(...) (not Python lists), and a
+    field matched under a mask prints value/mask in hex."""
+    from scapy.layers.inet6 import IPv6, UDP as UDP6
+    from scapy.layers.l2 import Dot1Q
+    pipe = pipeline_factory(cfg(uniq, ["priority=20,dl_vlan=300,actions=output:2",
+                                       "priority=10,ipv6,ipv6_label=0x5/0xf,actions=output:3"]))
+    tagged = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1Q(vlan=300, prio=1) /
+                   IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2))
+    v6 = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IPv6(src="2001:db8::1", dst="2001:db8::2", fl=0x12345)
+               / UDP6(sport=1, dport=2))
+    with peers(uniq) as ps:
+        ps["a"].send_all([tagged], others=(ps["b"],))
+        ps["a"].send_all([v6], others=(ps["c"],))
+        assert wait_for(lambda: ps["b"].drain() >= 1 and ps["c"].drain() >= 1)
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "dump-megaflows", "--name", uniq, "--run-dir",
+                          pipe.run_dir], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "[" not in out.stdout, out.stdout
+    assert re.search(r"vlan\(tpid=0x8100(/0xffff)?,(vid=300,pcp=1|tci=0x112c/0x1fff)\)", out.stdout), out.stdout
+    assert "ipv6_label=0x5/0xf" in out.stdout, out.stdout

@@ -234,7 +234,7 @@ def test_super_frames_to_shm(lab, pipeline_factory, uniq):
 
 
 @root
-@pytest.mark.parametrize("uri", ["packet:{}@netns={}", "afxdp:{}@mode=generic,netns={}"])
+@pytest.mark.parametrize("uri", ["packet:{}@netns={}", "afxdp:{}@mode=generic,netns={}", "afxdp:{}@netns={}"])
 def test_guest_super_frames(lab, pipeline_factory, uri):
     """Two guests as QEMU attaches them (TAPs left down, the guests' TSO and checksum
     offload on), joined through the host side of their TAPs: the pipeline brings the TAPs
@@ -250,6 +250,8 @@ def test_guest_super_frames(lab, pipeline_factory, uri):
         assert io[0]["rx_gso"] > 0 and io[0]["rx_csum_partial"] > 0 and io[0]["brought_up"], io[0]
         if uri.startswith("afxdp"):
             assert io[0]["multi_buffer"] and st["tx_segmented"] > 0, (io[0], st)
+            # mode=auto on a TAP: native XDP (tun has it), super-frames and all
+            assert io[0]["xdp_mode"] == ("generic" if "mode=generic" in uri else "native"), io[0]
     finally:
         for g in guests:
             g.close()

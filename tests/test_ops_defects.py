@@ -18,6 +18,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import ROOT, wait_for
+from tests.test_shm_peers import _claimed
 from tests.test_e2e import cfg, frame, peers
 
 
@@ -274,9 +275,9 @@ def test_sink_counts_only_its_own_time_and_gen_summary_ends_with_its_pipeline(un
     # comes after it (it counted them), and says how many it found waiting
     assert json.loads(vp("gen", f"shm:{uniq}a", "--count", "30", "--json").stdout)["sent"] == 30
     assert wait_for(lambda: pipe.stats()["ports"][1]["tx_packets"] == 30)
-    sink = processes([sys.executable, "-m", "pipeline.cli", "sink", f"shm:{uniq}b", "--idle-stop", "3", "--json"],
+    sink = processes([sys.executable, "-m", "pipeline.cli", "sink", f"shm:{uniq}b", "--idle-stop", "10", "--json"],
                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1)
+    assert wait_for(lambda: _claimed(f"{uniq}b", rx=True) == sink.pid, timeout=60)
     assert json.loads(vp("gen", f"shm:{uniq}a", "--count", "20", "--json").stdout)["sent"] == 20
     res = json.loads(sink.communicate(timeout=60)[0])
     assert res["received"] == 20 and res["discarded_at_start"] == 30, res

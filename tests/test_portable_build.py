@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import ROOT, copy_checkout, wait_for
 from tests.test_e2e import cfg
+from tests.test_shm_peers import _claimed
 
 @pytest.fixture(scope="module")
 def portable(tmp_path_factory):
@@ -60,6 +61,9 @@ def test_a_pipeline_of_it_forwards_between_shm_ports(portable, uniq, pipeline_fa
                              "--duration", "60", "--json"], cwd=portable, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
+        # the sink receives from its first frame on once it holds the ring (a frame waiting
+        # before it attached would be discarded at its start, not counted)
+        assert wait_for(lambda: _claimed(f"{uniq}b", rx=True) == sink.pid, timeout=60)
         # one frame sets the flow up; the rest are fast-path hits
         assert cli(portable, "gen", f"shm:{uniq}a", "--count", "1").returncode == 0
         assert wait_for(lambda: pipe.stats()["flows"] >= 1, timeout=20)

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from ring.region import desc_path
 from tests.conftest import ROOT, wait_for
 from tests.test_e2e import cfg
@@ -144,3 +146,15 @@ def test_ports_added_at_run_time_leave_no_region_after_a_worker_kill(uniq, pipel
     assert r.returncode == 0, r.stderr
     pipe.stop()
     assert not [f for f in os.listdir("/dev/shm") if uniq in f]
+
+
+def test_the_peer_api_refuses_a_frame_no_slot_holds(uniq, pipeline_factory):
+    """PortPeer.send says which frame cannot go (empty, or beyond the port's buffers)
+    rather than quietly sending fewer."""
+    from pipeline.peer import PortPeer
+    pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")))
+    with PortPeer(f"shm:{uniq}a") as p:
+        for bad in (b"", b"x" * 2049, b"x" * 70000):
+            with pytest.raises(ValueError, match=f"{len(bad)} bytes"):
+                p.send([b"x" * 60, bad])
+        assert p.send([b"x" * 2048]) == 1

@@ -65,3 +65,19 @@ def test_sigterm_cleans_up_and_restart_after_kill(uniq, tmp_path, processes):
         assert not os.path.exists(f"/sys/class/net/{tap}")
     finally:
         lab.down()
+
+
+def test_kill_of_the_supervisor_leaves_no_regions(uniq, pipeline_factory):
+    """kill -9 of `valepipe run` (the supervisor, owner of the shm: regions): its worker,
+    stopped by its death signal, removes what the dead supervisor published, and the run
+    directory; nothing waits for a next run to clear it."""
+    from tests.test_e2e import cfg
+    from tests.test_run_dir import _gone
+    pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")))
+    worker = pipe.stats()["pid"]
+    assert glob.glob(f"/dev/shm/valepipe*.{uniq}a*")
+    pipe.proc.kill()
+    pipe.proc.wait()
+    assert wait_for(lambda: _gone(worker), timeout=30)
+    assert wait_for(lambda: not glob.glob(f"/dev/shm/valepipe*.{uniq}*"), timeout=10), glob.glob(f"/dev/shm/*{uniq}*")
+    assert not os.path.exists(pipe.ctl)

@@ -31,6 +31,7 @@ def split_queue(uri, body):
 
 class AfxdpAdapter(Adapter):
     kind = "afxdp"
+    can_reopen = True
 
     def __init__(self, uri, slots=None):
         body, opt = parse_uri(uri, "afxdp", OPTIONS)
@@ -40,17 +41,23 @@ class AfxdpAdapter(Adapter):
         if opt["zerocopy"] not in ZEROCOPY:
             raise AdapterError(f"{uri!r}: zerocopy must be one of {', '.join(ZEROCOPY)}")
         super().__init__(uri, name, queues=opt["queues"], slots=slots, offload=opt["offload"])
+        self.name, self.queue, self.opt = name, queue, opt
+        with self.opening():
+            self.open_io()
+
+    def open_io(self):
+        name, queue, opt = self.name, self.queue, self.opt
         info = ffi.new("struct vp_afxdp_info *")
         err = ffi.new("char[320]")
-        with self.opening(), in_netns(opt["netns"]):
-            self.watch_link(name, bring_up=opt["up"])
+        with in_netns(opt["netns"]):
+            self.watch_link(name, bring_up=opt["up"], netns=opt["netns"])
             if lib.vp_afxdp_open(self.io, name.encode(), queue, opt["queues"], MODES[opt["mode"]],
                                  ZEROCOPY[opt["zerocopy"]], opt["offload"], info, err, 320) < 0:
-                raise AdapterError(f"{uri}: {ffi.string(err).decode()}")
+                raise AdapterError(f"{self.uri}: {ffi.string(err).decode()}")
         self.info = {**self.info, "interface": name, "ifindex": info.ifindex, "first_queue": queue,
                      "queues": opt["queues"], "xdp_mode": "native" if info.mode == lib.VP_XDP_NATIVE else "generic",
                      "zerocopy": bool(info.zerocopy), "xdp_prog_id": info.prog_id, "netns": opt["netns"],
-                          "multi_buffer": bool(info.sg), "offload": opt["offload"]}
+                     "multi_buffer": bool(info.sg), "offload": opt["offload"]}
 
     def poll_kernel_stats(self):
         lib.vp_afxdp_poll_stats(self.io)

@@ -44,6 +44,7 @@ struct vp_afxdp {
     int prog_fd, map_fd, link_fd;
     uint32_t nq;
     uint32_t sg;                  /* multi-buffer: a frame may span several descriptors */
+    uint64_t kernel_drops;        /* the sockets' drop counters when last read */
     struct xq q[4];
 };
 
@@ -197,6 +198,9 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
     struct xq *q = &((struct vp_afxdp *)io->priv)->q[0];
     uint32_t done = 0, room, idx, j = 0;
     reclaim(q);
+    /* link down: what is posted would wait in the kernel's ring and go out stale when the
+     * link is back; txsync drops it (tx_link_down) instead */
+    if (io->link_down) { io->tx_inflight = q->nfree < NTX; return 0; }
     room = xsk_prod_nb_free(&q->tx, avail);
     if (room > avail) room = avail;
     if (room > q->nfree) room = q->nfree;
@@ -243,9 +247,13 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
             break;
         }
         if (errno == EBUSY) {
-            io->st.tx_errors++;
             io->st.tx_packets--;
-            vp_io_error(io, EBUSY);
+            if (io->link_down) {
+                io->st.tx_link_down++;        /* a dead guest's TAP: the reason is known */
+            } else {
+                io->st.tx_errors++;
+                vp_io_error(io, EBUSY);
+            }
             continue;
         }
         io->st.tx_errors++;
@@ -356,7 +364,7 @@ out:
     return rc;
 }
 
-/* the kernel's drops for this port's sockets (cumulative counters, so assigned) */
+/* the kernel's drops for this port's sockets */
 void vp_afxdp_poll_stats(struct vp_io *io) {
     uint64_t drops = 0;
     for (uint32_t i = 0; i < io->nq; i++) {
@@ -365,5 +373,10 @@ void vp_afxdp_poll_stats(struct vp_io *io) {
         if (io->fd[i] >= 0 && getsockopt(io->fd[i], SOL_XDP, XDP_STATISTICS, &st, &len) == 0)
             drops += st.rx_dropped + st.rx_ring_full + st.rx_fill_ring_empty_descs;
     }
-    io->st.rx_kernel_drops = drops;
+    /* the sockets' counters start at zero again when the port re-opens: add what is new */
+    if (io->priv) {
+        struct vp_afxdp *x = io->priv;
+        if (drops > x->kernel_drops) io->st.rx_kernel_drops += drops - x->kernel_drops;
+        x->kernel_drops = drops;
+    }
 }

@@ -14,20 +14,26 @@ OPTIONS = {"queues": 1, "netns": None, "offload": True, "up": True}
 
 class TapAdapter(Adapter):
     kind = "tap"
+    can_reopen = True
 
     def __init__(self, uri, slots=None):
         name, opt = parse_uri(uri, "tap", OPTIONS)
         check_ifname(uri, name)
         super().__init__(uri, name, queues=opt["queues"], slots=slots, offload=opt["offload"])
+        self.name, self.opt = name, opt
         with self.opening():
-            err = ffi.new("char[256]")
-            with in_netns(opt["netns"]):
-                for q in range(opt["queues"]):
-                    fd = lib.vp_tap_open(name.encode(), opt["queues"], opt["offload"], err, 256)
-                    if fd < 0:
-                        raise AdapterError(f"{uri}: {ffi.string(err).decode()}")
-                    self.io.fd[q] = fd
-                self.watch_link(name, bring_up=opt["up"])
-            lib.vp_tap_init(self.io)
-            self.user.c.tx_offload = opt["offload"]     # sent frames keep their metadata
+            self.open_io()
         self.info.update({"device": name, "queues": opt["queues"], "netns": opt["netns"]})
+
+    def open_io(self):
+        name, opt = self.name, self.opt
+        err = ffi.new("char[256]")
+        with in_netns(opt["netns"]):
+            for q in range(opt["queues"]):
+                fd = lib.vp_tap_open(name.encode(), opt["queues"], opt["offload"], err, 256)
+                if fd < 0:
+                    raise AdapterError(f"{self.uri}: {ffi.string(err).decode()}")
+                self.io.fd[q] = fd
+            self.watch_link(name, bring_up=opt["up"], netns=opt["netns"])
+        lib.vp_tap_init(self.io)
+        self.user.c.tx_offload = opt["offload"]     # sent frames keep their metadata

@@ -13,7 +13,7 @@ SHORTHANDS = {  # name: (dl_type, nw_proto)
 }
 ALIASES = {  # syntax name -> field (plain renames)
     "eth_src": "dl_src", "eth_dst": "dl_dst", "eth_type": "dl_type", "ip_src": "nw_src", "ip_dst": "nw_dst",
-    "ipv4_src": "nw_src", "ipv4_dst": "nw_dst", "ip_proto": "nw_proto", "ip_ttl": "nw_ttl", "ip_frag": "nw_frag",
+    "ipv4_src": "nw_src", "ipv4_dst": "nw_dst", "ip_proto": "nw_proto", "ip_ttl": "nw_ttl",
     "arp_spa": "nw_src", "arp_tpa": "nw_dst", "arp_op": "nw_proto",
     "tcp_src": "tp_src", "tcp_dst": "tp_dst", "udp_src": "tp_src", "udp_dst": "tp_dst",
     "sctp_src": "tp_src", "sctp_dst": "tp_dst", "icmp_type": "tp_src", "icmp_code": "tp_dst",
@@ -196,8 +196,8 @@ def parse_flow(text, mode="add"):
                     put(name, "vlan_tci", 0, 0xFFFF)     # OVS: no 802.1Q header
                 else:
                     put(name, "vlan_tci", (vid & 0xFFF) | VLAN_CFI, 0x1FFF, merge=True)
-            elif name == "dl_vlan_pcp":
-                put(name, "vlan_tci", (_int(val, 0, 7, "dl_vlan_pcp") << 13) | VLAN_CFI, 0xF000, merge=True)
+            elif name in ("dl_vlan_pcp", "vlan_pcp"):
+                put(name, "vlan_tci", (_int(val, 0, 7, name) << 13) | VLAN_CFI, 0xF000, merge=True)
             elif name == "ip_dscp":
                 put(name, "nw_tos", _int(val, 0, 63, "ip_dscp") << 2, 0xFC, merge=True)
             elif name == "nw_tos":
@@ -206,9 +206,9 @@ def parse_flow(text, mode="add"):
                 put(name, "in_port", PORT_NAMES[val.strip().upper()], FIELDS["in_port"].full)
             elif name in ("nw_ecn", "ip_ecn"):
                 put(name, "nw_tos", _int(val, 0, 3, name), 0x03, merge=True)
-            elif name == "nw_frag":
+            elif name in ("nw_frag", "ip_frag"):
                 if val not in FRAG:
-                    raise FlowError(f"nw_frag={val}: must be one of {', '.join(FRAG)}")
+                    raise FlowError(f"{name}={val}: unknown fragment type, must be one of {', '.join(FRAG)}")
                 put(name, "nw_frag", *FRAG[val])
             elif name == "tcp_flags" and val[:1] in "+-":
                 v = mk = 0

@@ -35,7 +35,7 @@ uint32_t vp_receive(struct vp_dp *dp, struct vp_batch *b) {
                 __builtin_prefetch(pk->data);
                 if (hdr) {
                     if (len < hdr + 14 || vp_vnet_parse((const uint8_t *)pk->data, len - hdr, &pk->ol)) {
-                        VP_DROP(dp, VP_DROP_BAD_OFFLOAD, pi, 1);
+                        VP_DROP(dp, VP_DROP_BAD_OFFLOAD, pi, 1);     /* in the port's ledger too */
                         continue;
                     }
                     pk->data += hdr;
