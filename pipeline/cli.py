@@ -300,7 +300,8 @@ def _reload_rules(cfg):
     from pipeline import control
     try:
         new = cfgmod.load(cfg.path, rules=True)
-        n = control.request(os.path.join(cfg.run_dir, "slowpath.ctl"), "replace-flows", flows=new.flows)
+        n = control.request(os.path.join(cfg.run_dir, "slowpath.ctl"), "replace-flows", flows=new.flows,
+                            timeout=CHANGE_SILENCE_S, progress=True)
         print(f"valepipe: SIGHUP: rules reloaded from {cfg.path}: {n['added']} added, {n['removed']} removed, "
               f"{n['kept']} unchanged", file=sys.stderr, flush=True)
     except (cfgmod.ConfigError, OSError, RuntimeError) as e:
@@ -618,6 +619,11 @@ def _ask(name, run_dir, cmd, which="worker.ctl", **args):
         return control.request(path, cmd, **args)
     except RuntimeError as e:
         raise _Unanswered(str(e)) from None
+    except TimeoutError:
+        # it is running (it took the request) but said nothing for that long
+        wait = args.get("timeout", 5.0)
+        raise _Unanswered(f"pipeline {name!r} did not answer within {wait:g} s" +
+                          ("; the change may still be in progress" if cmd in CHANGES else "")) from None
     except OSError as e:
         if which == "slowpath.ctl" and isinstance(e, (FileNotFoundError, ConnectionRefusedError)) \
                 and os.path.exists(_ctl(run_dir, name)):
@@ -625,7 +631,19 @@ def _ask(name, run_dir, cmd, which="worker.ctl", **args):
         raise _Unanswered(_unreachable(name, run_dir, path, e)) from None
 
 
+# rule changes: the slow path makes a large one in steps and says every second that it is
+# still at it; the command waits as long as it does, giving up after this long of silence
+CHANGES = {"add-flows", "del-flows", "mod-flows", "replace-flows"}
+CHANGE_SILENCE_S = 30.0
+try:                    # VALEPIPE_CHANGE_WAIT: another bound, in seconds (tests use a short one)
+    CHANGE_SILENCE_S = max(0.1, float(os.environ.get("VALEPIPE_CHANGE_WAIT", CHANGE_SILENCE_S)))
+except ValueError:
+    pass
+
+
 def _slowpath(name, run_dir, cmd, **args):
+    if cmd in CHANGES:
+        args = dict({"timeout": CHANGE_SILENCE_S, "progress": True}, **args)
     return _request(name, run_dir, cmd, which="slowpath.ctl", **args)
 
 
@@ -656,7 +674,7 @@ def add_flows(file: str = typer.Argument(..., help="file with one rule per line 
     is named FILE:LINE with its text)."""
     rules = _rules(file)
     # loaded in steps while the slow path answers upcalls: a large set takes a while
-    n = _slowpath(name, run_dir, "add-flows", timeout=30 + len(rules) / 1000, flows=[t for _, t, _ in rules])
+    n = _slowpath(name, run_dir, "add-flows", flows=[t for _, t, _ in rules])
     print(f"added {n} rule(s)")
 
 

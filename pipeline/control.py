@@ -5,7 +5,6 @@ arrives over several turns, long work and large replies proceed in steps (a hand
 returns a generator) while forwarding goes on. Oversized or malformed requests get an
 error reply.
 """
-import select
 import socket
 import sys
 import time
@@ -13,7 +12,7 @@ import types
 
 import msgpack
 
-from pipeline import rundir
+from pipeline import hostos, rundir
 
 MAX_REQUEST = 64 << 10
 # a client that sends nothing for this long is answered with an error and dropped (it
@@ -21,6 +20,7 @@ MAX_REQUEST = 64 << 10
 REQUEST_TIME_S = 2.0
 MAX_CLIENTS = 64
 STEP_BUFFER = 1 << 20         # a streaming handler waits while this much is unsent
+PROGRESS_S = 1.0              # a client that asked for it hears this often that its request is still going
 
 
 class RequestFailed(Exception):
@@ -60,7 +60,7 @@ class ControlServer:
         deadline = time.monotonic() + budget_s
         waiting = [s for s, c in self.clients.items() if c.done is None and c.work is None]
         try:
-            readable = set(select.select([self.sock] + waiting, [], [], 0)[0])
+            readable = hostos.ready([self.sock] + waiting)[0]
         except (OSError, ValueError):
             readable = {self.sock} | set(waiting)
         if self.sock in readable:
@@ -112,6 +112,7 @@ class ControlServer:
         if h is None:
             return c.reply({"ok": False, "error": f"unknown command {req['cmd']!r} (known: "
                                                  f"{', '.join(sorted(self.handlers))})"})
+        c.progress = req.get("progress") is True
         c.run(lambda: h(req))
 
     def owns_path(self):
@@ -137,6 +138,8 @@ class _Client:
         self.out = bytearray()
         self.work = None                           # a handler's generator, while it runs
         self.streaming = False
+        self.progress = False                      # it asked to hear that long work goes on
+        self.last_progress = time.monotonic()
         self.done = None                           # set once the reply is complete
         self.closed = False
 
@@ -189,6 +192,9 @@ class _Client:
             self.work = None
             return self.fail(e)
         if item is None:
+            if self.progress and not self.streaming and time.monotonic() - self.last_progress >= PROGRESS_S:
+                self.last_progress = time.monotonic()
+                self._put({"ok": True, "progress": True})
             return
         if not self.streaming:
             self.streaming = True
@@ -230,15 +236,18 @@ class _Client:
         self.sock.close()
 
 
-def request(path, cmd, timeout=5.0, **args):
+def request(path, cmd, timeout=5.0, progress=False, **args):
     """Client side: send one request and return its result (raises on an error reply). A
     streamed reply comes as {"ok": true, "stream": true}, lists of items, then nil; its
-    result is all the items. `timeout` bounds each wait, not the whole reply."""
+    result is all the items. `timeout` bounds each wait, not the whole reply: with
+    progress, the server says every PROGRESS_S that long work (a large rule change) is still
+    going, so the client waits as long as that takes."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect(path)
-        s.sendall(msgpack.packb(dict(args, cmd=cmd), use_bin_type=True))
+        s.sendall(msgpack.packb(dict(args, cmd=cmd, **({"progress": True} if progress else {})),
+                                use_bin_type=True))
         up = msgpack.Unpacker(raw=False, max_buffer_size=64 << 20)
         items = None
         while True:
@@ -255,6 +264,8 @@ def request(path, cmd, timeout=5.0, **args):
                         continue
                 if not isinstance(rep, dict) or not rep.get("ok"):
                     raise RuntimeError(rep.get("error") if isinstance(rep, dict) else f"bad reply {rep!r}")
+                if rep.get("progress") is True and items is None:
+                    continue                        # still working: wait again
                 if rep.get("stream"):
                     items = []
                     continue

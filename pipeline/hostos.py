@@ -5,6 +5,7 @@ Linux keeps its calls (prctl, sched_setaffinity, SO_PEERCRED, /proc); FreeBSD's
 are in hostos.c, compiled only there (pipeline/native_build.py)."""
 import ctypes
 import os
+import select
 import socket
 import struct
 import sys
@@ -117,3 +118,25 @@ def fine_timers():
     by default; the worker's idle naps are shorter than that). Nothing to do elsewhere."""
     if LINUX:
         _LIBC.prctl(PR_SET_TIMERSLACK, 1000)
+
+
+def ready(readers, writers=(), timeout_s=0.0):
+    """(readable, writable): which of these sockets (objects with fileno()) are ready, within
+    timeout_s. poll(2), as Linux and FreeBSD both have it: no limit on fd numbers (select()
+    refuses any fd past 1023: a process holding many connections crashed)."""
+    byfd, events = {}, {}
+    for s, ev in [(s, select.POLLIN) for s in readers] + [(s, select.POLLOUT) for s in writers]:
+        fd = s.fileno()
+        byfd[fd], events[fd] = s, events.get(fd, 0) | ev
+    p = select.poll()
+    for fd, ev in events.items():
+        p.register(fd, ev)
+    readable, writable = set(), set()
+    for fd, ev in p.poll(max(0, int(timeout_s * 1000 + 0.999))):
+        s = byfd[fd]
+        # hang-up and errors count as readable: the read that follows finds out
+        if ev & (select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            readable.add(s)
+        if ev & select.POLLOUT:
+            writable.add(s)
+    return readable, writable

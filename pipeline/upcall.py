@@ -16,6 +16,13 @@ from pipeline.datapath import DatapathError, key_mask
 
 MAX_OUTQ = 8 << 20          # bytes of upcalls waiting for the socket
 PENDING_TIMEOUT_NS = 2_000_000_000
+# under overload, new misses are dropped (counted as upcall_queue) rather than queued past
+# what the slow path answers within this long: an answer that comes after its flow's
+# pending entry expired is work thrown away, and more queued only makes all answers later
+ANSWER_WITHIN_S = 1.0
+MIN_INFLIGHT = 256            # flows in flight allowed whatever the measured answer rate
+RATE_WINDOW_S = 0.25          # busy time over which the answer rate is measured
+KEYS_KEEP_S = 30.0            # a flow's key waits this long for a late answer (installed if still valid)
 RECONNECT_S = 0.05            # a failed connect to a unix socket costs microseconds
 REVALIDATE_CHUNK = 512        # flows per revalidate message
 HEARTBEAT_S = 5.0             # a connected slow path says something every second; silent this long: hung
@@ -45,13 +52,19 @@ class Upcalls:
         # per upcall message sent or queued, in order: dp port -> packets the slow path owes
         # an answer for; its upcall_replies come back in the same order
         self.owed = deque()
+        self.sent_at = deque()                  # per upcall message, alongside owed: (time sent, flows)
+        self.inflight_flows = 0                 # flows in the messages not answered yet
+        self.answer_rate = 0.0                  # flows/s the slow path answers when busy (0: not measured)
+        self.last_reply = 0.0
+        self.busy_s = self.busy_flows = 0       # the measuring window so far
+        self.reval_seq = 0                      # revalidation requests heard: a late answer from before one is stale
         self.last_heard = 0.0                   # when the slow path last sent anything
         self.st = dict(upcalls=0, upcall_flows=0, upcall_packets=0, replies=0, installed=0,
                        executed=0, execute_dropped=0, stale_replies=0, bad_messages=0,
                        pending_expired=0, connects=0, disconnects=0, flow_limit_hit=0, slow_path_flows=0,
                        revalidations=0, revalidations_done=0, revalidated=0, revalidated_changed=0,
                        revalidated_removed=0, megaflows_installed=0, megaflows_removed=0,
-                       xlate_errors=0, forgotten=0)
+                       xlate_errors=0, forgotten=0, late_installed=0)
         self._key_size = ffi.sizeof("struct vp_flow_key")
 
     # -- connection -----------------------------------------------------------------------
@@ -88,6 +101,8 @@ class Upcalls:
         for owed in self.owed:
             self._settle(owed, lib.VP_DROP_UPCALL_DISCONNECT)
         self.owed.clear()
+        self.sent_at.clear()
+        self.inflight_flows = 0
         self.outq.clear()
         self.unpacker = channel.unpacker()
         self.st["disconnects"] += 1
@@ -137,16 +152,16 @@ class Upcalls:
     def send_misses(self, batch):
         if not self.up:
             self.connect()
-        state = (lib.VP_CHAN_UP if len(self.outq) < MAX_OUTQ else lib.VP_CHAN_FULL) if self.up else lib.VP_CHAN_DOWN
-        n = lib.vp_upcall_collect(self.dp.c, batch, self.c, state)
+        now = time.monotonic()
+        n = lib.vp_upcall_collect(self.dp.c, batch, self.c, self._state(now))
         if n == 0:
             return
-        u, ofport, now = self.c, self.dp.ofport_of, time.monotonic()
+        u, ofport = self.c, self.dp.ofport_of
         flows = []
         for j in range(u.nflows):
             i = u.flow_pkt[j]
             kb = bytes(ffi.buffer(ffi.addressof(batch.key[i]), self._key_size))
-            self.keys[u.flow_id[j]] = (kb, now)
+            self.keys[u.flow_id[j]] = (kb, now, self.reval_seq)
             flows.append({"id": u.flow_id[j], "key": channel.key_attrs(kb, ofport)})
         pkts = []
         for j in range(n):
@@ -156,11 +171,41 @@ class Upcalls:
                 item.append(bytes(ffi.buffer(ffi.addressof(pk, "ol"), OFFLOAD_SIZE)))
             pkts.append(item)
         self.owed.append({i: u.port_pkts[i] for i in range(len(self.dp.ports)) if u.port_pkts[i]})
+        self.sent_at.append((now, len(flows)))
+        self.inflight_flows += len(flows)
         self.outq += channel.encode({"v": channel.VERSION, "t": "upcall", "flows": flows, "packets": pkts})
         self.st["upcalls"] += 1
         self.st["upcall_flows"] += len(flows)
         self.st["upcall_packets"] += n
         self.flush()
+
+    def _state(self, now):
+        """The channel as this batch's misses see it: down, full (misses dropped as
+        upcall_queue) or up. Full when the queue is at its byte bound, or holds more than
+        the slow path answers within ANSWER_WITHIN_S (at its measured rate), or its oldest
+        upcall waits longer than that."""
+        if not self.up:
+            return lib.VP_CHAN_DOWN
+        if len(self.outq) >= MAX_OUTQ:
+            return lib.VP_CHAN_FULL
+        if self.sent_at and (now - self.sent_at[0][0] > ANSWER_WITHIN_S or self.answer_rate and
+                             self.inflight_flows >= max(MIN_INFLIGHT, self.answer_rate * ANSWER_WITHIN_S)):
+            return lib.VP_CHAN_FULL
+        return lib.VP_CHAN_UP
+
+    def _answered(self):
+        """An upcall_reply came: measure how fast the slow path answers while busy (its time
+        on this message: since the later of the previous answer and this message's sending)."""
+        now = time.monotonic()
+        sent, nflows = self.sent_at.popleft() if self.sent_at else (now, 0)
+        self.inflight_flows = max(0, self.inflight_flows - nflows)
+        self.busy_s += max(0.0, now - max(self.last_reply, sent))
+        self.busy_flows += nflows
+        self.last_reply = now
+        if self.busy_s >= RATE_WINDOW_S:
+            rate = self.busy_flows / self.busy_s
+            self.answer_rate = rate if not self.answer_rate else 0.7 * self.answer_rate + 0.3 * rate
+            self.busy_s = self.busy_flows = 0
 
     # -- slow path -> fast path ---------------------------------------------------------
     def poll(self):
@@ -207,6 +252,7 @@ class Upcalls:
     def _apply(self, msg):
         t = channel.check(msg)
         if t == "revalidate_request":
+            self.reval_seq += 1
             self._forget(msg)
             self.start_revalidation()
             return
@@ -220,6 +266,7 @@ class Upcalls:
         if not self.owed:
             raise channel.ChannelError("an upcall_reply with no upcall outstanding")
         owed = self.owed.popleft()
+        self._answered()
         try:
             self._reply(msg, owed)
         finally:
@@ -230,7 +277,12 @@ class Upcalls:
         self.st["replies"] += 1
         for f in _list(msg, "flows"):
             fid = f.get("id") if isinstance(f, dict) else None
-            kb = self.keys.pop(fid, (None,))[0] if _is_int(fid) else None
+            kb, sent, seq = self.keys.pop(fid, (None, 0, 0)) if _is_int(fid) else (None, 0, 0)
+            # an answer later than its pending entry (its packets settled all the same, by
+            # `owed`) still caches the flow, unless rules or MACs changed since it was asked
+            late = kb is not None and time.monotonic() - sent > PENDING_TIMEOUT_NS / 1e9
+            if late and seq != self.reval_seq:
+                kb = None
             actions = channel.actions_from_wire(f.get("actions")) if kb is not None else None
             if actions is None:
                 self.st["stale_replies"] += 1
@@ -250,6 +302,7 @@ class Upcalls:
                 self.st["flow_limit_hit"] += 1
             else:
                 self.st["installed"] += 1
+                self.st["late_installed"] += late
         self._forget(msg)
         self._execute(_list(msg, "execute"), owed)
 
@@ -414,8 +467,8 @@ class Upcalls:
         self.st["megaflows_removed"] += lib.vp_megaflow_sweep(self.dp.c, self.dp.idle_ns)     # idle: expired
         lib.vp_megaflow_rerank(self.dp.c)
         self.st["pending_expired"] += expired[0]
-        old = time.monotonic() - PENDING_TIMEOUT_NS / 1e9
-        for uid in [u for u, (_, t) in self.keys.items() if t < old]:
+        old = time.monotonic() - KEYS_KEEP_S
+        for uid in [u for u, (_, t, _) in self.keys.items() if t < old]:
             del self.keys[uid]
 
     def disconnect(self):

@@ -96,15 +96,26 @@ def write_text(path, what, text, mode=0o644):
 
 
 def read_bytes(path, what, limit):
-    """The bytes of `path` ('-': standard input), at most `limit` of them: a larger file,
-    or an endless one (/dev/zero), is refused once `limit` is passed."""
+    """The bytes of `path` ('-': standard input), at most `limit` of them: a larger file is
+    refused once `limit` is passed. Only a regular file is read: a FIFO (which would block
+    until someone writes), a device (/dev/zero: endless) or a directory is refused at once."""
     try:
         if path == "-":
             import sys
             data = sys.stdin.buffer.read(limit + 1)
         else:
-            with open(path, "rb") as f:
+            # opened without blocking (a FIFO nobody writes would wait forever), judged on
+            # the open file itself, then read
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise UserFileError(f"{what} {path}: {kind_of(st)}, not a regular file; valepipe reads "
+                                        "only regular files (or - for standard input)")
+                os.set_blocking(fd, True)
                 data = f.read(limit + 1)
+    except UserFileError:
+        raise
     except OSError as e:
         raise UserFileError(f"{what} {path}: {e.strerror}") from None
     if len(data) > limit:

@@ -95,18 +95,25 @@ def test_pid_file_that_cannot_be_made_is_one_line_and_leaves_nothing(uniq, tmp_p
 
 
 def test_files_read_are_bounded(uniq, tmp_path):
-    """/dev/zero as a config, a rule file, a trace file or a pcap: refused once past the
-    bound (it was read whole: gigabytes, or a MemoryError traceback)."""
+    """A config, rule file, trace file or topology larger than its bound (a sparse file of
+    65 MiB) or endless (/dev/zero): refused, not read whole (gigabytes, or a MemoryError)."""
     import resource
-    cases = [["check", "/dev/zero"], ["run", "/dev/zero"], ["add-flows", "/dev/zero", "--name", uniq],
-             ["trace", "--file", "/dev/zero", "--name", uniq], ["topo", "up", "/dev/zero"]]
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate(65 << 20)
+    cases = [[cmd[0], path, *cmd[1:]] if cmd[0] != "trace" else ["trace", "--file", path, "--name", uniq]
+             for path in ("/dev/zero", str(big))
+             for cmd in (["check"], ["run"], ["add-flows", "--name", uniq], ["trace"], ["topo"])]
     for args in cases:
+        if args[0] == "topo":
+            args = ["topo", "up", args[1]]
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True, text=True,
                            timeout=60)
         err = r.stderr.strip()
         assert r.returncode != 0 and "Traceback" not in r.stderr and len(err.splitlines()) == 1, (args, err)
-        assert "larger than" in err and "/dev/zero" in err, (args, err)
+        zero = "/dev/zero" in args
+        assert ("/dev/zero: a device, not a regular file" if zero else f"{big}: larger than") in err, (args, err)
         # the largest child so far stays far from what reading on would take (KiB)
         assert max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) < 600_000, args
     conf = tmp_path / "p.toml"
@@ -114,3 +121,19 @@ def test_files_read_are_bounded(uniq, tmp_path):
                     'uri = "pcap:/dev/zero"\n')
     r = _run(str(conf), ["--quiet", "--duration", "5"])
     assert r.returncode != 0 and "not a regular file" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_fifo_input_files_are_refused_at_once(uniq, tmp_path):
+    """A FIFO planted where valepipe reads a config, rule file or trace file (nobody writes
+    it): refused in one line without blocking (check, run, add-flows, replace-flows,
+    diff-flows and trace --file all waited forever in open())."""
+    fifo = tmp_path / "rules.txt"
+    os.mkfifo(fifo)
+    for args in (["check", str(fifo)], ["run", str(fifo)], ["add-flows", str(fifo), "--name", uniq],
+                 ["replace-flows", str(fifo), "--name", uniq], ["diff-flows", str(fifo), "--name", uniq],
+                 ["trace", "--file", str(fifo), "--name", uniq]):
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                           timeout=45)
+        err = r.stderr.strip()
+        assert r.returncode != 0 and "Traceback" not in r.stderr and len(err.splitlines()) == 1, (args, err)
+        assert f"{fifo}: a FIFO, not a regular file" in err, (args, err)

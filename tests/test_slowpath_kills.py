@@ -40,7 +40,9 @@ def test_worker_survives_slow_path_kills_and_counts_every_packet(uniq, pipeline_
     assert rows[0]["sent"] > 100_000 and rows[0]["delivered"] > 0
     # what the dead slow paths held (if a kill found anything in flight) is counted, by reason, on
     # the port it came in on; a quick machine may answer every upcall before the kill lands
-    assert set(rows[0]["drops"]) <= {"upcall_disconnect", "upcall_lost", "tx_ring_full", "action_drop"}, rows[0]
+    # upcall_queue: while a new slow path starts, misses past what it answers in time are not queued
+    assert set(rows[0]["drops"]) <= {"upcall_disconnect", "upcall_lost", "upcall_queue", "tx_ring_full",
+                                     "action_drop"}, rows[0]
     assert rows[0]["unexplained"] == 0, books_text(rows)
     # and the pipeline is whole: a new slow path takes new flows again
     assert wait_for(lambda: pipe.stats()["upcall"]["channel_up"], timeout=20)

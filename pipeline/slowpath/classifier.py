@@ -26,8 +26,16 @@ class Subtable:
         self.prefixes = [dict() for _ in self.stages[:-1]]   # stage -> {masked prefix: refcount}
         self.rules = {}                              # full masked key -> [rules], highest priority first
         self.priorities = {}                         # priority -> rules with it
-        self.max_priority = -1
+        self._max = -1                               # None: to find again (see max_priority)
         self.hits = 0
+
+    @property
+    def max_priority(self):
+        # found again when next asked, not on every removal: deleting many rules of
+        # distinct priorities, highest first, stays linear (it was quadratic: minutes)
+        if self._max is None:
+            self._max = max(self.priorities, default=-1)
+        return self._max
 
     def _key(self, fields, values):
         return tuple(values[f] & self.mask[f] for f in fields)
@@ -41,7 +49,8 @@ class Subtable:
         lst.append(rule)
         lst.sort(key=lambda r: -r.priority)
         self.priorities[rule.priority] = self.priorities.get(rule.priority, 0) + 1
-        self.max_priority = max(self.max_priority, rule.priority)
+        if self._max is not None:
+            self._max = max(self._max, rule.priority)
 
     def remove(self, rule):
         vals = {f: v for f, (v, _) in rule.match.items()}
@@ -60,8 +69,8 @@ class Subtable:
         self.priorities[rule.priority] -= 1
         if not self.priorities[rule.priority]:
             del self.priorities[rule.priority]
-            # over the distinct priorities, not the rules: deleting many rules stays linear
-            self.max_priority = max(self.priorities, default=-1)
+            if rule.priority == self._max:
+                self._max = None
         return True
 
     def lookup(self, flow, wc):

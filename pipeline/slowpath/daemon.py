@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import time
-import select
 import signal
 import socket
 import sys
@@ -17,18 +16,21 @@ from collections import OrderedDict
 
 import msgpack
 
-from pipeline import channel, config, control, rundir
+from pipeline import channel, config, control, hostos, rundir
 from pipeline.slowpath.fields import flow_from_attrs
 from pipeline.slowpath.flowtext import FlowError, format_rule, parse_flow
 from pipeline.slowpath import ofctl
 from pipeline.slowpath.ofproto import OFProto
 
 RECENT_FLOWS = 65536
+MAX_CLIENTS = 8               # connections to the slow-path socket (its worker's, and a successor's)
+HELLO_S = 5.0                 # a connection silent this long after connecting is not a worker: dropped
 KEEPALIVE_S = 1.0             # a worker that hears nothing for a few of these restarts us
 SERVICE_S = 0.02              # longest stretch of translation between two turns of the control socket
 MAX_CLIENT_OUT = 64 << 20     # replies queued for a worker that does not read: past it, dropped
 MAX_RULES_REQUEST = 256 << 20 # add-flows of a few hundred thousand rules in one request
-STEP_RULES = 500              # rules parsed, inserted or written per step of a large rule change
+STEP_RULES = ofctl.STEP_RULES # rules parsed, inserted or written per step of a large rule change
+LOAD_TURN_S = 0.05            # the start-up load works this long per turn of the loop
 STATE_EVERY_S = 1.0          # rule counters written to rules.state at most this often
 MAX_RULES_FILE = 1 << 30
 MACS_SAVE_S = 1.0             # NORMAL's MAC table is saved at most this often (and at exit)
@@ -49,6 +51,8 @@ class Client:
         self.worker = None
         self.out = bytearray()              # encoded messages the socket has not taken yet
         self.gone = False
+        self.since = time.monotonic()
+        self.greeted = False                # it said hello (a worker)
 
 
 class SlowPath:
@@ -69,6 +73,8 @@ class SlowPath:
         self.clients = {}
         self.ctl = None             # the control server, served between translation steps too
         self.changing = False       # a rule change is under way (in steps): the next one waits
+        self.loading = None         # the start-up load while it runs (a generator; see load)
+        self.loaded_at = 0.0
         self.macs_seen = 0          # MAC table change count last revalidated for
         self.macs_saved = 0         # ... and last saved
         self.last_reval = self.last_expire = self.last_macs_save = 0.0
@@ -86,41 +92,27 @@ class SlowPath:
             texts = req.get("flows")
             if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
                 raise ValueError("add-flows takes a list of flow strings")
-            rules = []
-            for t in texts:                            # all or nothing: every rule parses first
-                rules.append(parse_flow(t))
-                if len(rules) % STEP_RULES == 0:
-                    yield None
+            rules = []                                 # all or nothing: every rule parses first
+            yield from ofctl.in_steps(texts, lambda t: rules.append(parse_flow(t)))
 
             def add_all():
-                for k, r in enumerate(rules, 1):
-                    self.ofproto.add_flow(r)
-                    if k % STEP_RULES == 0:
-                        yield None
+                yield from ofctl.in_steps(rules, self.ofproto.add_flow)
                 return len(rules)
             return (yield from self.change(add_all()))
 
         of = self.ofproto
 
-        def del_flows(req):
-            def remove_all():
-                gone = ofctl.selected(of, _text(req, "match"), req.get("strict") is True)
-                for k in range(0, len(gone), STEP_RULES):
-                    for r in gone[k:k + STEP_RULES]:
-                        of.remove(r)
-                    yield None
-                return len(gone)
-            return (yield from self.change(remove_all()))
-
-        def at_once(fn):
-            """A change made in one step (mod-flows, replace-flows)."""
+        def stepped(fn):
+            """A change made in steps by ofctl (del-flows, mod-flows, replace-flows)."""
             def run(req):
-                return (yield from self.change(_at_once(lambda: fn(of, req))))
+                return (yield from self.change(fn(of, req)))
             return run
 
         def dump(show):
             """A dump streamed STEP_RULES rules at a time; it shows what a restart keeps."""
             def run(req):
+                while self.loading:                     # the rules a restart keeps are still loading
+                    yield None
                 self.save_state()
                 rules = show(req)
                 for k in range(0, len(rules), STEP_RULES):
@@ -138,19 +130,20 @@ class SlowPath:
             return render(self.ofproto, trace_input(_text(req, "flow")), bridge=self.name)[0]
 
         return {"add-flows": _errors(add_flows), "trace": _errors(trace),
-                "del-flows": _errors(del_flows), "mod-flows": _errors(at_once(ofctl.modify)),
+                "del-flows": _errors(stepped(ofctl.delete)), "mod-flows": _errors(stepped(ofctl.modify)),
                 "dump-flows": dump(lambda req: _Rendered(list(of.rules()), lambda r: of.dump([r])[0])),
                 "fdb-show": lambda req: self.ofproto.macs.show(),
                 "fdb-flush": lambda req: self.fdb_flush(),
-                "stats": lambda req: dict(self.st, **self.ofproto.st),
+                "stats": lambda req: dict(self.st, **self.ofproto.st, rules_loading=self.loading is not None),
                 # ovs-ofctl habits (pipeline/slowpath/ofctl.py): filters, --strict, replace, batch trace
                 "dump-rules": _errors(dump(dump_rules)),
-                "replace-flows": _errors(at_once(ofctl.replace)),
+                "replace-flows": _errors(stepped(ofctl.replace)),
                 "trace-many": _errors(lambda req: ofctl.trace(self, req))}
 
     def handle(self, client, msg):
         t = channel.check(msg)
         if t == "hello":
+            client.greeted = True
             client.worker = msg.get("worker")
             ports = msg.get("ports")
             if isinstance(ports, list):
@@ -268,7 +261,7 @@ class SlowPath:
     def change(self, steps):
         """Make a rule change durable or not at all: applied (by the generator `steps`, a
         step at a time), then saved; if the save fails (disk full, ...) the tables go back
-        to what they were and the request fails. One change at a time."""
+        to what they were (in steps too) and the request fails. One change at a time."""
         while self.changing:
             yield None
         self.changing = True
@@ -276,12 +269,16 @@ class SlowPath:
         try:
             n = yield from steps
             yield from self.save_rules_steps()
-        except OSError as e:
-            self.ofproto.rollback()
+        except Exception as e:
+            yield from self.ofproto.rollback_steps(STEP_RULES)
+            # upcalls answered while it was half made: what they cached is checked again
+            self.request_revalidation()
+            if not isinstance(e, OSError):
+                raise
             self.st["changes_refused"] += 1
             raise control.RequestFailed(f"cannot save the rules to {self.rules_file}: {e.strerror or e}; "
                                         "the change was not made") from None
-        except BaseException:
+        except BaseException:                   # closed (GeneratorExit): no more steps
             self.ofproto.rollback()
             raise
         finally:
@@ -290,6 +287,45 @@ class SlowPath:
         self.st["rule_changes"] += 1
         self.request_revalidation()
         return n
+
+    def load(self, texts, source, with_state):
+        """Start loading the rules `texts` (text, or rules parsed already; from `source`) in steps that serve() runs between
+        turns of its loop: the worker connects at once and hears keepalives while a large
+        set loads (upcalls wait in the socket until it is done), so a restart with 100,000
+        rules is never taken for a hang. with_state: counters and times from rules.state.
+        A rule that does not parse ends the process (status 2), as before it served."""
+        def steps():
+            self.changing = True                # a rule change waits for the load
+            try:
+                def add(t):
+                    try:
+                        self.ofproto.add_flow(parse_flow(t) if isinstance(t, str) else t)
+                    except FlowError as e:
+                        print(f"valepipe-slowpath: {source}: {e}", file=sys.stderr, flush=True)
+                        raise SystemExit(2) from None
+                yield from ofctl.in_steps(texts, add)
+                if with_state:
+                    # each rule's match text (what rules.state names it by) made in steps
+                    rules = list(self.ofproto.rules())
+                    for k in range(0, len(rules), STEP_RULES):
+                        self.ofproto.rule_state(rules[k:k + STEP_RULES])
+                        yield None
+                    self.load_state()
+                try:
+                    yield from self.save_rules_steps()
+                except OSError as e:
+                    print(f"valepipe-slowpath: cannot save the rules (at start) to {self.rules_file}: "
+                          f"{e.strerror or e}", file=sys.stderr)
+            finally:
+                self.changing = False
+        self.loading = steps()
+
+    def load_turn(self):
+        """A turn's worth of the start-up load."""
+        end = time.monotonic() + LOAD_TURN_S
+        while self.loading is not None and time.monotonic() < end:
+            if next(self.loading, StopIteration) is StopIteration:
+                self.loading, self.loaded_at = None, time.monotonic()
 
     def save_rules(self):
         """The rule tables as ovs-ofctl text (rules.flows) and their counters and times
@@ -304,13 +340,15 @@ class SlowPath:
             return
         if not self.owner():
             raise OSError(f"{self.rules_file} belongs to a newer slow path of this pipeline")
-        parts, rules = [RULES_HEADER], list(self.ofproto.rules())
+        parts, state, rules = [RULES_HEADER], [], list(self.ofproto.rules())
         for k in range(0, len(rules), STEP_RULES):
             parts.extend(format_rule(r) + "\n" for r in rules[k:k + STEP_RULES])
+            state += self.ofproto.rule_state(rules[k:k + STEP_RULES])
             yield None
         text = "".join(parts)
         try:
-            rundir.write_files({self.rules_file: text.encode(), self.state_file: self._state()})
+            rundir.write_files({self.rules_file: text.encode(),
+                                self.state_file: msgpack.packb({"v": 1, "rules": state}, use_bin_type=True)})
         except OSError:
             self.st["rules_save_errors"] += 1
             raise
@@ -398,6 +436,34 @@ class SlowPath:
             self.clients.pop(cl.sock, None)
             cl.sock.close()
 
+    def accept(self, ls):
+        """Take the connections waiting; only the pipeline's worker should hold one: past
+        MAX_CLIENTS (a worker and its successor, with room to spare) they are refused, and a
+        client that has not said hello within HELLO_S is dropped, so idle connections can
+        neither use up the process's descriptors nor keep the worker out."""
+        for _ in range(64):
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            if len(self.clients) >= MAX_CLIENTS:
+                c.close()
+                self.st["clients_refused"] = self.st.get("clients_refused", 0) + 1
+                self._log_once("too many clients", f"more than {MAX_CLIENTS} connections to the slow-path socket "
+                                                   "(only the worker should connect): extra ones refused "
+                                                   "(counted as clients_refused)")
+                continue
+            self.clients[c] = Client(c)
+
+    def drop_silent(self):
+        """Connections that never said hello: not a worker, or a stuck one."""
+        if self.loading:
+            return                          # nothing is read while the rules load
+        old = time.monotonic() - HELLO_S
+        for cl in [cl for cl in self.clients.values() if not cl.greeted and max(cl.since, self.loaded_at) < old]:
+            self.st["clients_silent"] = self.st.get("clients_silent", 0) + 1
+            self.drop(cl)
+
     def read(self, cl):
         """Answer what a worker sent; a message that breaks the protocol ends its channel."""
         try:
@@ -434,6 +500,8 @@ class SlowPath:
         translations as well, so none of them waits on an upcall."""
         now = time.monotonic()
         self.last_service = now
+        if self.loading is not None and advance:
+            self.load_turn()
         self.housekeep()
         if now - self.last_keepalive >= KEEPALIVE_S:
             self.last_keepalive = now
@@ -455,6 +523,7 @@ class SlowPath:
         now = time.monotonic()
         if now - self.last_expire >= 1.0:
             self.last_expire = now
+            self.drop_silent()
             self.ofproto.macs.expire()
             if self.ofproto.expire():
                 self.try_save_rules("after rules timed out")
@@ -573,12 +642,6 @@ class _Rendered:
         return [self.render(r) for r in self.rules[part]]
 
 
-def _at_once(fn):
-    """A change done in one step, as the generator change() takes."""
-    return fn()
-    yield                                            # never reached: makes this a generator
-
-
 def _errors(fn):
     """Turn a bad rule into an error reply that says why."""
     def run(req):
@@ -605,8 +668,8 @@ def serve(path, slow, stop=lambda: False, control_path=None):
     try:
         while not stop():
             wl = [s for s, c in clients.items() if c.out] + (ctl.writers() if ctl else [])
-            r, _, _ = select.select([ls] + list(clients) + (ctl.fds() if ctl else []), wl, [],
-                                    0 if ctl and ctl.busy() else 0.05)
+            r, _ = hostos.ready([ls] + list(clients) + (ctl.fds() if ctl else []), wl,
+                                0 if ctl and ctl.busy() or slow.loading else 0.05)
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + 1.0
                 if not slow.owner():
@@ -615,12 +678,8 @@ def serve(path, slow, stop=lambda: False, control_path=None):
                     break
             slow.service()
             if ls in r:
-                try:
-                    c, _ = ls.accept()
-                    clients[c] = Client(c)
-                except OSError:
-                    pass
-            for s in r:
+                slow.accept(ls)
+            for s in r if slow.loading is None else ():     # upcalls wait for the rules
                 cl = clients.get(s)
                 if cl is not None:
                     slow.read(cl)
@@ -659,8 +718,10 @@ def main(argv=None):
             flows = [ln.strip() for ln in text.decode("utf-8", "replace").splitlines()
                      if ln.strip() and not ln.lstrip().startswith("#")]
         else:
+            # the config's rules (at most 1 MiB of them) are checked before serving: a first
+            # start with a bad one is refused (rules.flows, which can be far larger, loads in steps)
             flows, source = (config.load(a.config).flows if a.config else []), a.config
-        ofproto = OFProto(flows)
+            flows = [parse_flow(f) for f in flows]
     except (config.ConfigError, FlowError, OSError, rundir.RunDirError) as e:
         print(f"valepipe-slowpath: {source}: {e}", file=sys.stderr)
         sys.exit(2)
@@ -668,10 +729,8 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     ctl = a.control or os.path.join(here, "slowpath.ctl")
-    slow = SlowPath(ofproto, rules_file, macs_file)
+    slow = SlowPath(OFProto(), rules_file, macs_file)
     slow.name = a.name
-    if text is not None:
-        slow.load_state()
     slow.load_macs()
-    slow.try_save_rules("at start")
+    slow.load(flows, source, with_state=text is not None)
     serve(a.socket, slow, stop=lambda: bool(stopping), control_path=ctl)

@@ -7,6 +7,7 @@ from pipeline.slowpath.fields import FIELDS
 from pipeline.slowpath.flowtext import FlowError, format_actions, format_match, format_rule, parse_actions, parse_flow
 
 MAX_TRACE = 10_000            # flows or packets one trace request may carry
+STEP_RULES = 500              # rules parsed, compared, changed or written per step of a large change
 
 
 def selected(ofproto, match_text, strict=False):
@@ -37,47 +38,61 @@ def dump(ofproto, req):
     return [rule_data(ofproto, r, now) for r in selected(ofproto, _text(req, "match"), _flag(req, "strict"))]
 
 
-def delete(ofproto, req):
-    return _remove(ofproto, selected(ofproto, _text(req, "match"), _flag(req, "strict")))
-
-
-def _remove(ofproto, rules):
-    for r in rules:
-        ofproto.remove(r)
-    return len(rules)
+def in_steps(items, fn):
+    """fn(item) for each item, a generator that gives the loop back every STEP_RULES items
+    (large changes proceed in steps while upcalls and heartbeats are answered)."""
+    for k, item in enumerate(items, 1):
+        fn(item)
+        if k % STEP_RULES == 0:
+            yield None
 
 
 def modify(ofproto, req):
-    """mod-flows: new actions for the rules selected; reset_counts clears their counters."""
+    """mod-flows, in steps: new actions for the rules selected; reset_counts clears their
+    counters. Returns how many."""
     text = _text(req, "flow")
     if "actions=" not in text:
         raise FlowError(f"{text!r}: mod-flows needs actions=")
     m = parse_flow(text, mode="match")
     actions = parse_actions(text.split("actions=", 1)[1], m.table, text)
     hit = selected(ofproto, text.split("actions=", 1)[0].rstrip(" ,"), _flag(req, "strict"))
-    for r in hit:
-        ofproto.modify(r, actions, reset_counts=_flag(req, "reset_counts"))
+    yield from in_steps(hit, lambda r: ofproto.modify(r, actions, reset_counts=_flag(req, "reset_counts")))
     return len(hit)
 
 
+def delete(ofproto, req):
+    """del-flows, in steps: the rules selected go. Returns how many."""
+    gone = selected(ofproto, _text(req, "match"), _flag(req, "strict"))
+    yield from in_steps(gone, ofproto.remove)
+    return len(gone)
+
+
 def replace(ofproto, req):
-    """replace-flows: the tables become exactly `flows` (all parsed before anything
-    changes); rules already there with the same match, priority, actions and cookie keep
-    their counters, as ovs-ofctl replace-flows leaves them alone. Returns counts."""
+    """replace-flows, in steps: the tables become exactly `flows` (all parsed before
+    anything changes); rules already there with the same match, priority, actions and
+    cookie keep their counters, as ovs-ofctl replace-flows leaves them alone. Returns counts."""
     texts = req.get("flows")
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise ValueError("replace-flows takes a list of flow strings")
     new = {}
-    for t in texts:
+
+    def parse(t):
         r = parse_flow(t)
         new[r.key()] = r
+    yield from in_steps(texts, parse)
     old = {r.key(): r for r in ofproto.rules()}
-    same = {k for k, r in new.items() if k in old and _spec(old[k]) == _spec(r)}
-    removed = _remove(ofproto, [r for k, r in old.items() if k not in new])
+    same = set()
+
+    def compare(item):
+        k, r = item
+        if k in old and _spec(old[k]) == _spec(r):
+            same.add(k)
+    yield from in_steps(list(new.items()), compare)
+    gone = [r for k, r in old.items() if k not in new]
+    yield from in_steps(gone, ofproto.remove)
     added = [r for k, r in new.items() if k not in same]
-    for r in added:
-        ofproto.add_flow(r)
-    return {"added": len(added), "removed": removed, "kept": len(same)}
+    yield from in_steps(added, ofproto.add_flow)
+    return {"added": len(added), "removed": len(gone), "kept": len(same)}
 
 
 def _spec(r):

@@ -34,9 +34,16 @@ class OFProto:
         self.undo_log = None
 
     def rollback(self):
+        for _ in self.rollback_steps():
+            pass
+
+    def rollback_steps(self, step=500):
+        """rollback, `step` undos at a time (a generator: the caller serves between steps)."""
         log, self.undo_log = self.undo_log or [], None
-        for undo in reversed(log):
+        for k, undo in enumerate(reversed(log), 1):
             undo()
+            if k % step == 0:
+                yield None
 
     def _undo(self, fn):
         if self.undo_log is not None:
@@ -101,11 +108,11 @@ class OFProto:
         for tid in sorted(self.tables):
             yield from sorted(self.tables[tid].rules(), key=lambda r: -r.priority)
 
-    def rule_state(self):
-        """Per rule: [table, priority, match text, added, last used, n_packets, n_bytes];
-        times on CLOCK_MONOTONIC, which all processes share until a reboot."""
+    def rule_state(self, rules=None):
+        """Per rule (of `rules`, default all): [table, priority, match text, added, last used,
+        n_packets, n_bytes]; times on CLOCK_MONOTONIC, which all processes share until a reboot."""
         return [[r.table, r.priority, _match_text(r), self.created.get(id(r), r.used), r.used,
-                 r.n_packets, r.n_bytes] for r in self.rules()]
+                 r.n_packets, r.n_bytes] for r in (self.rules() if rules is None else rules)]
 
     def restore_rule_state(self, entries):
         """Counters and times from rule_state() for the rules that are the same rule

@@ -69,8 +69,15 @@ class Chain:
             elif now - self._last_rx >= self.c.idle_poll_ns:
                 self._nap = min(max(self._nap * 2, 10e-6), self.c.idle_sleep_ns / 1e9,
                                 max(0.0, (deadline_ns - now) / 1e9))
-                if select.select(wake_fds + port_fds, [], [], self._nap)[0] and \
-                        select.select(wake_fds, [], [], 0)[0]:
+                if _readable(wake_fds + port_fds, self._nap) and _readable(wake_fds, 0):
                     return done
             if now >= deadline_ns:
                 return done
+
+
+def _readable(fds, timeout_s):
+    """whether one of fds is readable within timeout_s (poll(2): fd numbers past 1023 too)"""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    return bool(p.poll(max(0, int(timeout_s * 1000 + 0.999))))
