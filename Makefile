@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+OFAPPS := build/openflow-apps
 NATIVE_SRC := $(wildcard ring/*.c ring/*.h pipeline/*.c pipeline/*.h pipeline/stages/*.c pipeline/stages/*.h \
                           bindings/*.c bindings/*.h bindings/*/*.c bindings/*/*.h tools/*.c tools/*.h) pipeline/native_build.py
 
@@ -45,9 +46,18 @@ demo: native
 
 # the tests' own packages (Open vSwitch, ping, ethtool, clang, ...) are installed here, not
 # only by CI: `make test` alone on a fresh machine runs every test
-test: native
+test: native $(OFAPPS)/simple_switch_13.py
 	tools/system-packages --test
 	$(PY) -m pytest tests
+
+# os-ken's simple_switch_13.py, unmodified, for tests/test_openflow_controllers.py: os-ken
+# 1.4.1 is the last release whose wheel ships its sample apps (the one installed has none)
+$(OFAPPS)/simple_switch_13.py: | $(VENV)/.installed
+	mkdir -p $(OFAPPS)
+	$(PY) -m pip download -q --no-deps --disable-pip-version-check -d $(OFAPPS) "os-ken==1.4.1"
+	$(PY) -c "import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read('os_ken/app/simple_switch_13.py'))" \
+	    $(OFAPPS)/os_ken-1.4.1-py3-none-any.whl > $@.tmp
+	mv $@.tmp $@
 
 # Real QEMU guests: the kernel and a busybox initramfs are built from Debian packages on first
 # use and cached in /var/cache/valepipe-vm (VALEPIPE_VM_CACHE); a few minutes under TCG

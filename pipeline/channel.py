@@ -16,7 +16,11 @@ VERSION = 1
 MAX_MESSAGE = 16 << 20          # a batch of 1024 jumbo-less packets fits with room to spare
 MAX_ACTIONS = lib.VP_MAX_PROGRAM   # datapath actions of one flow: what a fast-path action set holds
 # "echo": the slow path's keepalive, each second (a worker restarts a slow path it stops hearing)
-TYPES = {"hello", "upcall", "upcall_reply", "revalidate", "revalidate_reply", "revalidate_request", "error", "echo"}
+# OpenFlow's needs: "execute" (packet-outs), "stats_request"/"stats_reply" (port and meter
+# counters), "revalidated" (a round asked for by a revalidate_request's seq is done), "meters"
+# (the fast path's token buckets), "port_mod"
+TYPES = {"hello", "upcall", "upcall_reply", "revalidate", "revalidate_reply", "revalidate_request", "error", "echo",
+         "execute", "stats_request", "stats_reply", "revalidated", "meters", "port_mod"}
 
 
 class ChannelError(Exception):
@@ -79,7 +83,8 @@ def actions_from_wire(actions):
     """Datapath actions as the channel carries them, checked and with wide values as ints:
     ["output", port], ["drop"], ["set", field, value, mask], ["push_vlan", tpid, tci],
     ["pop_vlan"], ["controller", reason], ["reparse"] (the frame parsed anew where a
-    controller action was: the slow path sends the packet-in, the fast path runs the rest).
+    controller action was: the slow path sends the packet-in, the fast path runs the rest),
+    ["meter", slot] (an OpenFlow meter's token bucket in the fast path).
     None when anything is off."""
     if not isinstance(actions, list) or len(actions) > MAX_ACTIONS:
         return None
@@ -102,6 +107,8 @@ def actions_from_wire(actions):
             ok = len(a) == 3 and _uint(a[1], 16) and a[1] in (0x8100, 0x88A8) and _uint(a[2], 16)
         elif k == "controller":
             ok = len(a) == 2 and isinstance(a[1], str) and len(a[1]) <= 32
+        elif k == "meter":                          # an OpenFlow meter's slot in the fast path
+            ok = len(a) == 2 and _uint(a[1], 16) and a[1] < lib.VP_MAX_METERS
         else:
             ok = False
         if not ok:
@@ -135,7 +142,7 @@ def mask_from_wire(wc):
 def fast_path_runs(actions):
     """Whether the C execute stage runs these actions; a newer slow path may send kinds an
     older fast path lacks, and then the flow is not cached."""
-    return all(a[0] in ("output", "drop", "set", "push_vlan", "pop_vlan", "reparse") for a in actions)
+    return all(a[0] in ("output", "drop", "set", "push_vlan", "pop_vlan", "reparse", "meter") for a in actions)
 
 
 def _uint(v, bits):

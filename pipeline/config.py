@@ -42,6 +42,7 @@ class Config:
     flows: list = field(default_factory=list)       # rule text, one rule per entry
     path: str = ""
     metrics_listen: str = ""                        # [metrics] listen = "HOST:PORT" (Prometheus)
+    openflow: dict = None                           # [openflow]: controllers, listener, datapath_id, fail_mode
 
 
 MAX_CONFIG = 1 << 20          # characters; rules in bulk go through add-flows instead
@@ -51,7 +52,10 @@ PIPELINE_KEYS = {"name": str, "batch": int, "flow_limit": int, "emc_limit": int,
 PORT_KEYS = {"uri": str, "ofport": int, "slots": int, "mirror": str}
 SLOWPATH_KEYS = {"flows": list}
 METRICS_KEYS = {"listen": str}
-SECTIONS = {"pipeline": "[pipeline]", "port": "[[port]]", "slowpath": "[slowpath]", "metrics": "[metrics]"}
+OPENFLOW_KEYS = {"controller": list, "listen": str, "datapath_id": (int, str), "fail_mode": str,
+                 "inactivity_probe": (int, float), "max_backoff": (int, float)}
+SECTIONS = {"pipeline": "[pipeline]", "port": "[[port]]", "slowpath": "[slowpath]", "metrics": "[metrics]",
+            "openflow": "[openflow]"}
 
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -211,9 +215,59 @@ def parse(text, path="<config>", rules=False, run_dir=None):
             cfg.metrics_listen = mt["listen"]
         except ValueError as e:
             bad(f"{path}: [metrics].listen: {e}")
+    if "openflow" in doc:
+        cfg.openflow = _openflow(_check_table(doc["openflow"], OPENFLOW_KEYS, f"{path}: [openflow]", bad),
+                                 f"{path}: [openflow]", bad)
     if errors:
         raise ConfigError(errors)
     return cfg
+
+
+def _openflow(of, where, bad):
+    """[openflow]: what the slow path's OpenFlow agent is given (defaults filled in)."""
+    from pipeline.slowpath.openflow import parse_target
+    out = {"controller": [], "listen": "", "datapath_id": 0, "fail_mode": "secure", "inactivity_probe": 5.0,
+           "max_backoff": 8.0}
+    for i, t in enumerate(of.get("controller", [])):
+        try:
+            if not isinstance(t, str):
+                raise ValueError(f"{t!r} is not a string")
+            parse_target(t, passive=False)
+            out["controller"].append(t)
+        except ValueError as e:
+            bad(f"{where}.controller[{i}]: {e}")
+    if "listen" in of:
+        try:
+            parse_target(of["listen"], passive=True)
+            out["listen"] = of["listen"]
+        except ValueError as e:
+            bad(f"{where}.listen: {e}")
+    if not out["controller"] and not out["listen"] and not any(k in of for k in ("controller", "listen")):
+        bad(f"{where}: give controller = [\"tcp:HOST:PORT\", ...] or listen = \"ptcp:PORT\" (or both)")
+    if "datapath_id" in of:
+        v = of["datapath_id"]
+        try:
+            dpid = v if isinstance(v, int) else int(v[2:], 16) if v[:2].lower() == "0x" and v[2:].isascii() \
+                else int(v, 16) if v.isascii() and v else None
+        except ValueError:
+            dpid = None
+        if dpid is None or not 0 < dpid < 1 << 64:
+            bad(f"{where}.datapath_id: {v!r} must be 1..2^64-1 (an integer, or hex like \"0x1\")")
+        else:
+            out["datapath_id"] = dpid
+    if "fail_mode" in of:
+        if of["fail_mode"] not in ("secure", "standalone"):
+            bad(f"{where}.fail_mode: {of['fail_mode']!r} must be \"secure\" or \"standalone\"")
+        else:
+            out["fail_mode"] = of["fail_mode"]
+    for k, lo, hi in (("inactivity_probe", 0.0, 3600.0), ("max_backoff", 1.0, 3600.0)):
+        if k in of:
+            v = float(of[k])
+            if not (math.isfinite(v) and lo <= v <= hi):
+                bad(f"{where}.{k}: {of[k]!r} must be {lo:g}..{hi:g} seconds")
+            else:
+                out[k] = v
+    return out
 
 
 def split_listen(text):

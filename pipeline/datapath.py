@@ -46,6 +46,8 @@ class Datapath:
         # long output lists and programs live in memory the C side allocates
         weakref.finalize(self, lib.vp_actions_free, self.c)
         self._outq = ffi.new("struct vp_outq[]", lib.VP_MAX_PORTS)     # room for ports added at run time
+        self.meters = ffi.new("struct vp_meter[]", lib.VP_MAX_METERS)   # OpenFlow meters' token buckets
+        self.c.meters = self.meters
         self.c.outq = self._outq
         # exact-match entries (a cache capped at emc_limit when megaflows exist) and megaflows
         if lib.vp_flows_init(self.c, flow_limit) != 0 or lib.vp_megaflows_init(self.c, flow_limit) != 0:
@@ -101,6 +103,8 @@ class Datapath:
                 op.kind = lib.VP_OP_POP_VLAN
             elif a[0] == "reparse":
                 op.kind = lib.VP_OP_REPARSE
+            elif a[0] == "meter":
+                op.kind, op.port = lib.VP_OP_METER, a[1]
         return ops
 
     def install(self, key_bytes, actions, megaflow=-1):

@@ -33,7 +33,10 @@ class Port:
     def describe(self):
         # a port that is down or gone has no OpenFlow number for the slow path: it is left
         # out of floods and outputs to it are dropped
-        return {"uri": self.uri, "ofport": self.ofport if self.up else None, "kind": self.kind}
+        # port, up, link: for OpenFlow's port description (the agent's port_status)
+        link = self.adapter.stats().get("link") if self.adapter else None
+        return {"uri": self.uri, "ofport": self.ofport if self.up else None, "kind": self.kind,
+                "port": self.ofport, "up": self.up, "link": link}
 
     def fds(self):
         return self.adapter.fds() if self.adapter else []

@@ -45,7 +45,7 @@ class PortOps:
         ring_port.c.index, ring_port.c.ofport = i, self.w.ports[i].ofport
         dp.c.ports[i] = ring_port.c
 
-    def _announce(self):
+    def announce(self):
         """The slow path learns the ports that forward now; every cached flow is checked."""
         up = self.w.upcalls
         if up.up:
@@ -84,7 +84,7 @@ class PortOps:
         dp.c.ports[n] = port.ring_port.c
         dp.ofport_to_index[ofport] = n
         dp.c.nports = n + 1
-        self._announce()
+        self.announce()
         return {"ofport": ofport, "uri": uri}
 
     def delete(self, req):
@@ -96,7 +96,7 @@ class PortOps:
         self.w.dp.ofport_to_index.pop(port.ofport, None)
         self.w.ports[i] = Port(f"(removed: {port.uri})", port.ofport, "removed", hole, up=False)
         close_ports([port])
-        self._announce()
+        self.announce()
         return {"ofport": port.ofport, "uri": port.uri}
 
     def mod(self, req):
@@ -107,7 +107,7 @@ class PortOps:
         if port.up != up:
             port.up = up
             self._swap(i, port.ring_port if up else self._placeholder(i))
-            self._announce()
+            self.announce()
         return {"ofport": port.ofport, "uri": port.uri, "up": up}
 
     def follow_links(self):

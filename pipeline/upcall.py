@@ -59,6 +59,8 @@ class Upcalls:
         self.busy_s = self.busy_flows = 0       # the measuring window so far
         self.reval_seq = 0                      # revalidation requests heard: a late answer from before one is stale
         self.last_heard = 0.0                   # when the slow path last sent anything
+        self.reval_wanted = self.reval_acked = 0  # revalidate_request seqs asked for / answered
+        self.on_port_mod = None                 # fn(ofport, up): an OpenFlow port_mod (the worker's)
         self.st = dict(upcalls=0, upcall_flows=0, upcall_packets=0, replies=0, installed=0,
                        executed=0, execute_dropped=0, stale_replies=0, bad_messages=0,
                        pending_expired=0, connects=0, disconnects=0, flow_limit_hit=0, slow_path_flows=0,
@@ -105,6 +107,7 @@ class Upcalls:
         self.inflight_flows = 0
         self.outq.clear()
         self.unpacker = channel.unpacker()
+        self.reval_wanted = self.reval_acked = 0     # a new slow path counts its requests anew
         self.st["disconnects"] += 1
         self.reval_outstanding = 0
         self.reval_cursor = None
@@ -254,7 +257,13 @@ class Upcalls:
         if t == "revalidate_request":
             self.reval_seq += 1
             self._forget(msg)
+            if _is_int(msg.get("seq")):
+                self.reval_wanted = max(self.reval_wanted, msg["seq"])
             self.start_revalidation()
+            return
+        if t in ("execute", "stats_request", "meters", "port_mod"):
+            from pipeline.openflow_datapath import apply         # OpenFlow's requests
+            apply(self, t, msg)
             return
         if t == "revalidate_reply":
             self._revalidated(_list(msg, "flows"))
@@ -406,6 +415,12 @@ class Upcalls:
                 self.reval_cursor = 0
             else:
                 self.st["revalidations_done"] = self.st["revalidations"]
+                if self.reval_wanted > self.reval_acked and self.up:
+                    # the slow path waits on this (an OpenFlow barrier, fresh counters): every
+                    # flow cached was rechecked by a round that started after the request
+                    self.reval_acked = self.reval_wanted
+                    self.outq += channel.encode({"v": channel.VERSION, "t": "revalidated", "seq": self.reval_acked,
+                                                 "cached": self.dp.c.flows.count + self.dp.c.mflows.count})
 
     def _revalidated(self, flows):
         self.reval_outstanding = max(0, self.reval_outstanding - 1)

@@ -80,6 +80,7 @@ class Worker:
                 lib.vp_journal_takeover(self.dp.c, sum(1 << i for i, p in enumerate(self.ports) if takeover.owns(p)))
             self.upcalls = Upcalls(self.dp, self.slow_sock, rate=cfg.upcall_rate)
             self.portops = PortOps(self)
+            self.upcalls.on_port_mod = lambda ofport, up: self.portops.mod({"port": ofport, "up": up})
             self.stages = [stage_class(name)(self.dp, self.upcalls) for name in cfg.stages]
             self.chain = Chain(self.dp, self.stages, idle_poll_s=cfg.idle_poll_us * 1e-6,
                                idle_sleep_s=cfg.idle_sleep_us * 1e-6)
@@ -231,6 +232,7 @@ class Worker:
             change = p.adapter.link_change() if p.adapter and hasattr(p.adapter, "link_change") else None
             if change:
                 print(f"valepipe: port {p.ofport} {p.uri}: {change}", file=sys.stderr, flush=True)
+                self.portops.announce()              # the slow path (OpenFlow's port_status) learns it
 
     def _supervise(self):
         """Restart a slow path that exited, or that is alive but hung: connected and silent

@@ -85,6 +85,13 @@ def test_run_time_and_trace_consistency(uniq, pipeline_factory):
     assert r.returncode == 0 and "cookie=0x5" in r.stdout and "in_port=1" not in r.stdout, (r.stdout, r.stderr)
     r = vp("del-flows", "cookie=0x5/-1", "--name", uniq)
     assert r.returncode == 0 and "deleted 1 rule" in r.stdout, r.stderr
+    # a group or meter needs an OpenFlow switch that has it: without [openflow] none exists
+    for rule in ("in_port=2,actions=group:1", "in_port=2,actions=meter:1,output:1"):
+        err = one_line_error(vp("add-flow", rule, "--name", uniq))
+        assert "does not exist" in err and "[openflow]" in err, err
+        err = one_line_error(vp("mod-flows", "in_port=1," + rule.split(",", 1)[1], "--name", uniq))
+        assert "does not exist" in err, err
+    assert "group" not in pipe.cli("dump-flows") and "meter" not in pipe.cli("dump-flows")
 
 
 def test_topo_errors_name_their_object_and_leak_nothing(tmp_path):

@@ -58,6 +58,8 @@ def test_ports_change_under_traffic(lab, pipeline_factory):
         assert settled(pipe)
         assert not L.ping("vA", "10.64.0.3", 2)[0]
         assert [p["ofport"] for p in pipe.stats()["ports"]] == [1, 2]
+        # C's MAC went with its port (as in OVS): A's frames to it are flooded until C answers
+        assert wait_for(lambda: not any(ln.split()[0] == "3" for ln in pipe.cli("fdb-show").splitlines()[1:]), 10)
         # and the port can come back
         assert vp("add-port", c_uri, "--ofport", "7", "--name", name).returncode == 0
         assert reaches(L, "vA", "10.64.0.3")

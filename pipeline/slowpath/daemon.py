@@ -51,6 +51,8 @@ class Client:
         self.worker = None
         self.out = bytearray()              # encoded messages the socket has not taken yet
         self.gone = False
+        self.reval_acked = 0                # the last revalidate_request seq whose round it finished
+        self.cached = None                  # flows it caches, as of then (None: some, or unknown)
         self.since = time.monotonic()
         self.greeted = False                # it said hello (a worker)
 
@@ -76,6 +78,9 @@ class SlowPath:
         self.loading = None         # the start-up load while it runs (a generator; see load)
         self.loaded_at = 0.0
         self.macs_seen = 0          # MAC table change count last revalidated for
+        self.agent = None           # the OpenFlow agent, with an [openflow] config
+        self.reval_seq = 0          # revalidate_requests sent, numbered; workers say when each is done
+        self.reval_sent = {}        # seq -> when it was sent (recent ones)
         self.macs_saved = 0         # ... and last saved
         self.last_reval = self.last_expire = self.last_macs_save = 0.0
         self.last_keepalive = self.last_service = 0.0
@@ -93,7 +98,11 @@ class SlowPath:
             if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
                 raise ValueError("add-flows takes a list of flow strings")
             rules = []                                 # all or nothing: every rule parses first
-            yield from ofctl.in_steps(texts, lambda t: rules.append(parse_flow(t)))
+
+            def parse(t):
+                rules.append(parse_flow(t))
+                self.ofproto.check_references(rules[-1].actions)
+            yield from ofctl.in_steps(texts, parse)
 
             def add_all():
                 yield from ofctl.in_steps(rules, self.ofproto.add_flow)
@@ -134,7 +143,8 @@ class SlowPath:
                 "dump-flows": dump(lambda req: _Rendered(list(of.rules()), lambda r: of.dump([r])[0])),
                 "fdb-show": lambda req: self.ofproto.macs.show(),
                 "fdb-flush": lambda req: self.fdb_flush(),
-                "stats": lambda req: dict(self.st, **self.ofproto.st, rules_loading=self.loading is not None),
+                "stats": lambda req: dict(self.st, **self.ofproto.st, rules_loading=self.loading is not None,
+                                          **({"openflow": self.agent.stats()} if self.agent else {})),
                 # ovs-ofctl habits (pipeline/slowpath/ofctl.py): filters, --strict, replace, batch trace
                 "dump-rules": _errors(dump(dump_rules)),
                 "replace-flows": _errors(stepped(ofctl.replace)),
@@ -147,11 +157,31 @@ class SlowPath:
             client.worker = msg.get("worker")
             ports = msg.get("ports")
             if isinstance(ports, list):
-                self.ofproto.set_ports([p["ofport"] for p in ports if isinstance(p, dict)
-                                        and isinstance(p.get("ofport"), int)])
+                ports = [p for p in ports if isinstance(p, dict)]
+                self.ofproto.set_ports([p["ofport"] for p in ports if isinstance(p.get("ofport"), int)])
+                # a deleted port's MACs go with it: a host that comes back on another port
+                # is flooded to, not sent to the old one, until it speaks again
+                numbered = [(p.get("kind") == "removed", p["port"]) for p in ports if type(p.get("port")) is int]
+                gone = {n for removed, n in numbered if removed} - {n for removed, n in numbered if not removed}
+                if self.ofproto.macs.forget_ports(gone):
+                    self.macs_changed()
+                if self.agent:
+                    self.agent.ports_changed(ports)
+            if self.agent:
+                self.agent.push_meters([client])
+                self.request_revalidation()         # its cached flows' counters, as of now
             return None
         if t == "revalidate":
             return self.revalidate(msg)
+        if t == "revalidated":
+            if isinstance(msg.get("seq"), int) and msg["seq"] > client.reval_acked:
+                client.reval_acked = msg["seq"]
+                client.cached = msg.get("cached") if type(msg.get("cached")) is int else None
+            return None
+        if t == "stats_reply":
+            if self.agent:
+                self.agent.stats_reply(client, msg)
+            return None
         if t != "upcall":
             raise channel.ChannelError(f"a worker does not send {t!r}")
         flows, pkts = msg.get("flows", []), msg.get("packets", [])
@@ -165,19 +195,22 @@ class SlowPath:
                 raise channel.ChannelError("upcall: a flow needs an integer id and a key map")
             self.between()
             reply, res = self.translate(f, may_learn=True)
-            client.recent[f["id"]] = (reply["actions"], res.rules if res else [])   # wire forms
+            # wire forms; the packet-ins' OpenFlow context (table, cookie, max_len) beside them
+            client.recent[f["id"]] = (reply["actions"], res.rules if res else [], res.packet_ins if res else [])
             if len(client.recent) > RECENT_FLOWS:
                 client.recent.popitem(last=False)
             if res and not channel.fast_path_runs(res.actions):
                 self.st["slow_flows"] += 1
             out_flows.append(reply)
         self.st["flows"] += len(flows)
+        if out_flows:
+            client.cached = None                      # it may cache these
         for p in pkts:
             if not (isinstance(p, list) and len(p) in (3, 4) and isinstance(p[0], int) and isinstance(p[2], bytes)
                     and (len(p) == 3 or isinstance(p[3], bytes))):
                 raise channel.ChannelError("upcall: a packet is [flow id, in_port, bytes] or with its offload "
                                            "metadata [flow id, in_port, bytes, offload]")
-            actions, rules = client.recent.get(p[0], (None, ()))
+            actions, rules, pins = client.recent.get(p[0], (None, (), ()))
             if actions is None:
                 self.st["unknown_flow_packets"] += 1
                 continue
@@ -185,9 +218,10 @@ class SlowPath:
                 r.n_packets += 1
                 r.n_bytes += len(p[2])
             rest = []
-            for a in actions:
+            for i, a in enumerate(actions):
                 if a[0] == "controller":
-                    self.ofproto.packet_in(p[1], a[1], p[2])
+                    pin = next((x for x in pins if x["at"] == i), None)
+                    self.ofproto.packet_in(p[1], a[1], p[2], pin, actions[:i])
                     # OVS's userspace datapath parses the packet anew after a userspace()
                     # action: later rewrites take their offsets from that parse
                     rest.append(["reparse"])
@@ -399,16 +433,37 @@ class SlowPath:
 
     def request_revalidation(self, forget_macs=(), flush=False):
         """Workers re-translate what they cached (after rules or MAC entries changed), having
-        first dropped what they cached to or from `forget_macs` (everything: `flush`)."""
+        first dropped what they cached to or from `forget_macs` (everything: `flush`), and
+        push its counters to the rules; returns the request's seq (revalidated_through)."""
         self.macs_seen = self.ofproto.macs.changes
         self.last_reval = time.monotonic()
-        msg = {"v": channel.VERSION, "t": "revalidate_request"}
+        self.reval_seq += 1
+        self.reval_sent[self.reval_seq] = self.last_reval
+        if len(self.reval_sent) > 4096:
+            acked = min((cl.reval_acked for cl in self.clients.values()), default=self.reval_seq)
+            self.reval_sent = {k: v for k, v in self.reval_sent.items() if k >= acked}
+        msg = {"v": channel.VERSION, "t": "revalidate_request", "seq": self.reval_seq}
         if forget_macs:
             msg["forget_macs"] = list(forget_macs)
         if flush:
             msg["flush"] = True
         for cl in list(self.clients.values()):
             self.send(cl, msg)
+        return self.reval_seq
+
+    def revalidated_through(self, seq):
+        """Every worker has rechecked its cached flows since request `seq` was sent."""
+        return all(cl.reval_acked >= seq for cl in self.clients.values())
+
+    def caches_empty(self):
+        """No worker caches a flow (a rule change then needs no revalidation to be in effect)."""
+        return all(cl.cached == 0 for cl in self.clients.values())
+
+    def stats_fresh(self):
+        """The moment up to which every worker's flow counters have reached the rules."""
+        if not self.clients:
+            return time.monotonic()
+        return min(self.reval_sent.get(cl.reval_acked, 0.0) for cl in self.clients.values())
 
     # -- clients: queued writes, never blocking ----------------------------------------------
     def send(self, cl, msg):
@@ -525,9 +580,12 @@ class SlowPath:
             self.last_expire = now
             self.drop_silent()
             self.ofproto.macs.expire()
-            if self.ofproto.expire():
+            fresh = self.stats_fresh() if self.agent else None
+            if self.ofproto.expire(fresh=fresh):
                 self.try_save_rules("after rules timed out")
                 self.request_revalidation()           # what the expired rules did must go
+            elif getattr(self.ofproto, "idle_unsure", False):
+                self.request_revalidation()           # idle by the counters it has: fresh ones first
         if self.counted and now - self.last_state >= self.state_every:
             self.save_state()
         if self.ofproto.macs.changes != self.macs_seen:
@@ -667,9 +725,12 @@ def serve(path, slow, stop=lambda: False, control_path=None):
     next_check = 0.0
     try:
         while not stop():
-            wl = [s for s, c in clients.items() if c.out] + (ctl.writers() if ctl else [])
-            r, _ = hostos.ready([ls] + list(clients) + (ctl.fds() if ctl else []), wl,
-                                0 if ctl and ctl.busy() or slow.loading else 0.05)
+            agent = slow.agent
+            wl = [s for s, c in clients.items() if c.out] + (ctl.writers() if ctl else []) \
+                + (agent.writers() if agent else [])
+            busy = (ctl and ctl.busy()) or (agent and agent.busy()) or slow.loading
+            r, _ = hostos.ready([ls] + list(clients) + (ctl.fds() if ctl else []) + (agent.fds() if agent else []),
+                                wl, 0 if busy else 0.05)
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + 1.0
                 if not slow.owner():
@@ -683,7 +744,11 @@ def serve(path, slow, stop=lambda: False, control_path=None):
                 cl = clients.get(s)
                 if cl is not None:
                     slow.read(cl)
+            if agent:
+                agent.poll(set(r))
     finally:
+        if slow.agent:
+            slow.agent.close()
         slow.save_state()
         slow.save_macs()
         for cl in list(clients.values()):
@@ -731,6 +796,14 @@ def main(argv=None):
     ctl = a.control or os.path.join(here, "slowpath.ctl")
     slow = SlowPath(OFProto(), rules_file, macs_file)
     slow.name = a.name
+    try:
+        openflow = config.load(a.config).openflow if a.config else None
+        if openflow:
+            from pipeline.slowpath.openflow.agent import Agent   # os-ken only when asked for
+            slow.agent = Agent(slow, openflow, a.name)
+    except (config.ConfigError, OSError) as e:
+        print(f"valepipe-slowpath: {a.config}: [openflow]: {e}", file=sys.stderr)
+        sys.exit(2)
     slow.load_macs()
     slow.load(flows, source, with_state=text is not None)
     serve(a.socket, slow, stop=lambda: bool(stopping), control_path=ctl)

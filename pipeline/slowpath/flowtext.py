@@ -28,6 +28,7 @@ FRAG = {"no": (0, 1), "yes": (1, 1), "first": (1, 3), "later": (3, 3), "not_late
 FRAG_NAMES = {v: k for k, v in FRAG.items()}
 FRAG_NAMES.update({(0, 3): "no", (1, 3): "first"})     # how ovs-ofctl prints the exact forms
 TCP_FLAGS = ["fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr", "ns"]
+FLAG_NAMES = ("send_flow_rem", "check_overlap", "reset_counts", "no_packet_counts", "no_byte_counts")
 # Header rewrites are ("set_field", field, value, mask, prerequisite): what the packet must
 # be for the rewrite to happen (Open vSwitch skips it otherwise). mod_* actions and
 # set_field differ only in that: mod_tp_dst rewrites any IP packet's port ("l4port"),
@@ -86,6 +87,7 @@ class Rule:
     n_bytes: int = 0
     table_given: bool = False
     used: float = 0.0                               # last time a packet hit it (idle_timeout)
+    flags: tuple = ()                               # OpenFlow flow_mod flags by name (FLAG_NAMES)
 
     def covers(self, other):
         """Non-strict match (del-flows/mod-flows): `other` is at least as specific as this
@@ -165,7 +167,10 @@ def parse_flow(text, mode="add"):
             eq = "="
         name = name.strip()
         try:
-            if not eq:
+            if not eq and name in FLAG_NAMES:
+                if name not in rule.flags:
+                    rule.flags += (name,)
+            elif not eq:
                 if name not in SHORTHANDS:
                     raise FlowError(f"unknown keyword {name}")
                 dl, proto = SHORTHANDS[name]
@@ -356,6 +361,8 @@ def parse_actions(text, table, whole=None):
             raise FlowError(f"{whole!r}: {e} (at action {tok!r})") from None
         if seen_goto:
             raise FlowError(f"{whole!r}: invalid instruction ordering: goto_table must be the last instruction")
+        if a[0] == "meter" and out:
+            raise FlowError(f"{whole!r}: invalid instruction ordering: meter must appear before apply_actions")
         if a[0] == "goto_table":
             seen_goto = True
         elif a[0] == "write_metadata":
@@ -432,6 +439,8 @@ def _parse_action(tok, table):
         if tpid not in (0x8100, 0x88A8):
             raise FlowError(f"push_vlan: ethertype {val} is not 0x8100 or 0x88a8")
         return ("push_vlan", tpid)
+    if name in ("group", "meter"):                  # OpenFlow 1.1+ group and meter ids
+        return (name, _int(val, 0, 0xFFFFFEFF if name == "group" else 0xFFFF0000, f"{name} id"))
     if name == "goto_table":
         t = _int(val, 0, MAX_TABLE, "goto_table")
         if t <= table:
@@ -569,8 +578,8 @@ def format_actions(actions):
             out.append(f"set_field:{a[1]}->vlan_pcp")
         elif k == "push_vlan":
             out.append(f"push_vlan:{hex(a[1])}")
-        elif k == "goto_table":
-            out.append(f"goto_table:{a[1]}")
+        elif k in ("goto_table", "group", "meter"):
+            out.append(f"{k}:{a[1]}")
         elif k == "write_metadata":
             out.append(f"write_metadata:{hex(a[1])}" + (f"/{hex(a[2])}" if a[2] != 2 ** 64 - 1 else ""))
         elif k == "resubmit":
@@ -610,6 +619,10 @@ def format_rule(r, stats=None):
     if r.hard_timeout:
         head.append(f"hard_timeout={r.hard_timeout}")
     mtext = ",".join(x for x in (f"priority={r.priority}" if r.priority != 32768 else "", format_match(r.match)) if x)
+    if r.flags and stats is not None:              # dump-flows shows them as "send_flow_rem priority=..."
+        mtext = " ".join(list(r.flags) + ([mtext] if mtext else []))
+    elif r.flags:
+        head += list(r.flags)
     if stats is not None:     # dump-flows shape: "cookie=..., duration=..., ..., priority=P,match actions=..."
         return ", ".join(head + ([mtext] if mtext else [])) + f" actions={format_actions(r.actions)}"
     return ",".join(head + ([mtext] if mtext else []) + [f"actions={format_actions(r.actions)}"])

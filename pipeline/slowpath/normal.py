@@ -61,6 +61,18 @@ class MacTable:
             self.entries.move_to_end(key)
             self.entries[key] = (port, self.clock())
 
+    def forget_ports(self, ports):
+        """Drop the entries learned on `ports` (ports deleted: OVS flushes a port's MACs
+        when it goes); returns how many went."""
+        gone = [key for key, (port, _) in self.entries.items() if port in ports]
+        for key in gone:
+            del self.entries[key]
+            self.changed[key[1]] = None
+        if gone:
+            self.st["flushed"] = self.st.get("flushed", 0) + len(gone)
+            self.changes += 1
+        return len(gone)
+
     def take_changed(self):
         out, self.changed = self.changed, {}
         return out

@@ -55,6 +55,7 @@ def modify(ofproto, req):
         raise FlowError(f"{text!r}: mod-flows needs actions=")
     m = parse_flow(text, mode="match")
     actions = parse_actions(text.split("actions=", 1)[1], m.table, text)
+    ofproto.check_references(actions)
     hit = selected(ofproto, text.split("actions=", 1)[0].rstrip(" ,"), _flag(req, "strict"))
     yield from in_steps(hit, lambda r: ofproto.modify(r, actions, reset_counts=_flag(req, "reset_counts")))
     return len(hit)
@@ -78,6 +79,7 @@ def replace(ofproto, req):
 
     def parse(t):
         r = parse_flow(t)
+        ofproto.check_references(r.actions)
         new[r.key()] = r
     yield from in_steps(texts, parse)
     old = {r.key(): r for r in ofproto.rules()}

@@ -4,11 +4,11 @@ import math
 import time
 from collections import deque
 
-CONTROLLER_QUEUE = 1024       # packet-ins kept for an OpenFlow agent (none yet)
+CONTROLLER_QUEUE = 1024       # packet-ins waiting for the OpenFlow agent (or for none)
 
 from pipeline.slowpath.classifier import Table
 from pipeline.slowpath.fields import flow_from_attrs
-from pipeline.slowpath.flowtext import format_match, parse_flow
+from pipeline.slowpath.flowtext import FlowError, format_match, parse_flow
 from pipeline.slowpath.normal import MacTable
 from pipeline.slowpath.xlate import Xlate
 
@@ -22,6 +22,9 @@ class OFProto:
         self.st = dict(translations=0, table_misses=0, controller=0, errors=0, controller_queued=0,
                        controller_dropped=0)
         self.packet_ins = deque()
+        self.ext = None                             # groups and meters (an OpenFlow agent's)
+        self.standalone = None                      # tables that replace these while failed open
+        self.on_removed = None                      # fn(rule, reason): a rule timed out or was deleted
         self.undo_log = None                        # while a change is open: how to take it back
         for text in flows:
             self.add_flow(parse_flow(text))
@@ -68,6 +71,17 @@ class OFProto:
         if created is not None:
             self.created[id(r)] = created
 
+    def check_references(self, actions):
+        """A rule from the CLI may name only groups and meters the switch has (as
+        `ovs-ofctl add-flow` on an OVS bridge: OFPBAC_BAD_OUT_GROUP, OFPMMFC_UNKNOWN_METER);
+        rules reloaded at start are not checked: their controller resyncs groups and meters."""
+        for a in actions:
+            if a[0] in ("group", "meter"):
+                have = getattr(self.ext, a[0] + "s", None) if self.ext is not None else None
+                if have is None or a[1] not in have:
+                    how = "" if self.ext is not None else " (groups and meters come over OpenFlow: [openflow])"
+                    raise FlowError(f"{a[0]} {a[1]} does not exist{how}")
+
     def add_flow(self, rule):
         t = self.tables.setdefault(rule.table, Table(rule.table))
         old = t.by_key.get(rule.key())              # same table, priority and match: replace
@@ -77,22 +91,35 @@ class OFProto:
         self.created[id(rule)] = rule.used = time.monotonic()
         self._undo(lambda: (t.remove(rule), self.created.pop(id(rule), None)))
 
-    def packet_in(self, in_port, reason, frame):
-        """Queue a packet for the controller; a full queue drops and counts."""
+    def packet_in(self, in_port, reason, frame, pin=None, before=()):
+        """Queue a packet for the controller; a full queue drops and counts. pin: the
+        translation's context of the controller action, `before` the datapath actions that
+        ran on the packet up to it."""
         if len(self.packet_ins) >= CONTROLLER_QUEUE:
             self.st["controller_dropped"] += 1
             return
-        self.packet_ins.append({"in_port": in_port, "reason": reason, "packet": frame})
+        self.packet_ins.append({"in_port": in_port, "reason": reason, "packet": frame, "pin": pin,
+                                "before": before})
         self.st["controller_queued"] += 1
 
-    def expire(self, now=None):
-        """Remove rules past their hard_timeout, or idle (no packet) past their idle_timeout."""
+    def expire(self, now=None, fresh=None):
+        """Remove rules past their hard_timeout, or idle (no packet) past their idle_timeout.
+        fresh: the time up to which the fast path's counters have reached the rules (a rule
+        the fast path still uses looks idle until they have); default now."""
         now = time.monotonic() if now is None else now
-        gone = [r for r in self.rules()
-                if (r.hard_timeout and now - self.created.get(id(r), now) >= r.hard_timeout)
-                or (r.idle_timeout and now - r.used >= r.idle_timeout)]
+        fresh = now if fresh is None else fresh
+        gone, self.idle_unsure = [], False        # idle by now, not yet by the counters it has
+        for r in self.rules():
+            if (r.hard_timeout and now - self.created.get(id(r), now) >= r.hard_timeout) \
+                    or (r.idle_timeout and fresh - r.used >= r.idle_timeout):
+                gone.append(r)
+            elif r.idle_timeout and now - r.used >= r.idle_timeout:
+                self.idle_unsure = True
         for r in gone:
             self.tables[r.table].remove(r)
+            if self.on_removed is not None:
+                hard = r.hard_timeout and now - self.created.get(id(r), now) >= r.hard_timeout
+                self.on_removed(r, "hard_timeout" if hard else "idle_timeout")
             self.created.pop(id(r), None)
         self.st["expired_rules"] = self.st.get("expired_rules", 0) + len(gone)
         return len(gone)
@@ -140,7 +167,8 @@ class OFProto:
     def translate(self, key_attrs, may_learn=False, touch=True):
         """may_learn: NORMAL learns source MACs (upcalls do; revalidation and trace do not).
         touch: the rules hit count as used now (idle_timeout); revalidation says so itself."""
-        res = Xlate(self.tables, self.ports, self.macs, may_learn).translate(flow_from_attrs(key_attrs))
+        tables = self.standalone if self.standalone is not None else self.tables
+        res = Xlate(tables, self.ports, self.macs, may_learn, ext=self.ext).translate(flow_from_attrs(key_attrs))
         self.st["translations"] += 1
         if touch:
             now = time.monotonic()

@@ -68,7 +68,7 @@ def describe_flow(f):
 
 
 def render(ofproto, flow, bridge="valepipe"):
-    res = Xlate(ofproto.tables, ofproto.ports, ofproto.macs).translate(flow)
+    res = Xlate(ofproto.tables, ofproto.ports, ofproto.macs, ext=ofproto.ext).translate(flow)
     out = [f"Flow: {describe_flow(flow)}", "", f'bridge("{bridge}")', "-" * (len(bridge) + 10)]
     for depth, tid, rule, _ in res.trace:
         pad = "    " * depth

@@ -37,6 +37,7 @@ class Result:
     controller: int = 0
     error: str = ""
     relearn: bool = False      # revalidation: NORMAL would learn something new from this flow
+    packet_ins: list = field(default_factory=list)  # per controller action: its place and OpenFlow context
 
 
 class Xlate:
@@ -44,16 +45,18 @@ class Xlate:
     (LOCAL included when the switch has one). With a MAC table, NORMAL learns (when
     `may_learn`, i.e. for real upcalls) and switches."""
 
-    def __init__(self, tables, ports=(), macs=None, may_learn=False):
+    def __init__(self, tables, ports=(), macs=None, may_learn=False, ext=None):
         self.tables = tables                       # table id -> classifier.Table
         self.ports = list(ports)
         self.macs = macs
+        self.ext = ext                             # groups and meters (openflow.groups.Tables), if any
         # NORMAL's learning: True (an upcall: learn), False (a trace: nothing), "check"
         # (revalidation: say whether learning would change the table), "refresh" (the
         # same, and keep the source's entry alive: the flow carried packets)
         self.may_learn = may_learn
 
-    def translate(self, flow):
+    def translate(self, flow, start=None):
+        """start: actions to run instead of looking the flow up in table 0 (a packet-out's)."""
         ctx = _Ctx(self, flow)
         f = ctx.flow
         # a datapath flow is per input port and ethertype, and IP flows carry their
@@ -62,11 +65,15 @@ class Xlate:
         unwildcard(ctx.wc, "dl_type", 0xFFFF)
         if f["dl_type"] in (ETH_IP, ETH_IPV6):
             unwildcard(ctx.wc, "nw_frag", 3)
-        rule = ctx.lookup(0, f["in_port"])
-        ctx.trace.append((0, 0, rule, None))
-        if rule is not None:
-            ctx.rules.append(rule)
-            ctx.actions(rule.actions)
+        if start is not None:
+            ctx.actions(start)
+        else:
+            rule = ctx.lookup(0, f["in_port"])
+            ctx.trace.append((0, 0, rule, None))
+            if rule is not None:
+                ctx.rules.append(rule)
+                ctx.rule = rule
+                ctx.actions(rule.actions)
         if ctx.error:
             ctx.out = []                           # as OVS: an error drops the packet
         if not any(a[0] in ("output", "controller") for a in ctx.out):
@@ -76,7 +83,7 @@ class Xlate:
             ctx.error = f"{len(ctx.out)} datapath actions, more than the datapath's {MAX_ACTIONS}"
             ctx.out = [["drop"]]
         ctx.finish_wc()
-        return Result(ctx.out, ctx.wc, ctx.trace, ctx.rules, ctx.controller, ctx.error, ctx.relearn)
+        return Result(ctx.out, ctx.wc, ctx.trace, ctx.rules, ctx.controller, ctx.error, ctx.relearn, ctx.pins)
 
 
 _vlans = vlans_of
@@ -108,6 +115,8 @@ class _Ctx:
         self.table_id = 0
         self.nest = 0                              # resubmit nesting, for the trace
         self.relearn = False
+        self.pins = []                             # packet-ins: where, why, which table and rule
+        self.rule = None                           # the rule whose actions run
 
     # -- tables ------------------------------------------------------------------------
     def lookup(self, tid, in_port):
@@ -146,7 +155,9 @@ class _Ctx:
         self.depth += deepens
         if rule is not None:
             self.rules.append(rule)
+            outer, self.rule = self.rule, rule
             self.actions(rule.actions)
+            self.rule = outer
         self.depth -= deepens
         self.table_id = old
         self.nest -= 1
@@ -172,7 +183,10 @@ class _Ctx:
             elif k == "drop":
                 pass                                # an empty action list: nothing to do
             elif k == "controller":
-                self.to_controller("action")
+                self.to_controller("action", a[1])
+            elif k in ("group", "meter"):
+                if self.x.ext is not None:
+                    self.x.ext.xlate(self, a, self.actions)
             elif k == "set_field":
                 _, fld, v, m, prereq = a
                 if prereq is None or self.prereq_ok(prereq):
@@ -253,10 +267,14 @@ class _Ctx:
             v0[0] = 0x8100
         v0[1] = (v0[1] & ~mask) | value | VLAN_CFI
 
-    def to_controller(self, reason):
+    def to_controller(self, reason, max_len=0xFFFF):
         """A packet-in: only the slow path can do it, so flows with one are not cached."""
         self.controller += 1
         self.commit()
+        r = self.rule
+        self.pins.append({"at": len(self.out), "reason": reason, "max_len": max_len, "table": self.table_id,
+                          "cookie": r.cookie if r is not None else 0, "metadata": self.flow["metadata"],
+                          "table_miss": r is not None and r.priority == 0 and not r.match})
         self.out.append(["controller", reason])
 
     def normal(self):

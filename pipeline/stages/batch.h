@@ -49,7 +49,8 @@
     _(WORKER_RESTART, worker_restart)   /* with the slow path when the worker died */ \
     _(SLOWPATH, slowpath_drop)          /* the slow path kept it (controller, unknown flow) */ \
     _(BAD_REPLY, bad_reply)             /* the slow path's answer for it was refused */ \
-    _(TX_BAD_SLOT, tx_bad_slot)         /* the out ring's slot named no valid buffer */
+    _(TX_BAD_SLOT, tx_bad_slot)         /* the out ring's slot named no valid buffer */ \
+    _(METER, meter)                     /* over an OpenFlow meter's band */
 
 /* datapath actions (struct vp_op kind); 0 is none, refused in an action set */
 #define VP_FOREACH_OP(_) \
@@ -58,7 +59,8 @@
     _(SET, set) \
     _(PUSH_VLAN, push_vlan) \
     _(POP_VLAN, pop_vlan) \
-    _(REPARSE, reparse)                 /* parse the frame anew (as OVS's userspace datapath after a userspace()) */
+    _(REPARSE, reparse)                 /* parse the frame anew (as OVS's userspace datapath after a userspace()) */ \
+    _(METER, meter)                     /* port: the meter's slot; a packet over its band is dropped */
 
 /* header fields a set action writes, with their width in bytes; 0 is none */
 #define VP_FOREACH_F(_) \
@@ -99,6 +101,7 @@ enum { VP_FOREACH_F(VP_F_ITEM) VP_F_N };
 #define VP_BATCH_MAX 1024
 #define VP_MAX_PORTS 64
 #define VP_MAX_MASKS 64
+#define VP_MAX_METERS 1024
 #define VP_INLINE_OUTPUTS 8     /* outputs kept in the action set itself (the rest: `more`) */
 #define VP_MAX_PROGRAM 65535    /* datapath actions in one action set; longer lists are refused */
 #define VP_ACT_MISS -1
@@ -233,6 +236,19 @@ struct vp_outq {
     uint32_t pkt[VP_BATCH_MAX]; /* batch indexes */
 };
 
+/* An OpenFlow meter's drop band as a token bucket; tokens in 1e-9 of a packet (pktps) or
+ * of a kbit (kbps), so both refill by rate x elapsed ns */
+struct vp_meter {
+    uint64_t rate;            /* packets/s or kbit/s; 0: the slot is unused (everything passes) */
+    uint64_t burst;           /* packets or kbit */
+    uint64_t tokens;
+    uint64_t last_ns;
+    uint32_t pktps;
+    uint32_t pad;
+    uint64_t packets, bytes;  /* that met the meter */
+    uint64_t drop_packets, drop_bytes;
+};
+
 struct vp_dp_stats {
     uint64_t batches;
     uint64_t packets;
@@ -275,6 +291,7 @@ struct vp_dp {
     uint64_t upcall_inflight[VP_MAX_PORTS];
     uint64_t tx_dirty;        /* ports whose out ring got frames since the last commit */
     void *journal;            /* struct vp_journal in memory that outlives this worker, or NULL */
+    struct vp_meter *meters;  /* VP_MAX_METERS token buckets (OpenFlow meters), or NULL */
 };
 
 /* the hash of a flow key as extract made it: of the words its kind of packet can have

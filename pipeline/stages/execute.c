@@ -42,6 +42,7 @@ int vp_actions_set_ops(struct vp_dp *dp, uint32_t id, const struct vp_op *ops, u
         /* 0 is VP_OP_NONE / VP_F_NONE: an op or field left unset */
         if (ops[i].kind == VP_OP_NONE || ops[i].kind >= VP_OP_N) return -1;
         if (ops[i].kind == VP_OP_SET && (ops[i].field == VP_F_NONE || ops[i].field >= VP_F_N)) return -1;
+        if (ops[i].kind == VP_OP_METER && ops[i].port >= VP_MAX_METERS) return -1;
         if (ops[i].kind == VP_OP_OUTPUT) nout++;
     }
     if (!(prog = malloc(nops * sizeof(*prog)))) return -1;
@@ -444,8 +445,30 @@ uint32_t vp_ops_apply(const struct vp_op *ops, uint32_t nops, uint8_t *p, uint32
     struct pkt k;
     pkt_parse(&k, p, len, NULL);
     for (uint32_t i = 0; i < nops; i++)
-        if (ops[i].kind != VP_OP_OUTPUT && apply_op(&ops[i], &k, cap) == 0) return 0;
+        if (ops[i].kind != VP_OP_OUTPUT && ops[i].kind != VP_OP_METER && apply_op(&ops[i], &k, cap) == 0) return 0;
     return k.len;
+}
+
+/* an OpenFlow meter's band: 1 when the packet fits, 0 when it is over (and counted) */
+static int meter_pass(struct vp_dp *dp, uint32_t slot, uint32_t len) {
+    struct vp_meter *m;
+    uint64_t now, cap, cost, dt;
+    if (!dp->meters || slot >= VP_MAX_METERS) return 1;
+    m = &dp->meters[slot];
+    if (!m->rate) return 1;
+    now = vp_now_ns();
+    cap = m->burst * 1000000000ull;             /* burst < 2^32: no overflow */
+    dt = m->last_ns && now > m->last_ns ? now - m->last_ns : 0;
+    if (!m->last_ns || dt >= cap / m->rate) m->tokens = cap;
+    else if ((m->tokens += m->rate * dt) > cap) m->tokens = cap;
+    m->last_ns = now;
+    cost = m->pktps ? 1000000000ull : (uint64_t)len * 8000000ull;
+    m->packets++;
+    m->bytes += len;
+    if (m->tokens >= cost) { m->tokens -= cost; return 1; }
+    m->drop_packets++;
+    m->drop_bytes += len;
+    return 0;
 }
 
 /* run a modifying program on one packet k (its buffer holds cap bytes), with its offload
@@ -457,6 +480,10 @@ static void run_ops(struct vp_dp *dp, const struct vp_actions *a, struct pkt *k,
         const struct vp_op *op = &a->ops[i];
         if (op->kind == VP_OP_OUTPUT) {
             vp_emit(dp, op->port, k->p, len, k->ol, in_port);
+            continue;
+        }
+        if (op->kind == VP_OP_METER) {
+            if (!meter_pass(dp, op->port, len)) { VP_DROP(dp, VP_DROP_METER, in_port, 1); return; }
             continue;
         }
         uint32_t n = apply_op(op, k, cap);
