@@ -33,8 +33,7 @@ struct vp_io {
     uint32_t nq;              /* queues: rings per direction */
     uint32_t tx_backlog;      /* the last txsync left frames to push: txsync again soon */
     uint32_t tx_inflight;     /* set by a binding whose kernel queue still holds frames */
-    uint16_t vnet_hdr;        /* bytes of virtio_net_hdr in front of each frame in the rings (0 or 10) */
-    uint16_t tx_offload;      /* tx takes super-frames and partial checksums as they are */
+    uint32_t vnet_hdr;        /* bytes of virtio_net_hdr in front of each frame in the rings (0 or 10) */
     uint32_t mtu;             /* the interface's MTU when opened (0: unknown) */
     uint32_t link_down;       /* set by the worker while the link is not up (VP_LINK_DOWN): frames
                                * to send are dropped (tx_link_down), not retried until it returns;
@@ -49,6 +48,7 @@ struct vp_io {
 
 void vp_io_rxsync(struct vp_io *io);
 void vp_io_txsync(struct vp_io *io);
+void vp_io_attach(struct vp_port *p, struct vp_io *io);
 /* cdef-end */
 
 /* for the bindings' rx: the next free rx slot's buffer (NULL when it is not ours to fill) */

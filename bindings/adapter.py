@@ -126,8 +126,8 @@ class Adapter:
                             self.region.hdr.port[0].nr_offset, ROLE_KERNEL, self.region.mem_id, err, 256):
             self.region.close()
             raise AdapterError(f"{uri!r}: {ffi.string(err).decode()}")
-        self.user.c.io = self.io
         self.io.vnet_hdr = lib.VP_VNET_HDR_LEN if offload else 0
+        lib.vp_io_attach(self.user.c, self.io)
         self.info = {"offload": offload}
         self._errors_seen = 0
 
@@ -251,7 +251,7 @@ class Adapter:
     def close(self):
         if self.region is None:
             return
-        self.user.c.io = ffi.NULL
+        lib.vp_io_attach(self.user.c, ffi.NULL)
         self.close_io()
         if self.link:
             self.link.close()

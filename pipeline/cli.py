@@ -461,6 +461,8 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
         rx: Optional[str] = typer.Option(None, help="also count what arrives on this port, in the same "
                                           "loop (pkt-gen txrx: one core, no scheduler in between)"),
         idle_stop: float = typer.Option(1.0, help="with --rx: stop once nothing arrived for this long"),
+        latency: bool = typer.Option(False, "--latency", help="stamp each frame with its send time; with --rx, "
+                                     "print each frame's latency (p50, p99, p99.9)"),
         cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
         owner: Optional[str] = OWNER,
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no line per second, only the summary"),
@@ -482,8 +484,8 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
     _pin(cpu)
     uid = _owner_uid(owner)
     try:
-        g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch, owner=uid)
-        s = Sink(rx, count=count, owner=uid) if rx else None
+        g = Generator(port, size=size, flows=flows, rate=rate, count=count, batch=batch, owner=uid, stamp=latency)
+        s = Sink(rx, count=count, owner=uid, latency=latency) if rx else None
     except (RegionError, NetmapError, ValueError) as e:
         _fail(str(e))
     line = _traffic_lines("tx", lambda t: (t.g.sent, t.g.sent * t.g.frame_len), quiet or as_json)
@@ -507,7 +509,16 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
         if s:
             print(f"received {res['rx']['received']} packets in {res['rx']['seconds']:.3f} s: "
                   f"{res['rx']['mpps']:.3f} Mpps{_discarded(res['rx'])}")
+            if latency:
+                print(_latency_line(res["rx"]["latency"]))
     raise typer.Exit(code)
+
+
+def _latency_line(lat):
+    if not lat["frames"]:
+        return f"latency: no stamped frames arrived ({lat['unstamped']} without a stamp)"
+    return (f"latency (us): p50 {lat['p50_us']:.2f}, p99 {lat['p99_us']:.2f}, p99.9 {lat['p99_9_us']:.2f}, "
+            f"min {lat['min_us']:.2f}, max {lat['max_us']:.2f} ({lat['frames']} frames)")
 
 
 @app.command()
@@ -516,6 +527,8 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
          duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
          idle_stop: Optional[float] = typer.Option(None, help="stop once nothing arrived for this many seconds "
                                                    "(counted from the start until the first packet)"),
+         latency: bool = typer.Option(False, "--latency", help="each frame's time since `gen --latency` stamped "
+                                      "it: print p50, p99, p99.9"),
          cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
          owner: Optional[str] = OWNER,
          quiet: bool = typer.Option(False, "--quiet", "-q", help="no line per second, only the summary"),
@@ -531,7 +544,7 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
     _pin(cpu)
     uid = _owner_uid(owner)
     try:
-        s = Sink(port, count=count, owner=uid)
+        s = Sink(port, count=count, owner=uid, latency=latency)
     except (RegionError, NetmapError, ValueError) as e:
         _fail(str(e))
     line = _traffic_lines("rx", lambda t: (t.s.packets, t.s.bytes), quiet or as_json)
@@ -545,7 +558,8 @@ def sink(port: str = typer.Argument(..., help="port to receive on: shm:NAME, or 
     finally:
         s.close()
     print(json.dumps(res) if as_json else
-          f"received {res['received']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps{_discarded(res)}")
+          f"received {res['received']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps{_discarded(res)}"
+          + (f"\n{_latency_line(res['latency'])}" if latency else ""))
     raise typer.Exit(code)
 
 
@@ -1072,14 +1086,15 @@ def check(config: str = typer.Argument(..., help="pipeline config (TOML) to chec
 @app.command()
 def demo(flows: int = typer.Option(1, help="distinct flows"),
          size: int = typer.Option(60, help="frame length without FCS"),
-         seconds: float = typer.Option(5.0, help="generator run time"),
+         seconds: float = typer.Option(5.0, help="generator run time (each of the two phases)"),
          batch: int = typer.Option(256, help="pipeline batch size")):
-    """Run generator -> pipeline -> sink on shm: ports and print the throughput."""
-    from tools.shmbench import measure
+    """Run generator -> pipeline -> sink on shm: ports: print the throughput, then the
+    latency at half of it."""
+    from tools.shmbench import BenchPipeline
     if not 1 <= batch <= 1024:
         _fail(f"--batch must be 1..1024, not {batch}")
-    if not 42 <= size <= 2048:
-        _fail(f"--size must be 42..2048 bytes (60 = 64-byte frames with FCS), not {size}")
+    if not 50 <= size <= 2048:
+        _fail(f"--size must be 50..2048 bytes (60 = 64-byte frames with FCS; a frame carries its send time), not {size}")
     if not 1 <= flows <= 1_000_000:
         _fail(f"--flows must be 1..1000000, not {flows}")
     if not 0 < seconds <= 86400:
@@ -1087,10 +1102,12 @@ def demo(flows: int = typer.Option(1, help="distinct flows"),
     # SIGTERM ends the demo as Ctrl-C does: its pipeline, traffic and temporary files go too
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print(f"valepipe demo: gen -> pipeline (shm:a -> shm:b, in_port=1,actions=output:2) -> sink, "
-          f"{size + 4}-byte frames, {flows} flow(s), batch {batch}, {seconds:g} s")
+          f"{size + 4}-byte frames, {flows} flow(s), batch {batch}, {seconds:g} s at full rate, then {seconds:g} s at half")
     t0 = time.monotonic()
     try:
-        r = measure(flows=flows, size=size, batch=batch, seconds=seconds)
+        with BenchPipeline(flows=flows, size=size, batch=batch) as b:
+            r = b.run(seconds)
+            half = b.run(seconds, rate=r["mpps"] * 1e6 / 2, latency=True) if r["mpps"] else None
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except RuntimeError as e:
@@ -1100,8 +1117,16 @@ def demo(flows: int = typer.Option(1, help="distinct flows"),
     print(f"sink received    {r['sink']['received']:>12} packets")
     print(f"pipeline         hits {st['hits']}, misses {st['misses']}, upcalls {st['upcall']['upcalls']}, "
           f"drops {sum(st['drops'].values())} {json.dumps({k: v for k, v in st['drops'].items() if v})}")
-    print("ns/packet        " + ", ".join(f"{k} {v}" for k, v in st["stage_ns_per_packet"].items()))
-    print(f"THROUGHPUT       {r['mpps']:.2f} Mpps delivered ({time.monotonic() - t0:.1f} s wall)")
+    print("ns/packet        " + ", ".join(f"{k} {v}" for k, v in st["stage_ns_per_packet"].items())
+          + (f" (whole batch {st['batch_ns_per_packet']})" if st.get("batch_ns_per_packet") else ""))
+    print(f"THROUGHPUT       {r['mpps']:.2f} Mpps delivered")
+    lat = (half or {}).get("latency") or {}
+    if lat.get("frames"):
+        print(f"LATENCY          p99 {lat['p99_us']:.2f} us at half load ({half['mpps']:.2f} Mpps): "
+              f"p50 {lat['p50_us']:.2f}, p99.9 {lat['p99_9_us']:.2f}, max {lat['max_us']:.2f} us "
+              f"({time.monotonic() - t0:.1f} s wall)")
+    else:
+        print(f"LATENCY          not measured: nothing arrived at half load ({time.monotonic() - t0:.1f} s wall)")
 
 
 topo_app = typer.Typer(help="Lab topologies from a TOML file: namespaces, veth pairs, TAP devices.",

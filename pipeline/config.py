@@ -34,6 +34,9 @@ class Config:
     upcall_rate: int = 10_000         # new flows per second each port may send to the slow path; 0 = no limit
     idle_timeout: float = 10.0
     revalidate_interval: float = 5.0
+    idle_poll_us: int = 200           # idle: poll the rings this long before sleeping (latency stays low)
+    idle_sleep_us: int = 1000         # then sleep in naps of up to this (a shm: port has nothing to wake it)
+    stages: list = field(default_factory=lambda: ["receive", "extract", "lookup", "execute", "transmit"])
     run_dir: str = ""
     ports: list = field(default_factory=list)       # [{"uri", "ofport", "slots"}]
     flows: list = field(default_factory=list)       # rule text, one rule per entry
@@ -44,7 +47,8 @@ class Config:
 
 MAX_CONFIG = 1 << 20          # characters; rules in bulk go through add-flows instead
 PIPELINE_KEYS = {"name": str, "batch": int, "flow_limit": int, "emc_limit": int, "upcall_rate": int, "idle_timeout": (int, float), "run_dir": str,
-                 "revalidate_interval": (int, float)}
+                 "revalidate_interval": (int, float), "idle_poll_us": int, "idle_sleep_us": int,
+                 "stages": list}
 PORT_KEYS = {"uri": str, "ofport": int, "slots": int, "mirror": str}
 SLOWPATH_KEYS = {"flows": list}
 METRICS_KEYS = {"listen": str}
@@ -127,6 +131,19 @@ def parse(text, path="<config>", rules=False, run_dir=None):
         bad(f"{path}: [pipeline].emc_limit must be 0..flow_limit (0 = flow_limit)")
     if not 0 <= cfg.upcall_rate <= 10_000_000:
         bad(f"{path}: [pipeline].upcall_rate must be 0..10000000 new flows/s per port (0 = no limit)")
+    if not 0 <= cfg.idle_poll_us <= 1_000_000:
+        bad(f"{path}: [pipeline].idle_poll_us must be 0..1000000 microseconds, not {cfg.idle_poll_us}")
+    if not 1 <= cfg.idle_sleep_us <= 100_000:
+        bad(f"{path}: [pipeline].idle_sleep_us must be 1..100000 microseconds, not {cfg.idle_sleep_us}")
+    from pipeline._native import lib
+    from pipeline.stages import stage_class
+    if not 1 <= len(cfg.stages) <= lib.VP_CHAIN_MAX:
+        bad(f"{path}: [pipeline].stages: 1..{lib.VP_CHAIN_MAX} stages, not {len(cfg.stages)}")
+    for j, st in enumerate(cfg.stages):
+        try:
+            stage_class(st)
+        except ValueError as e:
+            bad(f"{path}: [pipeline].stages[{j}]: {e}")
     _seconds(cfg, "revalidate_interval", path, "0 = only when rules change", bad)
     _seconds(cfg, "idle_timeout", path, "0 = never", bad)
     cfg.run_dir = run_dir or cfg.run_dir or rundir.default(cfg.name)

@@ -3,25 +3,24 @@
 One `struct vp_dp` in C; this class owns its memory and translates between the
 slow path's names (OpenFlow port numbers, action lists) and the datapath's indexes.
 """
+import time
 import weakref
 
 from pipeline._native import ffi, lib
+from pipeline.names import DROPS, PARSE_ERRORS, SET_FIELDS, STAGES  # noqa: F401  (re-exported)
 
 MAX_ACTIONS = 65536
-PARSE_ERRORS = ("eth_short", "vlan_trunc", "vlan_depth", "arp_trunc", "ipv4_trunc", "ipv4_bad",
-                "ipv6_trunc", "ipv6_ext", "l4_trunc", "nd_bad", "ipv6_bad")
-DROPS = ("action_drop", "no_port", "tx_ring_full", "too_big", "upcall_lost", "upcall_queue", "flow_limit", "no_room",
-         "upcall_rate", "bad_offload", "upcall_disconnect", "worker_restart", "slowpath_drop", "bad_reply",
-         "tx_bad_slot", "meter")
-assert len(DROPS) == lib.VP_DROP_N
-SET_FIELDS = {"dl_src": (lib.VP_F_DL_SRC, 6), "dl_dst": (lib.VP_F_DL_DST, 6), "nw_src": (lib.VP_F_NW_SRC, 4),
-              "nw_dst": (lib.VP_F_NW_DST, 4), "ipv6_src": (lib.VP_F_IPV6_SRC, 16), "ipv6_dst": (lib.VP_F_IPV6_DST, 16),
-              "nw_tos": (lib.VP_F_NW_TOS, 1), "nw_ttl": (lib.VP_F_NW_TTL, 1), "tp_src": (lib.VP_F_TP_SRC, 2),
-              "tp_dst": (lib.VP_F_TP_DST, 2), "icmp": (lib.VP_F_ICMP, 2), "ipv6_label": (lib.VP_F_IPV6_LABEL, 4),
-              "arp_op": (lib.VP_F_ARP_OP, 2), "arp_spa": (lib.VP_F_ARP_SPA, 4), "arp_tpa": (lib.VP_F_ARP_TPA, 4),
-              "arp_sha": (lib.VP_F_ARP_SHA, 6), "arp_tha": (lib.VP_F_ARP_THA, 6), "nd_target": (lib.VP_F_ND_TARGET, 16),
-              "nd_sll": (lib.VP_F_ND_SLL, 6), "nd_tll": (lib.VP_F_ND_TLL, 6)}
-STAGES = ("receive", "extract", "lookup", "execute", "transmit")
+_CLOCK0 = (lib.vp_now_ns(), lib.vp_cycles())
+
+
+def ns_per_cycle():
+    """The rate of vp_cycles() (the stage counters), measured against the clock since this
+    module was loaded (the longer ago, the more exact)."""
+    ns, cyc = lib.vp_now_ns(), lib.vp_cycles()
+    if ns - _CLOCK0[0] < 2_000_000:
+        time.sleep(0.002)
+        ns, cyc = lib.vp_now_ns(), lib.vp_cycles()
+    return (ns - _CLOCK0[0]) / max(1, cyc - _CLOCK0[1])
 
 
 class DatapathError(Exception):
@@ -144,10 +143,12 @@ class Datapath:
 
     def stats(self):
         s = self.c.st
+        rate = ns_per_cycle()
+        stage_ns = {k: int(s.stage_cycles[i] * rate) for i, k in enumerate(STAGES)}
         stage = {}
         for i, name in enumerate(STAGES):
             n = s.stage_pkts[i]
-            stage[name] = round(s.stage_ns[i] / n, 2) if n else None
+            stage[name] = round(stage_ns[name] / n, 2) if n else None
         return {
             "batches": s.batches, "packets": s.packets, "hits": s.hits, "megaflow_hits": s.mf_hits,
             "misses": s.misses, "flows": self.c.flows.count, "flow_limit": self.c.flows.limit,
@@ -155,8 +156,10 @@ class Datapath:
             "parse_errors": {k: s.parse_err[i] for i, k in enumerate(PARSE_ERRORS)},
             "drops": {k: s.drops[i] for i, k in enumerate(DROPS)},
             "stage_ns_per_packet": stage,
-            "stage_ns_total": {k: s.stage_ns[i] for i, k in enumerate(STAGES)},
+            "stage_ns_total": stage_ns,
             "stage_packets": {k: s.stage_pkts[i] for i, k in enumerate(STAGES)},
+            # a batch's whole cost per packet in the C chain (stages, commit, the chain itself)
+            "batch_ns_total": int(s.batch_cycles * rate),
             "tx_swapped": s.tx_swapped, "tx_copied": s.tx_copied,
             "tx_segmented": s.tx_segmented, "tx_segments": s.tx_segments, "csum_completed": s.csum_completed,
             "flow_hash": "crc32c-sse4.2" if lib.vp_crc32c_used() else "crc32c-portable",

@@ -1,10 +1,9 @@
 """What differs between the OSes valepipe runs on (Linux, FreeBSD), in one place: where
-shm: names live, a socket peer's uid, waiting on fds, the death signal, CPU pinning, pids.
+shm: names live, a socket peer's uid, timer slack, the death signal, CPU pinning, pids.
 
-Linux keeps its calls (prctl, sched_setaffinity, SO_PEERCRED, epoll, /proc); FreeBSD's
+Linux keeps its calls (prctl, sched_setaffinity, SO_PEERCRED, /proc); FreeBSD's
 are in hostos.c, compiled only there (pipeline/native_build.py)."""
 import ctypes
-import errno
 import os
 import select
 import socket
@@ -111,29 +110,14 @@ def fd_name(fd):
         return None
 
 
-class PollPoller:
-    """poll(2) on a few fds, with epoll's poll(timeout_s), register, unregister and close:
-    the portable wait."""
+PR_SET_TIMERSLACK = 29
 
-    def __init__(self, fds):
-        self._p = select.poll()
-        for fd in fds:
-            self.register(fd)
 
-    def register(self, fd, events=select.POLLIN):
-        self._p.register(fd, events)
-
-    def unregister(self, fd):
-        try:
-            self._p.unregister(fd)
-        except KeyError:
-            raise FileNotFoundError(errno.ENOENT, f"fd {fd} is not registered") from None
-
-    def poll(self, timeout_s):
-        return self._p.poll(max(0, int(timeout_s * 1000 + 0.999)))
-
-    def close(self):
-        self._p = None
+def fine_timers():
+    """Sleeps of microseconds take microseconds (Linux rounds a thread's timers up by 50 us
+    by default; the worker's idle naps are shorter than that). Nothing to do elsewhere."""
+    if LINUX:
+        _LIBC.prctl(PR_SET_TIMERSLACK, 1000)
 
 
 def ready(readers, writers=(), timeout_s=0.0):
@@ -156,14 +140,3 @@ def ready(readers, writers=(), timeout_s=0.0):
         if ev & select.POLLOUT:
             writable.add(s)
     return readable, writable
-
-
-def poller(fds):
-    """Something to sleep on until one of `fds` (more: .register(fd), fewer: .unregister(fd))
-    is readable: .poll(timeout_s), .close(). epoll on Linux, poll(2) elsewhere (FreeBSD)."""
-    if not LINUX:
-        return PollPoller(fds)
-    ep = select.epoll()
-    for fd in fds:
-        ep.register(fd, select.EPOLLIN)
-    return ep

@@ -7,20 +7,14 @@
 #include <string.h>
 #include "journal.h"
 #include "stages/receive.h"
-#include "stages/transmit.h"
 
 #define LOAD(p)     __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 uint64_t vp_journal_size(void) { return sizeof(struct vp_journal); }
 
-/* rings the pipeline reads from (a shm peer's TX ring, our own netmap RX ring) */
-static int consumes(const struct vp_ring *r) {
-    return (r->role == VP_ROLE_KERNEL) == (r->kind == VP_KIND_TX);
-}
-
 static uint32_t cursor(const struct vp_ring *r) {
-    if (consumes(r)) return r->cons;
+    if (vp_ring_consumed(r)) return r->cons;
     return r->role == VP_ROLE_KERNEL ? r->hwtail : r->hwcur;
 }
 
@@ -54,8 +48,9 @@ void vp_commit(struct vp_dp *dp) {
     for (uint32_t i = 0; i < dp->nports && dp->tx_dirty; i++) {
         struct vp_port *p = dp->ports[i];
         if (!(dp->tx_dirty & (1ull << i))) continue;
-        vp_ring_publish(p->rx[0].role == VP_ROLE_KERNEL ? &p->rx[0] : &p->tx[0]);
-        vp_tx_sync(p);
+        vp_ring_publish(vp_out_ring(p));
+        if (p->txsync) p->txsync(p);           /* the port's kind hands them on */
+        if (p->mirror) p->mirror_flush(p->mirror);
     }
     dp->tx_dirty = 0;
 }
@@ -104,7 +99,7 @@ static void undo_swaps(struct vp_dp *dp, struct vp_journal *j, uint64_t resume) 
 static void resume_ring(struct vp_ring *r, uint32_t pos) {
     uint32_t n = r->nslots;
     if (pos >= n || r->role != VP_ROLE_KERNEL) return;
-    if (consumes(r)) {
+    if (vp_ring_consumed(r)) {
         r->hwcur = r->cons = pos;
         r->hwtail = pos == 0 ? n - 1 : pos - 1;
     } else {

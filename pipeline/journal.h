@@ -5,7 +5,7 @@
 /* cdef-begin */
 #define VP_JOURNAL_MAGIC 0x314c4e524a5056
 #define VP_JOURNAL_SWAPS 1024
-#define VP_JOURNAL_RINGS 8
+#define VP_JOURNAL_RINGS 8              /* 2 x VP_MAX_RINGS: tx, then rx */
 /* a buffer swap made before its batch committed: undone if the batch never commits */
 struct vp_jswap {
     uint16_t in_port;
@@ -21,12 +21,12 @@ struct vp_jrec {
     uint64_t seq;
     uint32_t nports;                     /* the worker's ports then (run-time ones included) */
     uint32_t pad;
-    uint32_t mem_id[64];                 /* per port: the region its cursors are of */
+    uint32_t mem_id[VP_MAX_PORTS];                 /* per port: the region its cursors are of */
     struct vp_dp_stats st;
-    uint64_t port_drops[64][16];
-    uint64_t upcall_inflight[64];
-    struct vp_ring_stats rings[64][8];   /* per port: tx[0..4), then rx[0..4) */
-    uint32_t pos[64][8];                 /* per ring: consumer cursor (rings read), tail (rings written) */
+    uint64_t port_drops[VP_MAX_PORTS][VP_DROP_N];
+    uint64_t upcall_inflight[VP_MAX_PORTS];
+    struct vp_ring_stats rings[VP_MAX_PORTS][VP_JOURNAL_RINGS]; /* per port: tx[], then rx[] */
+    uint32_t pos[VP_MAX_PORTS][VP_JOURNAL_RINGS]; /* per ring: consumer cursor (rings read), tail (rings written) */
 };
 struct vp_journal {
     uint64_t magic;
@@ -36,7 +36,7 @@ struct vp_journal {
     uint64_t swap_seq;                   /* the record the swaps below were made for */
     uint64_t takeovers;                  /* workers that started from this journal */
     struct vp_jrec rec[2];
-    struct vp_jswap swaps[1024];
+    struct vp_jswap swaps[VP_JOURNAL_SWAPS];
 };
 uint64_t vp_journal_size(void);
 void vp_commit(struct vp_dp *dp);

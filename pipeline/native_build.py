@@ -21,6 +21,7 @@ TARGETS = OSES + ("portable",)
 # /dev/net/tun, AF_PACKET, AF_XDP) and setns; FreeBSD's: procctl, cpuset, getpeereid.
 KERNELS = [
     "ring/netmap.h",
+    "ring/clock.h",
     "ring/region.h",
     "bindings/vnet.h",
     "bindings/adapter.h",
@@ -38,6 +39,7 @@ KERNELS = [
     "pipeline/stages/lookup.h",
     "pipeline/stages/execute.h",
     "pipeline/stages/transmit.h",
+    "pipeline/stages/chain.h",
     "pipeline/upcall.h",
     "pipeline/journal.h",
     "tools/traffic.h",
@@ -45,11 +47,14 @@ KERNELS = [
 
 
 def cdef_of(header_text):
-    """The part of a header cffi should read, with the VP_CDEF branch chosen."""
+    """The part of a header cffi should read, with the VP_CDEF branch chosen, preceded by
+    the constants of the header's named lists (named_lists)."""
+    out = [f"#define VP_{lst}_{ident} {i}" for lst, items in named_lists(header_text) for i, (ident, _, _) in enumerate(items)]
+    out += [f"#define VP_{lst}_N {len(items)}" for lst, items in named_lists(header_text)]
     m = re.search(r"/\* cdef-begin \*/(.*?)/\* cdef-end \*/", header_text, re.S)
     if not m:
-        return ""
-    out, keep = [], [True]
+        return "\n".join(out)
+    keep = [True]
     for line in m.group(1).splitlines():
         s = line.strip()
         if s.startswith("#ifdef VP_CDEF"):
@@ -61,6 +66,35 @@ def cdef_of(header_text):
         elif all(keep) and not (s.startswith("#") and not s.startswith("#define")):
             out.append(line)
     return "\n".join(out)
+
+
+# A named list in a header: `#define VP_FOREACH_X(_) _(ID, name) _(ID2, name2, arg) ...` (an
+# X-macro, continued over lines). C makes its enum of VP_X_ID itself; the module gets the
+# same constants (cdef_of) and vp_x_name(i) / vp_x_arg(i) (list_functions).
+_LIST = re.compile(r"^#define VP_FOREACH_(\w+)\(_\)((?:[^\n]*\\\n)*[^\n]*)", re.M)
+_ITEM = re.compile(r"\b_\(\s*(\w+)\s*,\s*(\w+)\s*(?:,\s*(\d+)\s*)?\)")
+
+
+def named_lists(header_text):
+    """[(LIST, [(ID, name, arg or None), ...])] of a header, in order."""
+    return [(m.group(1), [(i, n, int(a) if a else None) for i, n, a in _ITEM.findall(m.group(2))])
+            for m in _LIST.finditer(header_text)]
+
+
+def list_functions(target):
+    """(cdef, C source) of the names (and arguments) of every named list the build has."""
+    cdef, src = [], ["#define VP_NAME_OF(id, name, ...) #name,", "#define VP_ARG_OF(id, name, arg) arg,"]
+    for h in headers(target):
+        for lst, items in named_lists(open(os.path.join(ROOT, h)).read()):
+            low = lst.lower()
+            cdef.append(f"const char *vp_{low}_name(uint32_t i);")
+            src.append(f"const char *vp_{low}_name(uint32_t i) {{ static const char *const n[] = "
+                       f"{{ VP_FOREACH_{lst}(VP_NAME_OF) }}; return i < VP_{lst}_N ? n[i] : 0; }}")
+            if items and items[0][2] is not None:
+                cdef.append(f"int64_t vp_{low}_arg(uint32_t i);")
+                src.append(f"int64_t vp_{low}_arg(uint32_t i) {{ static const int64_t a[] = "
+                           f"{{ VP_FOREACH_{lst}(VP_ARG_OF) }}; return i < VP_{lst}_N ? a[i] : -1; }}")
+    return "\n".join(cdef), "\n".join(src)
 
 
 def target_os():
@@ -99,11 +133,12 @@ TARGET = target_os()
 BUILD_OS = '\nstatic const char *vp_build_os(void) { return "%s"; }\n' % TARGET
 
 ffibuilder = FFI()
+LIST_CDEF, LIST_SRC = list_functions(TARGET)
 ffibuilder.cdef("\n".join(cdef_of(open(os.path.join(ROOT, h)).read()) for h in headers(TARGET))
-                + "\nconst char *vp_build_os(void);")
+                + "\nconst char *vp_build_os(void);\n" + LIST_CDEF)
 ffibuilder.set_source(
     "pipeline._native",
-    "\n".join('#include "%s"' % h for h in headers(TARGET)) + BUILD_OS,
+    "\n".join('#include "%s"' % h for h in headers(TARGET)) + BUILD_OS + LIST_SRC + "\n",
     sources=sources(TARGET),
     include_dirs=[ROOT],
     extra_compile_args=CFLAGS + os.environ.get("VP_CFLAGS", "").split(),

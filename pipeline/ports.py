@@ -244,7 +244,7 @@ def close_ports(ports):
     seen = set()
     for p in ports:
         if p.mirror:
-            p.ring_port.c.mirror = ffi.NULL
+            lib.vp_pcap_mirror_attach(p.ring_port.c, ffi.NULL)
             p.mirror.close()
             p.mirror = None
         if p.adapter:

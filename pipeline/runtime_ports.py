@@ -55,16 +55,6 @@ class PortOps:
         up.start_revalidation()
         self.w.reregister()
 
-    def _epoll(self, port, add):
-        ep = self.w.epoll
-        if ep is None:
-            return
-        for fd in port.fds():
-            try:
-                ep.register(fd, 1) if add else ep.unregister(fd)     # EPOLLIN, POLLIN (hostos.poller)
-            except OSError:
-                pass
-
     # -- operations ----------------------------------------------------------------------------
     def add(self, req):
         uri = req.get("uri")
@@ -94,7 +84,6 @@ class PortOps:
         dp.c.ports[n] = port.ring_port.c
         dp.ofport_to_index[ofport] = n
         dp.c.nports = n + 1
-        self._epoll(port, True)
         self.announce()
         return {"ofport": ofport, "uri": uri}
 
@@ -104,7 +93,6 @@ class PortOps:
             raise PortError("the last port of a pipeline cannot go (stop the pipeline instead)")
         hole = self._placeholder(i)
         self._swap(i, hole)
-        self._epoll(port, False)
         self.w.dp.ofport_to_index.pop(port.ofport, None)
         self.w.ports[i] = Port(f"(removed: {port.uri})", port.ofport, "removed", hole, up=False)
         close_ports([port])
@@ -131,7 +119,7 @@ class PortOps:
             a = p.adapter
             what = a.follow_link() if a and hasattr(a, "follow_link") else None
             if what == "release":
-                self._epoll(p, False)                # before the fds close: their numbers get reused
+                # the chain takes the ports' fds afresh each turn (a released port has none)
                 a.release()
             elif what == "reopen":
                 try:
@@ -143,7 +131,6 @@ class PortOps:
                                      f"yet: {e}")
                 else:
                     a.reopen_error = None
-                    self._epoll(p, True)
                     lines.append(f"port {p.ofport} {p.uri}: its interface is back; re-opened")
         return lines
 

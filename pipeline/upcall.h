@@ -11,16 +11,16 @@ struct vp_upcall_batch {
     uint32_t npkts;
     uint32_t next_id;
     uint32_t pad;
-    uint32_t flow_pkt[1024];      /* batch index whose key describes each new flow */
-    uint32_t flow_id[1024];       /* upcall id given to it */
-    uint32_t pkt_idx[1024];       /* batch index of each packet going up */
-    uint32_t pkt_upcall[1024];    /* upcall id of the flow each packet belongs to */
+    uint32_t flow_pkt[VP_BATCH_MAX];      /* batch index whose key describes each new flow */
+    uint32_t flow_id[VP_BATCH_MAX];       /* upcall id given to it */
+    uint32_t pkt_idx[VP_BATCH_MAX];       /* batch index of each packet going up */
+    uint32_t pkt_upcall[VP_BATCH_MAX];    /* upcall id of the flow each packet belongs to */
     /* new flows each input port may send up: a GCRA per port (0 = no limit) */
     uint64_t rate_interval_ns;    /* 1e9 / flows per second */
     uint64_t rate_burst_ns;       /* burst flows x interval */
-    uint64_t tat[64];             /* per port: when its bucket is next empty */
-    uint64_t rate_limited[64];    /* per port: new flows refused */
-    uint32_t port_pkts[64];       /* per port: packets of this call going up */
+    uint64_t tat[VP_MAX_PORTS];             /* per port: when its bucket is next empty */
+    uint64_t rate_limited[VP_MAX_PORTS];    /* per port: new flows refused */
+    uint32_t port_pkts[VP_MAX_PORTS];       /* per port: packets of this call going up */
 };
 uint32_t vp_upcall_collect(struct vp_dp *dp, struct vp_batch *b, struct vp_upcall_batch *u, int chan);
 /* cdef-end */

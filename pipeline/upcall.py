@@ -143,6 +143,10 @@ class Upcalls:
                 c.upcall_inflight[i] = max(0, c.upcall_inflight[i] - n)
         owed.clear()
 
+    def fds(self):
+        """What to wake the worker for: the slow path's answers."""
+        return [self.sock.fileno()] if self.sock else []
+
     def silent_for(self):
         """Seconds since a connected slow path last sent anything (0 when not connected)."""
         return time.monotonic() - self.last_heard if self.up else 0.0

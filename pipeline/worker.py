@@ -1,12 +1,16 @@
-"""The worker: one fast path over the ports it owns, driven once per batch.
+"""The worker: one fast path over the ports it owns.
 
-receive -> extract -> lookup (misses -> upcall) -> execute -> transmit, then, every few
-batches, the channel, timers and the control socket. Python never touches a packet here.
+The stage chain (receive -> extract -> lookup (misses -> upcall) -> execute -> transmit, or
+the stages it was given) runs in C batch after batch; Python gets a turn when it has work:
+misses to send up, answers from the slow path, a control request, a timer. Python never
+touches a packet here.
 """
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 from pipeline import control, hostos, registry, rundir
@@ -14,14 +18,17 @@ from pipeline.datapath import Datapath
 from bindings.adapter import AdapterError
 from bindings.pcap import PcapWriter
 from pipeline.ports import PortError, add_binding_losses, close_ports, open_ports
-from pipeline.stages import Execute, Extract, Lookup, Receive, Transmit
+from pipeline.stages import Chain, stage_class
 from pipeline._native import lib
 from pipeline.runtime_ports import PortOps
 from pipeline.upcall import HEARTBEAT_S, Upcalls
 
-HOUSEKEEP_EVERY = 32          # batches between channel/timer/control polls
-IDLE_SLEEP_S = 50e-6
-IDLE_POLL_S = 0.001           # longest epoll wait: timers and the control socket need turns
+MAX_BATCHES = 1 << 20         # batches the C chain runs before Python's turn comes anyway (a
+                              # bound, not a timer: at low load a batch is a packet or two, and a
+                              # turn every few thousand of them would stall one packet in 50)
+PY_BATCHES = 32               # the same for a chain run from Python (a stage written in Python)
+TURN_S = 0.01                 # longest time between Python's turns (the C side sees fds, not timers)
+BUSY_TURN_S = 0.0002          # ... while Python has work in steps (a stream, a revalidation, a backlog)
 SUPERVISE_S = 0.1             # how often the slow path's health is checked
 CONNECT_S = 30.0              # a slow path not taking connections this long after its start is hung
 
@@ -29,7 +36,8 @@ CONNECT_S = 30.0              # a slow path not taking connections this long aft
 class Worker:
     def __init__(self, cfg, start_slowpath=True, keep_rules=False, takeover=None):
         """takeover: a pipeline.takeover.Takeover (the supervisor's): its shm: ports and its
-        journal are used, so this worker continues where a crashed one stopped."""
+        journal are used, so this worker continues where a crashed one stopped. The stages
+        a batch goes through are the config's (`[pipeline] stages`), in its order."""
         self.cfg = cfg
         self.takeover = takeover
         self.supervisor = os.getppid() if takeover else 0
@@ -57,7 +65,7 @@ class Worker:
             for spec, port in zip(cfg.ports, self.ports):
                 if spec.get("mirror"):
                     port.mirror = PcapWriter(spec["mirror"])
-                    port.ring_port.c.mirror = port.mirror.c
+                    lib.vp_pcap_mirror_attach(port.ring_port.c, port.mirror.c)
         except AdapterError as e:
             self._close_ports()
             rundir.remove_dirs(self.created_dirs)
@@ -73,8 +81,9 @@ class Worker:
             self.upcalls = Upcalls(self.dp, self.slow_sock, rate=cfg.upcall_rate)
             self.portops = PortOps(self)
             self.upcalls.on_port_mod = lambda ofport, up: self.portops.mod({"port": ofport, "up": up})
-            self.stages = [Receive(self.dp), Extract(self.dp), Lookup(self.dp, self.upcalls),
-                           Execute(self.dp), Transmit(self.dp)]
+            self.stages = [stage_class(name)(self.dp, self.upcalls) for name in cfg.stages]
+            self.chain = Chain(self.dp, self.stages, idle_poll_s=cfg.idle_poll_us * 1e-6,
+                               idle_sleep_s=cfg.idle_sleep_us * 1e-6)
             self.control = control.ControlServer(self.ctl_path, {
                 "stats": lambda r: self.stats(), "ports": lambda r: [p.stats() for p in self.portops.live()],
                 "stop": lambda r: self.stop(), "revalidate": lambda r: self.revalidate_now(),
@@ -85,12 +94,6 @@ class Worker:
             self._close_ports()
             rundir.remove_dirs(self.created_dirs)
             raise
-        # idle: sleep in epoll (poll(2) on FreeBSD) on the ports' fds when every port has one
-        # (AF_XDP, AF_PACKET, TAP, netmap), so a frame wakes the worker at once; else (shm:,
-        # pcap:) nap briefly
-        self.epoll = None
-        if all(p.fds() for p in self.ports):
-            self.epoll = hostos.poller([fd for p in self.ports for fd in p.fds()])
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.next_revalidation = self.started + cfg.revalidate_interval
@@ -181,46 +184,41 @@ class Worker:
 
     def run(self, duration=None, on_tick=None, tick_s=1.0):
         """Forward until stopped (signal, control 'stop', or duration seconds)."""
-        recv, ext, look, exe, tx = self.stages
-        b = self.dp.batch
         up = self.upcalls
-        end = time.monotonic() + duration if duration else None
-        next_tick = time.monotonic() + tick_s
-        next_check = time.monotonic() + SUPERVISE_S
-        it = 0
-        while not self.stopping:
-            if recv.process_batch(b):
-                ext.process_batch(b)
-                look.process_batch(b)
-                exe.process_batch(b)
-                tx.process_batch(b)              # and the batch's commit
-                it += 1
-                if it % HOUSEKEEP_EVERY:
-                    continue
-            elif self.epoll:
-                self.epoll.poll(IDLE_POLL_S)
-            else:
-                time.sleep(IDLE_SLEEP_S)
-            up.poll()
-            if up.outq:
-                os.sched_yield()        # the slow path is behind: give it the CPU we share
-            up.revalidate_step()
-            self.control.poll()
-            now = time.monotonic()
-            if now >= next_check:
-                next_check = now + SUPERVISE_S
-                self._supervise()
-                self._report_port_errors()
-            if now >= next_tick:
-                next_tick = now + tick_s
-                up.expire()
-                if self.cfg.revalidate_interval and now >= self.next_revalidation:
-                    self.next_revalidation = now + self.cfg.revalidate_interval
-                    up.start_revalidation()
-                if on_tick:
-                    on_tick(self)
-            if end and now >= end:
-                break
+        native = self.chain.native
+        now = time.monotonic()
+        end = now + duration if duration else None
+        next_tick, next_check = now + tick_s, now + SUPERVISE_S
+        hostos.fine_timers()            # naps of microseconds, not the default 50 us slack
+        with _SignalWake() as sig:
+            while not self.stopping:
+                turn = BUSY_TURN_S if (up.outq or up.reval_cursor is not None or self.control.busy()
+                                       or self.control.writers()) else TURN_S
+                due = min(now + turn, next_tick, next_check, end or next_tick, up.next_try if not up.up else next_tick)
+                self.chain.run(int(due * 1e9), MAX_BATCHES if native else PY_BATCHES,
+                               wake_fds=sig.fds() + up.fds() + [s.fileno() for s in self.control.fds()],
+                               port_fds=[fd for p in self.ports if p.up for fd in p.fds()])
+                sig.drain()
+                up.poll()
+                if up.outq:
+                    os.sched_yield()        # the slow path is behind: give it the CPU we share
+                up.revalidate_step()
+                self.control.poll()
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + SUPERVISE_S
+                    self._supervise()
+                    self._report_port_errors()
+                if now >= next_tick:
+                    next_tick = now + tick_s
+                    up.expire()
+                    if self.cfg.revalidate_interval and now >= self.next_revalidation:
+                        self.next_revalidation = now + self.cfg.revalidate_interval
+                        up.start_revalidation()
+                    if on_tick:
+                        on_tick(self)
+                if end and now >= end:
+                    break
 
     def _report_port_errors(self):
         """One line per port whose interface reported a new error (down, gone, refused),
@@ -270,6 +268,8 @@ class Worker:
                             slowpath_pid=self.slow.pid if self.slow else None, slowpath_hangs=self.slow_hangs,
                             upcalls_unanswered=len(self.upcalls.owed))
         st["takeovers"] = self.takeover.journal.takeovers if self.takeover else 0
+        st["chain"] = {"stages": [type(s).__name__ for s in self.stages], "runs_in": "C" if self.chain.native else "Python",
+                       "idle_naps": self.chain.c.naps}   # sleeps of the idle worker
         # by input port: what came in was delivered, dropped for a reason here, or is still
         # with the slow path (upcall_inflight)
         st["ports"] = [dict(p.stats(), upcall_rate_limited=self.upcalls.c.rate_limited[i],
@@ -294,8 +294,6 @@ class Worker:
                 self.slow.kill()
                 self.slow.wait()
         self.control.close()
-        if self.epoll:
-            self.epoll.close()
         self._close_ports()
         self.portops.close()
         if crashed and self.takeover:
@@ -310,6 +308,37 @@ class Worker:
         if owner:        # else a successor runs here now (we were stopped, then resumed): its files
             rundir.remove_files(self.run_dir)        # the slow path's rules, sockets
             rundir.remove_dirs(self.created_dirs)
+
+
+class _SignalWake:
+    """A signal wakes the C chain at once (Python's wakeup fd, one of its fds), so a SIGTERM
+    or SIGHUP is handled now, not at the next timer. Only in the main thread (where signals
+    are handled); elsewhere signals wait for the next turn."""
+
+    def __enter__(self):
+        self.r = self.w = None
+        if threading.current_thread() is threading.main_thread():
+            self.r, self.w = socket.socketpair()
+            self.r.setblocking(False)
+            self.w.setblocking(False)
+            self.old = signal.set_wakeup_fd(self.w.fileno(), warn_on_full_buffer=False)
+        return self
+
+    def fds(self):
+        return [self.r.fileno()] if self.r else []
+
+    def drain(self):
+        try:
+            while self.r and self.r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def __exit__(self, *exc):
+        if self.r:
+            signal.set_wakeup_fd(self.old)
+            self.r.close()
+            self.w.close()
 
 
 def _describe_actions(key, ports):

@@ -300,15 +300,6 @@ uint32_t vp_ring_space(struct vp_ring *r) {
     }
 }
 
-uint32_t vp_ring_produce(struct vp_ring *r) {
-    return r->role == VP_ROLE_KERNEL ? r->hwtail : r->hwcur;
-}
-
-void vp_ring_produced(struct vp_ring *r) {
-    if (r->role == VP_ROLE_KERNEL) r->hwtail = nm_ring_next(r->nslots, r->hwtail);
-    else r->hwcur = nm_ring_next(r->nslots, r->hwcur);
-}
-
 void vp_ring_publish(struct vp_ring *r) {
     if (r->role == VP_ROLE_KERNEL) {
         VP_STORE_RELEASE(r->ring->tail, r->hwtail);

@@ -4,6 +4,7 @@
 #define VP_REGION_H
 #include "netmap.h"
 #include "shared.h"
+#include "clock.h"
 #include <sys/mman.h>
 #include <fcntl.h>
 
@@ -89,13 +90,23 @@ struct vp_port {
     uint32_t nrx;
     int fd;                   /* /dev/netmap fd for sync ioctls; -1 for shm */
     uint32_t faulty;
-    uint64_t sync_errors;     /* sync ioctls the netmap module refused */
+    uint64_t sync_errors;     /* syncs the port's kind refused (netmap's ioctls) */
     int sync_errno;           /* the last one's errno */
-    uint32_t pad;
-    void *io;                 /* struct vp_io of an emulated adapter (bindings/), or NULL */
-    void *mirror;             /* struct vp_pcap_out receiving a copy of what is sent, or NULL */
-    struct vp_ring tx[4];
-    struct vp_ring rx[4];
+    uint16_t vnet_hdr;        /* bytes of virtio_net_hdr in front of each frame in its rings (0 or 10) */
+    uint16_t tx_offload;      /* frames sent to it keep super-frames and partial checksums as they are */
+    /* The one seam between a port's kind and the stages, as netmap's nm_sync: rxsync runs
+     * before receive takes from the port's rings (bring in what arrived), txsync after the
+     * commit published frames in them (hand them on). NULL: nothing to do (shm:, whose
+     * peer reads and writes the rings itself). The kinds set them (bindings/). */
+    void (*rxsync)(struct vp_port *p);
+    void (*txsync)(struct vp_port *p);
+    void *io;                 /* the kind's own state (struct vp_io of an emulated adapter), or NULL */
+    /* a copy of every frame sent through the port (bindings/pcap: --mirror), or NULL */
+    void *mirror;
+    void (*mirror_frame)(void *mirror, const char *data, uint32_t len);
+    void (*mirror_flush)(void *mirror);
+    struct vp_ring tx[VP_MAX_RINGS];
+    struct vp_ring rx[VP_MAX_RINGS];
 };
 
 uint64_t vp_region_size(const struct vp_geom *g);
@@ -123,6 +134,16 @@ uint32_t vp_ring_recv(struct vp_ring *r, uint8_t *blob, uint32_t blob_cap, uint1
 static inline struct netmap_slot *vp_slot(struct vp_ring *r, uint32_t i) { return &r->ring->slot[i]; }
 static inline char *vp_buf(struct vp_ring *r, uint32_t idx) { return r->bufs + (size_t)idx * r->buf_size; }
 static inline int vp_buf_ok(const struct vp_ring *r, uint32_t idx) { return idx >= 2 && idx < r->nbufs; }
+/* Ask for a cache line about to be written (its owner is another core: the peer read it last).
+ * PREFETCHW by hand: gcc emits it only for a -m flag, and the module is built without any;
+ * CPUs that lack it run the opcode as a NOP. */
+static inline void vp_prefetch_write(const void *p) {
+#if defined(__x86_64__)
+    __asm__ __volatile__("prefetchw %0" : : "m"(*(const char *)p));
+#else
+    __builtin_prefetch(p, 1);
+#endif
+}
 
 /* A slot the peer filled, as a consumer takes it: each field is read once (the peer may
  * rewrite it meanwhile) and checked; a bad one is counted by reason and the ring marked
@@ -138,6 +159,28 @@ static inline int vp_slot_take(struct vp_ring *r, uint32_t si, uint32_t *idx, ui
     *len = l;
     return 1;
 }
-uint32_t vp_ring_produce(struct vp_ring *r);           /* index of next producer slot */
-void vp_ring_produced(struct vp_ring *r);              /* advance after filling it */
+/* the producer's next slot, and the step past it once filled (per packet: inline) */
+static inline uint32_t vp_ring_produce(const struct vp_ring *r) {
+    return r->role == VP_ROLE_KERNEL ? r->hwtail : r->hwcur;
+}
+static inline void vp_ring_produced(struct vp_ring *r) {
+    if (r->role == VP_ROLE_KERNEL) r->hwtail = nm_ring_next(r->nslots, r->hwtail);
+    else r->hwcur = nm_ring_next(r->nslots, r->hwcur);
+}
+
+/* The rings the pipeline reads from and writes into. On a port whose kernel side it plays
+ * (shm:) those are the peer's TX rings and its RX ring; on a port whose user it is (an
+ * emulated adapter, real netmap) its own RX rings and its TX ring. */
+static inline int vp_port_kernel_side(const struct vp_port *p) { return p->tx[0].role == VP_ROLE_KERNEL; }
+static inline uint32_t vp_in_rings(const struct vp_port *p) { return vp_port_kernel_side(p) ? p->ntx : p->nrx; }
+static inline struct vp_ring *vp_in_ring(struct vp_port *p, uint32_t i) {
+    return vp_port_kernel_side(p) ? &p->tx[i] : &p->rx[i];
+}
+static inline struct vp_ring *vp_out_ring(struct vp_port *p) {
+    return vp_port_kernel_side(p) ? &p->rx[0] : &p->tx[0];
+}
+/* a ring the pipeline reads from (the other end produces into it) */
+static inline int vp_ring_consumed(const struct vp_ring *r) {
+    return (r->role == VP_ROLE_KERNEL) == (r->kind == VP_KIND_TX);
+}
 #endif

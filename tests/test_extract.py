@@ -31,8 +31,24 @@ def extract(frame, in_port=7):
     key = ffi.new("struct vp_flow_key *")
     perr = ffi.new("uint64_t[]", lib.VP_PERR_N)
     lib.vp_extract_one(ffi.cast("uint8_t *", p), len(frame), in_port, key, perr)
-    attrs = channel.key_attrs(bytes(ffi.buffer(key)), lambda i: i)
+    raw = bytes(ffi.buffer(key))
+    # the hash takes only the words a key of its kind can hold: extract wrote no other
+    words = lib.vp_key_words(key)
+    assert all(raw[8 * w:8 * w + 8] == bytes(8) for w in range(len(raw) // 8) if not words >> w & 1), \
+        (frame.hex(), hex(words), raw.hex())
+    attrs = channel.key_attrs(raw, lambda i: i)
     return attrs, {PARSE_ERRORS[i]: perr[i] for i in range(lib.VP_PERR_N) if perr[i]}
+
+
+def extract_batch(frames):
+    """The extract stage's kernel on one batch: each packet's key, hash and header offsets."""
+    b, dp = ffi.new("struct vp_batch *"), ffi.new("struct vp_dp *")
+    keep = [ffi.new("char[]", f) for f in frames]
+    for i, f in enumerate(keep):
+        b.pkt[i].data, b.pkt[i].len = f, len(frames[i])
+    b.n = b.cap = len(frames)
+    assert lib.vp_extract(dp, b) == len(frames)
+    return b
 
 
 def mac(s):
@@ -257,3 +273,41 @@ def test_random_bytes(raw):
 def test_zero_and_max_length():
     extract(b"")
     extract(os.urandom(PAGE))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fs=st.lists(frames(), min_size=1, max_size=16), cut=st.integers(0, 2000))
+def test_the_stage_records_where_headers_are(fs, cut):
+    """The batch kernel gives each packet the key and hash a lone parse gives, and the
+    network/transport offsets execute edits at (so execute parses nothing again)."""
+    fs = fs[:-1] + [fs[-1][:cut % (len(fs[-1]) + 1)]]          # one frame cut anywhere
+    b = extract_batch(fs)
+    key, L, perr = ffi.new("struct vp_flow_key *"), ffi.new("struct vp_layout *"), ffi.new("uint64_t[]", lib.VP_PERR_N)
+    for i, f in enumerate(fs):
+        lib.vp_parse(f, len(f), 0, key, perr, L)
+        pk = b.pkt[i]
+        assert bytes(ffi.buffer(key)) == bytes(ffi.buffer(ffi.addressof(b.key[i]))), f.hex()
+        assert pk.parsed == 1 and (pk.l3, pk.l4, pk.l_end) == (L.l3, L.l4, L.end), f.hex()
+        assert pk.hash == lib.vp_key_hash(key)
+    # the offsets of the frames cut nowhere, against scapy's dissection
+    for i, f in enumerate(fs[:-1]):
+        want = scapy_offsets(f)
+        if want and b.key[i].layers & 4 and b.key[i].dl_type in (0x0008, 0xdd86):    # network order
+            assert (b.pkt[i].l3, b.pkt[i].l4, b.pkt[i].l_end) == want, f.hex()
+
+
+def scapy_offsets(frame):
+    """(network header, transport header, network packet's end) by scapy, for IP frames"""
+    pkt = Ether(frame)
+    for cls in (IP, IPv6):
+        if cls in pkt:
+            ip = pkt[cls]
+            l3 = len(frame) - len(bytes(ip))
+            l4 = ip.payload
+            while isinstance(l4, (IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment)):
+                later = isinstance(l4, IPv6ExtHdrFragment) and l4.offset
+                l4 = l4.payload
+                if later:
+                    break
+            return l3, len(frame) - len(bytes(l4)), l3 + (ip.len if cls is IP else 40 + ip.plen)
+    return None

@@ -1,6 +1,5 @@
-"""pipeline/hostos.py's parts that run here too: the poll(2) poller FreeBSD's worker
-sleeps in (woken by a readable fd, not by anything else), a socket peer's uid, and a
-zombie owner counted as gone."""
+"""pipeline/hostos.py's parts that run here too: a socket peer's uid, and a zombie owner
+counted as gone."""
 import os
 import socket
 import subprocess
@@ -8,33 +7,6 @@ import sys
 
 from pipeline import hostos
 from tests.conftest import wait_for
-
-
-def test_poll_poller_wakes_on_a_readable_fd_only():
-    """Also as the worker's run-time ports use it (pipeline/runtime_ports.py)."""
-    a, b = socket.socketpair()
-    r, w = os.pipe()
-    p = hostos.PollPoller([a.fileno(), r])
-    try:
-        assert p.poll(0.05) == []                 # nothing to read: the timeout ends it
-        b.send(b"x")
-        assert [fd for fd, _ in p.poll(5)] == [a.fileno()]
-        a.recv(1)
-        os.write(w, b"y")
-        assert [fd for fd, _ in p.poll(5)] == [r]
-        os.read(r, 1)
-        assert p.poll(0) == []
-        p.unregister(a.fileno())                  # as the worker does when a port leaves
-        b.send(b"z")
-        assert p.poll(0) == []
-        p.register(a.fileno())
-        assert [fd for fd, _ in p.poll(5)] == [a.fileno()]
-    finally:
-        p.close()
-        a.close()
-        b.close()
-        os.close(r)
-        os.close(w)
 
 
 def test_peer_uid_is_the_other_ends():

@@ -2,7 +2,6 @@
 (AF_PACKET, AF_XDP, TAP, and mixes with shm:), with intact TCP data and matching counters."""
 import os
 import socket
-import time
 
 import pytest
 
@@ -26,8 +25,16 @@ def _check_pair(lab, pipe, a, b, addr_a, addr_b, kernel_ends):
     assert ok, out
     sent, got = lab.transfer(a, b, addr_b, nbytes=6_000_000)
     assert sent == got and sent.startswith("6000000 "), (sent, got)
-    time.sleep(0.3)                      # let the last ACKs cross
-    st = pipe.stats()
+    # the last ACKs cross: wait until every host interface's counters are the pipeline's (a
+    # loaded machine may leave frames in a ring for a while; a lost one never gets there)
+    def counted():
+        st = pipe.stats()
+        for i, (ns, ifc) in enumerate(kernel_ends):
+            k = lab.link_stats(ns, ifc)
+            if (_io(st, i)["rx_packets"], _io(st, i)["tx_packets"]) != (k["tx_packets"], k["rx_packets"]):
+                return None
+        return st
+    st = wait_for(counted, timeout=30) or pipe.stats()
     for i, (ns, ifc) in enumerate(kernel_ends):
         io, port = _io(st, i), st["ports"][i]
         k = lab.link_stats(ns, ifc)

@@ -17,7 +17,9 @@ def cli(*args):
 
 
 def test_gen_rx_counts_everything(uniq, pipeline_factory):
-    pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")))
+    # the out ring holds all 20,000 frames: a sink held up by a loaded machine loses none
+    pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b"))
+                            .replace(f'shm:{uniq}b"\nslots = 256', f'shm:{uniq}b"\nslots = 32768'))
     # a burst of new flows: whatever does not arrive is counted as a drop, nothing vanishes
     r = cli("gen", f"shm:{uniq}a", "--rx", f"shm:{uniq}b", "--count", "20000", "--flows", "16",
             "--rate", "400000", "--json")
@@ -31,7 +33,7 @@ def test_gen_rx_counts_everything(uniq, pipeline_factory):
             "--rate", "200000", "--json")
     st2 = pipe.stats()
     assert r["rx"]["received"] == 20000 and st2["hits"] - st["hits"] == 20000
-    assert 0.05 <= r["seconds"] <= 1.0          # 20000 packets at 200 kpps: 0.1 s, generously bounded
+    assert r["seconds"] >= 0.05                 # 20000 packets at 200 kpps: 0.1 s, paced (a loaded machine only slows it)
 
 
 def test_sink_alone_and_frames(uniq, pipeline_factory):

@@ -70,7 +70,7 @@ static uint64_t paced_due(struct vp_gen *g, uint64_t now) {
 /* one generator step: fill up to a batch of slots; returns how many were sent */
 static uint32_t gen_step(struct vp_gen *g, uint64_t now) {
     struct vp_ring *r = g->ring;
-    uint32_t n = vp_ring_space(r), sent = 0;
+    uint32_t n = vp_ring_space(r), sent = 0, first = vp_ring_produce(r);
     if (n > g->batch) n = g->batch;
     if (g->count && g->sent + n > g->count) n = (uint32_t)(g->count - g->sent);
     if (g->rate_pps > 0) {
@@ -88,12 +88,44 @@ static uint32_t gen_step(struct vp_gen *g, uint64_t now) {
         if (++g->next == g->nframes) g->next = 0;
         sent++;
     }
+    if (sent && g->stamp_at) {
+        /* the send time, as late as it can be taken: just before the frames are published */
+        uint64_t t = vp_now_ns();
+        for (uint32_t i = 0, si = first; i < sent; i++, si = nm_ring_next(r->nslots, si)) {
+            uint32_t idx = VP_READ_ONCE(vp_slot(r, si)->buf_idx);
+            if (vp_buf_ok(r, idx)) memcpy(vp_buf(r, idx) + g->stamp_at, &t, sizeof(t));
+        }
+    }
     if (sent) vp_ring_publish(r);
     /* sends what was published and reclaims completed slots (tail) for the next step */
     if (g->fd >= 0 && vp_netmap_sync(g->fd, 1)) g->sync_errors++;
     g->sent += sent;
-    if (!sent) g->ring_full++;
+    if (sent) g->last_send_ns = now;
+    else g->ring_full++;
     return sent;
+}
+
+/* a log-linear histogram bucket: exact below 64 ns, then 32 per power of two (±1.6%) */
+static inline uint32_t latency_bucket(uint64_t v) {
+    uint32_t msb, b;
+    if (v < 64) return (uint32_t)v;
+    msb = 63 - (uint32_t)__builtin_clzll(v);
+    b = ((msb - 5) << 5) + (uint32_t)(v >> (msb - 5));
+    return b < VP_LAT_BUCKETS ? b : VP_LAT_BUCKETS - 1;
+}
+
+/* a received frame's time since its generator stamped it (`now` was read after the ring) */
+static inline void latency_record(struct vp_latency *l, const char *frame, uint32_t len, uint32_t at, uint64_t now) {
+    uint64_t t, d;
+    if (len < at + sizeof(t)) { l->unstamped++; return; }
+    memcpy(&t, frame + at, sizeof(t));
+    if (t > now || now - t > VP_LAT_MAX_NS) { l->unstamped++; return; }     /* not a stamp of ours */
+    d = now - t;
+    l->count++;
+    l->sum_ns += d;
+    if (d > l->max_ns) l->max_ns = d;
+    if (!l->min_ns || d < l->min_ns) l->min_ns = d;
+    l->hist[latency_bucket(d)]++;
 }
 
 /* one sink step: count and release what the ring holds (up to a batch) */
@@ -103,12 +135,16 @@ static uint32_t sink_step(struct vp_sink *s, uint64_t now) {
     /* returns the slots released last step and brings in what arrived since */
     if (s->fd >= 0 && vp_netmap_sync(s->fd, 0)) s->sync_errors++;
     n = vp_ring_avail(r);
+    /* read after the ring: every frame it holds arrived before now (a `now` read first
+     * would make frames that arrived while this process was preempted look early) */
+    if (s->lat && n) now = vp_now_ns();
     if (n > s->batch) n = s->batch;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t idx, si = r->cons;
         uint16_t len;
         r->cons = nm_ring_next(r->nslots, si);
         if (!vp_slot_take(r, si, &idx, &len)) continue;
+        if (s->lat) latency_record(s->lat, vp_buf(r, idx), len, s->stamp_at, now);
         s->bytes += len;
         got++;
     }
@@ -144,8 +180,12 @@ static void idle(uint64_t *since, uint64_t now) {
 }
 
 /* A paced generator with nothing due yet sleeps until its next packet is (at most a
- * slice away): --rate 10 costs ten wake-ups a second, not a spinning core. */
-static void pace_wait(const struct vp_gen *g, uint64_t now, uint64_t end) {
+ * slice away): --rate 10 costs ten wake-ups a second, not a spinning core. The last
+ * PACE_SPIN_NS before it is due, and while frames it sent are on their way to `s` (their
+ * latency is being measured: the sink must see them arrive), it spins instead. */
+#define PACE_SPIN_NS 20000ull
+#define IN_FLIGHT_NS 1000000ull
+static void pace_wait(const struct vp_gen *g, const struct vp_sink *s, uint64_t now, uint64_t end) {
 #ifdef __linux__
     /* the default 50 us timer slack would stretch every wait of a fast paced sender */
     static int slack_set;
@@ -153,11 +193,16 @@ static void pace_wait(const struct vp_gen *g, uint64_t now, uint64_t end) {
 #endif
     uint64_t due = g->pace_ns + (uint64_t)((double)(g->sent - g->pace_sent + 1) * 1e9 / g->rate_pps);
     if (due > end) due = end;
-    if (due > now) {
-        uint64_t ns = due - now;
-        struct timespec ts = { (time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull) };
-        nanosleep(&ts, NULL);
+    if (due <= now) return;
+    if (due - now < PACE_SPIN_NS || (s && s->packets < g->sent && now - g->last_send_ns < IN_FLIGHT_NS)) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+        return;
     }
+    uint64_t ns = due - now - PACE_SPIN_NS / 2;
+    struct timespec ts = { (time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull) };
+    nanosleep(&ts, NULL);
 }
 
 static int gen_done(const struct vp_gen *g) { return g->count && g->sent >= g->count; }
@@ -170,7 +215,7 @@ uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns) {
     if (g->frame_len > g->ring->buf_size) return 0;
     while (now - t0 < max_ns && !gen_done(g)) {
         if (gen_step(g, now)) since = 0;
-        else if (g->rate_pps > 0 && vp_ring_space(g->ring)) pace_wait(g, now, t0 + max_ns);
+        else if (g->rate_pps > 0 && vp_ring_space(g->ring)) pace_wait(g, NULL, now, t0 + max_ns);
         else idle(&since, now);
         now = vp_now_ns();
     }
@@ -197,7 +242,9 @@ uint64_t vp_gen_sink_run(struct vp_gen *g, struct vp_sink *s, uint64_t max_ns) {
     while (now - t0 < max_ns && !(gen_done(g) && sink_done(s))) {
         uint32_t work = gen_done(g) ? 0 : gen_step(g, now);
         work += sink_step(s, now);
-        if (!work) idle(&since, now); else since = 0;
+        if (work) since = 0;
+        else if (g->rate_pps > 0 && !gen_done(g) && vp_ring_space(g->ring)) pace_wait(g, s, now, t0 + max_ns);
+        else idle(&since, now);
         now = vp_now_ns();
     }
     g->bytes = g->sent * g->frame_len;

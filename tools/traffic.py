@@ -1,6 +1,7 @@
 """pkt-gen-style traffic on a port's user side (shm:, or netmap:/valeX: on a netmap host):
-`Generator` sends prebuilt frames, `Sink` counts what arrives. The per-packet loops are C
-(traffic.c); Python only paces."""
+`Generator` sends prebuilt frames, `Sink` counts what arrives; with latency on, the generator
+stamps each frame with its send time and the sink keeps a histogram of each frame's time
+in flight. The per-packet loops are C (traffic.c); Python only paces."""
 import time
 
 from pipeline import hostos
@@ -31,9 +32,33 @@ class _OnPeer:
             self.reattached += 1
 
 
+def percentiles(lat, ps=(50, 99, 99.9)):
+    """A struct vp_latency as microseconds: count, min, mean, max and the percentiles ps
+    (each the middle of its histogram bucket: within 1.6%)."""
+    out = {"frames": lat.count, "unstamped": lat.unstamped}
+    if not lat.count:
+        return out
+    out.update(min_us=lat.min_ns / 1e3, mean_us=round(lat.sum_ns / lat.count / 1e3, 3), max_us=lat.max_ns / 1e3)
+    hist = list(lat.hist)
+    for p in ps:
+        want, seen = p / 100 * lat.count, 0
+        for i, n in enumerate(hist):
+            seen += n
+            if n and seen >= want:
+                break
+        if i < 64:
+            mid = i
+        else:
+            shift = (i >> 5) - 1
+            mid = ((i & 31 | 32) << shift) + (1 << shift) / 2
+        out[f"p{p:g}_us".replace(".", "_")] = round(min(max(mid, lat.min_ns), lat.max_ns) / 1e3, 3)
+    return out
+
+
 class Generator(_OnPeer):
     def __init__(self, uri, size=60, flows=1, rate=0, count=0, batch=256,
-                 dst_mac=DEFAULT_DST, src_mac=DEFAULT_SRC, wait_s=10.0, owner=None):
+                 dst_mac=DEFAULT_DST, src_mac=DEFAULT_SRC, wait_s=10.0, owner=None, stamp=False):
+        """stamp: each frame carries its send time (for a Sink with latency on)."""
         if not 42 <= size <= 2048:
             raise ValueError(f"frame size {size} must be 42..2048 (60 = 64-byte frames with FCS)")
         if not 1 <= flows <= 4_000_000:
@@ -42,6 +67,9 @@ class Generator(_OnPeer):
             raise ValueError(f"batch must be 1..65536 slots, not {batch}")
         if rate < 0 or count < 0:
             raise ValueError(f"{'rate' if rate < 0 else 'count'} must be >= 0 (0 = no limit)")
+        if stamp and size < lib.VP_STAMP_AT + 8:
+            raise ValueError(f"frames of {size} bytes have no room for a send time (latency needs "
+                             f"{lib.VP_STAMP_AT + 8} or more)")
         self.stride = (size + 63) & ~63
         self._frames = ffi.new("uint8_t[]", flows * self.stride)
         if lib.vp_gen_build(self._frames, self.stride, flows, size, dst_mac, src_mac) != 0:
@@ -51,7 +79,8 @@ class Generator(_OnPeer):
         self.reattached = 0
         self.g = ffi.new("struct vp_gen *", dict(
             ring=self.port.tx_ring(), fd=fd, frames=self._frames, nframes=flows, stride=self.stride,
-            frame_len=size, batch=batch, rate_pps=float(rate), count=int(count)))
+            frame_len=size, batch=batch, rate_pps=float(rate), count=int(count),
+            stamp_at=lib.VP_STAMP_AT if stamp else 0))
         self.sent_end = None                    # when sending stopped (a sink may drain on)
         self.wait_s = wait_s
         if size > self.port.c.tx[0].buf_size:
@@ -110,13 +139,16 @@ class Generator(_OnPeer):
 
 
 class Sink(_OnPeer):
-    def __init__(self, uri, count=0, batch=1024, wait_s=10.0, owner=None):
+    def __init__(self, uri, count=0, batch=1024, wait_s=10.0, owner=None, latency=False):
+        """latency: keep each frame's time since its generator stamped it (stamp=True)."""
         if count < 0:
             raise ValueError(f"count must be >= 0 (0 = no limit), not {count}")
         self.peer = PortPeer(uri, wait_s, owner, rings="rx")
         self.port, self.wait_s, self.reattached = self.peer.port, wait_s, 0
+        self.lat = ffi.new("struct vp_latency *") if latency else None
         self.s = ffi.new("struct vp_sink *", dict(ring=self.port.rx_ring(), fd=self.peer.fd, batch=batch,
-                                                  count=int(count)))
+                                                  count=int(count), lat=self.lat or ffi.NULL,
+                                                  stamp_at=lib.VP_STAMP_AT))
         self.discarded = self._discard_waiting()
 
     def _discard_waiting(self):
@@ -158,7 +190,8 @@ class Sink(_OnPeer):
         return {"received": self.s.packets, "bytes": self.s.bytes, "seconds": round(el, 6),
                 "mpps": round(self.s.packets / el / 1e6, 4) if el > 0 else 0.0,
                 "errors": self.port.ring_stats()["rx"], "sync_errors": self.s.sync_errors,
-                "reattached": self.reattached, "discarded_at_start": self.discarded}
+                "reattached": self.reattached, "discarded_at_start": self.discarded,
+                **({"latency": percentiles(self.lat)} if self.lat else {})}
 
     def close(self):
         self.peer.close()

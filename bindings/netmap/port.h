@@ -13,7 +13,7 @@
 /* cdef-begin */
 int vp_netmap_ctrl(int fd, struct nmreq_header *h);
 int vp_netmap_sync(int fd, int tx);
-void vp_netmap_port_sync(struct vp_port *p, int tx);
+void vp_netmap_port_attach(struct vp_port *p, int fd);
 unsigned long vp_netmap_ioctl_number(int which);
 /* cdef-end */
 #endif

@@ -117,7 +117,7 @@ class NetmapPort:
         if lib.vp_port_bind(self.ring_port.c, self.map.base, self.map.size, reg.nr_offset, ROLE_USER,
                             reg.nr_mem_id, err, 256):
             raise NetmapError(f"{uri}: {ffi.string(err).decode()}")
-        self.ring_port.c.fd = self.fd
+        lib.vp_netmap_port_attach(self.ring_port.c, self.fd)
 
     def fds(self):
         return [self.fd] if self.fd >= 0 else []
@@ -147,7 +147,7 @@ class NetmapPort:
 
     def close(self):
         if getattr(self, "map", None):
-            self.ring_port.c.fd = -1
+            lib.vp_netmap_port_attach(self.ring_port.c, -1)
             self.map.put()
             self.map = None
         if self.fd >= 0:

@@ -48,7 +48,7 @@ class PacketAdapter(Adapter):
                 if lib.vp_packet_open(self.io, q, ifindex, self.fanout, opt["offload"], err, 256) < 0:
                     raise AdapterError(f"{uri}: {ffi.string(err).decode()}")
         lib.vp_packet_init(self.io)
-        self.io.tx_offload = opt["offload"]
+        self.user.c.tx_offload = opt["offload"]     # sent frames keep their metadata
         self.info["ifindex"] = ifindex
 
     def poll_kernel_stats(self):

@@ -134,3 +134,13 @@ void vp_pcap_out_init(struct vp_io *io, struct vp_pcap_out *out) {
     io->rx = no_rx;
     io->tx = pcap_tx;
 }
+
+static void mirror_frame(void *m, const char *data, uint32_t len) { vp_pcap_mirror(m, data, len); }
+static void mirror_flush(void *m) { vp_pcap_flush(m); }
+
+/* every frame sent through port p is written to m too (m NULL: no more) */
+void vp_pcap_mirror_attach(struct vp_port *p, struct vp_pcap_out *m) {
+    p->mirror = m;
+    p->mirror_frame = m ? mirror_frame : NULL;
+    p->mirror_flush = m ? mirror_flush : NULL;
+}

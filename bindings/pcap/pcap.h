@@ -28,4 +28,5 @@ void vp_pcap_in_init(struct vp_io *io, struct vp_pcap_in *in);
 void vp_pcap_out_init(struct vp_io *io, struct vp_pcap_out *out);
 void vp_pcap_mirror(struct vp_pcap_out *m, const char *data, uint32_t len);
 void vp_pcap_flush(struct vp_pcap_out *m);
+void vp_pcap_mirror_attach(struct vp_port *p, struct vp_pcap_out *m);
 /* cdef-end */

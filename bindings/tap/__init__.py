@@ -36,4 +36,4 @@ class TapAdapter(Adapter):
                 self.io.fd[q] = fd
             self.watch_link(name, bring_up=opt["up"], netns=opt["netns"])
         lib.vp_tap_init(self.io)
-        self.io.tx_offload = opt["offload"]
+        self.user.c.tx_offload = opt["offload"]     # sent frames keep their metadata

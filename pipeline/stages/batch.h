@@ -1,13 +1,107 @@
-/* batch.h — what the five stages share: the flow key, a batch of packet descriptors,
- * and the datapath (ports, flow table, action sets, counters) they operate on. */
+/* batch.h — what the stages share: the flow key, a batch of packet descriptors, the
+ * datapath (ports, flow table, action sets, counters) they operate on, and the named lists
+ * of stages, drop reasons, parse errors and datapath actions. */
 #ifndef VP_BATCH_H
 #define VP_BATCH_H
 #include "../../ring/region.h"
 #include "../../bindings/vnet.h"
 
+/* The lists C and Python share, each written once, here (as VPP's foreach_*_error and
+ * Open vSwitch's OFPACTS): every `_(ID, name)` of VP_FOREACH_X is the C constant VP_X_ID,
+ * numbered in order from 0, with VP_X_N after the last; pipeline/native_build.py gives the
+ * built module the same constants and each list's names (pipeline/names.py reads them). */
+
+/* stages, each with its counters (cycles, packets) */
+#define VP_FOREACH_STAGE(_) \
+    _(RECEIVE, receive) \
+    _(EXTRACT, extract) \
+    _(LOOKUP, lookup) \
+    _(EXECUTE, execute) \
+    _(TRANSMIT, transmit)
+
+/* parse errors, each with its counter (the packet is still forwarded on what parsed) */
+#define VP_FOREACH_PERR(_) \
+    _(ETH_SHORT, eth_short) \
+    _(VLAN_TRUNC, vlan_trunc) \
+    _(VLAN_DEPTH, vlan_depth) \
+    _(ARP_TRUNC, arp_trunc) \
+    _(IPV4_TRUNC, ipv4_trunc) \
+    _(IPV4_BAD, ipv4_bad) \
+    _(IPV6_TRUNC, ipv6_trunc) \
+    _(IPV6_EXT, ipv6_ext) \
+    _(L4_TRUNC, l4_trunc) \
+    _(ND_BAD, nd_bad) \
+    _(IPV6_BAD, ipv6_bad)               /* not counted any more: OVS parses whatever the version says */
+
+/* drop reasons of the fast path, per datapath and per input port (ring errors: per ring) */
+#define VP_FOREACH_DROP(_) \
+    _(ACTION, action_drop)              /* a rule said drop, or no rule */ \
+    _(NO_PORT, no_port) \
+    _(TX_FULL, tx_ring_full) \
+    _(TOO_BIG, too_big) \
+    _(UPCALL_LOST, upcall_lost)         /* no slow path */ \
+    _(UPCALL_QUEUE, upcall_queue) \
+    _(FLOW_LIMIT, flow_limit) \
+    _(NO_ROOM, no_room)                 /* a VLAN push on a full buffer */ \
+    _(UPCALL_RATE, upcall_rate) \
+    _(BAD_OFFLOAD, bad_offload)         /* offload metadata that does not fit the frame */ \
+    _(UPCALL_DISCONNECT, upcall_disconnect) /* handed to a slow path that went away first */ \
+    _(WORKER_RESTART, worker_restart)   /* with the slow path when the worker died */ \
+    _(SLOWPATH, slowpath_drop)          /* the slow path kept it (controller, unknown flow) */ \
+    _(BAD_REPLY, bad_reply)             /* the slow path's answer for it was refused */ \
+    _(TX_BAD_SLOT, tx_bad_slot)         /* the out ring's slot named no valid buffer */ \
+    _(METER, meter)                     /* over an OpenFlow meter's band */
+
+/* datapath actions (struct vp_op kind); 0 is none, refused in an action set */
+#define VP_FOREACH_OP(_) \
+    _(NONE, none) \
+    _(OUTPUT, output) \
+    _(SET, set) \
+    _(PUSH_VLAN, push_vlan) \
+    _(POP_VLAN, pop_vlan) \
+    _(REPARSE, reparse)                 /* parse the frame anew (as OVS's userspace datapath after a userspace()) */ \
+    _(METER, meter)                     /* port: the meter's slot; a packet over its band is dropped */
+
+/* header fields a set action writes, with their width in bytes; 0 is none */
+#define VP_FOREACH_F(_) \
+    _(NONE, none, 0) \
+    _(DL_SRC, dl_src, 6) \
+    _(DL_DST, dl_dst, 6) \
+    _(NW_SRC, nw_src, 4) \
+    _(NW_DST, nw_dst, 4) \
+    _(IPV6_SRC, ipv6_src, 16) \
+    _(IPV6_DST, ipv6_dst, 16) \
+    _(NW_TOS, nw_tos, 1) \
+    _(NW_TTL, nw_ttl, 1) \
+    _(TP_SRC, tp_src, 2) \
+    _(TP_DST, tp_dst, 2) \
+    _(ICMP, icmp, 2)                    /* ICMP/ICMPv6 type and code, one 16-bit word */ \
+    _(IPV6_LABEL, ipv6_label, 4) \
+    _(ARP_OP, arp_op, 2) \
+    _(ARP_SPA, arp_spa, 4) \
+    _(ARP_TPA, arp_tpa, 4) \
+    _(ARP_SHA, arp_sha, 6) \
+    _(ARP_THA, arp_tha, 6) \
+    _(ND_TARGET, nd_target, 16) \
+    _(ND_SLL, nd_sll, 6) \
+    _(ND_TLL, nd_tll, 6)
+
+#define VP_STAGE_ITEM(id, name) VP_STAGE_##id,
+#define VP_PERR_ITEM(id, name) VP_PERR_##id,
+#define VP_DROP_ITEM(id, name) VP_DROP_##id,
+#define VP_OP_ITEM(id, name) VP_OP_##id,
+#define VP_F_ITEM(id, name, width) VP_F_##id,
+enum { VP_FOREACH_STAGE(VP_STAGE_ITEM) VP_STAGE_N };
+enum { VP_FOREACH_PERR(VP_PERR_ITEM) VP_PERR_N };
+enum { VP_FOREACH_DROP(VP_DROP_ITEM) VP_DROP_N };
+enum { VP_FOREACH_OP(VP_OP_ITEM) VP_OP_N };
+enum { VP_FOREACH_F(VP_F_ITEM) VP_F_N };
+
 /* cdef-begin */
 #define VP_BATCH_MAX 1024
 #define VP_MAX_PORTS 64
+#define VP_MAX_MASKS 64
+#define VP_MAX_METERS 1024
 #define VP_INLINE_OUTPUTS 8     /* outputs kept in the action set itself (the rest: `more`) */
 #define VP_MAX_PROGRAM 65535    /* datapath actions in one action set; longer lists are refused */
 #define VP_ACT_MISS -1
@@ -21,46 +115,6 @@
 #define VP_L4 8
 #define VP_FRAG_ANY 1
 #define VP_FRAG_LATER 2
-
-/* parse error reasons, each with its own counter */
-#define VP_PERR_ETH_SHORT 0
-#define VP_PERR_VLAN_TRUNC 1
-#define VP_PERR_VLAN_DEPTH 2
-#define VP_PERR_ARP_TRUNC 3
-#define VP_PERR_IPV4_TRUNC 4
-#define VP_PERR_IPV4_BAD 5
-#define VP_PERR_IPV6_TRUNC 6
-#define VP_PERR_IPV6_EXT 7
-#define VP_PERR_L4_TRUNC 8
-#define VP_PERR_ND_BAD 9
-#define VP_PERR_IPV6_BAD 10     /* not counted any more: OVS parses whatever the version says */
-#define VP_PERR_N 11
-
-/* drop reasons of the fast path (per datapath; ring errors are per ring) */
-#define VP_DROP_ACTION 0
-#define VP_DROP_NO_PORT 1
-#define VP_DROP_TX_FULL 2
-#define VP_DROP_TOO_BIG 3
-#define VP_DROP_UPCALL_LOST 4
-#define VP_DROP_UPCALL_QUEUE 5
-#define VP_DROP_FLOW_LIMIT 6
-#define VP_DROP_NO_ROOM 7
-#define VP_DROP_UPCALL_RATE 8
-#define VP_DROP_BAD_OFFLOAD 9   /* offload metadata that does not fit the frame, or cannot be segmented */
-#define VP_DROP_UPCALL_DISCONNECT 10  /* handed to a slow path that went away before answering */
-#define VP_DROP_WORKER_RESTART 11     /* handed to the slow path by a worker that died before the answer */
-#define VP_DROP_SLOWPATH 12           /* the slow path kept it (controller, unknown flow) */
-#define VP_DROP_BAD_REPLY 13          /* the slow path's answer for it was refused */
-#define VP_DROP_TX_BAD_SLOT 14        /* the out ring's slot named no valid buffer (the peer wrote it) */
-#define VP_DROP_METER 15              /* over an OpenFlow meter's band */
-#define VP_DROP_N 16
-
-#define VP_ST_RECEIVE 0
-#define VP_ST_EXTRACT 1
-#define VP_ST_LOOKUP 2
-#define VP_ST_EXECUTE 3
-#define VP_ST_TRANSMIT 4
-#define VP_ST_N 5
 
 struct vp_vlan { uint16_t tpid; uint16_t tci; };
 
@@ -104,46 +158,26 @@ struct vp_pkt {
     int32_t action;           /* action set id, or VP_ACT_MISS / VP_ACT_PENDING */
     uint32_t hash;
     uint32_t flow;            /* flow table entry, for stats */
+    /* where extract found the network and transport headers and the network packet's end
+     * (struct vp_layout, narrowed: frames are < 64 KB), so execute never parses again;
+     * parsed = 0 (receive) until extract wrote them and the packet's key */
+    uint16_t l3, l4, l_end, parsed;
     struct vp_offload ol;     /* GSO / partial checksum it came with (all zero: none) */
 };
 
+/* A stage's kernel: one call for the whole batch; returns the packets it handled (its
+ * counter). It sets `handoff` when the batch has work for its stage's Python side (misses
+ * to send up): the chain then returns to Python before the next stage. */
 struct vp_batch {
     uint32_t n;
-    uint32_t cap;
+    uint32_t cap;             /* packets receive may take */
     uint32_t nmiss;
-    uint32_t pad;
-    struct vp_pkt pkt[1024];
-    struct vp_flow_key key[1024];
+    uint32_t handoff;
+    struct vp_pkt pkt[VP_BATCH_MAX];
+    struct vp_flow_key key[VP_BATCH_MAX];
 };
 
-/* one datapath action: output, masked set of a header field, VLAN push/pop, reparse */
-#define VP_OP_OUTPUT 1
-#define VP_OP_SET 2
-#define VP_OP_PUSH_VLAN 3
-#define VP_OP_POP_VLAN 4
-#define VP_OP_REPARSE 5        /* parse the frame anew (as OVS's userspace datapath after a userspace()) */
-#define VP_OP_METER 6          /* port: the meter's slot; a packet over its band is dropped */
-#define VP_MAX_METERS 1024
-#define VP_F_DL_SRC 1
-#define VP_F_DL_DST 2
-#define VP_F_NW_SRC 3
-#define VP_F_NW_DST 4
-#define VP_F_IPV6_SRC 5
-#define VP_F_IPV6_DST 6
-#define VP_F_NW_TOS 7
-#define VP_F_NW_TTL 8
-#define VP_F_TP_SRC 9
-#define VP_F_TP_DST 10
-#define VP_F_ICMP 11           /* ICMP/ICMPv6 type and code, one 16-bit word */
-#define VP_F_IPV6_LABEL 12
-#define VP_F_ARP_OP 13
-#define VP_F_ARP_SPA 14
-#define VP_F_ARP_TPA 15
-#define VP_F_ARP_SHA 16
-#define VP_F_ARP_THA 17
-#define VP_F_ND_TARGET 18
-#define VP_F_ND_SLL 19
-#define VP_F_ND_TLL 20
+/* one datapath action (VP_OP_*): output, masked set of a header field (VP_F_*), VLAN push/pop, reparse */
 struct vp_op {
     uint8_t kind;
     uint8_t field;
@@ -160,7 +194,7 @@ struct vp_op {
 struct vp_actions {
     uint32_t nout;            /* outputs; 0 = drop */
     uint32_t nops;            /* > 0: the program in ops */
-    uint16_t out[8];          /* datapath port indexes, when nout <= VP_INLINE_OUTPUTS */
+    uint16_t out[VP_INLINE_OUTPUTS]; /* datapath port indexes, when nout <= VP_INLINE_OUTPUTS */
     uint16_t *more;           /* all nout port indexes when more (owned) */
     struct vp_op *ops;        /* the program (owned) */
 };
@@ -199,10 +233,8 @@ struct vp_flow_table {
 struct vp_outq {
     uint32_t n;
     uint32_t pad;
-    uint32_t pkt[1024];       /* batch indexes */
+    uint32_t pkt[VP_BATCH_MAX]; /* batch indexes */
 };
-
-#define VP_MAX_MASKS 64
 
 /* An OpenFlow meter's drop band as a token bucket; tokens in 1e-9 of a packet (pktps) or
  * of a kbit (kbps), so both refill by rate x elapsed ns */
@@ -223,10 +255,11 @@ struct vp_dp_stats {
     uint64_t hits;            /* exact-match hits */
     uint64_t mf_hits;         /* exact-match misses that a megaflow answered */
     uint64_t misses;          /* went to the slow path */
-    uint64_t parse_err[11];
-    uint64_t drops[16];
-    uint64_t stage_ns[5];
-    uint64_t stage_pkts[5];
+    uint64_t parse_err[VP_PERR_N];
+    uint64_t drops[VP_DROP_N];
+    uint64_t stage_cycles[VP_STAGE_N]; /* vp_cycles() spent in each stage */
+    uint64_t stage_pkts[VP_STAGE_N];
+    uint64_t batch_cycles;    /* whole batches in the C chain: stages, commit, the chain's own work */
     uint64_t tx_swapped;
     uint64_t tx_copied;
     uint64_t tx_segmented;    /* super-frames cut into segments for a port that takes no GSO */
@@ -237,7 +270,7 @@ struct vp_dp_stats {
 struct vp_dp {
     uint32_t nports;
     uint32_t rr;              /* next port receive starts from */
-    struct vp_port *ports[64];
+    struct vp_port *ports[VP_MAX_PORTS];
     struct vp_flow_table flows;
     struct vp_actions *actions;
     uint32_t nactions;
@@ -247,29 +280,28 @@ struct vp_dp {
     uint64_t now_ns;
     /* megaflows: one subtable per mask; entries keyed by (key & mask, mask number) */
     struct vp_flow_table mflows;
-    struct vp_flow_key masks[64];
-    uint64_t mask_hits[64];
-    uint32_t mask_refs[64];
-    uint8_t mask_order[64];   /* subtables by hits, re-ranked periodically */
+    struct vp_flow_key masks[VP_MAX_MASKS];
+    uint64_t mask_hits[VP_MAX_MASKS];
+    uint32_t mask_refs[VP_MAX_MASKS];
+    uint8_t mask_order[VP_MAX_MASKS]; /* subtables by hits, re-ranked periodically */
     uint32_t nmasks;
     /* the ledger by input port: every packet a port received is delivered, dropped with a
      * reason here, or still with the slow path (upcall_inflight) */
-    uint64_t port_drops[64][16];
-    uint64_t upcall_inflight[64];
+    uint64_t port_drops[VP_MAX_PORTS][VP_DROP_N];
+    uint64_t upcall_inflight[VP_MAX_PORTS];
     uint64_t tx_dirty;        /* ports whose out ring got frames since the last commit */
     void *journal;            /* struct vp_journal in memory that outlives this worker, or NULL */
     struct vp_meter *meters;  /* VP_MAX_METERS token buckets (OpenFlow meters), or NULL */
 };
 
-uint64_t vp_now_ns(void);
+/* the hash of a flow key as extract made it: of the words its kind of packet can have
+ * (vp_key_words); a megaflow's masked key: vp_masked_key_hash, of every word */
 uint32_t vp_key_hash(const struct vp_flow_key *k);
+uint32_t vp_masked_key_hash(const struct vp_flow_key *k);
+uint32_t vp_key_words(const struct vp_flow_key *k);
 /* cdef-end */
 
 /* a drop of n packets that came in on dp port `port`, by reason */
 #define VP_DROP(dp, reason, port, n) do { uint64_t _n = (n); (dp)->st.drops[reason] += _n; \
     (dp)->port_drops[(port) & (VP_MAX_PORTS - 1)][reason] += _n; } while (0)
-
-#define VP_TIME_BEGIN(dp) uint64_t _t0 = vp_now_ns()
-#define VP_TIME_END(dp, stage, npk) do { uint64_t _t1 = vp_now_ns(); \
-    (dp)->st.stage_ns[stage] += _t1 - _t0; (dp)->st.stage_pkts[stage] += (npk); (dp)->now_ns = _t1; } while (0)
 #endif

@@ -8,7 +8,6 @@
 #include "execute.h"
 #include "transmit.h"
 #include "extract.h"
-#include "../../bindings/adapter.h"
 
 /* An action set's own memory: what a replaced or freed set held is released. */
 static void actions_clear(struct vp_actions *a) {
@@ -40,9 +39,10 @@ int vp_actions_set_ops(struct vp_dp *dp, uint32_t id, const struct vp_op *ops, u
     uint32_t nout = 0;
     if (id >= dp->max_actions || nops == 0 || nops > VP_MAX_PROGRAM) return -1;
     for (uint32_t i = 0; i < nops; i++) {
-        if ((ops[i].kind < VP_OP_OUTPUT || ops[i].kind > VP_OP_REPARSE) && ops[i].kind != VP_OP_METER) return -1;
+        /* 0 is VP_OP_NONE / VP_F_NONE: an op or field left unset */
+        if (ops[i].kind == VP_OP_NONE || ops[i].kind >= VP_OP_N) return -1;
+        if (ops[i].kind == VP_OP_SET && (ops[i].field == VP_F_NONE || ops[i].field >= VP_F_N)) return -1;
         if (ops[i].kind == VP_OP_METER && ops[i].port >= VP_MAX_METERS) return -1;
-        if (ops[i].kind == VP_OP_SET && (ops[i].field < VP_F_DL_SRC || ops[i].field > VP_F_ND_TLL)) return -1;
         if (ops[i].kind == VP_OP_OUTPUT) nout++;
     }
     if (!(prog = malloc(nops * sizeof(*prog)))) return -1;
@@ -137,17 +137,25 @@ static int partial(const struct pkt *k, const uint8_t *c) {
     return k->ol && k->ol->flags & VP_OL_CSUM && c == k->p + k->ol->csum_start + k->ol->csum_off;
 }
 
-static void pkt_parse(struct pkt *k, uint8_t *p, uint32_t len, struct vp_offload *ol) {
-    struct vp_flow_key key;
-    uint64_t perr[VP_PERR_N];
+/* a frame's headers as a parse of it found them (its key and layout) */
+static void pkt_init(struct pkt *k, uint8_t *p, uint32_t len, struct vp_offload *ol, const struct vp_flow_key *key,
+                     const struct vp_layout *L) {
     k->p = p;
     k->len = len;
     k->ol = ol;
     k->reparsed = 0;
-    vp_parse(p, len, 0, &key, perr, &k->L);
-    k->dl_type = k->flow_dl_type = ntohs(key.dl_type);
-    k->proto = key.nw_proto;
-    k->l3ok = (key.layers & VP_L3) && (k->dl_type == 0x0800 || k->dl_type == 0x86dd);
+    k->L = *L;
+    k->dl_type = k->flow_dl_type = ntohs(key->dl_type);
+    k->proto = key->nw_proto;
+    k->l3ok = (key->layers & VP_L3) && (k->dl_type == 0x0800 || k->dl_type == 0x86dd);
+}
+
+static void pkt_parse(struct pkt *k, uint8_t *p, uint32_t len, struct vp_offload *ol) {
+    struct vp_flow_key key;
+    struct vp_layout L;
+    uint64_t perr[VP_PERR_N];                /* counted once, by extract */
+    vp_parse(p, len, 0, &key, perr, &L);
+    pkt_init(k, p, len, ol, &key, &L);
 }
 
 static uint32_t l4_size(const struct pkt *k) {
@@ -463,24 +471,22 @@ static int meter_pass(struct vp_dp *dp, uint32_t slot, uint32_t len) {
     return 0;
 }
 
-/* run a modifying program on one packet held in `buf` (capacity cap), with its offload
+/* run a modifying program on one packet k (its buffer holds cap bytes), with its offload
  * metadata (moved with the headers), in order; each output copies the packet as it is at
  * that point into the port's ring */
-static void run_ops(struct vp_dp *dp, const struct vp_actions *a, uint8_t *buf, uint32_t len, uint32_t cap,
-                    struct vp_offload *ol, uint32_t in_port) {
-    struct pkt k;
-    pkt_parse(&k, buf, len, ol);
+static void run_ops(struct vp_dp *dp, const struct vp_actions *a, struct pkt *k, uint32_t cap, uint32_t in_port) {
+    uint32_t len = k->len;
     for (uint32_t i = 0; i < a->nops; i++) {
         const struct vp_op *op = &a->ops[i];
         if (op->kind == VP_OP_OUTPUT) {
-            vp_emit(dp, op->port, buf, len, ol, in_port);
+            vp_emit(dp, op->port, k->p, len, k->ol, in_port);
             continue;
         }
         if (op->kind == VP_OP_METER) {
             if (!meter_pass(dp, op->port, len)) { VP_DROP(dp, VP_DROP_METER, in_port, 1); return; }
             continue;
         }
-        uint32_t n = apply_op(op, &k, cap);
+        uint32_t n = apply_op(op, k, cap);
         if (n == 0) { VP_DROP(dp, VP_DROP_NO_ROOM, in_port, 1); return; }
         len = n;
     }
@@ -506,12 +512,13 @@ uint32_t vp_execute_packet(struct vp_dp *dp, uint32_t id, const uint8_t *data, u
         for (uint32_t o = 0; o < a->nout; o++) vp_emit(dp, out[o], buf, len, &ol, in_port);
         return a->nout;
     }
-    run_ops(dp, a, buf, len, sizeof(buf), &ol, in_port);
+    struct pkt k;
+    pkt_parse(&k, buf, len, &ol);
+    run_ops(dp, a, &k, sizeof(buf), in_port);
     return a->nout;
 }
 
-void vp_execute(struct vp_dp *dp, struct vp_batch *b) {
-    VP_TIME_BEGIN(dp);
+uint32_t vp_execute(struct vp_dp *dp, struct vp_batch *b) {
     for (uint32_t i = 0; i < b->n; i++) {
         struct vp_pkt *pk = &b->pkt[i];
         const struct vp_actions *a;
@@ -524,8 +531,16 @@ void vp_execute(struct vp_dp *dp, struct vp_batch *b) {
              * a batch cut short by a crash replays on the same bytes */
             uint8_t buf[65536];
             struct vp_offload ol = pk->ol;
+            struct pkt k;
             memcpy(buf, pk->data, pk->len);
-            run_ops(dp, a, buf, pk->len, sizeof(buf), &ol, pk->port);
+            if (pk->parsed) {
+                /* the headers where extract found them: no second parse */
+                struct vp_layout L = {pk->l3, pk->l4, pk->l_end};
+                pkt_init(&k, buf, pk->len, &ol, &b->key[i], &L);
+            } else {
+                pkt_parse(&k, buf, pk->len, &ol);     /* a stage of one's own did the extracting */
+            }
+            run_ops(dp, a, &k, sizeof(buf), pk->port);
             if (a->nout == 0) VP_DROP(dp, VP_DROP_ACTION, pk->port, 1);
             continue;
         }
@@ -541,5 +556,5 @@ void vp_execute(struct vp_dp *dp, struct vp_batch *b) {
             pk->nout++;
         }
     }
-    VP_TIME_END(dp, VP_ST_EXECUTE, b->n);
+    return b->n;
 }

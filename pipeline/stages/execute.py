@@ -1,12 +1,7 @@
-"""execute: run each hit's datapath actions (output to one or more ports, drop),
-grouping the packets per output port for transmit."""
-from pipeline._native import lib
+"""execute: run each hit's datapath actions (output to one or more ports, drop, header
+rewrites), grouping the packets per output port for transmit (execute.c)."""
+from pipeline.stages.stage import Stage
 
 
-class Execute:
-    def __init__(self, dp):
-        self.dp = dp.c
-
-    def process_batch(self, batch):
-        lib.vp_execute(self.dp, batch)
-        return batch.n
+class Execute(Stage):
+    kernel, counter = "vp_execute", "execute"

@@ -3,11 +3,15 @@
  * following Open vSwitch's miniflow_extract() field for field, so that the slow path
  * classifies a frame exactly as OVS would. Never reads past len; a truncated or malformed
  * header ends parsing where OVS's parser ends it. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 #include "extract.h"
 #include "keyhash.h"
@@ -184,12 +188,31 @@ static void parse_arp(const uint8_t *p, uint32_t n, struct vp_flow_key *k, uint6
     k->layers |= VP_L3;
 }
 
+/* 16-byte stores, written out: a memset of the 120 bytes becomes `rep stos`, which takes
+ * longer to start than this takes to finish (and a loop of them is turned back into one) */
+_Static_assert(sizeof(struct vp_flow_key) == 120, "key_zero writes 120 bytes");
+static inline void key_zero(struct vp_flow_key *k) {
+#if defined(__SSE2__)
+    __m128i z = _mm_setzero_si128(), *q = (__m128i *)k;
+    _mm_storeu_si128(q, z);
+    _mm_storeu_si128(q + 1, z);
+    _mm_storeu_si128(q + 2, z);
+    _mm_storeu_si128(q + 3, z);
+    _mm_storeu_si128(q + 4, z);
+    _mm_storeu_si128(q + 5, z);
+    _mm_storeu_si128(q + 6, z);
+    *(uint64_t *)(q + 7) = 0;
+#else
+    memset(k, 0, sizeof(*k));
+#endif
+}
+
 void vp_parse(const uint8_t *p, uint32_t len, uint32_t in_port, struct vp_flow_key *k, uint64_t *perr,
               struct vp_layout *L) {
     uint32_t off = 12;
     uint16_t et;
     int nv = 0;
-    memset(k, 0, sizeof(*k));
+    key_zero(k);
     L->l3 = L->l4 = L->end = 0;
     k->in_port = in_port;
     if (len < 14) { perr[VP_PERR_ETH_SHORT]++; return; }
@@ -267,7 +290,59 @@ __attribute__((constructor)) static void keyhash_init(void) {
 
 #define KEY_WORDS (sizeof(struct vp_flow_key) / 8)
 
+/* Which of the key's 15 words extract can have written, by the kind of packet (Open
+ * vSwitch's miniflow idea: hash what the key holds, not its whole size). Every other word
+ * is 0 in a key extract made, so equal keys still hash equal; a key made elsewhere with
+ * more in it only hashes into the same bucket more often (the table compares whole keys). */
+#define KW(f) (offsetof(struct vp_flow_key, f) / 8)
+_Static_assert(KEY_WORDS == 15 && KW(vlans) == 3 && KW(nw_src) == 4 && KW(nw_dst) == 4 && KW(ipv6_src) == 5 &&
+               KW(ipv6_label) == 9 && KW(nw_frag) == 9 && KW(arp_sha) == 10 && KW(tp_src) == 13 &&
+               KW(tp_dst) == 13 && KW(tcp_flags) == 14, "the word lists below follow struct vp_flow_key");
+static const uint8_t W_L2[] = {0, 1, 2, 3};                             /* port, layers, MACs, type, tag */
+static const uint8_t W_IPV4[] = {0, 1, 2, 3, 4, 9, 13, 14};             /* + addresses, proto/tos/ttl/frag, ports, flags */
+static const uint8_t W_IPV6[] = {0, 1, 2, 3, 5, 6, 7, 8, 9, 13, 14};    /* + 128-bit addresses, label */
+static const uint8_t W_ARP[] = {0, 1, 2, 3, 4, 9, 10, 11};              /* + IPs, op, sha and tha */
+static const uint8_t W_ALL[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14};  /* ICMPv6 (ND) */
+
+enum { KIND_L2, KIND_IPV4, KIND_IPV6, KIND_ARP, KIND_ALL };
+
+static inline int key_kind(const struct vp_flow_key *k) {
+    uint16_t t = ntohs(k->dl_type);
+    /* ICMPv6 inside either IP version carries ND fields (parse_l4 goes by nw_proto alone) */
+    if (t == ETH_IPV4) return k->nw_proto == 58 ? KIND_ALL : KIND_IPV4;
+    if (t == ETH_IPV6) return k->nw_proto == 58 ? KIND_ALL : KIND_IPV6;
+    if (t == ETH_ARP || t == ETH_RARP) return KIND_ARP;
+    return KIND_L2;
+}
+
+static inline __attribute__((always_inline)) uint32_t key_hash(const struct vp_flow_key *k, const int hw) {
+    const uint64_t *w = (const uint64_t *)k;
+    switch (key_kind(k)) {
+    case KIND_IPV4: return vp_hash_listed(w, W_IPV4, sizeof(W_IPV4), hw);
+    case KIND_IPV6: return vp_hash_listed(w, W_IPV6, sizeof(W_IPV6), hw);
+    case KIND_ARP: return vp_hash_listed(w, W_ARP, sizeof(W_ARP), hw);
+    case KIND_L2: return vp_hash_listed(w, W_L2, sizeof(W_L2), hw);
+    default: return vp_hash_listed(w, W_ALL, sizeof(W_ALL), hw);
+    }
+}
+
+/* the words key_hash takes of k, as bits (tests check that extract writes no other) */
+uint32_t vp_key_words(const struct vp_flow_key *k) {
+    static const struct { const uint8_t *idx; uint32_t n; } kinds[] = {
+        [KIND_L2] = {W_L2, sizeof(W_L2)}, [KIND_IPV4] = {W_IPV4, sizeof(W_IPV4)}, [KIND_IPV6] = {W_IPV6, sizeof(W_IPV6)},
+        [KIND_ARP] = {W_ARP, sizeof(W_ARP)}, [KIND_ALL] = {W_ALL, sizeof(W_ALL)}};
+    uint32_t bits = 0, kind = (uint32_t)key_kind(k);
+    for (uint32_t i = 0; i < kinds[kind].n; i++) bits |= 1u << kinds[kind].idx[i];
+    return bits;
+}
+
 uint32_t vp_key_hash(const struct vp_flow_key *k) {
+    return vp_crc32c_hw ? key_hash(k, 1) : key_hash(k, 0);
+}
+
+/* a megaflow's key under its mask: every word (the mask decides which hold anything, and
+ * the subtable's id is in the last one) */
+uint32_t vp_masked_key_hash(const struct vp_flow_key *k) {
     return vp_crc32c_hw ? vp_hash_words((const uint64_t *)k, KEY_WORDS, 1)
                         : vp_hash_words((const uint64_t *)k, KEY_WORDS, 0);
 }
@@ -275,7 +350,7 @@ uint32_t vp_key_hash(const struct vp_flow_key *k) {
 /* one path on demand (hw = 1 gives 0 on a CPU without the instruction), for comparing them */
 uint32_t vp_key_hash_path(const struct vp_flow_key *k, int hw) {
     if (hw && !crc32c_cpu) return 0;
-    return hw ? vp_hash_words((const uint64_t *)k, KEY_WORDS, 1) : vp_hash_words((const uint64_t *)k, KEY_WORDS, 0);
+    return hw ? key_hash(k, 1) : key_hash(k, 0);
 }
 
 int vp_crc32c_cpu(void) { return crc32c_cpu; }
@@ -286,14 +361,21 @@ static inline __attribute__((always_inline)) void extract_batch(struct vp_dp *dp
     for (uint32_t i = 0; i < b->n; i++) {
         struct vp_pkt *pk = &b->pkt[i];
         if (i + 16 < b->n) __builtin_prefetch(b->pkt[i + 16].data);
-        vp_extract_one((const uint8_t *)pk->data, pk->len, pk->port, &b->key[i], dp->st.parse_err);
-        pk->hash = vp_hash_words((const uint64_t *)&b->key[i], KEY_WORDS, hw);
+        struct vp_layout L;
+        vp_parse((const uint8_t *)pk->data, pk->len, pk->port, &b->key[i], dp->st.parse_err, &L);
+        /* execute edits headers where this parse found them (offsets <= len < 64 KB) */
+        pk->l3 = (uint16_t)L.l3;
+        pk->l4 = (uint16_t)L.l4;
+        pk->l_end = (uint16_t)L.end;
+        pk->parsed = 1;
     }
+    /* hashed in a pass of its own: a key's words read back right after the parser's narrow
+     * stores to them would wait for each store to complete (no store forwarding) */
+    for (uint32_t i = 0; i < b->n; i++) b->pkt[i].hash = key_hash(&b->key[i], hw);
 }
 
-void vp_extract(struct vp_dp *dp, struct vp_batch *b) {
-    VP_TIME_BEGIN(dp);
+uint32_t vp_extract(struct vp_dp *dp, struct vp_batch *b) {
     if (vp_crc32c_hw) extract_batch(dp, b, 1);      /* one branch per batch, not per packet */
     else extract_batch(dp, b, 0);
-    VP_TIME_END(dp, VP_ST_EXTRACT, b->n);
+    return b->n;
 }

@@ -7,7 +7,7 @@
  * 0 = none) and where the network packet ends (link-layer padding after it): what Open
  * vSwitch's packet offsets are, which its header rewrites and checksum updates rely on */
 struct vp_layout { uint32_t l3; uint32_t l4; uint32_t end; };
-void vp_extract(struct vp_dp *dp, struct vp_batch *b);
+uint32_t vp_extract(struct vp_dp *dp, struct vp_batch *b);
 void vp_extract_one(const uint8_t *p, uint32_t len, uint32_t in_port, struct vp_flow_key *k, uint64_t *perr);
 void vp_parse(const uint8_t *p, uint32_t len, uint32_t in_port, struct vp_flow_key *k, uint64_t *perr,
               struct vp_layout *L);

@@ -1,14 +1,8 @@
-"""extract: parse every packet of the batch into a fixed-layout flow key and hash.
+"""extract: parse every packet of the batch into a fixed-layout flow key and hash (extract.c).
 
-Malformed or truncated headers stop at the last whole layer and are counted.
-"""
-from pipeline._native import lib
+Malformed or truncated headers stop at the last whole layer and are counted."""
+from pipeline.stages.stage import Stage
 
 
-class Extract:
-    def __init__(self, dp):
-        self.dp = dp.c
-
-    def process_batch(self, batch):
-        lib.vp_extract(self.dp, batch)
-        return batch.n
+class Extract(Stage):
+    kernel, counter = "vp_extract", "extract"

@@ -39,4 +39,17 @@ static inline __attribute__((always_inline)) uint32_t vp_hash_words(const uint64
     if (i < n) a = vp_crc32c_u64(a, w[i], hw);
     return (uint32_t)(a ^ (b << 15 | b >> 17)) * 0x9e3779b1u;
 }
+
+/* the same over the n words w[idx[0..n)] (idx and n constant at each use: unrolled) */
+static inline __attribute__((always_inline)) uint32_t vp_hash_listed(const uint64_t *w, const uint8_t *idx, size_t n,
+                                                                     const int hw) {
+    uint64_t a = 0x243f6a88, b = 0x85a308d3;
+    size_t i;
+    for (i = 0; i + 1 < n; i += 2) {
+        a = vp_crc32c_u64(a, w[idx[i]], hw);
+        b = vp_crc32c_u64(b, w[idx[i + 1]], hw);
+    }
+    if (i < n) a = vp_crc32c_u64(a, w[idx[i]], hw);
+    return (uint32_t)(a ^ (b << 15 | b >> 17)) * 0x9e3779b1u;
+}
 #endif

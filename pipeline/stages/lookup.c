@@ -91,7 +91,7 @@ static uint32_t megaflow_batch(struct vp_dp *dp, struct vp_batch *b, const uint3
         if (!dp->mask_refs[id]) continue;
         for (uint32_t k = 0; k < nleft; k++) {
             mask_key(&mk, &b->key[left[k]], m, id);
-            hash[k] = vp_key_hash(&mk);
+            hash[k] = vp_masked_key_hash(&mk);
             __builtin_prefetch(&t->index[hash[k] & t->mask]);
         }
         for (uint32_t k = 0; k < nleft; k++) {
@@ -132,7 +132,6 @@ static uint32_t megaflow_batch(struct vp_dp *dp, struct vp_batch *b, const uint3
 }
 
 uint32_t vp_lookup(struct vp_dp *dp, struct vp_batch *b) {
-    VP_TIME_BEGIN(dp);
     struct vp_flow_table *t = &dp->flows;
     uint32_t nmiss = 0, nmf = 0, n = b->n, ntodo = 0;
     uint32_t todo[VP_BATCH_MAX];
@@ -215,11 +214,11 @@ uint32_t vp_lookup(struct vp_dp *dp, struct vp_batch *b) {
         }
     }
     b->nmiss = nmiss;
+    b->handoff = nmiss != 0;                    /* the upcall (lookup.py) sends them up */
     dp->st.hits += n - nmiss - nmf;
     dp->st.mf_hits += nmf;
     dp->st.misses += nmiss;
-    VP_TIME_END(dp, VP_ST_LOOKUP, n);
-    return nmiss;
+    return n;
 }
 
 static struct vp_flow *insert_in(struct vp_flow_table *t, uint64_t now, const struct vp_flow_key *k, uint32_t h) {
@@ -389,7 +388,7 @@ int vp_megaflow_install(struct vp_dp *dp, const struct vp_flow_key *k, const str
         dp->mask_hits[id] = 0;
     }
     mask_key(&mk, k, mask, id);
-    uint32_t h = vp_key_hash(&mk);
+    uint32_t h = vp_masked_key_hash(&mk);
     e = find(&dp->mflows, &mk, h);
     if (e >= 0) {
         if (dp->mflows.entries[e].action != action) dp->mflows.entries[e].gen++;

@@ -1,14 +1,8 @@
-"""receive: take up to a batch of slots from the ports' rx rings, no copy.
+"""receive: take up to a batch of slots from the ports' rx rings, no copy (receive.c).
 
-Slots taken by one batch are released to their peer when the batch commits (transmit).
-"""
-from pipeline._native import lib
+Slots taken by one batch are released to their peer when the batch commits."""
+from pipeline.stages.stage import Stage
 
 
-class Receive:
-    def __init__(self, dp):
-        self.dp = dp.c
-        self.budget = dp.batch_size
-
-    def process_batch(self, batch):
-        return lib.vp_receive(self.dp, batch, self.budget)
+class Receive(Stage):
+    kernel, counter = "vp_receive", "receive"

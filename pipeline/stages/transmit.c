@@ -6,37 +6,26 @@
 #include <string.h>
 #include "transmit.h"
 #include "../journal.h"
-#include "../../bindings/adapter.h"
-#include "../../bindings/netmap/port.h"
-#include "../../bindings/pcap/pcap.h"
 
-/* the ring the pipeline produces into: a shm user's RX ring, or our own netmap TX ring */
-static inline struct vp_ring *out_ring(struct vp_port *p) {
-    return p->rx[0].role == VP_ROLE_KERNEL ? &p->rx[0] : &p->tx[0];
-}
-static inline struct vp_ring *in_ring(struct vp_port *p, uint32_t i) {
-    return p->tx[0].role == VP_ROLE_KERNEL ? &p->tx[i] : &p->rx[i];
-}
-static inline uint32_t vnet_hdr(const struct vp_port *p) {
-    return p->io ? ((const struct vp_io *)p->io)->vnet_hdr : 0;
-}
-static inline int takes_offload(const struct vp_port *p) {
-    return p->io && ((const struct vp_io *)p->io)->tx_offload;
+/* memcpy of a frame, the common small ones inline: overlapping copies that read and write
+ * only [0, len) (a call into libc and its dispatch cost more than a 64-byte frame's copy) */
+static inline void copy_frame(uint8_t *d, const uint8_t *s, uint32_t len) {
+    if (len >= 32 && len <= 64) {
+        __builtin_memcpy(d, s, 32);
+        __builtin_memcpy(d + len - 32, s + len - 32, 32);
+    } else if (len > 64 && len <= 128) {
+        __builtin_memcpy(d, s, 64);
+        __builtin_memcpy(d + len - 64, s + len - 64, 64);
+    } else {
+        memcpy(d, s, len);
+    }
 }
 
-/* After frames were published in a port's out ring: hand them on (netmap's txsync, for an
- * emulated adapter or a real netmap port) and write out its mirror. */
-void vp_tx_sync(struct vp_port *p) {
-    if (p->io) vp_io_txsync(p->io);
-    if (p->fd >= 0) vp_netmap_port_sync(p, 1);
-    if (p->mirror) vp_pcap_flush(p->mirror);
-}
-
-static void produced(struct vp_port *p, struct vp_ring *r, struct netmap_slot *ts, const uint8_t *frame,
+static inline void produced(struct vp_port *p, struct vp_ring *r, struct netmap_slot *ts, const uint8_t *frame,
                      uint32_t len, uint32_t hdr) {
     VP_WRITE_ONCE(ts->len, (uint16_t)(len + hdr));
     VP_WRITE_ONCE(ts->flags, 0);
-    if (p->mirror) vp_pcap_mirror(p->mirror, (const char *)frame, len);
+    if (p->mirror) p->mirror_frame(p->mirror, (const char *)frame, len);
     vp_ring_produced(r);
     r->st.packets++;
     r->st.bytes += len;
@@ -56,14 +45,14 @@ static uint32_t put_segments(struct vp_dp *dp, struct vp_port *p, struct vp_ring
                              uint32_t len, const struct vp_offload *ol, uint32_t space, uint32_t in_port) {
     uint8_t *bufs[VP_GSO_MAX_SEGS];
     uint16_t lens[VP_GSO_MAX_SEGS];
-    uint32_t hdr = vnet_hdr(p), n = vp_gso_count(data, len, ol, r->buf_size - hdr), si;
+    uint32_t hdr = p->vnet_hdr, n = vp_gso_count(data, len, ol, r->buf_size - hdr), si;
     if (!n) {
         VP_DROP(dp, vp_gso_count(data, len, ol, 65535) ? VP_DROP_TOO_BIG : VP_DROP_BAD_OFFLOAD, in_port, 1);
         return 0;
     }
-    if (n > space && p->io) {
+    if (n > space && p->txsync) {
         vp_ring_publish(r);
-        vp_io_txsync(p->io);
+        p->txsync(p);
         space = vp_ring_space(r);
     }
     if (n > space) {
@@ -92,21 +81,21 @@ static uint32_t put_segments(struct vp_dp *dp, struct vp_port *p, struct vp_ring
 /* One frame copied into port p's out ring r (space > 0 slots free): with its metadata
  * for a port that takes it, else segmented / checksum completed. Returns slots used;
  * 0 when it was dropped (counted). */
-static uint32_t put_copy(struct vp_dp *dp, struct vp_port *p, struct vp_ring *r, const uint8_t *data,
+static inline uint32_t put_copy(struct vp_dp *dp, struct vp_port *p, struct vp_ring *r, const uint8_t *data,
                          uint32_t len, const struct vp_offload *ol, uint32_t space, uint32_t in_port) {
     static const struct vp_offload none;
-    uint32_t hdr = vnet_hdr(p), idx;
+    uint32_t hdr = p->vnet_hdr, idx;
     struct netmap_slot *ts;
     uint8_t *o;
     if (!ol) ol = &none;
-    if (ol->gso_type != VP_GSO_NONE && !takes_offload(p)) return put_segments(dp, p, r, data, len, ol, space, in_port);
+    if (ol->gso_type != VP_GSO_NONE && !p->tx_offload) return put_segments(dp, p, r, data, len, ol, space, in_port);
     ts = vp_slot(r, vp_ring_produce(r));
     idx = VP_READ_ONCE(ts->buf_idx);
     if (!vp_buf_ok(r, idx)) { bad_slot(dp, r, in_port); return 0; }
     if (len + hdr > r->buf_size) { VP_DROP(dp, VP_DROP_TOO_BIG, in_port, 1); return 0; }
     o = (uint8_t *)vp_buf(r, idx) + hdr;
-    memcpy(o, data, len);
-    if (takes_offload(p)) {
+    copy_frame(o, data, len);
+    if (p->tx_offload) {
         vp_vnet_write(o - hdr, ol);
     } else {
         if (ol->flags & VP_OL_CSUM) {
@@ -120,20 +109,19 @@ static uint32_t put_copy(struct vp_dp *dp, struct vp_port *p, struct vp_ring *r,
 }
 
 uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
-    VP_TIME_BEGIN(dp);
     uint32_t sent = 0;
     for (uint32_t port = 0; port < dp->nports; port++) {
         struct vp_outq *q = &dp->outq[port];
         if (q->n == 0) continue;
         struct vp_port *op = dp->ports[port];
-        struct vp_ring *r = out_ring(op);
+        struct vp_ring *r = vp_out_ring(op);
         uint32_t space = vp_ring_space(r), i;
         for (i = 0; i < q->n && space; i++) {
             struct vp_pkt *pk = &b->pkt[q->pkt[i]];
             struct vp_port *ip = dp->ports[pk->port];
-            struct vp_ring *ir = in_ring(ip, pk->ring);
-            if (pk->nout == 1 && ir->bufs == r->bufs && ir->buf_size == r->buf_size && ir->mem_id == r->mem_id &&
-                !vnet_hdr(op) && !vnet_hdr(ip)) {
+            struct vp_ring *ir;
+            if (pk->nout == 1 && ip->mem_id == op->mem_id && (ir = vp_in_ring(ip, pk->ring))->bufs == r->bufs &&
+                ir->buf_size == r->buf_size && ir->mem_id == r->mem_id && !op->vnet_hdr && !ip->vnet_hdr) {
                 /* same region: hand the buffer over, give the rx slot the empty one */
                 struct netmap_slot *ts = vp_slot(r, vp_ring_produce(r)), *rs = vp_slot(ir, pk->slot);
                 uint32_t tidx = VP_READ_ONCE(ts->buf_idx), ridx = (uint32_t)((pk->data - ir->bufs) / ir->buf_size);
@@ -166,7 +154,6 @@ uint32_t vp_transmit(struct vp_dp *dp, struct vp_batch *b) {
         dp->tx_dirty |= 1ull << port;
         q->n = 0;
     }
-    VP_TIME_END(dp, VP_ST_TRANSMIT, sent);
     return sent;
 }
 
@@ -178,7 +165,7 @@ uint32_t vp_emit(struct vp_dp *dp, uint32_t port, const uint8_t *data, uint32_t 
     struct vp_ring *r;
     uint32_t space;
     if (port >= dp->nports) { VP_DROP(dp, VP_DROP_NO_PORT, in_port, 1); return 0; }
-    r = out_ring(dp->ports[port]);
+    r = vp_out_ring(dp->ports[port]);
     if (len == 0) { VP_DROP(dp, VP_DROP_TOO_BIG, in_port, 1); return 0; }
     space = vp_ring_space(r);
     if (!space) {

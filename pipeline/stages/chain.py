@@ -1,0 +1,83 @@
+"""The chain: the stages a batch goes through, in the order Python composed them, run by C
+(chain.c: batch after batch, back to Python only when it has work) when every stage has a
+C kernel, and batch by batch from Python when one is written in Python."""
+import select
+import time
+
+from pipeline._native import ffi, lib
+
+
+class Chain:
+    def __init__(self, dp, stages, idle_poll_s=200e-6, idle_sleep_s=1e-3, wake_check_s=50e-6):
+        """idle_poll_s: with nothing to receive, keep polling the rings this long (a frame
+        that comes meanwhile waits for no wake-up); then sleep in naps of up to idle_sleep_s,
+        woken at once by any fd given to run() (ports with one: a frame arrived)."""
+        if not 1 <= len(stages) <= lib.VP_CHAIN_MAX:
+            raise ValueError(f"a chain has 1..{lib.VP_CHAIN_MAX} stages, not {len(stages)}")
+        self.dp, self.stages, self.batch = dp, list(stages), dp.batch
+        self.native = all(s.kernel for s in self.stages)
+        self.c = ffi.new("struct vp_chain *")
+        self.c.n = len(self.stages)
+        for i, s in enumerate(self.stages):
+            if s.kernel:
+                self.c.stage[i] = s.c[0]
+        self.c.idle_poll_ns, self.c.idle_sleep_ns = int(idle_poll_s * 1e9), int(idle_sleep_s * 1e9)
+        self.c.wake_check_ns = int(wake_check_s * 1e9)
+        self._last_rx = 0
+        self._nap = 0.0
+
+    def names(self):
+        return [type(s).__name__.lower() for s in self.stages]
+
+    def run(self, deadline_ns, max_batches, wake_fds=(), port_fds=()):
+        """Run batches until Python has work: one of wake_fds readable, the deadline
+        (time.monotonic_ns()) or max_batches committed. Returns the number of batches."""
+        if not self.native:
+            return self._run_python(deadline_ns, max_batches, list(wake_fds), list(port_fds))
+        c = self.c
+        fds = list(wake_fds)[:lib.VP_WAKE_MAX]
+        c.nwake = len(fds)
+        fds += list(port_fds)[:lib.VP_WAKE_MAX - len(fds)]
+        c.nfds = len(fds)
+        for i, fd in enumerate(fds):
+            c.fds[i] = fd
+        c.deadline_ns = deadline_ns
+        done = 0
+        while True:
+            # the bound is over the whole turn, handoffs included (chain.c counts one call)
+            c.max_batches = max(1, max_batches - done)
+            why = lib.vp_chain_run(self.dp.c, self.batch, c)
+            done += c.batches
+            if why != lib.VP_RUN_HANDOFF:
+                return done
+            self.stages[c.at].handoff(self.batch)
+
+    def _run_python(self, deadline_ns, max_batches, wake_fds, port_fds):
+        """As chain.c does, with each stage's process_batch in turn."""
+        b, first, rest = self.batch, self.stages[0], self.stages[1:]
+        done = 0
+        while True:
+            now = time.monotonic_ns()
+            if first.process_batch(b):
+                for s in rest:
+                    s.process_batch(b)
+                lib.vp_commit(self.dp.c)
+                done += 1
+                self._last_rx, self._nap = now, 0.0
+                if done >= max_batches:
+                    return done
+            elif now - self._last_rx >= self.c.idle_poll_ns:
+                self._nap = min(max(self._nap * 2, 10e-6), self.c.idle_sleep_ns / 1e9,
+                                max(0.0, (deadline_ns - now) / 1e9))
+                if _readable(wake_fds + port_fds, self._nap) and _readable(wake_fds, 0):
+                    return done
+            if now >= deadline_ns:
+                return done
+
+
+def _readable(fds, timeout_s):
+    """whether one of fds is readable within timeout_s (poll(2): fd numbers past 1023 too)"""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    return bool(p.poll(max(0, int(timeout_s * 1000 + 0.999))))
