@@ -195,7 +195,9 @@ class Worker:
                 turn = BUSY_TURN_S if (up.outq or up.reval_cursor is not None or self.control.busy()
                                        or self.control.writers()) else TURN_S
                 due = min(now + turn, next_tick, next_check, end or next_tick, up.next_try if not up.up else next_tick)
-                self.chain.run(int(due * 1e9), MAX_BATCHES if native else PY_BATCHES,
+                # never 0: to the chain a deadline of 0 is none (a reconnection due at once
+                # has next_try 0, and the chain would then nap until a frame came)
+                self.chain.run(int(max(due, now) * 1e9), MAX_BATCHES if native else PY_BATCHES,
                                wake_fds=sig.fds() + up.fds() + [s.fileno() for s in self.control.fds()],
                                port_fds=[fd for p in self.ports if p.up for fd in p.fds()])
                 sig.drain()
