@@ -224,6 +224,11 @@ class Adapter:
         if self.link:
             ls = self.link.state()
             st.update(link=ls["link"], speed_mbps=ls["speed_mbps"], mtu=self.io.mtu)
+            if ls["link"] != "gone" and self.io.link_down != lib.VP_LINK_GONE:
+                # what stats says is what the datapath acts on from now, not up to 100 ms
+                # later (follow_link's next look): a frame sent after "no-carrier" was
+                # shown is counted tx_link_down, not a device error
+                self.io.link_down = 0 if ls["link"] == "up" else lib.VP_LINK_DOWN
         if getattr(self, "reopened", 0):
             st["reopened"] = self.reopened
         return dict(st, **self.info)
