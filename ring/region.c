@@ -122,8 +122,9 @@ int vp_region_format(char *base, uint64_t size, const struct vp_geom *g,
 
 #define FAIL(...) do { if (err) snprintf(err, errlen, __VA_ARGS__); return -1; } while (0)
 
+/* objects as large as a creator makes: a ring of 65536 slots is a little over 1 MiB */
 static int pool_fits(uint64_t off, uint64_t n, uint64_t objsize, uint64_t memsize) {
-    return n <= (1u << 24) && objsize <= (1u << 20) && off <= memsize && n * objsize <= memsize - off;
+    return n <= (1u << 24) && objsize <= ring_objsize(65536) && off <= memsize && n * objsize <= memsize - off;
 }
 
 /* Peers claim a port's ring by swapping their pid into its slot of the descriptor page

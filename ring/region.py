@@ -188,6 +188,10 @@ class Region:
                                     int.from_bytes(os.urandom(8), "little"), os.getpid()) != 0:
                 raise RegionError(f"region {name}: format failed")
             ffi.memmove(self.layout, self.base, ffi.sizeof("struct vp_region_hdr"))
+            err = ffi.new("char[256]")
+            if lib.vp_region_check(ffi.cast("char *", self.layout), size, err, 256) != 0:
+                # what every peer checks on attach: a region no peer could map is refused here
+                raise RegionError(f"region {name}: {ffi.string(err).decode()}")
             self._server = _serve(name, path + SOCK_SUFFIX, fd)
             for p in ports:
                 if p != name:

@@ -151,3 +151,13 @@ def test_an_idle_worker_sleeps_and_wakes_for_the_next_frame(uniq, pipeline_facto
         time.sleep(0.5)
     # and it still answers at once when asked
     assert control.request(pipe.ctl, "stats", timeout=5)["chain"]["runs_in"] == "C"
+
+
+@pytest.mark.parametrize("slots", [2, 65536])
+def test_every_slot_count_the_config_takes_can_be_attached(uniq, pipeline_factory, slots):
+    """The extremes of `slots` (2..65536): the pipeline makes the region and a peer can map
+    it and forward through it (a 65536-slot ring is over 1 MiB: peers refused it once)."""
+    text = cfg(uniq).replace('uri = "shm:' + uniq + 'a"\n', f'uri = "shm:{uniq}a"\nslots = {slots}\n')
+    pipeline_factory(text)
+    g = gen(uniq, "--count", "500", "--rate", "20000")
+    assert g["rx"]["received"] == 500, g
