@@ -18,7 +18,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -79,9 +78,9 @@ class OVS(bench_veth.OVS):
 
 
 class Valepipe:
-    def __init__(self, kind):
-        self.kind = kind
-        self.name = f"valepipe, {kind}: ports"
+    def __init__(self, kind, idle_poll_us=None):
+        self.kind, self.idle_poll_us = kind, idle_poll_us
+        self.name = f"valepipe, {kind}: ports" + ("" if idle_poll_us is None else f" (idle_poll_us = {idle_poll_us})")
 
     def start(self):
         self.dir = tempfile.mkdtemp(prefix="vp-vm-")
@@ -89,10 +88,18 @@ class Valepipe:
         cfg = os.path.join(self.dir, "p.toml")
         with open(cfg, "w") as f:
             f.write(f'[pipeline]\nname = "{NS}"\nrun_dir = "{self.dir}/run"\n'
+                    + ("" if self.idle_poll_us is None else f"idle_poll_us = {self.idle_poll_us}\n")
                     + "".join(f'[[port]]\nuri = "{self.kind}:{t}@{opts}netns={NS}"\n' for t in TAPS)
                     + '[slowpath]\nflows = ["actions=NORMAL"]\n')
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", cfg, "--quiet"])
         control.wait_ready(os.path.join(self.dir, "run", "worker.ctl"), self.proc, timeout=20)
+
+    def cpu_s(self):
+        """CPU seconds the worker has used so far (what it takes from the guests' cores)."""
+        st = control.request(os.path.join(self.dir, "run", "worker.ctl"), "stats")
+        with open(f"/proc/{st['pid']}/stat") as f:
+            utime, stime = f.read().rsplit(")", 1)[1].split()[11:13]
+        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 
     def stop(self):
         self.proc.terminate()
@@ -124,13 +131,15 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--mb", type=int, default=32, help="size of the TCP transfer")
     ap.add_argument("--pings", type=int, default=10)
-    ap.add_argument("--only", default="", help="comma list of: bridge,ovs-packet,ovs-afxdp,vp-packet,vp-afxdp")
+    ap.add_argument("--only", default="", help="comma list of: bridge,ovs-packet,ovs-afxdp,vp-packet,vp-afxdp,vp-packet-nopoll,"
+                    "vp-afxdp-nopoll (the last two: idle_poll_us = 0; the default set leaves them out)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     cases = {"bridge": Bridge(), "ovs-packet": OVS("system"), "ovs-afxdp": OVS("afxdp"),
-             "vp-packet": Valepipe("packet"), "vp-afxdp": Valepipe("afxdp")}
-    if a.only:
-        cases = {k: v for k, v in cases.items() if k in a.only.split(",")}
+             "vp-packet": Valepipe("packet"), "vp-afxdp": Valepipe("afxdp"),
+             "vp-packet-nopoll": Valepipe("packet", 0), "vp-afxdp-nopoll": Valepipe("afxdp", 0)}
+    cases = {k: v for k, v in cases.items() if k in a.only.split(",")} if a.only else \
+        {k: v for k, v in cases.items() if not k.endswith("-nopoll")}
     sh("ip", "netns", "add", NS)
     guests, results = [], {k: [] for k in cases}
     try:
@@ -150,11 +159,13 @@ def main():
                 sw.start()
                 try:
                     g2.check(f"ping -c 2 -W 5 {ADDR[0]}", timeout=60)       # learning, ARP
+                    cpu0 = sw.cpu_s() if hasattr(sw, "cpu_s") else None
                     mbps, rtt = measure(g1, g2, a.mb, a.pings)
+                    cpu = f"  worker CPU {sw.cpu_s() - cpu0:.2f} s" if cpu0 is not None else ""
                 finally:
                     sw.stop()
                 results[key].append((mbps and round(mbps, 1), rtt))
-                print(f"run {r + 1} {key:<11} {mbps or 0:8.1f} Mbit/s  ping {rtt:.3f} ms", file=sys.stderr, flush=True)
+                print(f"run {r + 1} {key:<16} {mbps or 0:8.1f} Mbit/s  ping {rtt:.3f} ms{cpu}", file=sys.stderr, flush=True)
     finally:
         for g in guests:
             g.close()
@@ -166,12 +177,12 @@ def main():
     if a.json:
         print(json.dumps({"runs": results, "median": med}, indent=1))
         return
-    print(f"| switch | TCP Mbit/s (median) | runs | ping ms (median) |\n|---|---:|---|---:|")
+    print("| switch | TCP Mbit/s (median) | runs | ping ms (median) |\n|---|---:|---|---:|")
     for k, sw in cases.items():
         tcp = f"{med[k][0]:.1f}" if med[k][0] else "no TCP"
         print(f"| {sw.name} | {tcp} | {', '.join(str(x or 'failed') for x, _ in results[k])} | {med[k][1]:.3f} |")
     for num, den in (("vp-packet", "bridge"), ("vp-afxdp", "bridge"), ("vp-packet", "ovs-packet"),
-                     ("vp-afxdp", "ovs-afxdp")):
+                     ("vp-afxdp", "ovs-afxdp"), ("vp-packet-nopoll", "bridge"), ("vp-afxdp-nopoll", "bridge")):
         if num in med and den in med and med[num][0] and med[den][0]:
             print(f"{num} / {den}: TCP {med[num][0] / med[den][0]:.2f}x, ping {med[num][1] / med[den][1]:.2f}x")
 

@@ -247,7 +247,12 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
             break;
         }
         if (errno == EBUSY) {
+            /* the dropped frame is the last one the kernel consumed: its descriptor is ours
+             * (the kernel never writes the tx ring), so its length is what we posted */
+            uint32_t last = VP_LOAD_ACQUIRE(*q->tx.consumer) - 1;
+            uint32_t blen = VP_READ_ONCE(xsk_ring_prod__tx_desc(&q->tx, last)->len);
             io->st.tx_packets--;
+            io->st.tx_bytes -= blen <= io->st.tx_bytes ? blen : io->st.tx_bytes;
             if (io->link_down) {
                 io->st.tx_link_down++;        /* a dead guest's TAP: the reason is known */
             } else {
