@@ -39,15 +39,22 @@ void vp_io_txsync(struct vp_io *io) {
 /* the pipeline's port p (the user side of io's rings) meets the stages through these */
 static void port_rxsync(struct vp_port *p) {
     struct vp_io *io = p->io;
-    if (io->tx_backlog) vp_io_txsync(io);     /* frames an earlier txsync could not hand on */
+    if (io->tx_backlog) {                     /* frames an earlier txsync could not hand on */
+        vp_io_txsync(io);
+        p->tx_pending = io->tx_backlog;
+    }
     vp_io_rxsync(io);
 }
 
-static void port_txsync(struct vp_port *p) { vp_io_txsync(p->io); }
+static void port_txsync(struct vp_port *p) {
+    vp_io_txsync(p->io);
+    p->tx_pending = ((struct vp_io *)p->io)->tx_backlog;
+}
 
 /* io NULL: detach (the port is closing) */
 void vp_io_attach(struct vp_port *p, struct vp_io *io) {
     p->io = io;
+    p->tx_pending = 0;
     p->vnet_hdr = io ? (uint16_t)io->vnet_hdr : 0;
     p->rxsync = io ? port_rxsync : NULL;
     p->txsync = io ? port_txsync : NULL;

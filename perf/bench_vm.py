@@ -131,15 +131,15 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--mb", type=int, default=32, help="size of the TCP transfer")
     ap.add_argument("--pings", type=int, default=10)
-    ap.add_argument("--only", default="", help="comma list of: bridge,ovs-packet,ovs-afxdp,vp-packet,vp-afxdp,vp-packet-nopoll,"
-                    "vp-afxdp-nopoll (the last two: idle_poll_us = 0; the default set leaves them out)")
+    ap.add_argument("--only", default="", help="comma list of: bridge,ovs-packet,ovs-afxdp,vp-packet,vp-afxdp,vp-packet-poll,"
+                    "vp-afxdp-poll (the last two: idle_poll_us = 200 instead of auto; the default set leaves them out)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     cases = {"bridge": Bridge(), "ovs-packet": OVS("system"), "ovs-afxdp": OVS("afxdp"),
              "vp-packet": Valepipe("packet"), "vp-afxdp": Valepipe("afxdp"),
-             "vp-packet-nopoll": Valepipe("packet", 0), "vp-afxdp-nopoll": Valepipe("afxdp", 0)}
+             "vp-packet-poll": Valepipe("packet", 200), "vp-afxdp-poll": Valepipe("afxdp", 200)}
     cases = {k: v for k, v in cases.items() if k in a.only.split(",")} if a.only else \
-        {k: v for k, v in cases.items() if not k.endswith("-nopoll")}
+        {k: v for k, v in cases.items() if not k.endswith("-poll")}
     sh("ip", "netns", "add", NS)
     guests, results = [], {k: [] for k in cases}
     try:
@@ -182,7 +182,7 @@ def main():
         tcp = f"{med[k][0]:.1f}" if med[k][0] else "no TCP"
         print(f"| {sw.name} | {tcp} | {', '.join(str(x or 'failed') for x, _ in results[k])} | {med[k][1]:.3f} |")
     for num, den in (("vp-packet", "bridge"), ("vp-afxdp", "bridge"), ("vp-packet", "ovs-packet"),
-                     ("vp-afxdp", "ovs-afxdp"), ("vp-packet-nopoll", "bridge"), ("vp-afxdp-nopoll", "bridge")):
+                     ("vp-afxdp", "ovs-afxdp"), ("vp-packet-poll", "bridge"), ("vp-afxdp-poll", "bridge")):
         if num in med and den in med and med[num][0] and med[den][0]:
             print(f"{num} / {den}: TCP {med[num][0] / med[den][0]:.2f}x, ping {med[num][1] / med[den][1]:.2f}x")
 

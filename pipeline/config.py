@@ -34,7 +34,7 @@ class Config:
     upcall_rate: int = 10_000         # new flows per second each port may send to the slow path; 0 = no limit
     idle_timeout: float = 10.0
     revalidate_interval: float = 5.0
-    idle_poll_us: int = 200           # idle: poll the rings this long before sleeping (latency stays low)
+    idle_poll_us: int = None          # idle: poll the rings this long before sleeping (None: "auto")
     idle_sleep_us: int = 1000         # then sleep in naps of up to this (a shm: port has nothing to wake it)
     stages: list = field(default_factory=lambda: ["receive", "extract", "lookup", "execute", "transmit"])
     run_dir: str = ""
@@ -47,7 +47,7 @@ class Config:
 
 MAX_CONFIG = 1 << 20          # characters; rules in bulk go through add-flows instead
 PIPELINE_KEYS = {"name": str, "batch": int, "flow_limit": int, "emc_limit": int, "upcall_rate": int, "idle_timeout": (int, float), "run_dir": str,
-                 "revalidate_interval": (int, float), "idle_poll_us": int, "idle_sleep_us": int,
+                 "revalidate_interval": (int, float), "idle_poll_us": (int, str), "idle_sleep_us": int,
                  "stages": list}
 PORT_KEYS = {"uri": str, "ofport": int, "slots": int, "mirror": str}
 SLOWPATH_KEYS = {"flows": list}
@@ -131,8 +131,11 @@ def parse(text, path="<config>", rules=False, run_dir=None):
         bad(f"{path}: [pipeline].emc_limit must be 0..flow_limit (0 = flow_limit)")
     if not 0 <= cfg.upcall_rate <= 10_000_000:
         bad(f"{path}: [pipeline].upcall_rate must be 0..10000000 new flows/s per port (0 = no limit)")
-    if not 0 <= cfg.idle_poll_us <= 1_000_000:
-        bad(f"{path}: [pipeline].idle_poll_us must be 0..1000000 microseconds, not {cfg.idle_poll_us}")
+    if cfg.idle_poll_us == "auto":
+        cfg.idle_poll_us = None
+    elif isinstance(cfg.idle_poll_us, str) or (cfg.idle_poll_us is not None and not 0 <= cfg.idle_poll_us <= 1_000_000):
+        bad(f'{path}: [pipeline].idle_poll_us must be "auto" or 0..1000000 microseconds, not {cfg.idle_poll_us!r}')
+        cfg.idle_poll_us = None
     if not 1 <= cfg.idle_sleep_us <= 100_000:
         bad(f"{path}: [pipeline].idle_sleep_us must be 1..100000 microseconds, not {cfg.idle_sleep_us}")
     from pipeline._native import lib

@@ -82,7 +82,7 @@ class Worker:
             self.portops = PortOps(self)
             self.upcalls.on_port_mod = lambda ofport, up: self.portops.mod({"port": ofport, "up": up})
             self.stages = [stage_class(name)(self.dp, self.upcalls) for name in cfg.stages]
-            self.chain = Chain(self.dp, self.stages, idle_poll_s=cfg.idle_poll_us * 1e-6,
+            self.chain = Chain(self.dp, self.stages, idle_poll_s=None if cfg.idle_poll_us is None else cfg.idle_poll_us * 1e-6,
                                idle_sleep_s=cfg.idle_sleep_us * 1e-6)
             self.control = control.ControlServer(self.ctl_path, {
                 "stats": lambda r: self.stats(), "ports": lambda r: [p.stats() for p in self.portops.live()],
@@ -197,9 +197,11 @@ class Worker:
                 due = min(now + turn, next_tick, next_check, end or next_tick, up.next_try if not up.up else next_tick)
                 # never 0: to the chain a deadline of 0 is none (a reconnection due at once
                 # has next_try 0, and the chain would then nap until a frame came)
+                port_fds = [p.fds() for p in self.ports if p.up]
                 self.chain.run(int(max(due, now) * 1e9), MAX_BATCHES if native else PY_BATCHES,
                                wake_fds=sig.fds() + up.fds() + [s.fileno() for s in self.control.fds()],
-                               port_fds=[fd for p in self.ports if p.up for fd in p.fds()])
+                               port_fds=[fd for fds in port_fds for fd in fds],
+                               ports_wake=all(port_fds))
                 sig.drain()
                 up.poll()
                 if up.outq:
@@ -271,7 +273,9 @@ class Worker:
                             upcalls_unanswered=len(self.upcalls.owed))
         st["takeovers"] = self.takeover.journal.takeovers if self.takeover else 0
         st["chain"] = {"stages": [type(s).__name__ for s in self.stages], "runs_in": "C" if self.chain.native else "Python",
-                       "idle_naps": self.chain.c.naps}   # sleeps of the idle worker
+                       "idle_naps": self.chain.c.naps,   # sleeps of the idle worker
+                       "idle_poll_us": self.chain.c.idle_poll_ns // 1000,   # what "auto" chose
+                       "ports_wake": bool(self.chain.c.ports_wake)}
         # by input port: what came in was delivered, dropped for a reason here, or is still
         # with the slow path (upcall_inflight)
         st["ports"] = [dict(p.stats(), upcall_rate_limited=self.upcalls.c.rate_limited[i],

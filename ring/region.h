@@ -101,6 +101,8 @@ struct vp_port {
     void (*rxsync)(struct vp_port *p);
     void (*txsync)(struct vp_port *p);
     void *io;                 /* the kind's own state (struct vp_io of an emulated adapter), or NULL */
+    uint32_t tx_pending;      /* set by txsync: the kind holds frames it could not hand on yet (a
+                               * full socket); the idle chain naps short so rxsync retries them */
     /* a copy of every frame sent through the port (bindings/pcap: --mirror), or NULL */
     void *mirror;
     void (*mirror_frame)(void *mirror, const char *data, uint32_t len);

@@ -57,8 +57,8 @@ class Lab:
         return subprocess.run(["ip", "netns", "exec", self.name(ns), *cmd], capture_output=True, text=True,
                               timeout=timeout, check=check)
 
-    def ping(self, ns, addr, count=3):
-        r = self.run(ns, "ping", "-c", str(count), "-i", "0.2", "-W", "2", addr, check=False)
+    def ping(self, ns, addr, count=3, interval=0.2):
+        r = self.run(ns, "ping", "-c", str(count), "-i", str(interval), "-W", "2", addr, check=False)
         return r.returncode == 0, r.stdout + r.stderr
 
     def transfer(self, src_ns, dst_ns, dst_addr, nbytes=6_000_000, port=5201):

@@ -104,7 +104,8 @@ def test_stages_refused_with_their_place(uniq, tmp_path):
         assert r.returncode != 0 and "[pipeline].stages[1]" in r.stderr and why in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
     for text, why in ((cfg(uniq, []), "1..16 stages"), (cfg(uniq, extra="idle_sleep_us = 0"), "idle_sleep_us"),
-                      (cfg(uniq, extra="idle_poll_us = -1"), "idle_poll_us")):
+                      (cfg(uniq, extra="idle_poll_us = -1"), "idle_poll_us"),
+                      (cfg(uniq, extra='idle_poll_us = "soon"'), '"auto" or 0..1000000')):
         p = tmp_path / "c.toml"
         p.write_text(text.replace("@RUN@", str(tmp_path / "run")))
         r = subprocess.run([sys.executable, "-m", "pipeline.cli", "check", str(p)], cwd=ROOT, capture_output=True,

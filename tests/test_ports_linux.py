@@ -179,3 +179,29 @@ def test_tap_two_queues(lab, pipeline_factory):
     p = pipeline_factory(two_ports("tq" + L.tag, L.uri("tap", "ta", "vA", "queues=2"),
                                    L.uri("tap", "tb", "vB", "queues=2")))
     _check_pair(L, p, "vA", "vB", "10.62.0.1", "10.62.0.2", [("vA", "ta"), ("vB", "tb")])
+
+
+def test_idle_worker_sleeps_until_a_port_wakes_it(lab, pipeline_factory, tmp_path):
+    """idle_poll_us "auto": every port has an fd (packet:), so the idle worker polls for no
+    time and sleeps until a frame (or Python's next turn) wakes it: one nap per gap between
+    frames, not a nap every 10..1000 us (each a wake-up that takes a guest's CPU). With a
+    shm: port in the chain it polls 200 us and naps (nothing wakes it for that port)."""
+    L = lab(VETH_LAB)
+    p = pipeline_factory(two_ports("iw" + L.tag, L.uri("packet", "a1", "vS"), L.uri("packet", "b1", "vS")))
+    ch = p.stats()["chain"]
+    assert (ch["idle_poll_us"], ch["ports_wake"]) == (0, True), ch
+    ok, out = L.ping("vA", "10.61.0.2")
+    assert ok, out
+    before = p.stats()
+    n, gap = 40, 0.02
+    ok, out = L.ping("vA", "10.61.0.2", count=n, interval=gap)
+    assert ok, out
+    after = p.stats()
+    naps = after["chain"]["idle_naps"] - before["chain"]["idle_naps"]
+    secs = after["uptime_s"] - before["uptime_s"]
+    # a nap per frame and direction (4 per ping), one per Python turn (100/s) and slack;
+    # naps of 10 us doubling up to 1 ms would be ~7 per 20 ms gap and direction
+    assert naps <= 4 * n + 100 * secs + 40, (naps, secs)
+    mixed = pipeline_factory(two_ports("iw2" + L.tag, L.uri("packet", "b1", "vS"), f"shm:iw2{L.tag}"))
+    ch = mixed.stats()["chain"]
+    assert (ch["idle_poll_us"], ch["ports_wake"]) == (200, False), ch

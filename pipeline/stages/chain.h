@@ -26,7 +26,8 @@ struct vp_chain {
     uint32_t batches;           /* out: batches committed by this call */
     uint32_t nwake;             /* fds[0, nwake): Python's: readable -> return WAKE */
     uint32_t nfds;              /* fds[nwake, nfds): the ports': readable -> a frame to receive */
-    uint32_t pad;
+    uint32_t ports_wake;        /* every port has an fd among fds[nwake, nfds): an idle nap lasts
+                                 * until the deadline (no port needs looking at in between) */
     uint64_t deadline_ns;       /* return at this vp_now_ns() (0: no deadline) */
     uint64_t idle_poll_ns;      /* nothing received: keep polling the rings this long... */
     uint64_t idle_sleep_ns;     /* ...then sleep in naps of up to this (any fd wakes it) */

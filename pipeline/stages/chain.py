@@ -8,10 +8,16 @@ from pipeline._native import ffi, lib
 
 
 class Chain:
-    def __init__(self, dp, stages, idle_poll_s=200e-6, idle_sleep_s=1e-3, wake_check_s=50e-6):
+    AUTO_POLL_S = 200e-6
+
+    def __init__(self, dp, stages, idle_poll_s=None, idle_sleep_s=1e-3, wake_check_s=50e-6):
         """idle_poll_s: with nothing to receive, keep polling the rings this long (a frame
         that comes meanwhile waits for no wake-up); then sleep in naps of up to idle_sleep_s,
-        woken at once by any fd given to run() (ports with one: a frame arrived)."""
+        woken at once by any fd given to run() (ports with one: a frame arrived).
+        None ("auto"): AUTO_POLL_S while a shm: port is in the chain (nothing wakes the
+        worker for its frames), 0 when every port wakes it with an fd: then polling only
+        takes the CPU from what shares it (guests' vCPUs) and adds no lower latency that
+        matters (measured: guest ping 1.36 ms polling 0, 1.50 ms polling 200 us)."""
         if not 1 <= len(stages) <= lib.VP_CHAIN_MAX:
             raise ValueError(f"a chain has 1..{lib.VP_CHAIN_MAX} stages, not {len(stages)}")
         self.dp, self.stages, self.batch = dp, list(stages), dp.batch
@@ -21,7 +27,9 @@ class Chain:
         for i, s in enumerate(self.stages):
             if s.kernel:
                 self.c.stage[i] = s.c[0]
-        self.c.idle_poll_ns, self.c.idle_sleep_ns = int(idle_poll_s * 1e9), int(idle_sleep_s * 1e9)
+        self.idle_poll_auto = idle_poll_s is None
+        self.c.idle_poll_ns = int((self.AUTO_POLL_S if idle_poll_s is None else idle_poll_s) * 1e9)
+        self.c.idle_sleep_ns = int(idle_sleep_s * 1e9)
         self.c.wake_check_ns = int(wake_check_s * 1e9)
         self._last_rx = 0
         self._nap = 0.0
@@ -29,9 +37,11 @@ class Chain:
     def names(self):
         return [type(s).__name__.lower() for s in self.stages]
 
-    def run(self, deadline_ns, max_batches, wake_fds=(), port_fds=()):
+    def run(self, deadline_ns, max_batches, wake_fds=(), port_fds=(), ports_wake=False):
         """Run batches until Python has work: one of wake_fds readable, the deadline
-        (time.monotonic_ns()) or max_batches committed. Returns the number of batches."""
+        (time.monotonic_ns()) or max_batches committed. Returns the number of batches.
+        ports_wake: every port has its fds in port_fds (no shm: port, which has none), so
+        an idle worker sleeps until a frame or the deadline, with no naps between."""
         if not self.native:
             return self._run_python(deadline_ns, max_batches, list(wake_fds), list(port_fds))
         c = self.c
@@ -42,6 +52,9 @@ class Chain:
         for i, fd in enumerate(fds):
             c.fds[i] = fd
         c.deadline_ns = deadline_ns
+        c.ports_wake = bool(ports_wake) and c.nfds == len(wake_fds) + len(port_fds)      # none cut off
+        if self.idle_poll_auto:
+            c.idle_poll_ns = 0 if c.ports_wake else int(self.AUTO_POLL_S * 1e9)
         done = 0
         while True:
             # the bound is over the whole turn, handoffs included (chain.c counts one call)
