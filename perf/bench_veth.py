@@ -120,15 +120,18 @@ class OVS:
 class Valepipe:
     dev, sink_if = "g0", "s0"
 
-    def __init__(self, kind, options=""):
+    def __init__(self, kind, options="", idle_poll_us=None):
         self.kind, self.opts = kind, "," + options if options else ""
-        self.name = f"valepipe, {kind}: ports" + (f" ({options})" if options else "")
+        self.idle_poll_us = idle_poll_us
+        self.name = f"valepipe, {kind}: ports" + (f" ({options})" if options else "") + \
+            ("" if idle_poll_us is None else f" idle_poll_us = {idle_poll_us}")
 
     def start(self):
         self.dir = tempfile.mkdtemp(prefix="vp-bench-")
         cfg = os.path.join(self.dir, "p.toml")
         with open(cfg, "w") as f:
             f.write(f'[pipeline]\nname = "benchveth"\nrun_dir = "{self.dir}/run"\nflow_limit = 400000\n'
+                    + ("" if self.idle_poll_us is None else f"idle_poll_us = {self.idle_poll_us}\n") +
                     f'[[port]]\nuri = "{self.kind}:g1@netns={SW}{self.opts}"\n[[port]]\nuri = "{self.kind}:s1@netns={SW}{self.opts}"\n'
                     '[slowpath]\nflows = ["in_port=1,actions=output:2"]\n')
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", cfg, "-q", "--cpu", str(SWITCH_CPU),
@@ -191,7 +194,8 @@ def main():
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of traffic before measuring")
     ap.add_argument("--flows", default="1,1000,100000")
     ap.add_argument("--afxdp-options", default="", help="extra afxdp: port options, e.g. mode=generic")
-    ap.add_argument("--only", default="", help="comma list of case keys: none,bridge,ovs-packet,ovs-afxdp,vp-packet,vp-afxdp")
+    ap.add_argument("--only", default="", help="comma list of case keys: none,bridge,ovs-packet,ovs-afxdp,vp-packet,vp-afxdp, "
+                    "vp-packet-poll,vp-afxdp-poll (idle_poll_us = 200 instead of auto; not in the default set)")
     ap.add_argument("--chart", default=os.path.join(ROOT, "perf", "out", "veth_switches.png"),
                     help="PNG chart of the medians (matplotlib)")
     a = ap.parse_args()
@@ -199,9 +203,11 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"bench_veth: {tool} not found (tools/system-packages --bench installs it)")
     cases = {"none": NoSwitch(), "bridge": LinuxBridge(), "ovs-packet": OVS("system"), "ovs-afxdp": OVS("afxdp"),
-             "vp-packet": Valepipe("packet"), "vp-afxdp": Valepipe("afxdp", a.afxdp_options)}
-    if a.only:
-        cases = {k: v for k, v in cases.items() if k in a.only.split(",")}
+             "vp-packet": Valepipe("packet"), "vp-afxdp": Valepipe("afxdp", a.afxdp_options),
+             "vp-packet-poll": Valepipe("packet", idle_poll_us=200),
+             "vp-afxdp-poll": Valepipe("afxdp", a.afxdp_options, idle_poll_us=200)}
+    cases = {k: v for k, v in cases.items() if k in a.only.split(",")} if a.only else \
+        {k: v for k, v in cases.items() if not k.endswith("-poll")}
     flows = [int(f) for f in a.flows.split(",")]
     topo.up(LAB)
     res = {(k, f): [] for k in cases for f in flows}

@@ -29,6 +29,12 @@ MAX_BATCHES = 1 << 20         # batches the C chain runs before Python's turn co
 PY_BATCHES = 32               # the same for a chain run from Python (a stage written in Python)
 TURN_S = 0.01                 # longest time between Python's turns (the C side sees fds, not timers)
 BUSY_TURN_S = 0.0002          # ... while Python has work in steps (a stream, a revalidation, a backlog)
+# kinds an idle worker polls before it sleeps (idle_poll_us "auto"): shm: has no fd to wake
+# it; an AF_XDP consumer that sleeps makes the kernel wake it every few frames (need_wakeup),
+# which costs more than the polling (measured on veth: 3-6% more Mpps polling, as Open
+# vSwitch's PMD threads poll theirs). packet: and tap: sockets wake a sleeper cheaply, and
+# polling them only takes the CPU from what shares it (guests' vCPUs: perf/RESULTS.md).
+POLLED_KINDS = ("shm", "afxdp")
 SUPERVISE_S = 0.1             # how often the slow path's health is checked
 CONNECT_S = 30.0              # a slow path not taking connections this long after its start is hung
 
@@ -201,7 +207,8 @@ class Worker:
                 self.chain.run(int(max(due, now) * 1e9), MAX_BATCHES if native else PY_BATCHES,
                                wake_fds=sig.fds() + up.fds() + [s.fileno() for s in self.control.fds()],
                                port_fds=[fd for fds in port_fds for fd in fds],
-                               ports_wake=all(port_fds))
+                               ports_wake=all(port_fds),
+                               poll_first=any(p.kind in POLLED_KINDS for p in self.ports if p.up))
                 sig.drain()
                 up.poll()
                 if up.outq:

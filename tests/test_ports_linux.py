@@ -205,3 +205,11 @@ def test_idle_worker_sleeps_until_a_port_wakes_it(lab, pipeline_factory, tmp_pat
     mixed = pipeline_factory(two_ports("iw2" + L.tag, L.uri("packet", "b1", "vS"), f"shm:iw2{L.tag}"))
     ch = mixed.stats()["chain"]
     assert (ch["idle_poll_us"], ch["ports_wake"]) == (200, False), ch
+    mixed.stop()
+    p.stop()
+    # AF_XDP ports wake the worker with their fds, but are polled first: a sleeping AF_XDP
+    # consumer costs the kernel a wake-up every few frames
+    xdp = pipeline_factory(two_ports("iw3" + L.tag, L.uri("afxdp", "a1", "vS", "mode=generic"),
+                                     L.uri("afxdp", "b1", "vS", "mode=generic")))
+    ch = xdp.stats()["chain"]
+    assert (ch["idle_poll_us"], ch["ports_wake"]) == (200, True), ch

@@ -14,10 +14,10 @@ class Chain:
         """idle_poll_s: with nothing to receive, keep polling the rings this long (a frame
         that comes meanwhile waits for no wake-up); then sleep in naps of up to idle_sleep_s,
         woken at once by any fd given to run() (ports with one: a frame arrived).
-        None ("auto"): AUTO_POLL_S while a shm: port is in the chain (nothing wakes the
-        worker for its frames), 0 when every port wakes it with an fd: then polling only
-        takes the CPU from what shares it (guests' vCPUs) and adds no lower latency that
-        matters (measured: guest ping 1.36 ms polling 0, 1.50 ms polling 200 us)."""
+        None ("auto"): AUTO_POLL_S unless every port wakes the worker with an fd and
+        run() is told polling does not pay (pipeline/worker.py POLLED_KINDS): then 0,
+        since polling only takes the CPU from what shares it (guests' vCPUs; measured:
+        guest ping 1.29 ms polling 0, 1.54 ms polling 200 us, 3x the worker's CPU)."""
         if not 1 <= len(stages) <= lib.VP_CHAIN_MAX:
             raise ValueError(f"a chain has 1..{lib.VP_CHAIN_MAX} stages, not {len(stages)}")
         self.dp, self.stages, self.batch = dp, list(stages), dp.batch
@@ -37,11 +37,13 @@ class Chain:
     def names(self):
         return [type(s).__name__.lower() for s in self.stages]
 
-    def run(self, deadline_ns, max_batches, wake_fds=(), port_fds=(), ports_wake=False):
+    def run(self, deadline_ns, max_batches, wake_fds=(), port_fds=(), ports_wake=False, poll_first=True):
         """Run batches until Python has work: one of wake_fds readable, the deadline
         (time.monotonic_ns()) or max_batches committed. Returns the number of batches.
         ports_wake: every port has its fds in port_fds (no shm: port, which has none), so
-        an idle worker sleeps until a frame or the deadline, with no naps between."""
+        an idle worker sleeps until a frame or the deadline, with no naps between.
+        poll_first: with idle_poll "auto", poll before sleeping even so (a port whose
+        kind is cheaper to poll than to be woken by)."""
         if not self.native:
             return self._run_python(deadline_ns, max_batches, list(wake_fds), list(port_fds))
         c = self.c
@@ -54,7 +56,7 @@ class Chain:
         c.deadline_ns = deadline_ns
         c.ports_wake = bool(ports_wake) and c.nfds == len(wake_fds) + len(port_fds)      # none cut off
         if self.idle_poll_auto:
-            c.idle_poll_ns = 0 if c.ports_wake else int(self.AUTO_POLL_S * 1e9)
+            c.idle_poll_ns = int(self.AUTO_POLL_S * 1e9) if poll_first or not c.ports_wake else 0
         done = 0
         while True:
             # the bound is over the whole turn, handoffs included (chain.c counts one call)
