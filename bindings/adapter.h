@@ -38,6 +38,10 @@ struct vp_io {
     uint32_t link_down;       /* set by the worker while the link is not up (VP_LINK_DOWN): frames
                                * to send are dropped (tx_link_down), not retried until it returns;
                                * VP_LINK_GONE: the interface went and the fds are closed */
+    uint32_t tx_unsure;       /* of tx_errors: frames the device refused while the link looked up
+                               * (EBUSY, ENETDOWN, ENXIO); the worker's next look at the link makes
+                               * them tx_link_down if it is not up, else reports them as errors */
+    int tx_unsure_errno;
     int fd[4];                /* one per queue; -1 when the kind has none */
     uint32_t (*rx)(struct vp_io *io, uint32_t q, struct vp_ring *k, uint32_t space);
     uint32_t (*tx)(struct vp_io *io, struct vp_ring *k, uint32_t avail);
@@ -68,5 +72,16 @@ static inline void vp_io_rx_commit(struct vp_io *io, struct vp_ring *k, uint32_t
 static inline void vp_io_error(struct vp_io *io, int err) {
     io->st.last_errno = err;
     io->st.errors_seen++;
+}
+/* a frame refused in a way a link going down also causes: counted at once (tx_errors), its
+ * reason settled by the worker's next look at the link (bindings/adapter.py follow_link) */
+static inline void vp_io_tx_refused(struct vp_io *io, int err) {
+    if (io->link_down) {
+        io->st.tx_link_down++;
+        return;
+    }
+    io->st.tx_errors++;
+    io->tx_unsure++;
+    io->tx_unsure_errno = err;
 }
 #endif

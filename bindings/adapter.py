@@ -173,12 +173,28 @@ class Adapter:
         if not self.link:
             return None
         st = self.link.state()
+        self.settle_refused(st["link"])
         if self.io.link_down == lib.VP_LINK_GONE:
             return "reopen" if self.can_reopen and self.link.returned() else None
         if st["link"] == "gone":
             return "release"
         self.io.link_down = 0 if st["link"] == "up" else lib.VP_LINK_DOWN
         return None
+
+    def settle_refused(self, link):
+        """Frames the device refused while the link looked up (vp_io_tx_refused): with the
+        link now not up, that was why (tx_link_down, as the frames after them); with it up,
+        they were device errors, reported in the log."""
+        n = self.io.tx_unsure
+        if not n:
+            return
+        self.io.tx_unsure = 0
+        if link != "up":
+            self.io.st.tx_errors -= n
+            self.io.st.tx_link_down += n
+        else:
+            self.io.st.last_errno = self.io.tx_unsure_errno
+            self.io.st.errors_seen += 1
 
     can_reopen = False            # kinds whose open_io() can run again on a new interface
 
@@ -224,6 +240,7 @@ class Adapter:
         if self.link:
             ls = self.link.state()
             st.update(link=ls["link"], speed_mbps=ls["speed_mbps"], mtu=self.io.mtu)
+            self.settle_refused(ls["link"])
             if ls["link"] != "gone" and self.io.link_down != lib.VP_LINK_GONE:
                 # what stats says is what the datapath acts on from now, not up to 100 ms
                 # later (follow_link's next look): a frame sent after "no-carrier" was

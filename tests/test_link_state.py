@@ -106,3 +106,36 @@ def test_persistent_tap_waits_for_its_guest(lab, pipeline_factory):
     finally:
         os.close(fd)
     assert wait_for(lambda: _link(p, 0) == "no-carrier", timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["packet", "afxdp"])
+def test_frames_refused_as_the_link_goes_are_tx_link_down(lab, pipeline_factory, kind):
+    """Traffic into a port whose interface is set down at a random moment: the frames the
+    device refused before the worker's next look at the link (ENETDOWN, EBUSY) are counted
+    as what they are, tx_link_down, not device errors; sent = delivered + counted drops."""
+    import random
+    import subprocess
+    import sys
+    import time
+    L = lab(VETH_LAB)
+    opts = "mode=generic" if kind == "afxdp" else ""
+    p = pipeline_factory(two_ports("lr" + kind[:2] + L.tag, L.uri(kind, "a1", "vS", opts), L.uri(kind, "b1", "vS", opts)))
+    assert wait_for(lambda: _link(p, 0) == _link(p, 1) == "up", timeout=10)
+    mac = L.run("vA", "cat", f"/sys/class/net/{L.name('a0')}/address").stdout.strip()
+    L.run("vB", "ip", "neigh", "replace", "10.61.0.1", "lladdr", mac, "dev", L.name("b0"), "nud", "permanent")
+    code = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nend = time.time() + 1.5\n"
+            "while time.time() < end:\n    s.sendto(b'x' * 64, ('10.61.0.1', 9))\n    time.sleep(0.0002)\n")
+    sender = subprocess.Popen(["ip", "netns", "exec", L.name("vB"), sys.executable, "-c", code])
+    time.sleep(random.uniform(0.1, 0.8))
+    L.run("vS", "ip", "link", "set", L.name("a1"), "down")
+    sender.wait(30)
+    def settled():
+        st = p.stats()
+        port = st["ports"][0]
+        return st if port.get("link") == "down" and st["ports"][1]["rx_packets"] == \
+            port["tx_packets"] + sum(st["ports"][1]["in_drops"].values()) else None
+    st = wait_for(settled, timeout=10) or p.stats()
+    port = st["ports"][0]
+    assert port["drops"]["tx_link_down"] > 0, port
+    assert port["drops"]["tx_errors"] == 0, port
+    assert port["tx_packets"] == port["io"]["tx_packets"] + port["drops"]["tx_link_down"], port

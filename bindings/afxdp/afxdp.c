@@ -253,12 +253,7 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
             uint32_t blen = VP_READ_ONCE(xsk_ring_prod__tx_desc(&q->tx, last)->len);
             io->st.tx_packets--;
             io->st.tx_bytes -= blen <= io->st.tx_bytes ? blen : io->st.tx_bytes;
-            if (io->link_down) {
-                io->st.tx_link_down++;        /* a dead guest's TAP: the reason is known */
-            } else {
-                io->st.tx_errors++;
-                vp_io_error(io, EBUSY);
-            }
+            vp_io_tx_refused(io, EBUSY);      /* a dead guest's TAP, or a device error */
             continue;
         }
         io->st.tx_errors++;

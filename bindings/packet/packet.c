@@ -201,8 +201,12 @@ static uint32_t packet_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
             if (e == EAGAIN || e == ENOBUFS || e == EINTR) { io->st.tx_again++; break; }
             /* the interface refuses (down, gone, frame over its MTU): drop that frame,
              * count it, go on with the rest */
-            vp_io_error(io, e);
-            io->st.tx_errors++;
+            if (e == ENETDOWN || e == ENXIO || e == ENODEV) {
+                vp_io_tx_refused(io, e);       /* the link went: settled by the next look at it */
+            } else {
+                vp_io_error(io, e);
+                io->st.tx_errors++;
+            }
             sent = 1;
         } else {
             for (int i = 0; i < sent; i++) { io->st.tx_packets++; io->st.tx_bytes += pk->iov[i].iov_len - io->vnet_hdr; }
