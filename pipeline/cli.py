@@ -129,7 +129,7 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     _set_title(f"valepipe run {cfg.name} (supervisor)" if supervised else f"valepipe run {cfg.name} (worker)")
     metrics = _start_metrics(cfg) if cfg.metrics_listen else None
     ready = dict(file=ready_file, fd=ready_fd, metrics=metrics and metrics.address, json=as_json,
-                 supervisor=os.getpid())
+                 supervisor=os.getpid(), detached=detach)
     run_one = lambda restarts, held=None: _run_worker(cfg, deadline, interval, quiet, as_json,  # noqa: E731
                                                       stats_json, cpu, restarts, ready, held)
     held = None
@@ -151,6 +151,8 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
         for path in (ready_file, pid_file):
             if path:
                 _unlink(path)
+        if detach and os.getpid() == ready["supervisor"]:
+            print(f"valepipe: pipeline {cfg.name!r} stopped", file=sys.stderr, flush=True)
     raise typer.Exit(code)
 
 
@@ -226,7 +228,31 @@ def _daemonize(cfg, pid_file, log_file):
     if pidfd is not None:
         os.write(pidfd, f"{os.getpid()}\n".encode())
         os.close(pidfd)
+    # a log read later needs the time of each line (the slow path writes to fd 2 directly:
+    # its lines stay as they are)
+    sys.stdout, sys.stderr = _Stamped(sys.stdout), _Stamped(sys.stderr)
+    print(f"valepipe: starting pipeline {cfg.name!r} from {cfg.path or 'its arguments'} (pid {os.getpid()})",
+          file=sys.stderr, flush=True)
     return w
+
+
+class _Stamped:
+    """A text stream whose every line starts with the UTC time (a --detach log)."""
+
+    def __init__(self, stream):
+        self._s, self._bol = stream, True
+
+    def write(self, text):
+        out = []
+        for part in text.splitlines(keepends=True):
+            if self._bol:
+                out.append(time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()))
+            out.append(part)
+            self._bol = part.endswith("\n")
+        return self._s.write("".join(out))
+
+    def __getattr__(self, name):          # flush, fileno, isatty, ...
+        return getattr(self._s, name)
 
 
 class _Metrics:
@@ -332,6 +358,8 @@ def _announce_ready(w, ready, restarts):
         ready["fd"] = None
     elif restarts == 0:
         print(line, flush=True)
+    if ready.get("detached"):
+        print(f"valepipe: {line}" + (f" (worker restart {restarts})" if restarts else ""), file=sys.stderr, flush=True)
 
 
 def _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu, restarts, ready, takeover=None):

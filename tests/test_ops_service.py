@@ -5,6 +5,7 @@ stopped by SIGTERM leaving nothing behind."""
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -195,6 +196,11 @@ def test_detach_pid_and_log(uniq, tmp_path):
         os.kill(pid, signal.SIGTERM)
     assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 20)
     assert not pidf.exists() and not (tmp_path / "run").exists()
+    # the log says when it started, was ready and stopped, each line with its time
+    lines = log.read_text().splitlines()
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ valepipe: "
+    for want in (f"starting pipeline '{uniq}'", f"ready name={uniq} pid={pid}", f"pipeline '{uniq}' stopped"):
+        assert [ln for ln in lines if re.match(stamp + re.escape(want), ln)], (want, lines)
     bad = tmp_path / "bad.toml"
     bad.write_text(f"[pipeline]\nname = '{uniq}x'\nrun_dir = '{tmp_path}/r2'\n[[port]]\nuri = 'tap:{'x' * 15}@netns=nosuch{uniq}'\n")
     r = cli("run", str(bad), "--detach", "--log-file", str(log), timeout=60)
