@@ -226,3 +226,28 @@ class Guest:
             self.sock.close()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def main(argv=None):
+    """`python -m tools.guest [--ip ADDR/PREFIX] [--tap NAME] [--mac MAC]`: build (or find in
+    the cache) the kernel and initramfs, print their paths and the QEMU command line that
+    boots a guest on TAP NAME (what the README's `qemu-system-x86_64 ...` stands for)."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m tools.guest", description=main.__doc__.split(": ", 1)[1])
+    ap.add_argument("--ip", default="10.0.0.1/24", help="the guest's eth0 address (vp.ip= on its kernel command line)")
+    ap.add_argument("--tap", default="vm1", help="the TAP QEMU opens (-netdev tap,ifname=)")
+    ap.add_argument("--mac", default="52:54:00:00:00:01", help="the guest NIC's MAC (each guest its own)")
+    a = ap.parse_args(argv)
+    kernel, initrd = image()
+    print(f"kernel:    {kernel}\ninitramfs: {initrd}")
+    print("# the console (-serial stdio) runs each line it reads as a shell command: no prompt, no echo;\n"
+          "# the guest prints VP-GUEST-READY once eth0 is up (-accel tcg where KVM does not work)")
+    print(f"qemu-system-x86_64 -nodefaults -no-user-config -display none -accel tcg -m 256 -smp 1 \\\n"
+          f"    -kernel {kernel} -initrd {initrd} \\\n"
+          f"    -append 'console=ttyS0 quiet panic=-1 vp.ip={a.ip}' -serial stdio \\\n"
+          f"    -netdev tap,id=n0,ifname={a.tap},script=no,downscript=no \\\n"
+          f"    -device virtio-net-pci,netdev=n0,mac={a.mac}")
+
+
+if __name__ == "__main__":
+    main()
