@@ -138,6 +138,7 @@ def test_an_idle_worker_sleeps_and_wakes_for_the_next_frame(uniq, pipeline_facto
     pipe = pipeline_factory(cfg(uniq, extra="idle_poll_us = 200\nidle_sleep_us = 2000"))
     gen(uniq, "--count", "1")                      # the flow is set up; then nothing comes
     st = pipe.stats()
+    assert st["chain"]["idle_poll_us"] == 200, st["chain"]        # as configured, not 199
     pid, naps = st["pid"], st["chain"]["idle_naps"]
     cpu0, t0 = _cpu_s(pid), time.monotonic()
     time.sleep(3)

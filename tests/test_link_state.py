@@ -139,3 +139,30 @@ def test_frames_refused_as_the_link_goes_are_tx_link_down(lab, pipeline_factory,
     assert port["drops"]["tx_link_down"] > 0, port
     assert port["drops"]["tx_errors"] == 0, port
     assert port["tx_packets"] == port["io"]["tx_packets"] + port["drops"]["tx_link_down"], port
+
+
+def test_idle_worker_sleeps_while_a_link_is_down_and_sends_when_back(lab, pipeline_factory):
+    """A packet: port's interface set down leaves an error pending on its socket (ENETDOWN):
+    the idle worker must not be woken by it over and over (it spun a core until the next
+    frame), and the first frame sent once the link is back must not fail with it."""
+    import time
+    L = lab(VETH_LAB)
+    p = pipeline_factory(two_ports("ld" + L.tag, L.uri("packet", "a1", "vS"), L.uri("packet", "b1", "vS")))
+    ok, out = L.ping("vA", "10.61.0.2")
+    assert ok, out
+    L.run("vS", "ip", "link", "set", L.name("a1"), "down")
+    assert wait_for(lambda: _link(p, 0) == "down", timeout=10)
+    for _ in range(2):                  # while down, then once it is back up (and idle)
+        before = p.stats()
+        time.sleep(1.0)
+        after = p.stats()
+        naps = after["chain"]["idle_naps"] - before["chain"]["idle_naps"]
+        secs = after["uptime_s"] - before["uptime_s"]
+        # sleeping: a nap per Python turn (100 a second) and a few; spinning: ~10^6 a second
+        assert naps < 300 * secs, (naps, secs, after["chain"])
+        L.run("vS", "ip", "link", "set", L.name("a1"), "up")
+        assert wait_for(lambda: _link(p, 0) == "up", timeout=10)
+    errors = p.stats()["ports"][0]["drops"]["tx_errors"]
+    ok, out = L.ping("vB", "10.61.0.1", count=3)
+    assert ok and " 0% packet loss" in out, out
+    assert p.stats()["ports"][0]["drops"]["tx_errors"] == errors

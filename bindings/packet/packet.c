@@ -196,6 +196,12 @@ static uint32_t packet_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
         if (m == 0) { k->cons = si; done += scanned; continue; }
         sent = sendmmsg(io->fd[0], pk->msg, m, MSG_DONTWAIT);
         io->st.syscalls++;
+        if (sent < 0 && (errno == ENETDOWN || errno == ENXIO) && !io->link_down) {
+            /* maybe an error the socket kept from when its link went down (the kernel hands
+             * it to the next send, which it then refuses): it is read now, so try again */
+            sent = sendmmsg(io->fd[0], pk->msg, m, MSG_DONTWAIT);
+            io->st.syscalls++;
+        }
         if (sent < 0) {
             int e = errno;
             if (e == EAGAIN || e == ENOBUFS || e == EINTR) { io->st.tx_again++; break; }

@@ -8,6 +8,7 @@
 #define _GNU_SOURCE            /* ppoll (glibc; FreeBSD has it by default) */
 #include <errno.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include "chain.h"
 #include "../journal.h"
 
@@ -59,6 +60,16 @@ static int readable(struct vp_chain *c, uint32_t n, uint64_t timeout_ns, int *py
     if (r < 0) return errno == EINTR ? -1 : 0;
     for (uint32_t i = 0; i < n && i < c->nwake; i++)
         if (p[i].revents) *python = 1;
+    for (uint32_t i = c->nwake; i < n; i++) {
+        /* a port's socket with an error pending (an AF_PACKET socket whose interface went
+         * down: ENETDOWN) is readable for ever until the error is read: read it, or an idle
+         * worker spins, and the next frame sent after the link is back fails with it */
+        if (p[i].revents & POLLERR) {
+            int e = 0;
+            socklen_t len = sizeof(e);
+            (void)getsockopt(p[i].fd, SOL_SOCKET, SO_ERROR, &e, &len);
+        }
+    }
     return r;
 }
 

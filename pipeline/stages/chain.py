@@ -28,8 +28,8 @@ class Chain:
             if s.kernel:
                 self.c.stage[i] = s.c[0]
         self.idle_poll_auto = idle_poll_s is None
-        self.c.idle_poll_ns = int((self.AUTO_POLL_S if idle_poll_s is None else idle_poll_s) * 1e9)
-        self.c.idle_sleep_ns = int(idle_sleep_s * 1e9)
+        self.c.idle_poll_ns = round((self.AUTO_POLL_S if idle_poll_s is None else idle_poll_s) * 1e9)
+        self.c.idle_sleep_ns = round(idle_sleep_s * 1e9)
         self.c.wake_check_ns = int(wake_check_s * 1e9)
         self._last_rx = 0
         self._nap = 0.0
@@ -56,7 +56,7 @@ class Chain:
         c.deadline_ns = deadline_ns
         c.ports_wake = bool(ports_wake) and c.nfds == len(wake_fds) + len(port_fds)      # none cut off
         if self.idle_poll_auto:
-            c.idle_poll_ns = int(self.AUTO_POLL_S * 1e9) if poll_first or not c.ports_wake else 0
+            c.idle_poll_ns = round(self.AUTO_POLL_S * 1e9) if poll_first or not c.ports_wake else 0
         done = 0
         while True:
             # the bound is over the whole turn, handoffs included (chain.c counts one call)
