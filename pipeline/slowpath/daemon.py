@@ -196,7 +196,9 @@ class SlowPath:
             self.between()
             reply, res = self.translate(f, may_learn=True)
             # wire forms; the packet-ins' OpenFlow context (table, cookie, max_len) beside them
-            client.recent[f["id"]] = (reply["actions"], res.rules if res else [], res.packet_ins if res else [])
+            # the rules, groups and buckets it went through: packets handled here are credited to them
+            client.recent[f["id"]] = (reply["actions"], (res.rules + res.groups) if res else [],
+                                      res.packet_ins if res else [])
             if len(client.recent) > RECENT_FLOWS:
                 client.recent.popitem(last=False)
             if res and not channel.fast_path_runs(res.actions):
@@ -649,6 +651,9 @@ class SlowPath:
                 r.n_bytes += _count(f.get("bytes"))
                 if packets:
                     r.used = time.monotonic()
+            for g in res.groups if res else ():       # and to the groups and buckets it went through
+                g.n_packets += packets
+                g.n_bytes += _count(f.get("bytes"))
             out.append(entry)
         self.st["revalidated"] += len(out)
         return {"v": channel.VERSION, "t": "revalidate_reply", "flows": out}

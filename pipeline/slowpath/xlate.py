@@ -38,6 +38,7 @@ class Result:
     error: str = ""
     relearn: bool = False      # revalidation: NORMAL would learn something new from this flow
     packet_ins: list = field(default_factory=list)  # per controller action: its place and OpenFlow context
+    groups: list = field(default_factory=list)      # OpenFlow groups and buckets it went through, for their stats
 
 
 class Xlate:
@@ -83,7 +84,8 @@ class Xlate:
             ctx.error = f"{len(ctx.out)} datapath actions, more than the datapath's {MAX_ACTIONS}"
             ctx.out = [["drop"]]
         ctx.finish_wc()
-        return Result(ctx.out, ctx.wc, ctx.trace, ctx.rules, ctx.controller, ctx.error, ctx.relearn, ctx.pins)
+        return Result(ctx.out, ctx.wc, ctx.trace, ctx.rules, ctx.controller, ctx.error, ctx.relearn, ctx.pins,
+                      getattr(ctx, "groups", []))
 
 
 _vlans = vlans_of

@@ -508,7 +508,7 @@ class Agent:
         fn = MULTIPART.get(t)
         if fn is None:
             raise bad_request(ofp.OFPBRC_BAD_MULTIPART, f"multipart type {t}")
-        fresh = t in (ofp.OFPMP_FLOW, ofp.OFPMP_AGGREGATE, ofp.OFPMP_TABLE)
+        fresh = t in (ofp.OFPMP_FLOW, ofp.OFPMP_AGGREGATE, ofp.OFPMP_TABLE, ofp.OFPMP_GROUP)
         worker = t in (ofp.OFPMP_PORT_STATS, ofp.OFPMP_METER)
         if t == ofp.OFPMP_PORT_STATS and m.id != ofp.OFPP_ANY and flows.port_to_flow(m.id) not in self.ports:
             raise bad_request(ofp.OFPBRC_BAD_PORT, f"port {m.id:#x}")
@@ -629,8 +629,8 @@ class Agent:
                 continue
             refs = sum(1 for r in self.of.rules() if ("group", g.id) in r.actions)
             dur = now - g.created
-            counters = b"".join(struct.pack(ofp.OFP_BUCKET_COUNTER_PACK_STR, 0, 0) for _ in g.buckets)
-            yield struct.pack(ofp.OFP_GROUP_STATS_PACK_STR, 40 + len(counters), g.id, refs, g.packets, g.bytes,
+            counters = b"".join(struct.pack(ofp.OFP_BUCKET_COUNTER_PACK_STR, b.n_packets, b.n_bytes) for b in g.buckets)
+            yield struct.pack(ofp.OFP_GROUP_STATS_PACK_STR, 40 + len(counters), g.id, refs, g.n_packets, g.n_bytes,
                               int(dur), int(dur % 1 * 1e9)) + counters
 
     def _mp_group_features(self, m):

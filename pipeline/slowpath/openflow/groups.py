@@ -29,6 +29,8 @@ class Bucket:
     watch_group: int
     actions: list                    # the slow path's rule actions
     raw: object = None               # os-ken's OFPBucket, for group desc
+    n_packets: int = 0               # credited as rules are: what the flows through it carried
+    n_bytes: int = 0
 
 
 @dataclass
@@ -37,8 +39,8 @@ class Group:
     type: int
     buckets: list
     created: float = 0.0
-    packets: int = 0
-    bytes: int = 0
+    n_packets: int = 0
+    n_bytes: int = 0
 
 
 @dataclass
@@ -244,6 +246,7 @@ class Tables:
         (Open vSwitch's xlate_group_bucket), what the bucket sent stays sent."""
         saved = copy.deepcopy(ctx.flow)
         touched = copy.deepcopy(getattr(ctx, "touched", None))
+        ctx.groups = getattr(ctx, "groups", []) + [b]
         run(b.actions)
         ctx.flow = saved
         if touched is not None:
