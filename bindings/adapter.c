@@ -21,14 +21,14 @@ void vp_io_txsync(struct vp_io *io) {
     struct vp_ring *k = &io->kport.tx[0];
     uint32_t avail = vp_ring_avail(k);
     if (io->link_down == VP_LINK_GONE) {          /* no fds to try */
-        io->st.tx_link_down += avail;
+        io->st->tx_link_down += avail;
         k->cons = (k->cons + avail) % k->nslots;
     } else if (avail || io->tx_inflight) {
-        uint64_t again = io->st.tx_again;
+        uint64_t again = io->st->tx_again;
         io->tx(io, k, avail);
         if (io->link_down && (avail = vp_ring_avail(k)) != 0) {
-            io->st.tx_again = again;               /* not kept for later after all */
-            io->st.tx_link_down += avail;
+            io->st->tx_again = again;               /* not kept for later after all */
+            io->st->tx_link_down += avail;
             k->cons = (k->cons + avail) % k->nslots;
         }
     }

@@ -23,6 +23,8 @@ struct vp_io_stats {
     uint64_t rx_gso;          /* super-frames received (virtio-net header, or longer than the MTU) */
     uint64_t rx_csum_partial; /* frames received with a checksum left to complete */
     uint64_t tx_link_down;    /* dropped: the link was down, gone or without carrier (a dead guest) */
+    uint64_t rx_worker_restart; /* lost: the interface received them while its worker was dead
+                                 * (in the dead worker's socket, or before the new one opened) */
     int32_t last_errno;       /* most recent error, 0 if none since it was read */
     uint32_t errors_seen;     /* bumps on every new error, for the worker's log */
 };
@@ -47,7 +49,19 @@ struct vp_io {
     uint32_t (*tx)(struct vp_io *io, struct vp_ring *k, uint32_t avail);
     void *priv;               /* the binding's own state */
     struct vp_port kport;     /* the pipeline's rings, kernel side */
+    struct vp_io_stats *st;   /* the counters: in memory the supervisor keeps, so they go on
+                               * after a worker crash (bindings/adapter.py keep_counters), or own */
+    struct vp_io_stats own;
+};
+
+/* what a port keeps across workers, in memory the supervisor shares with each: its binding's
+ * counters, and where they stood against the interface's own when the last worker opened it */
+struct vp_io_keep {
     struct vp_io_stats st;
+    uint64_t if_rx_base;      /* the interface's rx_packets then */
+    uint64_t seen_base;       /* what the port had accounted for of them then */
+    uint32_t used;            /* a worker has opened the port */
+    uint32_t pad;
 };
 
 void vp_io_rxsync(struct vp_io *io);
@@ -66,21 +80,21 @@ static inline void vp_io_rx_commit(struct vp_io *io, struct vp_ring *k, uint32_t
     VP_WRITE_ONCE(s->len, (uint16_t)len);
     VP_WRITE_ONCE(s->flags, 0);
     vp_ring_produced(k);
-    io->st.rx_packets++;
-    io->st.rx_bytes += len - io->vnet_hdr;
+    io->st->rx_packets++;
+    io->st->rx_bytes += len - io->vnet_hdr;
 }
 static inline void vp_io_error(struct vp_io *io, int err) {
-    io->st.last_errno = err;
-    io->st.errors_seen++;
+    io->st->last_errno = err;
+    io->st->errors_seen++;
 }
 /* a frame refused in a way a link going down also causes: counted at once (tx_errors), its
  * reason settled by the worker's next look at the link (bindings/adapter.py follow_link) */
 static inline void vp_io_tx_refused(struct vp_io *io, int err) {
     if (io->link_down) {
-        io->st.tx_link_down++;
+        io->st->tx_link_down++;
         return;
     }
-    io->st.tx_errors++;
+    io->st->tx_errors++;
     io->tx_unsure++;
     io->tx_unsure_errno = err;
 }

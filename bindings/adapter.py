@@ -15,10 +15,13 @@ from ring.region import ROLE_KERNEL, ROLE_USER, Region, RegionError
 
 IO_STATS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_truncated", "rx_kernel_drops",
             "rx_errors", "tx_errors", "tx_again", "tx_discarded", "syscalls", "rx_gso", "rx_csum_partial",
-            "tx_link_down")
+            "tx_link_down", "rx_worker_restart")
 # the binding's losses, by reason: frames that came in and were dropped before the pipeline
 # saw them (each port's in_drops), and frames it was given to send that never left (its drops)
-RX_LOSSES = ("rx_truncated", "rx_kernel_drops", "rx_errors")
+RX_LOSSES = ("rx_truncated", "rx_kernel_drops", "rx_errors", "rx_worker_restart")
+# a port's counters kept across workers (struct vp_io_keep, in the supervisor's memory), by
+# uri; set by pipeline/takeover.py before a worker opens its ports
+KEEP = {}
 TX_LOSSES = ("tx_errors", "tx_discarded", "tx_link_down")
 IFNAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")     # fullmatch(): $ would take a final newline
 NETNS_DIR = "/run/netns"
@@ -93,6 +96,20 @@ def in_netns(name):
         os.close(home)
 
 
+def interface_rx_packets(ifname):
+    """The frames interface `ifname` of the current network namespace has received (its
+    rx_packets), or None: /proc/thread-self/net is the calling thread's namespace's."""
+    try:
+        with open("/proc/thread-self/net/dev") as f:
+            for line in f:
+                name, sep, rest = line.partition(":")
+                if sep and name.strip() == ifname:
+                    return int(rest.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def default_slots(offload):
     """Slots per ring: ports whose frames may be 64 KB super-frames have buffers that large,
     and fewer of them (256 x 64 KB per ring is plenty in flight)."""
@@ -118,6 +135,8 @@ class Adapter:
         except RegionError as e:
             raise AdapterError(f"{uri!r}: {e}") from None
         self.io = ffi.new("struct vp_io *")
+        self.keep = KEEP.get(uri)
+        self.io.st = ffi.addressof(self.keep.st) if self.keep is not None else ffi.addressof(self.io.own)
         self.io.nq = queues
         for i in range(4):
             self.io.fd[i] = -1
@@ -129,7 +148,7 @@ class Adapter:
         self.io.vnet_hdr = lib.VP_VNET_HDR_LEN if offload else 0
         lib.vp_io_attach(self.user.c, self.io)
         self.info = {"offload": offload}
-        self._errors_seen = 0
+        self._errors_seen = self.io.st.errors_seen      # kept counters: the last worker's were logged
 
     @contextlib.contextmanager
     def opening(self):
@@ -160,6 +179,51 @@ class Adapter:
                 raise AdapterError(f"{self.uri}: no interface {ifname or ifindex!r} (ip link shows them)") from None
             raise AdapterError(f"{self.uri}: interface {ifname or ifindex}: {e.strerror}") from None
 
+    def account_restart(self, ifname, ifindex, netns=None):
+        """Called as the port's sockets open, by kinds whose sockets see every frame the
+        interface receives. With counters kept across workers (KEEP), the interface's own
+        rx counter is compared with what the port accounted for at the first quiet moment
+        after (settle_books: nothing then is on its way between them): what a worker that
+        died left in its socket, or what came before the next one opened, is counted as
+        rx_worker_restart, so the port's books close over a crash."""
+        k = self.keep
+        if k is None:
+            return
+        if not k.used or k.pad != ifindex:
+            # a first open (or a new interface of the name): the books start now, before the
+            # sockets (inside the port's namespace: /proc/thread-self/net is its)
+            rx = interface_rx_packets(ifname)
+            if rx is None:
+                return
+            k.if_rx_base, k.seen_base, k.used, k.pad = rx, self._seen(), 1, ifindex
+        self._books = (ifname, ifindex, netns)
+        self._quiet_seen = None
+
+    def _seen(self):
+        self.poll_kernel_stats()
+        return sum(getattr(self.io.st, f) for f in ("rx_packets",) + RX_LOSSES)
+
+    def settle_books(self):
+        """The worker's look (ten times a second) while account_restart's count is due."""
+        if getattr(self, "_books", None) is None:
+            return
+        seen = self._seen()
+        if seen != self._quiet_seen:                # frames still coming: not now
+            self._quiet_seen = seen
+            return
+        ifname, ifindex, netns = self._books
+        with in_netns(netns):
+            rx = interface_rx_packets(ifname)
+        if rx is None:
+            return
+        k, st = self.keep, self.io.st
+        lost = (rx - k.if_rx_base) - (seen - k.seen_base)
+        if lost > 0:
+            st.rx_worker_restart += lost
+            seen += lost
+        k.if_rx_base, k.seen_base = rx, seen
+        self._books = None
+
     def link_change(self):
         """A sentence when the link changed since the last call (for the worker's log)."""
         return self.link.change() if self.link else None
@@ -174,6 +238,7 @@ class Adapter:
             return None
         st = self.link.state()
         self.settle_refused(st["link"])
+        self.settle_books()
         if self.io.link_down == lib.VP_LINK_GONE:
             return "reopen" if self.can_reopen and self.link.returned() else None
         if st["link"] == "gone":

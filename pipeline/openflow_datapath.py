@@ -69,7 +69,7 @@ def _stats(up, rid):
         ports.append({"ofport": p.ofport, "rx_packets": s["rx_packets"], "rx_bytes": s["rx_bytes"],
                       "tx_packets": s["tx_packets"], "tx_bytes": s["tx_bytes"],
                       "rx_dropped": sum(up.dp.port_drops(i).values()) + d.get("rx_truncated", 0)
-                      + d.get("rx_kernel_drops", 0),
+                      + d.get("rx_kernel_drops", 0) + d.get("rx_worker_restart", 0),
                       "tx_dropped": d["tx_ring_full"] + d.get("tx_discarded", 0) + d.get("tx_link_down", 0),
                       "rx_errors": d["rx_bad_index"] + d["rx_bad_buf"] + d["rx_bad_len"] + d["rx_bad_flags"]
                       + d.get("rx_errors", 0)})

@@ -26,12 +26,20 @@ class Takeover:
         # shared (not copied) with every worker the supervisor forks
         self._mem = mmap.mmap(-1, lib.vp_journal_size(), flags=mmap.MAP_SHARED)
         self.journal = ffi.cast("struct vp_journal *", ffi.from_buffer(self._mem))
+        # the interface ports' binding counters, kept over a worker's crash like the journal
+        others = [s["uri"] for s in cfg.ports if kind_of(s["uri"]) != "shm"]
+        size = ffi.sizeof("struct vp_io_keep")
+        self._keep_mem = mmap.mmap(-1, max(1, len(others)) * size, flags=mmap.MAP_SHARED)
+        base = ffi.cast("struct vp_io_keep *", ffi.from_buffer(self._keep_mem))
+        self.keep = {uri: base + i for i, uri in enumerate(others)}
 
     def owns(self, port):
         return self.ports.get(port.uri) is port
 
     def open_ports(self, specs):
         """The config's ports in its order: the shm: ones from here, the others opened now."""
+        from bindings import adapter
+        adapter.KEEP.update(self.keep)
         opened = iter(open_ports([s for s in specs if s["uri"] not in self.ports]))
         return [self.ports[s["uri"]] if s["uri"] in self.ports else next(opened) for s in specs]
 

@@ -132,15 +132,15 @@ static void rx_frame(struct vp_io *io, struct xq *q, struct vp_ring *k, uint32_t
         const struct xdp_desc *d = xsk_ring_cons__rx_desc(&q->rx, idx_rx + i);
         uint64_t addr = xsk_umem__extract_addr(VP_READ_ONCE(d->addr)), base = addr & ~(uint64_t)(FRAME - 1);
         uint32_t len = VP_READ_ONCE(d->len);
-        if (base >= (uint64_t)NRX * FRAME || addr + len > base + FRAME) { io->st.rx_errors++; return; }
-        if (hl + total + len > k->buf_size) { io->st.rx_truncated++; return; }
+        if (base >= (uint64_t)NRX * FRAME || addr + len > base + FRAME) { io->st->rx_errors++; return; }
+        if (hl + total + len > k->buf_size) { io->st->rx_truncated++; return; }
         memcpy(buf + hl + total, q->area + addr, len);
         total += len;
     }
-    if (total == 0) { io->st.rx_truncated++; return; }
+    if (total == 0) { io->st->rx_truncated++; return; }
     if (vp_vnet_infer((uint8_t *)buf + hl, total, hl ? io->mtu : 0, &ol)) {
-        io->st.rx_gso += ol.gso_type != VP_GSO_NONE;
-        io->st.rx_csum_partial += (ol.flags & VP_OL_CSUM) != 0;
+        io->st->rx_gso += ol.gso_type != VP_GSO_NONE;
+        io->st->rx_csum_partial += (ol.flags & VP_OL_CSUM) != 0;
         if (!hl) vp_csum_complete((uint8_t *)buf, total, &ol);
     }
     if (hl) vp_vnet_write((uint8_t *)buf, &ol);
@@ -153,7 +153,7 @@ static uint32_t afxdp_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint3
     if (!got) {
         if (xsk_ring_prod__needs_wakeup(&q->fill)) {
             recvfrom(io->fd[qi], NULL, 0, MSG_DONTWAIT, NULL, NULL);
-            io->st.syscalls++;
+            io->st->syscalls++;
         }
         return 0;
     }
@@ -163,9 +163,9 @@ static uint32_t afxdp_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint3
         while (end < got && VP_READ_ONCE(xsk_ring_cons__rx_desc(&q->rx, idx_rx + end)->options) & XDP_PKT_CONTD) end++;
         if (end == got) break;
         end++;
-        uint64_t before = io->st.rx_packets;
+        uint64_t before = io->st->rx_packets;
         rx_frame(io, q, k, idx_rx, used, end);
-        n += io->st.rx_packets != before;
+        n += io->st->rx_packets != before;
         used = end;
     }
     /* every frame the rx ring hands us was on the fill ring, which is as large as the
@@ -178,7 +178,7 @@ static uint32_t afxdp_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint3
         }
         xsk_ring_prod__submit(&q->fill, used);
     } else if (used) {
-        io->st.rx_errors++;
+        io->st->rx_errors++;
     }
     xsk_ring_cons__release(&q->rx, used);
     xsk_ring_cons__cancel(&q->rx, got - used);       /* left for the next call */
@@ -210,7 +210,7 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
             uint16_t len;
             int ok = vp_slot_take(k, k->cons, &bi, &len);
             if (ok && (len <= io->vnet_hdr || len - io->vnet_hdr > (int)FRAME)) {
-                io->st.tx_errors++;               /* longer than a UMEM frame: not sent */
+                io->st->tx_errors++;               /* longer than a UMEM frame: not sent */
                 vp_io_error(io, EMSGSIZE);
             } else if (ok) {
                 /* the pipeline segmented and completed what the header described */
@@ -221,8 +221,8 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
                 VP_WRITE_ONCE(d->addr, addr);
                 VP_WRITE_ONCE(d->len, flen);
                 VP_WRITE_ONCE(d->options, 0);
-                io->st.tx_packets++;
-                io->st.tx_bytes += flen;
+                io->st->tx_packets++;
+                io->st->tx_bytes += flen;
             }
             k->cons = nm_ring_next(k->nslots, k->cons);
             done++;
@@ -230,20 +230,20 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
         q->tx.cached_prod -= room - j;       /* reserved for frames that turned out bad */
         xsk_ring_prod__submit(&q->tx, j);
     }
-    if (done < avail) io->st.tx_again++;
+    if (done < avail) io->st->tx_again++;
     /* In copy mode the kernel sends inside the kick, at most 32 frames a call: kick until
      * it has taken every posted descriptor (or says it is busy). EBUSY means the device
      * dropped one frame (completed, not sent): count it and go on. */
     for (int kick = 0; kick < 64 && xsk_ring_prod__needs_wakeup(&q->tx) &&
                        VP_LOAD_ACQUIRE(*q->tx.consumer) != VP_READ_ONCE(*q->tx.producer); kick++) {
         int rc = (int)sendto(io->fd[0], NULL, 0, MSG_DONTWAIT, NULL, 0);
-        io->st.syscalls++;
+        io->st->syscalls++;
         if (rc >= 0) continue;
         if (errno == EAGAIN || errno == ENOBUFS || errno == EINTR) break;
         if (errno == ENETDOWN || errno == ENXIO) {
             /* link down: the kernel keeps the frames in the tx ring; they go when it is up */
-            io->st.tx_again++;
-            if (io->st.last_errno != errno) vp_io_error(io, errno);
+            io->st->tx_again++;
+            if (io->st->last_errno != errno) vp_io_error(io, errno);
             break;
         }
         if (errno == EBUSY) {
@@ -251,12 +251,12 @@ static uint32_t afxdp_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
              * (the kernel never writes the tx ring), so its length is what we posted */
             uint32_t last = VP_LOAD_ACQUIRE(*q->tx.consumer) - 1;
             uint32_t blen = VP_READ_ONCE(xsk_ring_prod__tx_desc(&q->tx, last)->len);
-            io->st.tx_packets--;
-            io->st.tx_bytes -= blen <= io->st.tx_bytes ? blen : io->st.tx_bytes;
+            io->st->tx_packets--;
+            io->st->tx_bytes -= blen <= io->st->tx_bytes ? blen : io->st->tx_bytes;
             vp_io_tx_refused(io, EBUSY);      /* a dead guest's TAP, or a device error */
             continue;
         }
-        io->st.tx_errors++;
+        io->st->tx_errors++;
         vp_io_error(io, errno);
         break;
     }
@@ -376,7 +376,7 @@ void vp_afxdp_poll_stats(struct vp_io *io) {
     /* the sockets' counters start at zero again when the port re-opens: add what is new */
     if (io->priv) {
         struct vp_afxdp *x = io->priv;
-        if (drops > x->kernel_drops) io->st.rx_kernel_drops += drops - x->kernel_drops;
+        if (drops > x->kernel_drops) io->st->rx_kernel_drops += drops - x->kernel_drops;
         x->kernel_drops = drops;
     }
 }

@@ -44,6 +44,8 @@ class PacketAdapter(Adapter):
                 raise AdapterError(f"{uri}: no interface {name!r}"
                                    + (f" in netns {opt['netns']}" if opt["netns"] else "")) from None
             self.watch_link(name, ifindex, bring_up=opt["up"], netns=opt["netns"])
+            if opt["fanout"] < 0:                   # every frame of the interface is ours
+                self.account_restart(name, ifindex, opt["netns"])
             for q in range(opt["queues"]):
                 if lib.vp_packet_open(self.io, q, ifindex, self.fanout, opt["offload"], err, 256) < 0:
                     raise AdapterError(f"{uri}: {ffi.string(err).decode()}")

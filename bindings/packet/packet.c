@@ -130,9 +130,9 @@ static uint32_t packet_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint
         char *buf = vp_io_rx_buf(k);
         if (!buf) { k->st.bad_buf++; k->faulty = 1; break; }
         if ((size_t)mac + snap > q->frame_size || snap < 14 || mac < hl + sizeof(*h)) {
-            io->st.rx_errors++;
+            io->st->rx_errors++;
         } else if (wire > snap || hl + snap + vlan > k->buf_size) {
-            io->st.rx_truncated++;        /* a super-frame without PACKET_VNET_HDR, or a jumbo frame */
+            io->st->rx_truncated++;        /* a super-frame without PACKET_VNET_HDR, or a jumbo frame */
         } else {
             /* the virtio_net_hdr the kernel put in front of the frame */
             if (hl) {
@@ -143,8 +143,8 @@ static uint32_t packet_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint
                     ol.csum_start += 4;
                     vp_vnet_write((uint8_t *)buf, &ol);
                 }
-                io->st.rx_gso += ol.gso_type != VP_GSO_NONE;
-                io->st.rx_csum_partial += (ol.flags & VP_OL_CSUM) != 0;
+                io->st->rx_gso += ol.gso_type != VP_GSO_NONE;
+                io->st->rx_csum_partial += (ol.flags & VP_OL_CSUM) != 0;
                 buf += hl;
             }
             /* the kernel took the VLAN tag off into metadata: put it back on the wire */
@@ -162,7 +162,7 @@ static uint32_t packet_rx(struct vp_io *io, uint32_t qi, struct vp_ring *k, uint
                 struct vp_offload ol;
                 if (vp_vnet_infer((uint8_t *)buf, snap + vlan, 0, &ol) && ol.flags & VP_OL_CSUM) {
                     vp_csum_complete((uint8_t *)buf, snap + vlan, &ol);
-                    io->st.rx_csum_partial++;
+                    io->st->rx_csum_partial++;
                 }
             }
             vp_io_rx_commit(io, k, hl + snap + vlan);
@@ -195,27 +195,27 @@ static uint32_t packet_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
         }
         if (m == 0) { k->cons = si; done += scanned; continue; }
         sent = sendmmsg(io->fd[0], pk->msg, m, MSG_DONTWAIT);
-        io->st.syscalls++;
+        io->st->syscalls++;
         if (sent < 0 && (errno == ENETDOWN || errno == ENXIO) && !io->link_down) {
             /* maybe an error the socket kept from when its link went down (the kernel hands
              * it to the next send, which it then refuses): it is read now, so try again */
             sent = sendmmsg(io->fd[0], pk->msg, m, MSG_DONTWAIT);
-            io->st.syscalls++;
+            io->st->syscalls++;
         }
         if (sent < 0) {
             int e = errno;
-            if (e == EAGAIN || e == ENOBUFS || e == EINTR) { io->st.tx_again++; break; }
+            if (e == EAGAIN || e == ENOBUFS || e == EINTR) { io->st->tx_again++; break; }
             /* the interface refuses (down, gone, frame over its MTU): drop that frame,
              * count it, go on with the rest */
             if (e == ENETDOWN || e == ENXIO || e == ENODEV) {
                 vp_io_tx_refused(io, e);       /* the link went: settled by the next look at it */
             } else {
                 vp_io_error(io, e);
-                io->st.tx_errors++;
+                io->st->tx_errors++;
             }
             sent = 1;
         } else {
-            for (int i = 0; i < sent; i++) { io->st.tx_packets++; io->st.tx_bytes += pk->iov[i].iov_len - io->vnet_hdr; }
+            for (int i = 0; i < sent; i++) { io->st->tx_packets++; io->st->tx_bytes += pk->iov[i].iov_len - io->vnet_hdr; }
         }
         {
             uint32_t adv = (uint32_t)sent == m ? scanned : upto[sent - 1];
@@ -237,7 +237,7 @@ void vp_packet_poll_stats(struct vp_io *io) {
         struct tpacket_stats st;
         socklen_t len = sizeof(st);
         if (io->fd[q] >= 0 && getsockopt(io->fd[q], SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0)
-            io->st.rx_kernel_drops += st.tp_drops;
+            io->st->rx_kernel_drops += st.tp_drops;
     }
 }
 

@@ -23,7 +23,7 @@ static uint32_t pcap_rx(struct vp_io *io, uint32_t q, struct vp_ring *k, uint32_
         uint32_t caplen;
         char *buf;
         if (in->size - in->off < 16) {               /* end of this pass */
-            if (in->size - in->off) io->st.rx_errors++;   /* a cut-off record header */
+            if (in->size - in->off) io->st->rx_errors++;   /* a cut-off record header */
             if (in->loops == 0) { in->eof = 1; break; }
             if (in->loops > 0) in->loops--;
             in->off = 24;
@@ -35,7 +35,7 @@ static uint32_t pcap_rx(struct vp_io *io, uint32_t q, struct vp_ring *k, uint32_
            + (uint64_t)rd32(in->data + in->off + 4, in->swapped) * (in->nsec ? 1 : 1000);
         caplen = rd32(in->data + in->off + 8, in->swapped);
         if (caplen > in->size - in->off - 16) {      /* record runs past the file */
-            io->st.rx_errors++;
+            io->st->rx_errors++;
             in->off = in->size;
             continue;
         }
@@ -45,9 +45,9 @@ static uint32_t pcap_rx(struct vp_io *io, uint32_t q, struct vp_ring *k, uint32_
             if (ts > in->t0_file_ns && ts - in->t0_file_ns > now - in->t0_ns) break;   /* not due yet */
         }
         if (caplen == 0) {
-            io->st.rx_errors++;
+            io->st->rx_errors++;
         } else if (caplen > k->buf_size) {
-            io->st.rx_truncated++;
+            io->st->rx_truncated++;
         } else if (!(buf = vp_io_rx_buf(k))) {
             k->st.bad_buf++;
             k->faulty = 1;
@@ -97,13 +97,13 @@ static uint32_t pcap_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
         uint16_t len;
         if (vp_slot_take(k, k->cons, &idx, &len)) {
             vp_pcap_mirror(out, vp_buf(k, idx), len);
-            io->st.tx_packets++;
-            io->st.tx_bytes += len;
+            io->st->tx_packets++;
+            io->st->tx_bytes += len;
         }
         k->cons = nm_ring_next(k->nslots, k->cons);
     }
     vp_pcap_flush(out);
-    if (out->write_errors != errs) { io->st.tx_errors++; vp_io_error(io, out->last_errno); }
+    if (out->write_errors != errs) { io->st->tx_errors++; vp_io_error(io, out->last_errno); }
     return avail;
 }
 
@@ -112,7 +112,7 @@ static uint32_t discard_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) 
     for (uint32_t i = 0; i < avail; i++) {
         uint32_t idx;
         uint16_t len;
-        if (vp_slot_take(k, k->cons, &idx, &len)) io->st.tx_discarded++;
+        if (vp_slot_take(k, k->cons, &idx, &len)) io->st->tx_discarded++;
         k->cons = nm_ring_next(k->nslots, k->cons);
     }
     return avail;

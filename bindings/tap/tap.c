@@ -70,16 +70,16 @@ static uint32_t tap_rx(struct vp_io *io, uint32_t q, struct vp_ring *k, uint32_t
         ssize_t got;
         if (!buf) { k->st.bad_buf++; k->faulty = 1; break; }
         got = readv(io->fd[q], iov, 2);
-        io->st.syscalls++;
+        io->st->syscalls++;
         if (got < 0) {
-            if (errno != EAGAIN && errno != EINTR) { io->st.rx_errors++; vp_io_error(io, errno); }
+            if (errno != EAGAIN && errno != EINTR) { io->st->rx_errors++; vp_io_error(io, errno); }
             break;
         }
         if (got == 0) break;
-        if ((size_t)got > k->buf_size) { io->st.rx_truncated++; continue; }
+        if ((size_t)got > k->buf_size) { io->st->rx_truncated++; continue; }
         if (io->vnet_hdr && got >= VP_VNET_HDR_LEN) {
-            io->st.rx_gso += buf[1] != VP_GSO_NONE;
-            io->st.rx_csum_partial += (buf[0] & VP_OL_CSUM) != 0;
+            io->st->rx_gso += buf[1] != VP_GSO_NONE;
+            io->st->rx_csum_partial += (buf[0] & VP_OL_CSUM) != 0;
         }
         vp_io_rx_commit(io, k, (uint32_t)got);
         n++;
@@ -94,14 +94,14 @@ static uint32_t tap_tx(struct vp_io *io, struct vp_ring *k, uint32_t avail) {
         uint16_t len;
         if (vp_slot_take(k, k->cons, &idx, &len)) {
             ssize_t w = write(io->fd[0], vp_buf(k, idx), len);
-            io->st.syscalls++;
-            if (w < 0 && (errno == EAGAIN || errno == EINTR)) { io->st.tx_again++; break; }
+            io->st->syscalls++;
+            if (w < 0 && (errno == EAGAIN || errno == EINTR)) { io->st->tx_again++; break; }
             if (w < 0) {
-                io->st.tx_errors++;       /* EIO: the TAP is down; the frame is dropped */
+                io->st->tx_errors++;       /* EIO: the TAP is down; the frame is dropped */
                 vp_io_error(io, errno);
             } else {
-                io->st.tx_packets++;
-                io->st.tx_bytes += len - io->vnet_hdr;
+                io->st->tx_packets++;
+                io->st->tx_bytes += len - io->vnet_hdr;
             }
         }
         k->cons = nm_ring_next(k->nslots, k->cons);
