@@ -4,9 +4,11 @@ import os
 import stat
 
 # what a pipeline keeps in its run directory while it runs (and FILE.tmp while writing one)
-RUN_FILES = ("worker.ctl", "slowpath.sock", "slowpath.ctl", "rules.flows", "rules.state", "macs.json")
-# what a restarted worker's slow path takes over: its rules and NORMAL's MAC table
-KEPT_FILES = ("rules.flows", "rules.state", "macs.json")
+RUN_FILES = ("worker.ctl", "slowpath.sock", "slowpath.ctl", "rules.flows", "rules.state", "openflow.tables",
+             "macs.json")
+# what a restarted worker's slow path takes over: its rules (with OpenFlow's groups and
+# meters they name) and NORMAL's MAC table
+KEPT_FILES = ("rules.flows", "rules.state", "openflow.tables", "macs.json")
 LONGEST_SOCKET = "slowpath.sock"
 MAX_SOCKET_PATH = 107                              # sockaddr_un.sun_path, less its NUL
 

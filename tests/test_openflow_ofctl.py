@@ -215,3 +215,36 @@ def test_group_and_bucket_counters_as_ovs(pair):
         assert b[g] == a[g], (g, a, b)
     assert b[2][:2] == a[2][:2], (a, b)   # select: the group's totals; which bucket, by hash
     assert sum(p for p, _ in b[2][2]) == b[2][0] and sum(x for _, x in b[2][2]) == b[2][1], b
+
+
+def test_groups_and_meters_survive_a_slow_path_crash(pair):
+    """The slow path is killed: the one that replaces it has the controller's groups and
+    meters as it had its rules (a rule naming a group that no longer exists would drop
+    what it matched), and frames go through them as before."""
+    import signal
+    ovs, target, pipe, peers, _ = pair
+    lab.ofctl(target, "add-group", "group_id=5,type=all,bucket=output:1")
+    lab.ofctl(target, "add-group", "group_id=6,type=indirect,bucket=group:5")
+    lab.ofctl(target, "mod-group", "group_id=5,type=all,bucket=output:2")     # made again after 6
+    lab.ofctl(target, "add-meter", "meter=3,pktps,band=type=drop,rate=100000")
+    lab.ofctl(target, "add-flow", "in_port=1,actions=meter:3,group:6")
+    before = (lab.norm(lab.ofctl(target, "dump-groups")), lab.norm(lab.ofctl(target, "dump-meters")))
+    frame = bytes.fromhex(UDP)
+    peers[1].send([frame])
+    assert wait_for(lambda: peers[2].recv(), 5)
+    time.sleep(1.5)                                  # saved with the rules within a second
+    st = pipe.stats()
+    old = st["upcall"]["slowpath_pid"]
+    os.kill(old, signal.SIGKILL)
+    assert wait_for(lambda: (lambda s: s["upcall"]["slowpath_pid"] not in (None, old) and s["upcall"]["channel_up"])(
+        pipe.stats()), 20)
+    def tables():               # (port 0: the new slow path listens on a port of its own)
+        t = f"tcp:127.0.0.1:{lab.listen_port(pipe)}"
+        a = (lab.norm(lab.ofctl(t, "dump-groups", check=False)), lab.norm(lab.ofctl(t, "dump-meters", check=False)))
+        return a if "group_id=6" in a[0] else None
+    after = wait_for(tables, 20)
+    assert after == before, (before, after)
+    src = bytearray(frame)
+    src[34:36] = (4321).to_bytes(2, "big")           # a new flow: translated by the new slow path
+    peers[1].send([bytes(src)])
+    assert wait_for(lambda: peers[2].recv(), 5)

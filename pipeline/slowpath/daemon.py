@@ -64,6 +64,9 @@ class SlowPath:
         self.ofproto = ofproto
         self.rules_file = rules_file
         self.state_file = rules_file and os.path.join(os.path.dirname(rules_file), "rules.state")
+        # OpenFlow's groups and meters (the group_mods/meter_mods that made them), kept with
+        # the rules that name them
+        self.tables_file = rules_file and os.path.join(os.path.dirname(rules_file), "openflow.tables")
         self.macs_file = macs_file
         self.st = dict(upcalls=0, flows=0, packets=0, bad_messages=0, unknown_flow_packets=0, slow_flows=0,
                        revalidated=0, rule_changes=0, rules_saved=0, rules_save_errors=0, state_saved=0,
@@ -382,9 +385,13 @@ class SlowPath:
             state += self.ofproto.rule_state(rules[k:k + STEP_RULES])
             yield None
         text = "".join(parts)
+        files = {self.rules_file: text.encode(),
+                 self.state_file: msgpack.packb({"v": 1, "rules": state}, use_bin_type=True)}
+        made = getattr(self.ofproto.ext, "made", None)
+        if made is not None:
+            files[self.tables_file] = msgpack.packb({"v": 1, **made}, use_bin_type=True)
         try:
-            rundir.write_files({self.rules_file: text.encode(),
-                                self.state_file: msgpack.packb({"v": 1, "rules": state}, use_bin_type=True)})
+            rundir.write_files(files)
         except OSError:
             self.st["rules_save_errors"] += 1
             raise
@@ -422,6 +429,25 @@ class SlowPath:
             self.st["state_restored"] = self.ofproto.restore_rule_state(doc["rules"])
         except (OSError, ValueError) as e:
             print(f"valepipe-slowpath: {self.state_file}: {e}; rule counters start from zero", file=sys.stderr)
+
+    def load_openflow_tables(self):
+        """The groups and meters saved with the rules: {"groups": {id: message}, "meters":
+        {...}}, or None (none saved, or a file that is not one: said once)."""
+        if not self.tables_file:
+            return None
+        try:
+            raw = rundir.read_own(self.tables_file, MAX_RULES_FILE)
+            if raw is None:
+                return None
+            doc = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+            if not (isinstance(doc, dict) and doc.get("v") == 1 and all(
+                    isinstance(doc.get(k), dict) and all(isinstance(i, int) and isinstance(m, bytes)
+                                                         for i, m in doc[k].items()) for k in ("groups", "meters"))):
+                raise ValueError("not an openflow.tables of this version")
+            return doc
+        except (OSError, ValueError, msgpack.exceptions.ExtraData) as e:
+            print(f"valepipe-slowpath: {self.tables_file}: {e}; groups and meters start empty", file=sys.stderr)
+            return None
 
     def _state(self):
         return msgpack.packb({"v": 1, "rules": self.ofproto.rule_state()}, use_bin_type=True)

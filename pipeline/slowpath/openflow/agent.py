@@ -56,6 +56,7 @@ class Agent:
         self.conns = []
         self.tables = Tables()
         self.of.ext = self.tables
+        self._load_made()
         self.of.on_removed = self.rule_removed
         self.ports = {}                            # OpenFlow 1.0 port number -> ofp_port fields
         # controllers are called once the worker has said which ports it has (or after
@@ -362,6 +363,7 @@ class Agent:
     def _group_mod(self, c, m):
         self.st["group_mods"] += 1
         gone = self.tables.group_mod(m, time.monotonic())
+        self.tables.remember("groups", None if m.command == ofp.OFPGC_DELETE else m.group_id, m.raw, gone)
         for gid in gone:
             for r in [r for r in self.of.rules() if ("group", gid) in r.actions]:
                 self.of.remove(r)
@@ -371,12 +373,38 @@ class Agent:
     def _meter_mod(self, c, m):
         self.st["meter_mods"] += 1
         gone = self.tables.meter_mod(m, time.monotonic())
+        self.tables.remember("meters", None if m.command == ofp.OFPMC_DELETE else m.meter_id, m.raw, gone)
         for mid in gone:
             for r in [r for r in self.of.rules() if ("meter", mid) in r.actions]:
                 self.of.remove(r)
                 self.rule_removed(r, "delete")
         self.push_meters()
         self._changed()
+
+    def _load_made(self):
+        """The groups and meters the last slow path had (saved with its rules): their
+        group_mods and meter_mods again, meters first (rules and buckets name them), a
+        group after those its buckets name."""
+        made = self.slow.load_openflow_tables()
+        if not made:
+            return
+        now, left = time.monotonic(), 0
+        for kind, apply in (("meters", self.tables.meter_mod), ("groups", self.tables.group_mod)):
+            todo = [(i, bytes(r)) for i, r in made.get(kind, {}).items()]
+            while todo:
+                failed = []
+                for ident, raw in todo:
+                    try:
+                        apply(codec.decode(raw), now)
+                        self.tables.made[kind][ident] = raw
+                    except (OFError, struct.error, ValueError, TypeError):
+                        failed.append((ident, raw))
+                if len(failed) == len(todo):
+                    left += len(failed)
+                    break
+                todo = failed
+        if left:
+            print(f"valepipe-slowpath: {left} saved groups/meters could not be made again", file=sys.stderr)
 
     def push_meters(self, clients=None):
         msg = {"v": wire.VERSION, "t": "meters", "meters": self.tables.datapath_meters()}

@@ -5,6 +5,7 @@ the megaflow; INDIRECT: its bucket; FAST_FAILOVER: the first bucket whose watche
 live), as Open vSwitch's translation does; a meter becomes a datapath ["meter", slot]
 action, a token bucket in the fast path that drops (and counts) what exceeds its band."""
 import copy
+import struct
 import zlib
 from dataclasses import dataclass, field
 
@@ -59,6 +60,19 @@ class Tables:
     groups: dict = field(default_factory=dict)
     meters: dict = field(default_factory=dict)
     live_ports: set = None           # OpenFlow 1.0 numbers of ports whose link is up; None: all are
+    # the group_mod/meter_mod that made each as it is (as an ADD), kept with the rules so a
+    # restarted slow path has them (their rules name them): id -> message bytes
+    made: dict = field(default_factory=lambda: {"groups": {}, "meters": {}})
+
+    def remember(self, kind, ident, raw, gone):
+        """After a successful group_mod/meter_mod: keep `raw` as the ADD that makes `ident`
+        (None for a delete) and forget the ids `gone`."""
+        table = self.made[kind]
+        for i in gone:
+            table.pop(i, None)
+        if ident is not None:
+            table.pop(ident, None)                  # to the end: made after what it names
+            table[ident] = raw[:8] + struct.pack("!H", 0) + raw[10:]     # command: ADD (0)
 
     # -- groups ------------------------------------------------------------------------------
     def group_mod(self, m, now):
