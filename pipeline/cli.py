@@ -25,7 +25,7 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=No
                   help="valepipe: a packet pipeline and virtual switch on netmap rings.\n\n"
                        "Ports are URIs: shm:NAME (netmap rings in shared memory; a generator, sink "
                        "or test attaches as the other end), "
-                       + ("afxdp:IFNAME, packet:IFNAME, tap:NAME, " if LINUX_PORTS else "")
+                       + ("afxdp:IFNAME, packet:IFNAME, tap:NAME, internal:NAME, " if LINUX_PORTS else "")
                        + "pcap:FILE, and on a netmap host netmap:IF and valeX:PORT.")
 
 
@@ -74,7 +74,7 @@ def _live(interval, as_json):
     return show
 
 
-PORT_URIS = ("shm:NAME, " + ("afxdp:IFNAME[:QUEUE], packet:IFNAME, tap:NAME, " if LINUX_PORTS else "")
+PORT_URIS = ("shm:NAME, " + ("afxdp:IFNAME[:QUEUE], packet:IFNAME, tap:NAME, internal:NAME, " if LINUX_PORTS else "")
              + "pcap:FILE[@write], each with @options (" + ("queues=N, netns=NS, " if LINUX_PORTS else "") + "...)")
 
 
