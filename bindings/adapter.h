@@ -50,7 +50,7 @@ struct vp_io {
     void *priv;               /* the binding's own state */
     struct vp_port kport;     /* the pipeline's rings, kernel side */
     struct vp_io_stats *st;   /* the counters: in memory the supervisor keeps, so they go on
-                               * after a worker crash (bindings/adapter.py keep_counters), or own */
+                               * after a worker crash (bindings/adapter.py KEEP), or own */
     struct vp_io_stats own;
 };
 
@@ -61,7 +61,7 @@ struct vp_io_keep {
     uint64_t if_rx_base;      /* the interface's rx_packets then */
     uint64_t seen_base;       /* what the port had accounted for of them then */
     uint32_t used;            /* a worker has opened the port */
-    uint32_t pad;
+    uint32_t ifindex;         /* of the interface it opened (a new one of the name starts anew) */
 };
 
 void vp_io_rxsync(struct vp_io *io);

@@ -189,13 +189,13 @@ class Adapter:
         k = self.keep
         if k is None:
             return
-        if not k.used or k.pad != ifindex:
+        if not k.used or k.ifindex != ifindex:
             # a first open (or a new interface of the name): the books start now, before the
             # sockets (inside the port's namespace: /proc/thread-self/net is its)
             rx = interface_rx_packets(ifname)
             if rx is None:
                 return
-            k.if_rx_base, k.seen_base, k.used, k.pad = rx, self._seen(), 1, ifindex
+            k.if_rx_base, k.seen_base, k.used, k.ifindex = rx, self._seen(), 1, ifindex
         self._books = (ifname, ifindex, netns)
         self._quiet_seen = None
 
@@ -237,14 +237,19 @@ class Adapter:
         if not self.link:
             return None
         st = self.link.state()
-        self.settle_refused(st["link"])
+        self._act_on(st["link"])
         self.settle_books()
         if self.io.link_down == lib.VP_LINK_GONE:
             return "reopen" if self.can_reopen and self.link.returned() else None
-        if st["link"] == "gone":
-            return "release"
-        self.io.link_down = 0 if st["link"] == "up" else lib.VP_LINK_DOWN
-        return None
+        return "release" if st["link"] == "gone" else None
+
+    def _act_on(self, link):
+        """A look at the link becomes what the datapath acts on: frames refused meanwhile
+        get their reason, and while it is not up frames to send are dropped (tx_link_down).
+        A link that went is follow_link's to release (its fds are closed there)."""
+        self.settle_refused(link)
+        if link != "gone" and self.io.link_down != lib.VP_LINK_GONE:
+            self.io.link_down = 0 if link == "up" else lib.VP_LINK_DOWN
 
     def settle_refused(self, link):
         """Frames the device refused while the link looked up (vp_io_tx_refused): with the
@@ -305,12 +310,10 @@ class Adapter:
         if self.link:
             ls = self.link.state()
             st.update(link=ls["link"], speed_mbps=ls["speed_mbps"], mtu=self.io.mtu)
-            self.settle_refused(ls["link"])
-            if ls["link"] != "gone" and self.io.link_down != lib.VP_LINK_GONE:
-                # what stats says is what the datapath acts on from now, not up to 100 ms
-                # later (follow_link's next look): a frame sent after "no-carrier" was
-                # shown is counted tx_link_down, not a device error
-                self.io.link_down = 0 if ls["link"] == "up" else lib.VP_LINK_DOWN
+            # what stats says is what the datapath acts on from now, not up to 100 ms later
+            # (follow_link's next look): a frame sent after "no-carrier" was shown is counted
+            # tx_link_down, not a device error
+            self._act_on(ls["link"])
         if getattr(self, "reopened", 0):
             st["reopened"] = self.reopened
         return dict(st, **self.info)

@@ -22,7 +22,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from perf import bench_veth  # noqa: E402
-from pipeline import control  # noqa: E402
+from pipeline import control, hostos  # noqa: E402
 from tools.guest import Guest  # noqa: E402
 
 NS = f"vpvm{os.getpid()}"
@@ -96,10 +96,7 @@ class Valepipe:
 
     def cpu_s(self):
         """CPU seconds the worker has used so far (what it takes from the guests' cores)."""
-        st = control.request(os.path.join(self.dir, "run", "worker.ctl"), "stats")
-        with open(f"/proc/{st['pid']}/stat") as f:
-            utime, stime = f.read().rsplit(")", 1)[1].split()[11:13]
-        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+        return hostos.cpu_seconds(control.request(os.path.join(self.dir, "run", "worker.ctl"), "stats")["pid"])
 
     def stop(self):
         self.proc.terminate()

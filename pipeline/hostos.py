@@ -101,6 +101,17 @@ def pid_running(pid):
     return state not in (b"Z", b"X")
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds process `pid` has used (Linux's /proc; None elsewhere or
+    when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def fd_name(fd):
     """What the OS calls this process's `fd` (Linux: /proc/self/fd's link, e.g.
     "/memfd:NAME (deleted)"), or None where it does not say."""

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pipeline import control
+from pipeline import control, hostos
 from pipeline._native import ffi, lib
 from pipeline.names import DROPS, OPS, PARSE_ERRORS, SET_FIELDS, STAGES
 from tests.conftest import ROOT, wait_for
@@ -127,12 +127,6 @@ def test_names_are_the_modules(uniq, pipeline_factory):
     assert list(st["stage_packets"]) == list(STAGES) and list(st["ports"][0]["in_drops"]) == list(DROPS)
 
 
-def _cpu_s(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads a process's CPU time from /proc")
 def test_an_idle_worker_sleeps_and_wakes_for_the_next_frame(uniq, pipeline_factory):
     pipe = pipeline_factory(cfg(uniq, extra="idle_poll_us = 200\nidle_sleep_us = 2000"))
@@ -140,9 +134,9 @@ def test_an_idle_worker_sleeps_and_wakes_for_the_next_frame(uniq, pipeline_facto
     st = pipe.stats()
     assert st["chain"]["idle_poll_us"] == 200, st["chain"]        # as configured, not 199
     pid, naps = st["pid"], st["chain"]["idle_naps"]
-    cpu0, t0 = _cpu_s(pid), time.monotonic()
+    cpu0, t0 = hostos.cpu_seconds(pid), time.monotonic()
     time.sleep(3)
-    cpu, wall = _cpu_s(pid) - cpu0, time.monotonic() - t0
+    cpu, wall = hostos.cpu_seconds(pid) - cpu0, time.monotonic() - t0
     # polling the rings all along would take the whole 3 s of CPU
     assert cpu < 0.5 * wall, (cpu, wall)
     assert pipe.stats()["chain"]["idle_naps"] > naps

@@ -364,22 +364,23 @@ class Agent:
         self.st["group_mods"] += 1
         gone = self.tables.group_mod(m, time.monotonic())
         self.tables.remember("groups", None if m.command == ofp.OFPGC_DELETE else m.group_id, m.raw, gone)
-        for gid in gone:
-            for r in [r for r in self.of.rules() if ("group", gid) in r.actions]:
-                self.of.remove(r)
-                self.rule_removed(r, "group_delete")
+        self._remove_rules_naming("group", gone, "group_delete")
         self._changed()
 
     def _meter_mod(self, c, m):
         self.st["meter_mods"] += 1
         gone = self.tables.meter_mod(m, time.monotonic())
         self.tables.remember("meters", None if m.command == ofp.OFPMC_DELETE else m.meter_id, m.raw, gone)
-        for mid in gone:
-            for r in [r for r in self.of.rules() if ("meter", mid) in r.actions]:
-                self.of.remove(r)
-                self.rule_removed(r, "delete")
+        self._remove_rules_naming("meter", gone, "delete")
         self.push_meters()
         self._changed()
+
+    def _remove_rules_naming(self, kind, ids, reason):
+        """Rules cannot outlive the groups or meters they name (as in Open vSwitch)."""
+        for i in ids:
+            for r in [r for r in self.of.rules() if (kind, i) in r.actions]:
+                self.of.remove(r)
+                self.rule_removed(r, reason)
 
     def _load_made(self):
         """The groups and meters the last slow path had (saved with its rules): their
