@@ -238,7 +238,10 @@ def main(argv=None):
     ap.add_argument("--tap", default="vm1", help="the TAP QEMU opens (-netdev tap,ifname=)")
     ap.add_argument("--mac", default="52:54:00:00:00:01", help="the guest NIC's MAC (each guest its own)")
     a = ap.parse_args(argv)
-    kernel, initrd = image()
+    try:
+        kernel, initrd = image()
+    except (GuestError, OSError) as e:
+        raise SystemExit(f"python -m tools.guest: {e}") from None
     print(f"kernel:    {kernel}\ninitramfs: {initrd}")
     print("# the console (-serial stdio) runs each line it reads as a shell command: no prompt, no echo;\n"
           "# the guest prints VP-GUEST-READY once eth0 is up (-accel tcg where KVM does not work)")
