@@ -97,7 +97,8 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
         pid_file: Optional[str] = typer.Option(None, help="with --detach: write the pipeline's pid here"),
         log_file: Optional[str] = typer.Option(None, help="with --detach: its messages go here "
                                                "(default: RUN_DIR/../NAME.log)"),
-        cpu: Optional[int] = typer.Option(None, help="pin the worker to this CPU"),
+        cpu: Optional[int] = typer.Option(None, help="pin the worker to this CPU (its slow path then runs on "
+                                                     "the others)"),
         run_dir: Optional[str] = typer.Option(None, "--run-dir", help="the run directory (default: [pipeline] "
                                               "run_dir, else the user's default, e.g. /run/valepipe/NAME)"),
         mirror: List[str] = typer.Option([], help="PORT=FILE: write what PORT (ofport or uri) sends to a pcap "
@@ -371,7 +372,7 @@ def _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu, restar
         try:
             # a restarted worker keeps the slow path's rules of this run, and takes over
             # the rings and counters of the one before it
-            w = Worker(cfg, keep_rules=restarts > 0, takeover=takeover)
+            w = Worker(cfg, keep_rules=restarts > 0, takeover=takeover, cpu=cpu)
         except (PortError, RuntimeError, OSError) as e:
             if ready.get("fd") is not None:
                 os.write(ready["fd"], f"{e}\n".encode())
@@ -490,7 +491,9 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
                                           "loop (pkt-gen txrx: one core, no scheduler in between)"),
         idle_stop: float = typer.Option(1.0, help="with --rx: stop once nothing arrived for this long"),
         latency: bool = typer.Option(False, "--latency", help="stamp each frame with its send time; with --rx, "
-                                     "print each frame's latency (p50, p99, p99.9)"),
+                                     "print each frame's latency (p50, p99, p99.9). With --rate, frames go on "
+                                     "time or not at all: a sender held up for over a batch skips what it "
+                                     "missed (pace_skipped) rather than bursting it into the pipeline"),
         cpu: Optional[int] = typer.Option(None, help="pin to this CPU"),
         owner: Optional[str] = OWNER,
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no line per second, only the summary"),
@@ -533,7 +536,8 @@ def gen(port: str = typer.Argument(..., help="port to send on: shm:NAME (its pip
     if as_json:
         print(json.dumps(res))
     else:
-        print(f"sent {res['sent']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps")
+        print(f"sent {res['sent']} packets in {res['seconds']:.3f} s: {res['mpps']:.3f} Mpps"
+              + (f" ({res['pace_skipped']} sends skipped: the sender fell behind --rate)" if res["pace_skipped"] else ""))
         if s:
             print(f"received {res['rx']['received']} packets in {res['rx']['seconds']:.3f} s: "
                   f"{res['rx']['mpps']:.3f} Mpps{_discarded(res['rx'])}")

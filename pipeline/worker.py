@@ -27,8 +27,10 @@ MAX_BATCHES = 1 << 20         # batches the C chain runs before Python's turn co
                               # bound, not a timer: at low load a batch is a packet or two, and a
                               # turn every few thousand of them would stall one packet in 50)
 PY_BATCHES = 32               # the same for a chain run from Python (a stage written in Python)
-TURN_S = 0.01                 # longest time between Python's turns (the C side sees fds, not timers)
-BUSY_TURN_S = 0.0002          # ... while Python has work in steps (a stream, a revalidation, a backlog)
+BUSY_TURN_S = 0.0002          # longest time between Python's turns while it has work in steps (a
+                              # stream, a revalidation, a backlog); else its next timer ends the
+                              # chain's run (the C side sees fds: answers, requests, signals). A
+                              # turn every 10 ms put p99 latency at 30 us (perf/RESULTS.md)
 # kinds an idle worker polls before it sleeps (idle_poll_us "auto"): shm: has no fd to wake
 # it; an AF_XDP consumer that sleeps makes the kernel wake it every few frames (need_wakeup),
 # which costs more than the polling (measured on veth: 3-6% more Mpps polling, as Open
@@ -40,11 +42,14 @@ CONNECT_S = 30.0              # a slow path not taking connections this long aft
 
 
 class Worker:
-    def __init__(self, cfg, start_slowpath=True, keep_rules=False, takeover=None):
+    def __init__(self, cfg, start_slowpath=True, keep_rules=False, takeover=None, cpu=None):
         """takeover: a pipeline.takeover.Takeover (the supervisor's): its shm: ports and its
         journal are used, so this worker continues where a crashed one stopped. The stages
-        a batch goes through are the config's (`[pipeline] stages`), in its order."""
+        a batch goes through are the config's (`[pipeline] stages`), in its order. cpu: the
+        CPU this worker is pinned to (run --cpu), which its slow path then stays off."""
         self.cfg = cfg
+        self.cpu = cpu
+        self.turns = 0
         self.takeover = takeover
         self.supervisor = os.getppid() if takeover else 0
         self.run_dir = cfg.run_dir
@@ -140,9 +145,12 @@ class Worker:
         if self.cfg.path and os.path.exists(self.cfg.path):
             cmd += ["--config", self.cfg.path]
         cpus = set(range(os.cpu_count() or 1))
+        # not pinned with the worker: on a busy worker core it would starve; and kept off a
+        # pinned worker's core where there is another: each of its wake-ups (20 a second)
+        # would stop forwarding for 50-300 us, and show in p99 latency (perf/RESULTS.md)
+        cpus = (cpus - {self.cpu}) or cpus
 
         def child_setup():
-            # not pinned with the worker: on a busy worker core it would starve
             hostos.set_cpus(cpus)
             # and not outliving the worker, however the worker ends
             hostos.die_with_parent(signal.SIGTERM)
@@ -198,9 +206,9 @@ class Worker:
         hostos.fine_timers()            # naps of microseconds, not the default 50 us slack
         with _SignalWake() as sig:
             while not self.stopping:
-                turn = BUSY_TURN_S if (up.outq or up.reval_cursor is not None or self.control.busy()
-                                       or self.control.writers()) else TURN_S
-                due = min(now + turn, next_tick, next_check, end or next_tick, up.next_try if not up.up else next_tick)
+                busy = up.outq or up.reval_cursor is not None or self.control.busy() or self.control.writers()
+                due = min(now + BUSY_TURN_S if busy else next_tick, next_tick, next_check, end or next_tick,
+                          up.next_try if not up.up else next_tick)
                 # never 0: to the chain a deadline of 0 is none (a reconnection due at once
                 # has next_try 0, and the chain would then nap until a frame came)
                 port_fds = [p.fds() for p in self.ports if p.up]
@@ -209,12 +217,19 @@ class Worker:
                                port_fds=[fd for fds in port_fds for fd in fds],
                                ports_wake=all(port_fds),
                                poll_first=any(p.kind in POLLED_KINDS for p in self.ports if p.up))
-                sig.drain()
-                up.poll()
+                self.turns += 1
+                # a turn for a timer leaves the fds alone (each look costs 10-50 us of Python
+                # here, and forwarding waits for it): the chain said none was readable
+                woke = self.chain.woke
+                if woke:
+                    sig.drain()
+                if woke or busy or up.outq or not up.up:
+                    up.poll()
                 if up.outq:
                     os.sched_yield()        # the slow path is behind: give it the CPU we share
                 up.revalidate_step()
-                self.control.poll()
+                if woke or busy:
+                    self.control.poll()
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + SUPERVISE_S
@@ -281,6 +296,7 @@ class Worker:
         st["takeovers"] = self.takeover.journal.takeovers if self.takeover else 0
         st["chain"] = {"stages": [type(s).__name__ for s in self.stages], "runs_in": "C" if self.chain.native else "Python",
                        "idle_naps": self.chain.c.naps,   # sleeps of the idle worker
+                       "python_turns": self.turns,       # returns to Python (input, timers)
                        "idle_poll_us": self.chain.c.idle_poll_ns // 1000,   # what "auto" chose
                        "ports_wake": bool(self.chain.c.ports_wake)}
         # by input port: what came in was delivered, dropped for a reason here, or is still

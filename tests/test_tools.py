@@ -1,10 +1,15 @@
 """valepipe gen / sink through the CLI against a running pipeline: counts add up, the
-generator's frames are what it says, rate pacing holds."""
+generator's frames are what it says, rate pacing holds; a stamped frame goes on time or not
+at all."""
 import json
+import signal
 import subprocess
 import sys
+import time
 
-from tests.conftest import ROOT
+import pytest
+
+from tests.conftest import ROOT, wait_for
 from tests.test_e2e import cfg
 from tools.traffic import Generator, Sink
 
@@ -48,3 +53,36 @@ def test_sink_alone_and_frames(uniq, pipeline_factory):
     finally:
         g.close()
         s.close()
+
+
+@pytest.mark.parametrize("latency", [False, True], ids=["plain", "stamped"])
+def test_a_sender_held_up_catches_up_unless_stamped(uniq, pipeline_factory, latency):
+    """A generator stopped for 100 ms (as a preempted one is) sends what it missed at once
+    afterwards, so --rate holds; with --latency it skips it and counts it (pace_skipped):
+    sent in a burst, those frames would queue in the pipeline and the generator's stall
+    would be measured as the pipeline's latency."""
+    pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b"))
+                            .replace(f'shm:{uniq}b"\nslots = 256', f'shm:{uniq}b"\nslots = 32768'))
+    rate, seconds, held = 50000, 3.0, 0.1
+    g = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "gen", f"shm:{uniq}a", "--rx", f"shm:{uniq}b",
+                          "--rate", str(rate), "--duration", str(seconds), "--json", "-q"]
+                         + (["--latency"] if latency else []), cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: pipe.stats()["ports"][0]["rx_packets"] > 0, 30)
+        g.send_signal(signal.SIGSTOP)
+        time.sleep(held)
+        g.send_signal(signal.SIGCONT)
+        out, _ = g.communicate(timeout=120)
+    finally:
+        if g.poll() is None:
+            g.kill()
+            g.wait()
+    r = json.loads(out)
+    st = pipe.stats()
+    assert r["rx"]["received"] + sum(st["drops"].values()) == r["sent"], (r, st["drops"])
+    schedule = r["sent"] + r["pace_skipped"]
+    assert abs(schedule - rate * r["seconds"]) < 0.05 * rate * r["seconds"], r
+    if latency:
+        assert r["pace_skipped"] >= 0.8 * rate * held, r
+    else:
+        assert r["pace_skipped"] == 0, r

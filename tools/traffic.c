@@ -50,16 +50,20 @@ int vp_gen_build(uint8_t *frames, uint32_t stride, uint32_t nflows, uint32_t len
  * Falling behind by a scheduling delay (a loaded machine wakes a sleeper milliseconds
  * late) is made up at once, so the rate holds; a sender held up for longer (ring full,
  * its pipeline stopped) does not catch up afterwards in a burst: once more than 200 ms
- * (or a batch) behind, the schedule restarts from now. Returns how many packets are due
- * by `now` in all. */
+ * (or a batch) behind, the schedule restarts from now, and what it missed is counted as
+ * skipped. Stamped frames (latency) are sent on time or not at all: a generator held up
+ * for more than a batch skips what it missed, or its own stall (preempted, a vCPU stop)
+ * would come out as a burst and be measured as the pipeline's latency. Returns how many
+ * packets are due by `now` in all. */
 static uint64_t paced_due(struct vp_gen *g, uint64_t now) {
     double gap = 1e9 / g->rate_pps;
     if (!g->pace_ns) { g->pace_ns = now; g->pace_sent = g->sent; }
     if (now < g->pace_ns) return g->sent;
     double behind = (double)(now - g->pace_ns) / gap - (double)(g->sent - g->pace_sent);
-    double burst = g->rate_pps * 0.2;        /* 200 ms of packets, at least a batch */
+    double burst = g->stamp_at ? 0 : g->rate_pps * 0.2;
     if (burst < (double)g->batch) burst = (double)g->batch;
     if (behind > burst) {
+        g->pace_skipped += (uint64_t)behind;
         g->pace_ns = now;
         g->pace_sent = g->sent;
         return g->sent;

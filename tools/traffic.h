@@ -37,6 +37,7 @@ struct vp_gen {
     uint64_t last_send_ns;
     uint32_t stamp_at;        /* > 0: each frame carries its send time (vp_now_ns) at this offset */
     uint32_t pad2;
+    uint64_t pace_skipped;    /* paced: sends given up when the sender fell too far behind */
 };
 struct vp_sink {
     struct vp_ring *ring;

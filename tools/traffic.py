@@ -132,6 +132,7 @@ class Generator(_OnPeer):
         el = (end - self.g.start_ns) / 1e9 if self.g.start_ns else 0.0
         return {"sent": self.g.sent, "bytes": self.g.sent * self.g.frame_len, "seconds": round(el, 6),
                 "mpps": round(self.g.sent / el / 1e6, 4) if el else 0.0, "ring_full_polls": self.g.ring_full,
+                "pace_skipped": self.g.pace_skipped,
                 "sync_errors": self.g.sync_errors, "reattached": self.reattached}
 
     def close(self):

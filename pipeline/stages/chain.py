@@ -33,17 +33,20 @@ class Chain:
         self.c.wake_check_ns = int(wake_check_s * 1e9)
         self._last_rx = 0
         self._nap = 0.0
+        self.woke = False
 
     def names(self):
         return [type(s).__name__.lower() for s in self.stages]
 
     def run(self, deadline_ns, max_batches, wake_fds=(), port_fds=(), ports_wake=False, poll_first=True):
-        """Run batches until Python has work: one of wake_fds readable, the deadline
-        (time.monotonic_ns()) or max_batches committed. Returns the number of batches.
+        """Run batches until Python has work: one of wake_fds readable (then self.woke is
+        true), the deadline (time.monotonic_ns()) or max_batches committed. Returns the
+        number of batches.
         ports_wake: every port has its fds in port_fds (no shm: port, which has none), so
         an idle worker sleeps until a frame or the deadline, with no naps between.
         poll_first: with idle_poll "auto", poll before sleeping even so (a port whose
         kind is cheaper to poll than to be woken by)."""
+        self.woke = False
         if not self.native:
             return self._run_python(deadline_ns, max_batches, list(wake_fds), list(port_fds))
         c = self.c
@@ -64,6 +67,7 @@ class Chain:
             why = lib.vp_chain_run(self.dp.c, self.batch, c)
             done += c.batches
             if why != lib.VP_RUN_HANDOFF:
+                self.woke = why == lib.VP_RUN_WAKE
                 return done
             self.stages[c.at].handoff(self.batch)
 
@@ -85,6 +89,7 @@ class Chain:
                 self._nap = min(max(self._nap * 2, 10e-6), self.c.idle_sleep_ns / 1e9,
                                 max(0.0, (deadline_ns - now) / 1e9))
                 if _readable(wake_fds + port_fds, self._nap) and _readable(wake_fds, 0):
+                    self.woke = True
                     return done
             if now >= deadline_ns:
                 return done
