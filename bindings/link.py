@@ -19,8 +19,7 @@ IFREQ = 40                       # struct ifreq: a 16-byte name and a 24-byte un
 HINTS = {
     "down": "the interface is administratively down{why}; frames to it are dropped (tx_link_down) "
             "until it is up: {up_cmd}",
-    "no-carrier": "no carrier (for a TAP: nothing holds its file side; is its QEMU running?); frames to it "
-                  "are dropped (tx_link_down) until it has one",
+    "no-carrier": "no carrier{cause}; frames to it are dropped (tx_link_down) until it has one",
     "gone": "the interface no longer exists{renamed}; frames to it are dropped (tx_link_down); the port "
             "re-opens an interface of its name when one appears (a guest's QEMU re-creating its TAP)",
 }
@@ -132,4 +131,9 @@ class Link:
                 pass
         up_cmd = f"ip {'-n ' + self.netns + ' ' if self.netns else ''}link set {st['ifname']} up"
         why = " (the port has up=no, so valepipe leaves it so)" if self.left_down else ""
-        return f"link {st['link']}: " + HINTS[st["link"]].format(renamed=renamed, up_cmd=up_cmd, why=why)
+        cause = ""
+        if st["link"] == "no-carrier":
+            drv = self.driver()
+            cause = (" (for a TAP: nothing holds its file side; is its QEMU running?)" if drv == "tun" else
+                     " (a veth: is its peer down, or gone with its namespace?)" if drv == "veth" else "")
+        return f"link {st['link']}: " + HINTS[st["link"]].format(renamed=renamed, up_cmd=up_cmd, why=why, cause=cause)

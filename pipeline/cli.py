@@ -244,6 +244,8 @@ class _Stamped:
         self._s, self._bol = stream, True
 
     def write(self, text):
+        if isinstance(text, (bytes, bytearray)):     # click writes bytes at times
+            text = bytes(text).decode("utf-8", "replace")
         out = []
         for part in text.splitlines(keepends=True):
             if self._bol:
@@ -268,9 +270,11 @@ class _Metrics:
 
     def _start(self, listen):
         import subprocess
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.metrics", "--run-dir", self.cfg.run_dir,
-                                      "--name", self.cfg.name, "--listen", listen],
-                                     stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+        from pipeline import hostos
+        self.proc = subprocess.Popen(hostos.module_command("pipeline.metrics") + [
+                                      "--run-dir", self.cfg.run_dir, "--name", self.cfg.name, "--listen", listen],
+                                     stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent,
+                                     env=hostos.module_env())
         line = self.proc.stdout.readline().strip()
         if not line.startswith("listening "):
             self._end()
@@ -365,14 +369,19 @@ def _announce_ready(w, ready, restarts):
 
 def _run_worker(cfg, deadline, interval, quiet, as_json, stats_json, cpu, restarts, ready, takeover=None):
     """One worker's life (in the supervisor's child); returns the exit code."""
+    from pipeline import hostos
     from pipeline.ports import PortError
     from pipeline.worker import Worker
     try:
+        allowed = hostos.allowed_cpus()
         _pin(cpu)
         try:
             # a restarted worker keeps the slow path's rules of this run, and takes over
-            # the rings and counters of the one before it
-            w = Worker(cfg, keep_rules=restarts > 0, takeover=takeover, cpu=cpu)
+            # the rings and counters of the one before it; a pinned worker's slow path runs
+            # on the other CPUs it was allowed: its wake-ups (20 a second) would stop
+            # forwarding for 50-300 us each on the worker's (p99 latency, perf/RESULTS.md)
+            w = Worker(cfg, keep_rules=restarts > 0, takeover=takeover,
+                       slow_cpus=(allowed - {cpu}) or allowed if cpu is not None else allowed)
         except (PortError, RuntimeError, OSError) as e:
             if ready.get("fd") is not None:
                 os.write(ready["fd"], f"{e}\n".encode())

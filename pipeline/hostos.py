@@ -64,6 +64,31 @@ def set_title(title):
         ctypes.memmove(start, text + b"\0" * (end - start - len(text)), end - start)
 
 
+def allowed_cpus():
+    """The CPUs this process may run on (Linux: its affinity, within its cpuset; elsewhere
+    all of them)."""
+    if LINUX:
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def module_command(module):
+    """argv to run this package's `module` in a child Python (with module_env()). -P: `-m`
+    would put the working directory first on sys.path, and a `pipeline/` there (anyone's,
+    in /tmp) would run in its place, as the user running valepipe (root)."""
+    return [sys.executable, "-P", "-m", module]
+
+
+def module_env():
+    """The environment for module_command: this package's own root first on PYTHONPATH, so
+    the child imports the code its parent runs (a checkout, a copy, or an installed one)."""
+    import pipeline
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pipeline.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
 def set_cpus(cpus):
     """Run this process on exactly `cpus` (OSError if the OS refuses)."""
     if LINUX:

@@ -42,13 +42,13 @@ CONNECT_S = 30.0              # a slow path not taking connections this long aft
 
 
 class Worker:
-    def __init__(self, cfg, start_slowpath=True, keep_rules=False, takeover=None, cpu=None):
+    def __init__(self, cfg, start_slowpath=True, keep_rules=False, takeover=None, slow_cpus=None):
         """takeover: a pipeline.takeover.Takeover (the supervisor's): its shm: ports and its
         journal are used, so this worker continues where a crashed one stopped. The stages
-        a batch goes through are the config's (`[pipeline] stages`), in its order. cpu: the
-        CPU this worker is pinned to (run --cpu), which its slow path then stays off."""
+        a batch goes through are the config's (`[pipeline] stages`), in its order.
+        slow_cpus: the CPUs its slow path runs on (default: those this process may use)."""
         self.cfg = cfg
-        self.cpu = cpu
+        self.slow_cpus = slow_cpus or hostos.allowed_cpus()
         self.turns = 0
         self.takeover = takeover
         self.supervisor = os.getppid() if takeover else 0
@@ -141,20 +141,19 @@ class Worker:
         """Start the slow path. wait: until it takes connections (at the worker's start; later
         the loop connects when it is ready, forwarding never waits for it); refuse: raise if
         it exits meanwhile (a first start with a bad rule set)."""
-        cmd = [sys.executable, "-m", "pipeline.slowpath", "--socket", self.slow_sock, "--name", self.cfg.name]
+        cmd = hostos.module_command("pipeline.slowpath") + ["--socket", self.slow_sock, "--name", self.cfg.name]
         if self.cfg.path and os.path.exists(self.cfg.path):
             cmd += ["--config", self.cfg.path]
-        cpus = set(range(os.cpu_count() or 1))
-        # not pinned with the worker: on a busy worker core it would starve; and kept off a
-        # pinned worker's core where there is another: each of its wake-ups (20 a second)
-        # would stop forwarding for 50-300 us, and show in p99 latency (perf/RESULTS.md)
-        cpus = (cpus - {self.cpu}) or cpus
+        cpus = self.slow_cpus
 
         def child_setup():
-            hostos.set_cpus(cpus)
+            try:
+                hostos.set_cpus(cpus)
+            except OSError:
+                pass                    # where the OS lets it: better than no slow path
             # and not outliving the worker, however the worker ends
             hostos.die_with_parent(signal.SIGTERM)
-        self.slow = subprocess.Popen(cmd, preexec_fn=child_setup)
+        self.slow = subprocess.Popen(cmd, preexec_fn=child_setup, env=hostos.module_env())
         self.slow_started = time.monotonic()
         self.slow_restarts = getattr(self, "slow_restarts", -1) + 1
         if not wait:
@@ -220,7 +219,7 @@ class Worker:
                 self.turns += 1
                 # a turn for a timer leaves the fds alone (each look costs 10-50 us of Python
                 # here, and forwarding waits for it): the chain said none was readable
-                woke = self.chain.woke
+                woke = self.chain.woke or not native      # a chain run from Python returns every few batches
                 if woke:
                     sig.drain()
                 if woke or busy or up.outq or not up.up:
@@ -228,7 +227,7 @@ class Worker:
                 if up.outq:
                     os.sched_yield()        # the slow path is behind: give it the CPU we share
                 up.revalidate_step()
-                if woke or busy:
+                if woke or busy or self.control.clients:        # (a client's time limit)
                     self.control.poll()
                 now = time.monotonic()
                 if now >= next_check:
@@ -279,6 +278,10 @@ class Worker:
             self.slow.kill()
             self.slow.wait()
             up.disconnect()
+        else:
+            rc = self.slow.returncode
+            how = f"was killed by {_signal_name(-rc)}" if rc < 0 else f"exited with status {rc}"
+            print(f"valepipe: slow path {self.slow.pid} {how}; restarting it", file=sys.stderr, flush=True)
         self.start_slowpath()
 
     def stats(self):
@@ -337,6 +340,13 @@ class Worker:
         if owner:        # else a successor runs here now (we were stopped, then resumed): its files
             rundir.remove_files(self.run_dir)        # the slow path's rules, sockets
             rundir.remove_dirs(self.created_dirs)
+
+
+def _signal_name(n):
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
 
 
 class _SignalWake:

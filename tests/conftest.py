@@ -81,13 +81,13 @@ def processes():
 
 
 class Pipeline:
-    def __init__(self, cfg_text, tmp, run_dir, ready_timeout=20, root=ROOT, args=()):
+    def __init__(self, cfg_text, tmp, run_dir, ready_timeout=20, root=ROOT, args=(), prefix=()):
         self.dir, self.run_dir = tmp, run_dir
         self.cfg = os.path.join(tmp, "p.toml")
         with open(self.cfg, "w") as f:
             f.write(cfg_text)
         self.ctl = os.path.join(run_dir, "worker.ctl")
-        self.proc = start([sys.executable, "-m", "pipeline.cli", "run", self.cfg, "--quiet",
+        self.proc = start([*prefix, sys.executable, "-m", "pipeline.cli", "run", self.cfg, "--quiet",
                            "--stats-json", os.path.join(tmp, "final.json"), *args],
                           cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -116,15 +116,15 @@ class Pipeline:
 def pipeline_factory():
     made = []
 
-    def make(cfg_text, ready_timeout=20, run_dir=None, root=ROOT, args=()):
+    def make(cfg_text, ready_timeout=20, run_dir=None, root=ROOT, args=(), prefix=()):
         """run_dir: what "@RUN@" in cfg_text stands for (default: "run" in a new temporary
         directory, removed after the test); root: the checkout to run it from; args: more
-        of `valepipe run`'s options."""
+        of `valepipe run`'s options; prefix: a command it runs under (taskset ...)."""
         tmp = tempfile.mkdtemp(prefix="valepipe-test-")
         run_dir = run_dir or os.path.join(tmp, "run")
         cfg_text = cfg_text.replace("@RUN@", run_dir)
         try:
-            p = Pipeline(cfg_text, tmp, run_dir, ready_timeout, root, args)
+            p = Pipeline(cfg_text, tmp, run_dir, ready_timeout, root, args, prefix)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

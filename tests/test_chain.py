@@ -6,6 +6,7 @@ wakes for the next frame; a forwarding worker that returns to Python only for it
 timers, with its slow path off its core; per-frame latency from `gen --latency`."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -195,3 +196,44 @@ def test_a_forwarding_worker_leaves_python_alone(uniq, pipeline_factory):
     # the supervision timer (10 a second), the stats tick, and the stats request itself;
     # a turn every 10 ms would be 100 a second and more
     assert turns < 40, (turns, b["chain"])
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or not shutil.which("taskset"),
+                    reason="sets a CPU mask with taskset")
+def test_the_slow_path_stays_within_the_cpus_run_was_given(uniq, pipeline_factory):
+    """`taskset -c N valepipe run --cpu N`: the slow path goes where it may, N here (before,
+    it was put on every CPU, then on the others: outside the mask)."""
+    cpu = min(os.sched_getaffinity(0))
+    pipe = pipeline_factory(cfg(uniq), args=("--cpu", str(cpu)), prefix=("taskset", "-c", str(cpu)))
+    st = pipe.stats()
+    assert os.sched_getaffinity(st["upcall"]["slowpath_pid"]) == {cpu}
+    assert gen(uniq, "--count", "10")["rx"]["received"] == 10           # and it answers
+
+
+def test_a_chain_run_from_python_answers_under_a_stream(uniq, pipeline_factory):
+    """A chain with a stage in Python returns to Python every few batches: its requests and
+    answers are looked at then too, not only when the stream pauses for 200 us (which a
+    frame every 50 us never does)."""
+    stages = ["receive", "extract", "lookup", "tests.chain_stages:PythonExecute", "transmit"]
+    pipe = pipeline_factory(cfg(uniq, stages))
+    gen(uniq, "--count", "1")                      # the flow is set up
+    g = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "gen", f"shm:{uniq}a", "--rx", f"shm:{uniq}b",
+                          "--json", "-q", "--duration", "6", "--rate", "20000"], cwd=ROOT, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert wait_for(lambda: pipe.stats()["hits"] > 0, 30)
+        took = []
+        for _ in range(11):
+            time.sleep(0.1)                        # one request at a time, none left connected
+            t0 = time.monotonic()
+            pipe.stats()
+            took.append(time.monotonic() - t0)
+        out, _ = g.communicate(timeout=120)
+    finally:
+        if g.poll() is None:
+            g.kill()
+            g.wait()
+    r = json.loads(out)
+    assert r["rx"]["received"] + sum(pipe.stats()["drops"].values()) == r["sent"], r
+    # milliseconds each (answers that waited for a pause took 30-650 ms)
+    assert sorted(took)[len(took) // 2] < 0.025, took

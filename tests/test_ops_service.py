@@ -203,8 +203,13 @@ def test_detach_pid_and_log(uniq, tmp_path):
         assert [ln for ln in lines if re.match(stamp + re.escape(want), ln)], (want, lines)
     bad = tmp_path / "bad.toml"
     bad.write_text(f"[pipeline]\nname = '{uniq}x'\nrun_dir = '{tmp_path}/r2'\n[[port]]\nuri = 'tap:{'x' * 15}@netns=nosuch{uniq}'\n")
-    r = cli("run", str(bad), "--detach", "--log-file", str(log), timeout=60)
+    blog = tmp_path / "bad.log"
+    r = cli("run", str(bad), "--detach", "--log-file", str(blog), timeout=60)
     assert r.returncode != 0 and "did not start" in r.stderr and "nosuch" in r.stderr and "Traceback" not in r.stderr
+    # and it is not left running: the refusal is not taken for a crash and the worker restarted
+    text = blog.read_text()
+    assert "Traceback" not in text and "restart" not in text and f"pipeline '{uniq}x' stopped" in text, text
+    assert f"{uniq}x" not in cli("list").stdout
 
 
 def test_demo_stopped_by_sigterm_leaves_nothing(tmp_path):

@@ -2,8 +2,9 @@
 another user prepared is refused (by `run` and by every CLI command, which would otherwise
 talk to that user's sockets), a user's pipeline lives in $XDG_RUNTIME_DIR or a /tmp
 directory of its own, files are never written through a planted symlink, names cannot
-leave the run directory's parent, and a slow path that outlived its worker removes none of
-its successor's sockets."""
+leave the run directory's parent, a slow path that outlived its worker removes none of
+its successor's sockets, and a `pipeline/` package in the working directory is not what
+runs as its slow path or metrics endpoint."""
 import json
 import os
 import signal
@@ -219,3 +220,33 @@ def test_a_stopped_pipeline_keeps_its_run_directory(uniq, pipeline_factory):
     with peers(uniq, "ab") as ps:
         ps["a"].send_all([frame(7, i) for i in range(20)], others=(ps["b"],))
         assert wait_for(lambda: ps["b"].drain() >= 20)
+
+
+def test_a_pipeline_package_in_the_working_directory_does_not_run(uniq, tmp_path):
+    """`python -m pipeline.slowpath` would import a `pipeline/` in its working directory
+    first: root running `valepipe run` in /tmp would run whatever anyone left there."""
+    planted = tmp_path / "cwd"
+    marker = tmp_path / "ran"
+    for pkg in ("pipeline", "pipeline/slowpath", "pipeline/metrics"):
+        (planted / pkg).mkdir(parents=True)
+        (planted / pkg / "__init__.py").write_text("")
+    evil = f"open({str(marker)!r}, 'a').write('ran\\n')\n"
+    (planted / "pipeline" / "slowpath" / "__main__.py").write_text(evil)
+    (planted / "pipeline" / "metrics" / "__init__.py").write_text(evil)
+    conf = tmp_path / "p.toml"
+    conf.write_text(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b")).replace("@RUN@", str(tmp_path / "run"))
+                    + '\n[metrics]\nlisten = "127.0.0.1:0"\n')
+    valepipe = os.path.join(os.path.dirname(sys.executable), "valepipe")      # the installed entry point
+    p = subprocess.Popen([valepipe, "run", str(conf), "--quiet"], cwd=planted, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    ctl = str(tmp_path / "run" / "worker.ctl")
+    try:
+        control.wait_ready(ctl, p, timeout=30)
+        assert wait_for(lambda: control.request(ctl, "stats")["upcall"]["channel_up"], 20)
+        g = subprocess.run([sys.executable, "-m", "pipeline.cli", "gen", f"shm:{uniq}a", "--rx", f"shm:{uniq}b",
+                            "--count", "10", "--json", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert json.loads(g.stdout)["rx"]["received"] == 10, g.stderr     # the real slow path set it up
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=30)
+    assert not marker.exists(), marker.read_text()

@@ -50,25 +50,42 @@ int vp_gen_build(uint8_t *frames, uint32_t stride, uint32_t nflows, uint32_t len
  * Falling behind by a scheduling delay (a loaded machine wakes a sleeper milliseconds
  * late) is made up at once, so the rate holds; a sender held up for longer (ring full,
  * its pipeline stopped) does not catch up afterwards in a burst: once more than 200 ms
- * (or a batch) behind, the schedule restarts from now, and what it missed is counted as
- * skipped. Stamped frames (latency) are sent on time or not at all: a generator held up
- * for more than a batch skips what it missed, or its own stall (preempted, a vCPU stop)
- * would come out as a burst and be measured as the pipeline's latency. Returns how many
- * packets are due by `now` in all. */
+ * (or a batch) of packets are due and unsent, the schedule restarts from now, and those
+ * are counted as skipped. Stamped frames (latency) go on time or not at all: more than a
+ * batch, or 100 us, of them due (a generator preempted, its vCPU stopped) are skipped, or
+ * the generator's own stall would come out as a burst and be measured as the pipeline's
+ * latency. Returns how many packets are due by `now` in all. */
+#define STAMPED_LATE_NS 100000.0
 static uint64_t paced_due(struct vp_gen *g, uint64_t now) {
     double gap = 1e9 / g->rate_pps;
     if (!g->pace_ns) { g->pace_ns = now; g->pace_sent = g->sent; }
     if (now < g->pace_ns) return g->sent;
     double behind = (double)(now - g->pace_ns) / gap - (double)(g->sent - g->pace_sent);
-    double burst = g->stamp_at ? 0 : g->rate_pps * 0.2;
-    if (burst < (double)g->batch) burst = (double)g->batch;
-    if (behind > burst) {
+    double late = g->stamp_at ? STAMPED_LATE_NS / gap : g->rate_pps * 0.2;
+    if (g->stamp_at ? late > (double)g->batch : late < (double)g->batch) late = (double)g->batch;
+    if (late < 1) late = 1;
+    if (behind >= late + 1) {              /* floor(behind) packets are due: more than `late` */
         g->pace_skipped += (uint64_t)behind;
         g->pace_ns = now;
         g->pace_sent = g->sent;
         return g->sent;
     }
     return g->pace_sent + (uint64_t)((double)(now - g->pace_ns) / gap);
+}
+
+/* Sending is over (its count sent, or its time `end_ns` up; 0: now): what the schedule
+ * had due by then and was not sent (the sender held up across its end) counts as skipped,
+ * so sent + pace_skipped is the whole schedule; no more is sent or paced afterwards. */
+void vp_gen_settle(struct vp_gen *g, uint64_t end_ns) {
+    uint64_t now = vp_now_ns();
+    if (g->done) return;
+    g->done = 1;
+    if (g->rate_pps <= 0 || !g->pace_ns) return;
+    if (!end_ns || end_ns > now) end_ns = now;
+    if (end_ns <= g->pace_ns) return;
+    uint64_t due = g->pace_sent + (uint64_t)((double)(end_ns - g->pace_ns) * g->rate_pps / 1e9);
+    if (g->count && due > g->count) due = g->count;
+    if (due > g->sent) g->pace_skipped += due - g->sent;
 }
 
 /* one generator step: fill up to a batch of slots; returns how many were sent */
@@ -209,7 +226,7 @@ static void pace_wait(const struct vp_gen *g, const struct vp_sink *s, uint64_t 
     nanosleep(&ts, NULL);
 }
 
-static int gen_done(const struct vp_gen *g) { return g->count && g->sent >= g->count; }
+static int gen_done(const struct vp_gen *g) { return g->done || (g->count && g->sent >= g->count); }
 static int sink_done(const struct vp_sink *s) { return s->count && s->packets >= s->count; }
 
 uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns) {

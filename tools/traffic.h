@@ -18,7 +18,7 @@ struct vp_latency {
 struct vp_gen {
     struct vp_ring *ring;
     int fd;                   /* /dev/netmap fd of a real netmap port, else -1 */
-    uint32_t pad;
+    uint32_t done;            /* sending is over (vp_gen_settle): a sink beside it drains on */
     uint8_t *frames;          /* nframes prebuilt frames, `stride` bytes apart */
     uint32_t nframes;
     uint32_t stride;
@@ -37,7 +37,8 @@ struct vp_gen {
     uint64_t last_send_ns;
     uint32_t stamp_at;        /* > 0: each frame carries its send time (vp_now_ns) at this offset */
     uint32_t pad2;
-    uint64_t pace_skipped;    /* paced: sends given up when the sender fell too far behind */
+    uint64_t pace_skipped;    /* paced: sends given up (the sender too far behind, or its end
+                               * came first): sent + pace_skipped is the schedule */
 };
 struct vp_sink {
     struct vp_ring *ring;
@@ -58,4 +59,5 @@ int vp_gen_build(uint8_t *frames, uint32_t stride, uint32_t nflows, uint32_t len
 uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns);
 uint64_t vp_sink_run(struct vp_sink *s, uint64_t max_ns);
 uint64_t vp_gen_sink_run(struct vp_gen *g, struct vp_sink *s, uint64_t max_ns);
+void vp_gen_settle(struct vp_gen *g, uint64_t end_ns);
 /* cdef-end */

@@ -96,28 +96,27 @@ class Generator(_OnPeer):
         idle_stop_s. A pipeline restarted under the port is attached again; one that went
         away for good raises PeerGone."""
         end = time.monotonic() + duration if duration else None
-        sent_done_at = None
         last = (-1, time.monotonic())
         while not stop():
             self._follow_pipeline()
             if sink is not None:
                 sink._follow_pipeline()
+            # a slice ends with the duration: what is sent after it would not be the schedule's
+            ns = int(max(0.0, min(slice_s, end - time.monotonic()) if end and not self.g.done else slice_s) * 1e9)
             if sink is None:
-                lib.vp_gen_run(self.g, int(slice_s * 1e9))
+                lib.vp_gen_run(self.g, ns)
             else:
-                lib.vp_gen_sink_run(self.g, sink.s, int(slice_s * 1e9))
+                lib.vp_gen_sink_run(self.g, sink.s, ns)
             now = time.monotonic()
             if on_slice:
                 on_slice(self)
             done = (self.g.count and self.g.sent >= self.g.count) or (end and now >= end)
             if done and self.sent_end is None:
                 self.sent_end = lib.vp_now_ns()
+                lib.vp_gen_settle(self.g, int(end * 1e9) if end else 0)       # no more sent
             if done and sink is None:
                 break
             if done:
-                if sent_done_at is None:
-                    sent_done_at = now
-                    self.g.count = max(self.g.sent, 1)          # stop sending, keep draining
                 if sink.s.packets != last[0]:
                     last = (sink.s.packets, now)
                 if (sink.s.count and sink.s.packets >= sink.s.count) or now - last[1] >= idle_stop_s:
