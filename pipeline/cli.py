@@ -44,10 +44,22 @@ def _numbers(above_zero=(), at_least_zero=()):
 
 
 def _check_cpu(cpu):
-    """--cpu N: one of this machine's CPUs (a negative one was a ValueError traceback)."""
-    n = os.cpu_count() or 1
-    if cpu is not None and not 0 <= cpu < n:
-        _fail(f"--cpu must be a CPU number, 0..{n - 1} here, not {cpu}")
+    """--cpu N: one of the CPUs this process may use (a negative one was a ValueError
+    traceback; one outside `taskset`'s mask escaped it)."""
+    from pipeline import hostos
+    allowed = hostos.allowed_cpus()
+    if cpu is not None and cpu not in allowed:
+        _fail(f"--cpu must be one of the CPUs this process may use, {_cpu_list(allowed)} here, not {cpu}")
+
+
+def _cpu_list(cpus):
+    cpus, out = sorted(cpus), []
+    for c in cpus:
+        if out and out[-1][1] == c - 1:
+            out[-1][1] = c
+        else:
+            out.append([c, c])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
 
 
 def _pin(cpu):
@@ -128,13 +140,14 @@ def run(config: str = typer.Argument(..., help="pipeline config (TOML): [pipelin
     quiet = quiet or detach
     ready_fd = _daemonize(cfg, pid_file, log_file) if detach else None
     _set_title(f"valepipe run {cfg.name} (supervisor)" if supervised else f"valepipe run {cfg.name} (worker)")
-    metrics = _start_metrics(cfg) if cfg.metrics_listen else None
-    ready = dict(file=ready_file, fd=ready_fd, metrics=metrics and metrics.address, json=as_json,
-                 supervisor=os.getpid(), detached=detach)
+    ready = dict(file=ready_file, fd=ready_fd, metrics=None, json=as_json, supervisor=os.getpid(), detached=detach)
     run_one = lambda restarts, held=None: _run_worker(cfg, deadline, interval, quiet, as_json,  # noqa: E731
                                                       stats_json, cpu, restarts, ready, held)
-    held = None
+    held = metrics = None
     try:
+        # inside: a refused endpoint still removes the pid file and logs the stop
+        metrics = _start_metrics(cfg) if cfg.metrics_listen else None
+        ready["metrics"] = metrics and metrics.address
         if not supervised:
             signal.signal(signal.SIGHUP, lambda *_: _reload_rules(cfg))
             code = run_one(0)
@@ -188,6 +201,41 @@ def _unlink(path):
         pass
 
 
+def _why_in_log(log, start, prefix="valepipe: "):
+    """The last message a detached start that failed wrote to its log (after `start`),
+    without its time and prefix: the reason, for the one line `run --detach` prints
+    (prefix: only lines with this one, as the slow path's)."""
+    import re
+    try:
+        with open(log, "rb") as f:
+            f.seek(start)
+            lines = f.read(1 << 20).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    msgs = [re.sub(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", "", ln) for ln in lines]
+    msgs = [m.removeprefix(prefix).strip() for m in msgs if prefix == "valepipe: " or m.startswith(prefix)]
+    msgs = [m for m in msgs if m and not re.match(r"(starting pipeline|pipeline '.*' stopped)", m)]
+    return msgs[-1] if msgs else None
+
+
+def _remove_stale_pid_file(path, child):
+    """A failed detached start's pid file, once `child` (the pipeline's process, which
+    names itself there) has exited."""
+    for _ in range(100):                    # it may be on its way out
+        try:
+            done, _ = os.waitpid(child, os.WNOHANG)
+        except ChildProcessError:
+            done = child
+        if done:
+            try:
+                if int(open(path).read().strip() or 0) in (0, child):
+                    _unlink(path)
+            except (OSError, ValueError):
+                pass
+            return
+        time.sleep(0.02)
+
+
 def _daemonize(cfg, pid_file, log_file):
     """--detach: the foreground process waits for the pipeline's ready line (or its
     failure) and exits with it; the pipeline goes on in a new session, its messages in the
@@ -206,6 +254,7 @@ def _daemonize(cfg, pid_file, log_file):
         _fail(str(e))
     r, w = os.pipe()
     sys.stdout.flush()
+    log_from = os.fstat(logfd).st_size
     pid = os.fork()
     if pid:
         os.close(w)
@@ -215,7 +264,12 @@ def _daemonize(cfg, pid_file, log_file):
         with os.fdopen(r) as f:
             line = f.readline().strip()
         if not line.startswith(("ready ", '{"event": "ready"')):
-            _fail(f"pipeline {cfg.name!r} did not start: {line or 'see ' + log}", 1)
+            if pid_file:
+                _remove_stale_pid_file(pid_file, pid)
+            why = line or _why_in_log(log, log_from) or f"see {log}"
+            if "slow path exited" in why:               # its own reason is in the log
+                why += "".join(f" ({m})" for m in [_why_in_log(log, log_from, "valepipe-slowpath: ")] if m)
+            _fail(f"pipeline {cfg.name!r} did not start: {why}", 1)
         print(line, flush=True)
         os._exit(0)
     os.close(r)
@@ -462,8 +516,8 @@ def _stop_on_signals():
 
 
 def _check_run_time(duration, count, default=None):
-    if duration is not None and duration <= 0:
-        _fail(f"--duration must be > 0 seconds, not {duration:g}")
+    if duration is not None and not 0 < duration <= 1e9:
+        _fail(f"--duration must be > 0 seconds (and at most 1e9), not {duration:g}")
     if count < 0 or count >= 1 << 63:
         _fail(f"--count must be 0..2^63-1 (0 = no limit), not {count}")
     return default if count == 0 and duration is None else duration

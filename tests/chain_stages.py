@@ -12,5 +12,16 @@ class PythonExecute(Stage):
         return lib.vp_execute(self.dp.c, batch)
 
 
+class SlowExecute(PythonExecute):
+    """execute, and 3 ms of Python work per batch (a stage of one's own that takes its time)"""
+
+    def process_batch(self, batch):
+        import time
+        end = time.perf_counter() + 0.003
+        while time.perf_counter() < end:
+            pass
+        return super().process_batch(batch)
+
+
 class NotAStage:
     pass

@@ -208,13 +208,22 @@ def test_the_slow_path_stays_within_the_cpus_run_was_given(uniq, pipeline_factor
     st = pipe.stats()
     assert os.sched_getaffinity(st["upcall"]["slowpath_pid"]) == {cpu}
     assert gen(uniq, "--count", "10")["rx"]["received"] == 10           # and it answers
+    # a --cpu outside the mask is refused, not escaped to
+    other = max(os.sched_getaffinity(0))
+    if other != cpu:
+        r = subprocess.run(["taskset", "-c", str(cpu), sys.executable, "-m", "pipeline.cli", "run", pipe.cfg,
+                            "--cpu", str(other)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and f"--cpu must be one of the CPUs this process may use, {cpu} here" in r.stderr, \
+            r.stderr
 
 
-def test_a_chain_run_from_python_answers_under_a_stream(uniq, pipeline_factory):
+@pytest.mark.parametrize("stage", ["PythonExecute", "SlowExecute"])
+def test_a_chain_run_from_python_answers_under_a_stream(uniq, pipeline_factory, stage):
     """A chain with a stage in Python returns to Python every few batches: its requests and
     answers are looked at then too, not only when the stream pauses for 200 us (which a
-    frame every 50 us never does)."""
-    stages = ["receive", "extract", "lookup", "tests.chain_stages:PythonExecute", "transmit"]
+    frame every 50 us never does); and every millisecond while a slow stage makes those
+    batches long (3 ms each: 32 of them were 100 ms)."""
+    stages = ["receive", "extract", "lookup", f"tests.chain_stages:{stage}", "transmit"]
     pipe = pipeline_factory(cfg(uniq, stages))
     gen(uniq, "--count", "1")                      # the flow is set up
     g = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "gen", f"shm:{uniq}a", "--rx", f"shm:{uniq}b",

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -210,6 +211,23 @@ def test_detach_pid_and_log(uniq, tmp_path):
     text = blog.read_text()
     assert "Traceback" not in text and "restart" not in text and f"pipeline '{uniq}x' stopped" in text, text
     assert f"{uniq}x" not in cli("list").stdout
+    # a refusal found after the start (the metrics address taken) is the one line too, and
+    # its pid file goes
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        conf2 = tmp_path / "m.toml"
+        conf2.write_text(conf.read_text().replace(f'name = "{uniq}"', f'name = "{uniq}m"')
+                         .replace(str(tmp_path / "run"), str(tmp_path / "run-m"))
+                         + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        mlog, mpid = tmp_path / "m.log", tmp_path / "m.pid"
+        r = cli("run", str(conf2), "--detach", "--log-file", str(mlog), "--pid-file", str(mpid), timeout=60)
+    finally:
+        taken.close()
+    assert r.returncode != 0 and "did not start" in r.stderr and f"127.0.0.1:{port}" in r.stderr, r.stderr
+    assert not mpid.exists() and f"pipeline '{uniq}m' stopped" in mlog.read_text(), mlog.read_text()
 
 
 def test_demo_stopped_by_sigterm_leaves_nothing(tmp_path):

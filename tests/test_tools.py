@@ -83,7 +83,7 @@ def test_a_sender_held_up_catches_up_unless_stamped(uniq, pipeline_factory, late
     st = pipe.stats()
     assert r["rx"]["received"] + sum(st["drops"].values()) == r["sent"], (r, st["drops"])
     schedule = r["sent"] + r["pace_skipped"]
-    assert abs(schedule - rate * seconds) < 0.05 * rate * seconds, r
+    assert abs(schedule - rate * seconds) <= 2, r            # every slot sent or skipped
     if latency:
         assert r["pace_skipped"] >= 0.8 * rate * min(held, 1.0), r
     else:
@@ -99,6 +99,6 @@ def test_stamped_frames_at_batch_one(uniq, pipeline_factory, batch):
     r = cli("gen", f"shm:{uniq}a", "--rx", f"shm:{uniq}b", "--rate", str(rate), "--duration", str(seconds),
             "--batch", str(batch), "--latency", "--json", "-q")
     schedule = r["sent"] + r["pace_skipped"]
-    assert abs(schedule - rate * seconds) < 0.05 * rate * seconds, r
+    assert abs(schedule - rate * seconds) <= 2, r            # every slot sent or skipped
     assert r["pace_skipped"] < 0.1 * schedule, r
     assert r["rx"]["received"] + sum(pipe.stats()["drops"].values()) == r["sent"], r

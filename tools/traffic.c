@@ -46,52 +46,51 @@ int vp_gen_build(uint8_t *frames, uint32_t stride, uint32_t nflows, uint32_t len
     return 0;
 }
 
-/* Paced sending: packet k of a schedule is due k/rate after it starts (1/rate apart).
- * Falling behind by a scheduling delay (a loaded machine wakes a sleeper milliseconds
- * late) is made up at once, so the rate holds; a sender held up for longer (ring full,
- * its pipeline stopped) does not catch up afterwards in a burst: once more than 200 ms
- * (or a batch) of packets are due and unsent, the schedule restarts from now, and those
- * are counted as skipped. Stamped frames (latency) go on time or not at all: more than a
- * batch, or 100 us, of them due (a generator preempted, its vCPU stopped) are skipped, or
- * the generator's own stall would come out as a burst and be measured as the pipeline's
- * latency. Returns how many packets are due by `now` in all. */
+/* Paced sending: slot k of a schedule is due k/rate after its origin (1/rate apart), and
+ * each slot is either sent or skipped. Falling behind by a scheduling delay (a loaded
+ * machine wakes a sleeper milliseconds late) is made up at once, so the rate holds; a
+ * sender held up for longer (ring full, its pipeline stopped) does not catch up afterwards
+ * in a burst: once more than 200 ms (or a batch) of slots are due and unsent, they are
+ * skipped. Stamped frames (latency) go on time or not at all: more than a batch, or
+ * 100 us, of them due (a generator preempted, its vCPU stopped) are skipped, or the
+ * generator's own stall would come out as a burst and be measured as the pipeline's
+ * latency. Whole slots are counted, so sent + pace_skipped is the schedule exactly.
+ * Returns how many packets are due by `now` in all (against g->sent). */
 #define STAMPED_LATE_NS 100000.0
+static uint64_t slots_done(const struct vp_gen *g) { return g->sent + g->pace_skipped - g->pace_sent; }
+
 static uint64_t paced_due(struct vp_gen *g, uint64_t now) {
     double gap = 1e9 / g->rate_pps;
-    if (!g->pace_ns) { g->pace_ns = now; g->pace_sent = g->sent; }
+    if (!g->pace_ns) { g->pace_ns = now; g->pace_sent = g->sent + g->pace_skipped; }
     if (now < g->pace_ns) return g->sent;
-    double behind = (double)(now - g->pace_ns) / gap - (double)(g->sent - g->pace_sent);
+    uint64_t slots = (uint64_t)((double)(now - g->pace_ns) / gap), done = slots_done(g);
+    if (slots <= done) return g->sent;
     double late = g->stamp_at ? STAMPED_LATE_NS / gap : g->rate_pps * 0.2;
     if (g->stamp_at ? late > (double)g->batch : late < (double)g->batch) late = (double)g->batch;
     if (late < 1) late = 1;
-    if (behind >= late + 1) {              /* floor(behind) packets are due: more than `late` */
-        g->pace_skipped += (uint64_t)behind;
-        g->pace_ns = now;
-        g->pace_sent = g->sent;
+    if ((double)(slots - done) > late) {    /* more than `late` due: skip them all */
+        g->pace_skipped += slots - done;
         return g->sent;
     }
-    return g->pace_sent + (uint64_t)((double)(now - g->pace_ns) / gap);
+    return g->sent + (slots - done);
 }
 
-/* Sending is over (its count sent, or its time `end_ns` up; 0: now): what the schedule
- * had due by then and was not sent (the sender held up across its end) counts as skipped,
- * so sent + pace_skipped is the whole schedule; no more is sent or paced afterwards. */
+/* Sending is over (its count sent, or its end_ns come; end_ns 0: its count): the slots
+ * its schedule had due by its end and did not send (the sender held up across it) count
+ * as skipped, so sent + pace_skipped is the whole schedule; nothing is sent afterwards. */
 void vp_gen_settle(struct vp_gen *g, uint64_t end_ns) {
-    uint64_t now = vp_now_ns();
     if (g->done) return;
     g->done = 1;
-    if (g->rate_pps <= 0 || !g->pace_ns) return;
-    if (!end_ns || end_ns > now) end_ns = now;
-    if (end_ns <= g->pace_ns) return;
-    uint64_t due = g->pace_sent + (uint64_t)((double)(end_ns - g->pace_ns) * g->rate_pps / 1e9);
-    if (g->count && due > g->count) due = g->count;
-    if (due > g->sent) g->pace_skipped += due - g->sent;
+    if (!end_ns || g->rate_pps <= 0 || !g->pace_ns || end_ns <= g->pace_ns) return;
+    uint64_t slots = (uint64_t)((double)(end_ns - g->pace_ns) * g->rate_pps / 1e9), done = slots_done(g);
+    if (slots > done) g->pace_skipped += slots - done;
 }
 
 /* one generator step: fill up to a batch of slots; returns how many were sent */
 static uint32_t gen_step(struct vp_gen *g, uint64_t now) {
     struct vp_ring *r = g->ring;
     uint32_t n = vp_ring_space(r), sent = 0, first = vp_ring_produce(r);
+    if (g->end_ns && now >= g->end_ns) return 0;
     if (n > g->batch) n = g->batch;
     if (g->count && g->sent + n > g->count) n = (uint32_t)(g->count - g->sent);
     if (g->rate_pps > 0) {
@@ -206,27 +205,35 @@ static void idle(uint64_t *since, uint64_t now) {
  * latency is being measured: the sink must see them arrive), it spins instead. */
 #define PACE_SPIN_NS 20000ull
 #define IN_FLIGHT_NS 1000000ull
+#define IN_FLIGHT_NAP_NS 50000ull
 static void pace_wait(const struct vp_gen *g, const struct vp_sink *s, uint64_t now, uint64_t end) {
 #ifdef __linux__
     /* the default 50 us timer slack would stretch every wait of a fast paced sender */
     static int slack_set;
     if (!slack_set) { prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0); slack_set = 1; }
 #endif
-    uint64_t due = g->pace_ns + (uint64_t)((double)(g->sent - g->pace_sent + 1) * 1e9 / g->rate_pps);
+    uint64_t due = g->pace_ns + (uint64_t)((double)(slots_done(g) + 1) * 1e9 / g->rate_pps);
+    int in_flight = s && s->packets < g->sent;
     if (due > end) due = end;
+    if (g->end_ns && due > g->end_ns) due = g->end_ns;
     if (due <= now) return;
-    if (due - now < PACE_SPIN_NS || (s && s->packets < g->sent && now - g->last_send_ns < IN_FLIGHT_NS)) {
+    if (due - now < PACE_SPIN_NS || (in_flight && now - g->last_send_ns < IN_FLIGHT_NS)) {
 #if defined(__x86_64__)
         __builtin_ia32_pause();
 #endif
         return;
     }
     uint64_t ns = due - now - PACE_SPIN_NS / 2;
+    /* stamped frames still on their way (through a worker that naps): the sink beside us
+     * looks every IN_FLIGHT_NAP_NS, or they would wait for the next send to be read */
+    if (in_flight && s->lat && ns > IN_FLIGHT_NAP_NS) ns = IN_FLIGHT_NAP_NS;
     struct timespec ts = { (time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull) };
     nanosleep(&ts, NULL);
 }
 
-static int gen_done(const struct vp_gen *g) { return g->done || (g->count && g->sent >= g->count); }
+static int gen_done(const struct vp_gen *g) {
+    return g->done || (g->count && g->sent >= g->count) || (g->end_ns && vp_now_ns() >= g->end_ns);
+}
 static int sink_done(const struct vp_sink *s) { return s->count && s->packets >= s->count; }
 
 uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns) {

@@ -32,13 +32,14 @@ struct vp_gen {
     uint64_t start_ns;
     uint64_t ring_full;       /* polls that found no room */
     uint64_t sync_errors;     /* sync ioctls the kernel refused */
-    uint64_t pace_ns;         /* paced: when packet pace_sent + 1 was due */
-    uint64_t pace_sent;
+    uint64_t pace_ns;         /* paced: the schedule's origin: slot k is due k/rate after it */
+    uint64_t pace_sent;       /* sent + pace_skipped at the origin */
     uint64_t last_send_ns;
     uint32_t stamp_at;        /* > 0: each frame carries its send time (vp_now_ns) at this offset */
     uint32_t pad2;
     uint64_t pace_skipped;    /* paced: sends given up (the sender too far behind, or its end
                                * came first): sent + pace_skipped is the schedule */
+    uint64_t end_ns;          /* > 0: nothing is sent from this vp_now_ns() on (--duration) */
 };
 struct vp_sink {
     struct vp_ring *ring;

@@ -96,13 +96,16 @@ class Generator(_OnPeer):
         idle_stop_s. A pipeline restarted under the port is attached again; one that went
         away for good raises PeerGone."""
         end = time.monotonic() + duration if duration else None
+        if end:
+            self.g.end_ns = int(end * 1e9)        # the C side sends nothing from then on
+        if self.g.rate_pps and not self.g.pace_ns:
+            self.g.pace_ns = lib.vp_now_ns()      # the schedule starts now: rate x duration slots
         last = (-1, time.monotonic())
         while not stop():
             self._follow_pipeline()
             if sink is not None:
                 sink._follow_pipeline()
-            # a slice ends with the duration: what is sent after it would not be the schedule's
-            ns = int(max(0.0, min(slice_s, end - time.monotonic()) if end and not self.g.done else slice_s) * 1e9)
+            ns = int(slice_s * 1e9)
             if sink is None:
                 lib.vp_gen_run(self.g, ns)
             else:
@@ -113,7 +116,8 @@ class Generator(_OnPeer):
             done = (self.g.count and self.g.sent >= self.g.count) or (end and now >= end)
             if done and self.sent_end is None:
                 self.sent_end = lib.vp_now_ns()
-                lib.vp_gen_settle(self.g, int(end * 1e9) if end else 0)       # no more sent
+                counted = self.g.count and self.g.sent >= self.g.count
+                lib.vp_gen_settle(self.g, 0 if counted else self.g.end_ns)       # no more sent
             if done and sink is None:
                 break
             if done:

@@ -827,13 +827,16 @@ def main(argv=None):
     ctl = a.control or os.path.join(here, "slowpath.ctl")
     slow = SlowPath(OFProto(), rules_file, macs_file)
     slow.name = a.name
+    openflow = None
     try:
         openflow = config.load(a.config).openflow if a.config else None
         if openflow:
             from pipeline.slowpath.openflow.agent import Agent   # os-ken only when asked for
             slow.agent = Agent(slow, openflow, a.name)
     except (config.ConfigError, OSError) as e:
-        print(f"valepipe-slowpath: {a.config}: [openflow]: {e}", file=sys.stderr)
+        where = f" listen {openflow['listen']!r}" if isinstance(e, OSError) and openflow and openflow.get("listen") else ""
+        print(f"valepipe-slowpath: {a.config}: [openflow]{where}: {e.strerror if isinstance(e, OSError) and e.strerror else e}",
+              file=sys.stderr)
         sys.exit(2)
     slow.load_macs()
     slow.load(flows, source, with_state=text is not None)

@@ -74,7 +74,7 @@ class Chain:
     def _run_python(self, deadline_ns, max_batches, wake_fds, port_fds):
         """As chain.c does, with each stage's process_batch in turn."""
         b, first, rest = self.batch, self.stages[0], self.stages[1:]
-        done = 0
+        done, next_check = 0, time.monotonic_ns() + PY_WAKE_CHECK_NS
         while True:
             now = time.monotonic_ns()
             if first.process_batch(b):
@@ -85,6 +85,12 @@ class Chain:
                 self._last_rx, self._nap = now, 0.0
                 if done >= max_batches:
                     return done
+                # a slow stage makes max_batches long: Python's input is looked at meanwhile
+                if now >= next_check:
+                    next_check = now + PY_WAKE_CHECK_NS
+                    if _readable(wake_fds, 0):
+                        self.woke = True
+                        return done
             elif now - self._last_rx >= self.c.idle_poll_ns:
                 self._nap = min(max(self._nap * 2, 10e-6), self.c.idle_sleep_ns / 1e9,
                                 max(0.0, (deadline_ns - now) / 1e9))
@@ -93,6 +99,9 @@ class Chain:
                     return done
             if now >= deadline_ns:
                 return done
+
+
+PY_WAKE_CHECK_NS = 1_000_000       # a chain run from Python looks at its fds this often while busy
 
 
 def _readable(fds, timeout_s):
