@@ -207,9 +207,16 @@ def parse(text, path="<config>", rules=False, run_dir=None):
             bad(f"{path}: [slowpath].flows[{j}] must be a string like \"in_port=1,actions=output:2\"")
         elif rules:
             try:
-                parse_flow(f)       # refused here, in one line, not by a slow path that then exits
+                rule = parse_flow(f)       # refused here, in one line, not by a slow path that then exits
             except FlowError as e:
                 bad(f"{path}: [slowpath].flows[{j}]: {e}")
+                continue
+            # groups and meters come over OpenFlow only: with no [openflow], none ever exists
+            # (add-flow refuses such a rule; here it would drop what it matched for ever)
+            for a in rule.actions if "openflow" not in doc else ():
+                if a[0] in ("group", "meter"):
+                    bad(f"{path}: [slowpath].flows[{j}]: {a[0]} {a[1]} does not exist (groups and meters "
+                        "come over OpenFlow: [openflow])")
     cfg.flows = [f for f in sp.get("flows", []) if isinstance(f, str)]
     mt = _check_table(doc.get("metrics", {}), METRICS_KEYS, f"{path}: [metrics]", bad)
     if "listen" in mt:

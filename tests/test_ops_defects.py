@@ -92,6 +92,13 @@ def test_run_time_and_trace_consistency(uniq, pipeline_factory):
         err = one_line_error(vp("mod-flows", "in_port=1," + rule.split(",", 1)[1], "--name", uniq))
         assert "does not exist" in err, err
     assert "group" not in pipe.cli("dump-flows") and "meter" not in pipe.cli("dump-flows")
+    # nor from the config: `check` (and `run`) refuse it, with its place
+    bad = os.path.join(pipe.dir, "g.toml")
+    with open(bad, "w") as f:
+        f.write(cfg(uniq + "g", ["in_port=1,actions=output:2", "in_port=2,actions=meter:1,output:1"], ports=("a", "b"))
+                .replace("@RUN@", os.path.join(pipe.dir, "rung")))
+    err = one_line_error(vp("check", bad))
+    assert "[slowpath].flows[1]: meter 1 does not exist" in err, err
 
 
 def test_topo_errors_name_their_object_and_leak_nothing(tmp_path):
