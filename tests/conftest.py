@@ -48,6 +48,29 @@ def start(cmd, **kw):
     return subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent, **kw)
 
 
+class GenRunning:
+    """`valepipe gen shm:TAGa --rx shm:TAGb --json -q ARGS` going on in the background while
+    the `with` block does its part (stats, signals); result() waits for its JSON. Killed if
+    the block fails."""
+
+    def __init__(self, tag, *args):
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "gen", f"shm:{tag}a", "--rx",
+                                      f"shm:{tag}b", "--json", "-q", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                                     text=True)
+
+    def result(self, timeout=120):
+        out, _ = self.proc.communicate(timeout=timeout)
+        return json.loads(out)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def stop(proc, timeout=15):
     """SIGTERM to the process group of a start()ed process, then SIGKILL to whatever of the
     group is left; returns the process's exit status."""

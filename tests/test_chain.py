@@ -16,7 +16,7 @@ import pytest
 from pipeline import control, hostos
 from pipeline._native import ffi, lib
 from pipeline.names import DROPS, OPS, PARSE_ERRORS, SET_FIELDS, STAGES
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, GenRunning, wait_for
 
 N = 3000
 FLOWS = 40
@@ -175,20 +175,12 @@ def test_a_forwarding_worker_leaves_python_alone(uniq, pipeline_factory):
     assert os.sched_getaffinity(st["pid"]) == {cpu}
     assert cpu not in os.sched_getaffinity(slow) and os.sched_getaffinity(slow), os.sched_getaffinity(slow)
     count, rate = 60000, 20000              # 3 s of frames
-    g = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "gen", f"shm:{uniq}a", "--rx", f"shm:{uniq}b",
-                          "--json", "-q", "--count", str(count), "--rate", str(rate)],
-                         cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
+    with GenRunning(uniq, "--count", str(count), "--rate", str(rate)) as g:
         assert wait_for(lambda: pipe.stats()["hits"] > 0, 30)
         a, t0 = pipe.stats(), time.monotonic()
         time.sleep(2)
         b, t1 = pipe.stats(), time.monotonic()
-        out, _ = g.communicate(timeout=120)
-    finally:
-        if g.poll() is None:
-            g.kill()
-            g.wait()
-    r = json.loads(out)
+        r = g.result()
     assert r["sent"] == count and r["rx"]["received"] + sum(pipe.stats()["drops"].values()) == count, r
     forwarded = b["hits"] - a["hits"]
     turns = (b["chain"]["python_turns"] - a["chain"]["python_turns"]) / (t1 - t0)
@@ -226,10 +218,7 @@ def test_a_chain_run_from_python_answers_under_a_stream(uniq, pipeline_factory, 
     stages = ["receive", "extract", "lookup", f"tests.chain_stages:{stage}", "transmit"]
     pipe = pipeline_factory(cfg(uniq, stages))
     gen(uniq, "--count", "1")                      # the flow is set up
-    g = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "gen", f"shm:{uniq}a", "--rx", f"shm:{uniq}b",
-                          "--json", "-q", "--duration", "6", "--rate", "20000"], cwd=ROOT, stdout=subprocess.PIPE,
-                         text=True)
-    try:
+    with GenRunning(uniq, "--duration", "6", "--rate", "20000") as g:
         assert wait_for(lambda: pipe.stats()["hits"] > 0, 30)
         took = []
         for _ in range(11):
@@ -237,12 +226,7 @@ def test_a_chain_run_from_python_answers_under_a_stream(uniq, pipeline_factory, 
             t0 = time.monotonic()
             pipe.stats()
             took.append(time.monotonic() - t0)
-        out, _ = g.communicate(timeout=120)
-    finally:
-        if g.poll() is None:
-            g.kill()
-            g.wait()
-    r = json.loads(out)
+        r = g.result()
     assert r["rx"]["received"] + sum(pipe.stats()["drops"].values()) == r["sent"], r
     # milliseconds each (answers that waited for a pause took 30-650 ms)
     assert sorted(took)[len(took) // 2] < 0.025, took

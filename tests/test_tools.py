@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, GenRunning, wait_for
 from tests.test_e2e import cfg
 from tools.traffic import Generator, Sink
 
@@ -66,20 +66,12 @@ def test_a_sender_held_up_catches_up_unless_stamped(uniq, pipeline_factory, late
     pipe = pipeline_factory(cfg(uniq, ["in_port=1,actions=output:2"], ports=("a", "b"))
                             .replace(f'shm:{uniq}b"\nslots = 256', f'shm:{uniq}b"\nslots = 32768'))
     rate, seconds, held = 50000, 3.0, (4.0 if across_end else 0.1)
-    g = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "gen", f"shm:{uniq}a", "--rx", f"shm:{uniq}b",
-                          "--rate", str(rate), "--duration", str(seconds), "--json", "-q"]
-                         + (["--latency"] if latency else []), cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
+    with GenRunning(uniq, "--rate", str(rate), "--duration", str(seconds), *(["--latency"] if latency else [])) as g:
         assert wait_for(lambda: pipe.stats()["ports"][0]["rx_packets"] > 0, 30)
-        g.send_signal(signal.SIGSTOP)
+        g.proc.send_signal(signal.SIGSTOP)
         time.sleep(held)
-        g.send_signal(signal.SIGCONT)
-        out, _ = g.communicate(timeout=120)
-    finally:
-        if g.poll() is None:
-            g.kill()
-            g.wait()
-    r = json.loads(out)
+        g.proc.send_signal(signal.SIGCONT)
+        r = g.result()
     st = pipe.stats()
     assert r["rx"]["received"] + sum(st["drops"].values()) == r["sent"], (r, st["drops"])
     schedule = r["sent"] + r["pace_skipped"]

@@ -90,7 +90,6 @@ void vp_gen_settle(struct vp_gen *g, uint64_t end_ns) {
 static uint32_t gen_step(struct vp_gen *g, uint64_t now) {
     struct vp_ring *r = g->ring;
     uint32_t n = vp_ring_space(r), sent = 0, first = vp_ring_produce(r);
-    if (g->end_ns && now >= g->end_ns) return 0;
     if (n > g->batch) n = g->batch;
     if (g->count && g->sent + n > g->count) n = (uint32_t)(g->count - g->sent);
     if (g->rate_pps > 0) {
@@ -231,8 +230,8 @@ static void pace_wait(const struct vp_gen *g, const struct vp_sink *s, uint64_t 
     nanosleep(&ts, NULL);
 }
 
-static int gen_done(const struct vp_gen *g) {
-    return g->done || (g->count && g->sent >= g->count) || (g->end_ns && vp_now_ns() >= g->end_ns);
+static int gen_done(const struct vp_gen *g, uint64_t now) {
+    return g->done || (g->count && g->sent >= g->count) || (g->end_ns && now >= g->end_ns);
 }
 static int sink_done(const struct vp_sink *s) { return s->count && s->packets >= s->count; }
 
@@ -241,7 +240,7 @@ uint64_t vp_gen_run(struct vp_gen *g, uint64_t max_ns) {
     uint64_t since = 0;
     if (!g->start_ns) g->start_ns = t0;
     if (g->frame_len > g->ring->buf_size) return 0;
-    while (now - t0 < max_ns && !gen_done(g)) {
+    while (now - t0 < max_ns && !gen_done(g, now)) {
         if (gen_step(g, now)) since = 0;
         else if (g->rate_pps > 0 && vp_ring_space(g->ring)) pace_wait(g, NULL, now, t0 + max_ns);
         else idle(&since, now);
@@ -267,11 +266,11 @@ uint64_t vp_gen_sink_run(struct vp_gen *g, struct vp_sink *s, uint64_t max_ns) {
     uint64_t since = 0;
     if (!g->start_ns) g->start_ns = t0;
     if (g->frame_len > g->ring->buf_size) return 0;
-    while (now - t0 < max_ns && !(gen_done(g) && sink_done(s))) {
-        uint32_t work = gen_done(g) ? 0 : gen_step(g, now);
+    while (now - t0 < max_ns && !(gen_done(g, now) && sink_done(s))) {
+        uint32_t work = gen_done(g, now) ? 0 : gen_step(g, now);
         work += sink_step(s, now);
         if (work) since = 0;
-        else if (g->rate_pps > 0 && !gen_done(g) && vp_ring_space(g->ring)) pace_wait(g, s, now, t0 + max_ns);
+        else if (g->rate_pps > 0 && !gen_done(g, now) && vp_ring_space(g->ring)) pace_wait(g, s, now, t0 + max_ns);
         else idle(&since, now);
         now = vp_now_ns();
     }

@@ -105,18 +105,17 @@ class Generator(_OnPeer):
             self._follow_pipeline()
             if sink is not None:
                 sink._follow_pipeline()
-            ns = int(slice_s * 1e9)
             if sink is None:
-                lib.vp_gen_run(self.g, ns)
+                lib.vp_gen_run(self.g, int(slice_s * 1e9))
             else:
-                lib.vp_gen_sink_run(self.g, sink.s, ns)
+                lib.vp_gen_sink_run(self.g, sink.s, int(slice_s * 1e9))
             now = time.monotonic()
             if on_slice:
                 on_slice(self)
-            done = (self.g.count and self.g.sent >= self.g.count) or (end and now >= end)
+            counted = self.g.count and self.g.sent >= self.g.count
+            done = counted or (end and now >= end)
             if done and self.sent_end is None:
                 self.sent_end = lib.vp_now_ns()
-                counted = self.g.count and self.g.sent >= self.g.count
                 lib.vp_gen_settle(self.g, 0 if counted else self.g.end_ns)       # no more sent
             if done and sink is None:
                 break
